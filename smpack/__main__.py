@@ -1,0 +1,3 @@
+from smpack.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""The one family of exceptions smpack raises for problems the user can fix.
+
+The CLI catches `SmpackError` once and prints `str(error)`: a single line that says
+where the problem is (file, line, field) and what to do about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SmpackError(Exception):
+    """Base class of every user-facing error; carries where the problem is."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = Path(file) if file is not None else None
+        self.field = field
+        self.line = line
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = str(self.file) + (f":{self.line}" if self.line else "") + ": "
+        if self.field:
+            where += f"{self.field}: "
+        return where + self.message
+
+
+class ManifestError(SmpackError):
+    """The manifest cannot be read or says something invalid (YAML, schema, paths)."""
+
+
+class ModelError(SmpackError):
+    """The user's model function could not be imported, raised, or returned something unusable."""
+
+
+class GraphError(SmpackError):
+    """A variant's graph contradicts the manifest: unknown tensor, bad signature, variable clash."""
+
+
+class PackageError(SmpackError):
+    """The output package cannot be written: destination exists, disk full, interrupted."""

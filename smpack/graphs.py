@@ -1,0 +1,211 @@
+"""Building one variant's graph: call the model function, add training, signatures, init."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorflow as tf
+
+from smpack.errors import GraphError, ModelError, SmpackError
+from smpack.manifest import LoadedManifest, Variant
+from smpack.model import ModelContext, ModelSpec
+from smpack.signatures import build_signature_def
+from smpack.targets import compute_for
+from smpack.training import TRAIN_METHOD, build_train_op, loss_after_step
+
+TRAIN_SIGNATURE_KEY = "train"
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """What the checkpoint must hold for a graph to restore a variable."""
+
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclass
+class VariantGraph:
+    """A finished variant graph and everything the writer needs to add it to the package."""
+
+    name: str
+    variant: Variant
+    graph: tf.Graph
+    signature_defs: dict[str, Any]
+    init_op: tf.Operation
+    variables: dict[str, VariableSpec]
+    model_variables: list[str]
+    asset_files: dict[str, str] = field(default_factory=dict)  # tensor name -> assets/ path
+
+    @property
+    def tags(self) -> list[str]:
+        return self.variant.tags
+
+
+def build_variant_graph(
+    loaded: LoadedManifest, model_fn: Callable[..., Any], name: str, variant: Variant
+) -> VariantGraph:
+    """Build variant `name` in a fresh graph."""
+    field_path = f"variants.{name}"
+    graph = tf.Graph()
+    asset_files: dict[str, str] = {}
+    with graph.as_default():
+        # A fixed graph-level seed makes initial values, and so the package, reproducible.
+        tf.compat.v1.set_random_seed(0)
+        ctx = ModelContext(
+            variant=name,
+            tags=tuple(variant.tags),
+            mode="train" if variant.is_training else "serve",
+            precision=variant.precision,
+            batch_size=variant.batch_size,
+            params={**loaded.spec.source.params, **variant.params},
+            _compute=compute_for(variant),
+            _asset=lambda asset: _asset_tensor(loaded, asset, asset_files),
+        )
+        spec = _call_model(loaded, model_fn, ctx)
+        model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
+        where = {"file": loaded.path, "field": field_path}
+        _check_static_batch(spec, variant, where)
+
+        outputs = dict(spec.outputs)
+        signature_specs = loaded.spec.signatures_for(variant)
+        signature_defs = {
+            key: build_signature_def(
+                key, sig, spec.inputs, outputs, {**where, "field": f"{field_path}.signatures.{key}"}
+            )
+            for key, sig in signature_specs.items()
+        }
+        if variant.is_training:
+            assert variant.optimizer is not None  # guaranteed by the manifest schema
+            loss = _checked_loss(spec, where)
+            train_op = build_train_op(loss, variant.optimizer)
+            if TRAIN_SIGNATURE_KEY in signature_defs:
+                raise GraphError(
+                    f"signature key {TRAIN_SIGNATURE_KEY!r} is reserved for the training step",
+                    **where,
+                )
+            signature_defs[TRAIN_SIGNATURE_KEY] = tf.compat.v1.saved_model.build_signature_def(
+                inputs={
+                    k: tf.compat.v1.saved_model.build_tensor_info(t)
+                    for k, t in {**spec.inputs, **spec.labels}.items()
+                },
+                outputs={"loss": tf.compat.v1.saved_model.build_tensor_info(
+                    loss_after_step(loss, train_op)
+                )},
+                method_name=TRAIN_METHOD,
+            )
+        init_op = tf.group(
+            tf.compat.v1.tables_initializer(),
+            tf.compat.v1.local_variables_initializer(),
+            name="smpack_init",
+        )
+        variables = {
+            v.op.name: VariableSpec(tuple(v.shape.as_list()), v.dtype.base_dtype.name)
+            for v in tf.compat.v1.global_variables()
+        }
+    _check_float32_storage(variables, variant, where)
+    return VariantGraph(
+        name=name,
+        variant=variant,
+        graph=graph,
+        signature_defs=signature_defs,
+        init_op=init_op,
+        variables=variables,
+        model_variables=model_variables,
+        asset_files=asset_files,
+    )
+
+
+def _call_model(loaded: LoadedManifest, model_fn: Callable[..., Any], ctx: ModelContext) -> ModelSpec:
+    try:
+        spec = model_fn(ctx)
+    except SmpackError:
+        raise
+    except Exception as e:
+        raise ModelError(
+            f"model function {loaded.function_name!r} raised {type(e).__name__}: {e} "
+            f"(building variant {ctx.variant!r})",
+            file=loaded.python_file,
+            field="source.python",
+        ) from e
+    if not isinstance(spec, ModelSpec):
+        raise ModelError(
+            f"model function {loaded.function_name!r} returned {type(spec).__name__}, "
+            "expected smpack.ModelSpec",
+            file=loaded.python_file,
+            field="source.python",
+        )
+    return spec
+
+
+def _asset_tensor(loaded: LoadedManifest, name: str, asset_files: dict[str, str]) -> tf.Tensor:
+    source = _asset_source(loaded, name)
+    if source is None:
+        listed = ", ".join(a.name for a in loaded.assets) or "none"
+        raise ModelError(
+            f"the model asks for asset {name!r}, which the manifest does not list "
+            f"(assets: {listed})",
+            file=loaded.path,
+            field="assets",
+        )
+    # The build-time value is the source file, so initialisers work while building; the
+    # AssetFileDef written with the package makes loaders substitute the packaged copy.
+    tensor = tf.constant(str(source), name="asset_path")
+    tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, tensor)
+    asset_files[tensor.name] = name
+    return tensor
+
+
+def _asset_source(loaded: LoadedManifest, name: str) -> Any:
+    top, _, rest = name.partition("/")
+    for asset in loaded.assets:
+        if asset.name == top:
+            candidate = asset / rest if rest else asset
+            return candidate if candidate.is_file() else None
+    return None
+
+
+def _check_static_batch(spec: ModelSpec, variant: Variant, where: dict[str, Any]) -> None:
+    if not variant.on_tpu:
+        return
+    for key, tensor in spec.inputs.items():
+        shape = tensor.shape
+        if shape.rank is None or shape.rank == 0 or shape[0] != variant.batch_size:
+            raise GraphError(
+                f"input {key!r} has shape {shape}; a TPU graph needs the static batch size "
+                f"{variant.batch_size} as its first dimension (build placeholders with "
+                "shape [ctx.batch_size, ...])",
+                **where,
+            )
+
+
+def _checked_loss(spec: ModelSpec, where: dict[str, Any]) -> tf.Tensor:
+    if spec.loss is None:
+        raise GraphError(
+            "a train variant needs the model function to return a loss (ModelSpec.loss)", **where
+        )
+    loss = tf.convert_to_tensor(spec.loss)
+    if loss.shape.rank != 0 or not loss.dtype.is_floating:
+        raise GraphError(f"the loss must be a float scalar, got {loss.dtype.name} {loss.shape}",
+                         **where)
+    if not spec.labels:
+        raise GraphError(
+            "a train variant needs the model function to return its labels (ModelSpec.labels)",
+            **where,
+        )
+    return loss
+
+
+def _check_float32_storage(
+    variables: dict[str, VariableSpec], variant: Variant, where: dict[str, Any]
+) -> None:
+    for name, spec in variables.items():
+        if spec.dtype in ("float16", "bfloat16"):
+            raise GraphError(
+                f"variable {name!r} is stored as {spec.dtype}; create variables with "
+                "tf.compat.v1.get_variable inside ctx.compute so smpack keeps the shared "
+                "checkpoint float32",
+                **where,
+            )

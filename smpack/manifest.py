@@ -1,0 +1,412 @@
+"""The variant manifest: its schema, and loading it from YAML into validated objects.
+
+Everything downstream sees only `Manifest` objects whose paths are absolute and exist, so
+the rest of smpack never re-checks user input. Paths resolve against the manifest's own
+folder, never the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from smpack.errors import ManifestError
+
+SCHEMA_VERSION = 1
+
+# TF Serving and saved_model_cli take tag sets as comma-separated lists, so a tag
+# holding a comma or white space could never be selected.
+_TAG = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_DEVICE = re.compile(
+    r"^(/job:[A-Za-z0-9_\-]+)?(/replica:\d+)?(/task:\d+)?/device:(CPU|GPU|TPU|XLA_CPU|XLA_GPU):\d+$"
+)
+_PYTHON_SOURCE = re.compile(r"^(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+
+Precision = Literal["float32", "float16", "bfloat16"]
+Method = Annotated[str, Field(min_length=1)]
+
+# TF Serving's method names; any other string is accepted as a custom method.
+METHODS = {
+    "predict": "tensorflow/serving/predict",
+    "classify": "tensorflow/serving/classify",
+    "regress": "tensorflow/serving/regress",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Optimizer(_Strict):
+    """The optimizer smpack builds the train op from."""
+
+    name: Literal["sgd", "momentum", "adam"]
+    learning_rate: float = Field(gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+
+
+class Signature(_Strict):
+    """One SignatureDef: keys map to the tensor names the model function returns."""
+
+    method: Method = "predict"
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+    @field_validator("inputs", "outputs", mode="before")
+    @classmethod
+    def _list_means_same_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {name: name for name in value}
+        return value
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _not_empty(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("must name at least one tensor")
+        return value
+
+    @model_validator(mode="after")
+    def _serving_rules(self) -> Signature:
+        # TF Serving's Classify and Regress APIs feed serialized tf.Examples under one
+        # fixed key and read fixed output keys; any other layout fails at request time.
+        if self.method == "classify":
+            if set(self.inputs) != {"inputs"}:
+                raise ValueError("a classify signature takes exactly one input, keyed 'inputs'")
+            if not self.outputs.keys() <= {"classes", "scores"}:
+                raise ValueError("a classify signature's outputs are 'classes' and/or 'scores'")
+        if self.method == "regress":
+            if set(self.inputs) != {"inputs"}:
+                raise ValueError("a regress signature takes exactly one input, keyed 'inputs'")
+            if set(self.outputs) != {"outputs"}:
+                raise ValueError("a regress signature has exactly one output, keyed 'outputs'")
+        return self
+
+    @property
+    def method_name(self) -> str:
+        return METHODS.get(self.method, self.method)
+
+
+class Variant(_Strict):
+    """One MetaGraph of the package and how its graph is placed, cast and rewritten."""
+
+    tags: list[str] = Field(min_length=1)
+    mode: Literal["serve", "train"] | None = None
+    optimizer: Optimizer | None = None
+    device: str | None = None
+    precision: Precision = "float32"
+    xla: bool = False
+    tpu: bool | None = None
+    batch_size: int | None = Field(default=None, gt=0)
+    signatures: dict[str, Signature] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if not _TAG.match(tag):
+                raise ValueError(
+                    f"tag {tag!r} must be letters, digits, '_', '.' or '-' "
+                    "(tag sets are passed comma-separated to TF Serving)"
+                )
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"tags {tags} repeat a tag")
+        return tags
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, device: str | None) -> str | None:
+        if device is not None and not _DEVICE.match(device):
+            raise ValueError(
+                f"device {device!r} is not a TensorFlow device name like '/device:GPU:0'"
+            )
+        return device
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Variant:
+        if self.is_training and self.optimizer is None:
+            raise ValueError("a train variant needs an optimizer: {name: sgd, learning_rate: 0.1}")
+        if not self.is_training and self.optimizer is not None:
+            raise ValueError("optimizer is only used by a variant with mode: train")
+        if self.on_tpu and self.batch_size is None:
+            raise ValueError("a TPU variant needs a static batch_size (TPU shapes are fixed)")
+        if self.on_tpu and self.is_training:
+            raise ValueError("training inside tpu.rewrite is not supported; train on CPU/GPU")
+        if self.on_tpu and self.device is not None:
+            raise ValueError("a TPU variant is placed by tpu.rewrite; remove device")
+        return self
+
+    @property
+    def is_training(self) -> bool:
+        return (self.mode or ("train" if "train" in self.tags else "serve")) == "train"
+
+    @property
+    def on_tpu(self) -> bool:
+        return self.tpu if self.tpu is not None else "tpu" in self.tags
+
+    @property
+    def tag_set(self) -> frozenset[str]:
+        return frozenset(self.tags)
+
+
+class Source(_Strict):
+    """Where the model comes from: a Python graph-building function."""
+
+    python: str
+    checkpoint: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("python")
+    @classmethod
+    def _file_and_function(cls, value: str) -> str:
+        if not _PYTHON_SOURCE.match(value):
+            raise ValueError(f"{value!r} is not 'path/to/file.py:function_name'")
+        return value
+
+    @property
+    def python_file(self) -> str:
+        return self.python.rpartition(":")[0]
+
+    @property
+    def function_name(self) -> str:
+        return self.python.rpartition(":")[2]
+
+
+class Manifest(_Strict):
+    """A whole variant manifest, as written in YAML (paths still relative)."""
+
+    schema_: int = Field(alias="schema")
+    name: str
+    version: int = Field(gt=0)
+    source: Source
+    variants: dict[str, Variant] = Field(min_length=1)
+    signatures: dict[str, Signature] = Field(
+        default_factory=lambda: {
+            "serving_default": Signature(inputs={"input": "input"}, outputs={"output": "output"})
+        }
+    )
+    assets: list[str] = Field(default_factory=list)
+    assets_extra: dict[str, str] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("schema_")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"schema {value} is unknown; this smpack reads schema {SCHEMA_VERSION}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _NAME.match(value) or value in {".", ".."}:
+            raise ValueError(
+                f"name {value!r} must be a plain directory name (letters, digits, '_', '.', '-')"
+            )
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        # TF Serving only loads versions whose directory name is an integer.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"version must be a positive integer, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_tag_sets(self) -> Manifest:
+        seen: dict[frozenset[str], str] = {}
+        for name, variant in self.variants.items():
+            if variant.tag_set in seen:
+                tags = "{" + ", ".join(sorted(variant.tag_set)) + "}"
+                raise ValueError(
+                    f"tag set {tags} appears twice (variants {seen[variant.tag_set]!r} and "
+                    f"{name!r}); give each variant a distinct tag set"
+                )
+            seen[variant.tag_set] = name
+        return self
+
+    def signatures_for(self, variant: Variant) -> dict[str, Signature]:
+        return dict(variant.signatures) if variant.signatures is not None else dict(self.signatures)
+
+
+class LoadedManifest(BaseModel):
+    """A validated manifest with every path resolved against the manifest's folder."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    spec: Manifest
+    python_file: Path
+    function_name: str
+    checkpoint: Path | None
+    assets: list[Path]
+    assets_extra: dict[str, Path]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def load_manifest(path: str | Path) -> LoadedManifest:
+    """Read, validate and resolve a manifest; raise `ManifestError` naming file, line and field."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ManifestError(f"cannot read manifest: {e.strerror}", file=path) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ManifestError(
+            f"invalid YAML: {problem}", file=path, line=mark.line + 1 if mark else None
+        ) from e
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"the top level must be a mapping of fields, not {type(data).__name__}", file=path
+        )
+    try:
+        spec = Manifest.model_validate(data)
+    except ValidationError as e:
+        raise _manifest_error(e, path, text) from e
+    return _resolve(spec, path)
+
+
+def _manifest_error(error: ValidationError, path: Path, text: str) -> ManifestError:
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown field {loc[-1]!r}" + _suggestion(loc[-1], _fields_at(loc[:-1]))
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    field = ".".join(loc) or None
+    return ManifestError(message, file=path, field=field, line=_line_of(text, loc))
+
+
+def _suggestion(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(choices)}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """The valid field names of the model found at `loc` in the manifest schema."""
+    model: type[BaseModel] = Manifest
+    for part in loc:
+        annotation = model.model_fields.get(part) or model.model_fields.get(part + "_")
+        if annotation is None:
+            continue  # a dict key such as a variant name
+        nested = _model_in(annotation.annotation)
+        if nested is None:
+            return []
+        model = nested
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """The 1-based line of the deepest YAML node on the path `loc`."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
+    folder = path.parent
+    python_file = _existing(folder, spec.source.python_file, path, "source.python")
+    checkpoint = None
+    if spec.source.checkpoint is not None:
+        checkpoint = folder / spec.source.checkpoint
+        if not Path(f"{checkpoint}.index").is_file():
+            raise ManifestError(
+                f"no TF checkpoint at {checkpoint} (expected {checkpoint.name}.index)",
+                file=path,
+                field="source.checkpoint",
+            )
+    assets = [
+        _existing(folder, entry, path, f"assets.{i}") for i, entry in enumerate(spec.assets)
+    ]
+    names: dict[str, int] = {}
+    for i, asset in enumerate(assets):
+        if asset.name in names:
+            raise ManifestError(
+                f"{spec.assets[names[asset.name]]!r} and {spec.assets[i]!r} would both be "
+                f"assets/{asset.name}; rename one",
+                file=path,
+                field=f"assets.{i}",
+            )
+        names[asset.name] = i
+    extras = {}
+    for target, source in spec.assets_extra.items():
+        if Path(target).is_absolute() or ".." in Path(target).parts:
+            raise ManifestError(
+                f"{target!r} must be a relative path inside assets.extra/",
+                file=path,
+                field=f"assets_extra.{target}",
+            )
+        extras[target] = _existing(folder, source, path, f"assets_extra.{target}")
+    return LoadedManifest(
+        path=path,
+        spec=spec,
+        python_file=python_file,
+        function_name=spec.source.function_name,
+        checkpoint=checkpoint,
+        assets=assets,
+        assets_extra=extras,
+    )
+
+
+def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:
+    """Resolve `relative` inside `folder`, refusing paths (or symlinks) that leave it."""
+    candidate = (folder / relative).resolve()
+    if not candidate.is_relative_to(folder.resolve()):
+        raise ManifestError(
+            f"{relative!r} points outside the manifest's folder {folder}; "
+            "copy the file next to the manifest",
+            file=manifest,
+            field=field,
+        )
+    if not candidate.exists():
+        raise ManifestError(f"{relative!r} does not exist in {folder}", file=manifest, field=field)
+    return candidate

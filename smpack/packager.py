@@ -1,0 +1,83 @@
+"""`build`: the library entry point that turns a manifest into a package on disk."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from smpack.errors import PackageError
+from smpack.manifest import load_manifest
+from smpack.package_info import PackageInfo
+
+
+def build(
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    as_text: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> PackageInfo:
+    """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
+
+    Raises `SmpackError` (with file and field) for anything the user can fix; the
+    destination is untouched unless the whole package was written.
+    """
+    step = on_step or (lambda _: None)
+    loaded = load_manifest(manifest)
+    destination = Path(out).absolute() / loaded.spec.name / str(loaded.spec.version)
+    if destination.exists() and not force:
+        raise PackageError(
+            f"{destination} already exists; pass --force to replace it, or raise the "
+            "manifest's version"
+        )
+
+    step("importing TensorFlow")
+    import_tensorflow_quietly()
+    # Imported here, not at module level: validating a manifest must not cost a TF import.
+    from smpack.assets import copy_assets
+    from smpack.graphs import build_variant_graph
+    from smpack.package_info import read_package
+    from smpack.source import load_model_function
+    from smpack.staging import staged_directory
+    from smpack.writer import write_saved_model
+
+    model_fn = load_model_function(loaded)
+    graphs = []
+    for name, variant in loaded.spec.variants.items():
+        step(f"building variant {name} ({','.join(variant.tags)})")
+        graphs.append(build_variant_graph(loaded, model_fn, name, variant))
+
+    with staged_directory(destination, force) as staging:
+        step("writing variables and graphs")
+        write_saved_model(staging, graphs, loaded, as_text)
+        copy_assets(loaded, staging)
+    return read_package(destination)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probing) kept off the terminal.
+
+    The chatter is written to file descriptor 2 before logging is configured, so only a
+    redirect silences it; it is replayed if the import fails.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.buffer.write(captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    tf.get_logger().setLevel("ERROR")

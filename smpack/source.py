@@ -1,0 +1,44 @@
+"""Importing the user's model function from the file the manifest names.
+
+This runs the user's code: a manifest is as trusted as the Python file it points to.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from smpack.errors import ModelError
+from smpack.manifest import LoadedManifest
+
+
+def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
+    """Import `source.python` and return the named function."""
+    path = loaded.python_file
+    module_name = f"smpack_user_model_{abs(hash(path))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"cannot import {path}", file=loaded.path, field="source.python")
+    module = importlib.util.module_from_spec(spec)
+    # The model file may import its own helpers from beside itself.
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise ModelError(
+            f"importing {path.name} raised {type(e).__name__}: {e}",
+            file=loaded.path,
+            field="source.python",
+        ) from e
+    finally:
+        sys.path.remove(str(path.parent))
+    function = getattr(module, loaded.function_name, None)
+    if not callable(function):
+        raise ModelError(
+            f"{path.name} has no function {loaded.function_name!r}",
+            file=loaded.path,
+            field="source.python",
+        )
+    return function

@@ -1,0 +1,83 @@
+"""Atomic publication of a package version directory.
+
+A build writes into a hidden sibling (`.<version>.smpack-tmp-<pid>-…`, which TF Serving
+ignores since it is not an integer) and renames it into place, so a reader sees either
+the previous complete package or the new one, never a half-written directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from smpack.errors import PackageError
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@contextlib.contextmanager
+def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
+    """Yield an empty staging directory; on success it replaces `destination`."""
+    if destination.exists() and not force:
+        raise PackageError(f"{destination} already exists; pass --force to replace it")
+    parent = destination.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PackageError(f"cannot create {parent}: {e.strerror}") from e
+    remove_stale_staging(parent, destination.name)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.smpack-tmp-{os.getpid()}-", dir=parent)
+    )
+    try:
+        yield staging
+        _publish(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(parent: Path, version: str) -> None:
+    """Delete staging directories left by builds that were killed."""
+    for leftover in parent.glob(f".{version}.smpack-tmp-*"):
+        pid = leftover.name.removeprefix(f".{version}.smpack-tmp-").split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _publish(staging: Path, destination: Path) -> None:
+    if not destination.exists():
+        os.rename(staging, destination)
+        return
+    # Swap in one step where the kernel can (renameat2); the old package then sits at
+    # the staging path and is removed with it.
+    if _exchange(staging, destination):
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.smpack-old-", dir=destination.parent))
+    os.rename(destination, old / "package")
+    os.rename(staging, destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return bool(result == 0)

@@ -1,0 +1,83 @@
+"""How a variant's device computation is placed, cast and rewritten for its target.
+
+This is the one place that knows what `device`, `precision`, `xla` and TPU mean in graph
+terms; `ModelContext.compute` delegates here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import tensorflow as tf
+
+from smpack.manifest import Variant
+
+
+def compute_for(variant: Variant) -> Callable[..., Any]:
+    """The `ctx.compute` implementation for `variant`."""
+    dtype = tf.as_dtype(variant.precision)
+
+    def compute(fn: Callable[..., Any], *inputs: Any) -> Any:
+        structure: list[Any] = []
+
+        def body(*tensors: tf.Tensor) -> list[tf.Tensor]:
+            cast_inputs = [_cast_float(t, dtype) for t in tensors]
+            with tf.compat.v1.variable_scope(
+                tf.compat.v1.get_variable_scope(),
+                custom_getter=_float32_storage_getter,
+                auxiliary_name_scope=False,
+            ):
+                result = fn(*cast_inputs)
+            structure.append(result)
+            return [_cast_float(t, tf.float32) for t in tf.nest.flatten(result)]
+
+        inputs_list = [tf.convert_to_tensor(t) for t in inputs]
+        if variant.on_tpu:
+            outputs = tf.compat.v1.tpu.rewrite(body, inputs_list)
+            # The serving host reads results outside the TPU cluster; give them host names.
+            outputs = [tf.identity(t) for t in outputs]
+        else:
+            with _device(variant.device), _xla(variant.xla):
+                outputs = body(*inputs_list)
+        return tf.nest.pack_sequence_as(structure[0], outputs)
+
+    return compute
+
+
+def _cast_float(tensor: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    tensor = tf.convert_to_tensor(tensor)
+    if tensor.dtype.is_floating and tensor.dtype != dtype:
+        return tf.cast(tensor, dtype)
+    return tensor
+
+
+def _float32_storage_getter(getter: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    # Half-precision variants share the float32 checkpoint: store float32, compute in the
+    # requested dtype (the classic TF1 mixed-precision custom getter).
+    requested = tf.as_dtype(kwargs.get("dtype") or tf.float32)
+    if not requested.is_floating or requested == tf.float32:
+        return getter(name, *args, **kwargs)
+    kwargs["dtype"] = tf.float32
+    return tf.cast(getter(name, *args, **kwargs), requested)
+
+
+@contextlib.contextmanager
+def _device(device: str | None) -> Iterator[None]:
+    if device is None:
+        yield
+    else:
+        with tf.device(device):
+            yield
+
+
+@contextlib.contextmanager
+def _xla(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+    else:
+        # Marks every op with _XlaCompile; on CPU and GPU the runtime then clusters and
+        # compiles them, since such explicit marks are honoured without global auto-jit.
+        with tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False):
+            yield

@@ -1,0 +1,41 @@
+"""The train op smpack builds from the manifest's optimizer (the model only gives a loss)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from smpack.manifest import Optimizer
+
+# TF's own method name for training signatures (tf.saved_model's SUPERVISED_TRAIN).
+TRAIN_METHOD = "tensorflow/supervised/training"
+# tensorflow/python/saved_model/constants.py TRAIN_OP_KEY (not exported as public API).
+SAVED_MODEL_TRAIN_OP_KEY = "saved_model_train_op"
+
+
+def build_train_op(loss: tf.Tensor, optimizer: Optimizer) -> tf.Operation:
+    """Global step, optimizer slots and the train op, registered where TF tooling looks."""
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    v1 = tf.compat.v1.train
+    if optimizer.name == "sgd":
+        opt = v1.GradientDescentOptimizer(optimizer.learning_rate)
+    elif optimizer.name == "momentum":
+        opt = v1.MomentumOptimizer(optimizer.learning_rate, optimizer.momentum)
+    else:
+        opt = v1.AdamOptimizer(optimizer.learning_rate)
+    train_op = opt.minimize(loss, global_step=global_step, name="train_op")
+    tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TRAIN_OP, train_op)
+    # loader_impl.get_train_op reads this collection. The alternative, a
+    # __saved_model_train_op signature, has no inputs, so tf.saved_model.load (which
+    # prunes every signature) would reject the train graph for its unfed placeholders.
+    tf.compat.v1.add_to_collection(SAVED_MODEL_TRAIN_OP_KEY, train_op)
+    return train_op
+
+
+def loss_after_step(loss: tf.Tensor, train_op: tf.Operation) -> tf.Tensor:
+    """The loss as a tensor whose evaluation also runs one training step.
+
+    A signature can only fetch tensors, so the step rides on a control dependency; the
+    value is the loss the step's gradients were computed from.
+    """
+    with tf.control_dependencies([train_op]):
+        return tf.identity(loss, name="train_loss")

@@ -1,0 +1,130 @@
+"""Writing variant graphs into one SavedModel that shares one checkpoint.
+
+The graph holding every variable goes through `add_meta_graph_and_variables` (the only
+time variables are written); every other graph through `add_meta_graph`. TF's builder
+checks neither that the other graphs' variables are in that checkpoint nor that tag sets
+are distinct, so this module does, before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
+
+from smpack.errors import GraphError, ManifestError
+from smpack.graphs import VariableSpec, VariantGraph
+from smpack.manifest import LoadedManifest
+
+
+def write_saved_model(
+    export_dir: Path, graphs: list[VariantGraph], loaded: LoadedManifest, as_text: bool
+) -> None:
+    """Write `graphs` as the MetaGraphs of the SavedModel at `export_dir`."""
+    first = graph_holding_all_variables(graphs)
+    ordered = [first] + [g for g in graphs if g is not first]
+    # The builder tf.estimator used: it stores the init op as the __saved_model_init_op
+    # signature every loader reads (tf.compat.v1.saved_model.Builder only writes the
+    # legacy main_op collection).
+    builder = tf.__internal__.saved_model.SavedModelBuilder(str(export_dir))
+    for variant_graph in ordered:
+        options = {
+            "tags": variant_graph.tags,
+            "signature_def_map": variant_graph.signature_defs,
+            "init_op": variant_graph.init_op,
+            # Plain serve graphs carry no placement, so they run wherever they are loaded.
+            "clear_devices": variant_graph.variant.device is None,
+        }
+        with variant_graph.graph.as_default():
+            if variant_graph is first:
+                with tf.compat.v1.Session(graph=variant_graph.graph, config=_soft_placement()) as s:
+                    s.run(tf.compat.v1.global_variables_initializer())
+                    if loaded.checkpoint is not None:
+                        _restore_model_variables(s, variant_graph, loaded)
+                    builder.add_meta_graph_and_variables(s, strip_default_attrs=True, **options)
+            else:
+                builder.add_meta_graph(**options)
+    builder.save(as_text=as_text)
+    _register_assets(export_dir, ordered, as_text)
+
+
+def graph_holding_all_variables(graphs: list[VariantGraph]) -> VariantGraph:
+    """The graph whose variables are a superset of every other's, with equal shapes/dtypes."""
+    union: dict[str, tuple[VariableSpec, str]] = {}
+    for graph in graphs:
+        for name, spec in graph.variables.items():
+            seen = union.setdefault(name, (spec, graph.name))
+            if seen[0] != spec:
+                raise GraphError(
+                    f"variable {name!r} is {_describe(spec)} in variant {graph.name!r} but "
+                    f"{_describe(seen[0])} in variant {seen[1]!r}; every variant restores the "
+                    "same checkpoint, so shapes and dtypes must agree"
+                )
+    candidates = [g for g in graphs if g.variables.keys() >= union.keys()]
+    if not candidates:
+        lacking = {g.name: sorted(union.keys() - g.variables.keys())[:3] for g in graphs}
+        raise GraphError(
+            "no variant holds every variable, so no single checkpoint can serve them all "
+            f"(missing per variant: {lacking}); give one variant (usually train) all of them"
+        )
+    # A TPU graph's initialisers may sit inside the TPU computation, which a host without
+    # TPUs cannot run, so write the checkpoint from another graph when one qualifies.
+    return max(candidates, key=lambda g: not g.variant.on_tpu)
+
+
+def _describe(spec: VariableSpec) -> str:
+    return f"{spec.dtype}{list(spec.shape)}"
+
+
+def _soft_placement() -> tf.compat.v1.ConfigProto:
+    return tf.compat.v1.ConfigProto(allow_soft_placement=True)
+
+
+def _restore_model_variables(
+    session: tf.compat.v1.Session, graph: VariantGraph, loaded: LoadedManifest
+) -> None:
+    checkpoint = str(loaded.checkpoint)
+    reader = tf.train.load_checkpoint(checkpoint)
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    var_list = {}
+    for variable in tf.compat.v1.global_variables():
+        name = variable.op.name
+        if name not in graph.model_variables:
+            continue  # optimizer slots and the global step start fresh
+        where = {"file": loaded.path, "field": "source.checkpoint"}
+        if name not in shapes:
+            raise ManifestError(f"checkpoint {checkpoint} has no variable {name!r}", **where)
+        expected = graph.variables[name]
+        found = VariableSpec(tuple(shapes[name]), dtypes[name].name)
+        if found != expected:
+            raise ManifestError(
+                f"checkpoint variable {name!r} is {_describe(found)}, the model's is "
+                f"{_describe(expected)}",
+                **where,
+            )
+        var_list[name] = variable
+    tf.compat.v1.train.Saver(var_list).restore(session, checkpoint)
+
+
+def _register_assets(export_dir: Path, ordered: list[VariantGraph], as_text: bool) -> None:
+    """Add AssetFileDefs keeping folder structure (TF's builder flattens to basenames)."""
+    if not any(g.asset_files for g in ordered):
+        return
+    path = export_dir / ("saved_model.pbtxt" if as_text else "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    if as_text:
+        text_format.Parse(path.read_text(), saved_model)
+    else:
+        saved_model.ParseFromString(path.read_bytes())
+    for meta_graph, variant_graph in zip(saved_model.meta_graphs, ordered, strict=True):
+        for tensor_name, filename in sorted(variant_graph.asset_files.items()):
+            asset = meta_graph.asset_file_def.add()
+            asset.filename = filename
+            asset.tensor_info.name = tensor_name
+    if as_text:
+        path.write_text(text_format.MessageToString(saved_model))
+    else:
+        path.write_bytes(saved_model.SerializeToString(deterministic=True))
