@@ -66,7 +66,7 @@ def build_variant_graph(
         )
         spec = _call_model(loaded, model_fn, ctx)
         model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
-        where = {"file": loaded.path, "field": field_path}
+        where: dict[str, Any] = {"file": loaded.path, "field": field_path}
         _check_static_batch(spec, variant, where)
 
         outputs = dict(spec.outputs)
@@ -82,8 +82,9 @@ def build_variant_graph(
             loss = _checked_loss(spec, where)
             train_op = build_train_op(loss, variant.optimizer)
             if TRAIN_SIGNATURE_KEY in signature_defs:
+                msg = f"signature key {TRAIN_SIGNATURE_KEY!r} is reserved for the training step"
                 raise GraphError(
-                    f"signature key {TRAIN_SIGNATURE_KEY!r} is reserved for the training step",
+                    msg,
                     **where,
                 )
             signature_defs[TRAIN_SIGNATURE_KEY] = tf.compat.v1.saved_model.build_signature_def(
@@ -91,9 +92,11 @@ def build_variant_graph(
                     k: tf.compat.v1.saved_model.build_tensor_info(t)
                     for k, t in {**spec.inputs, **spec.labels}.items()
                 },
-                outputs={"loss": tf.compat.v1.saved_model.build_tensor_info(
-                    loss_after_step(loss, train_op)
-                )},
+                outputs={
+                    "loss": tf.compat.v1.saved_model.build_tensor_info(
+                        loss_after_step(loss, train_op)
+                    )
+                },
                 method_name=TRAIN_METHOD,
             )
         init_op = tf.group(
@@ -118,22 +121,30 @@ def build_variant_graph(
     )
 
 
-def _call_model(loaded: LoadedManifest, model_fn: Callable[..., Any], ctx: ModelContext) -> ModelSpec:
+def _call_model(
+    loaded: LoadedManifest, model_fn: Callable[..., Any], ctx: ModelContext
+) -> ModelSpec:
     try:
         spec = model_fn(ctx)
     except SmpackError:
         raise
     except Exception as e:
-        raise ModelError(
+        msg = (
             f"model function {loaded.function_name!r} raised {type(e).__name__}: {e} "
-            f"(building variant {ctx.variant!r})",
+            f"(building variant {ctx.variant!r})"
+        )
+        raise ModelError(
+            msg,
             file=loaded.python_file,
             field="source.python",
         ) from e
     if not isinstance(spec, ModelSpec):
-        raise ModelError(
+        msg = (
             f"model function {loaded.function_name!r} returned {type(spec).__name__}, "
-            "expected smpack.ModelSpec",
+            "expected smpack.ModelSpec"
+        )
+        raise ModelError(
+            msg,
             file=loaded.python_file,
             field="source.python",
         )
@@ -144,9 +155,12 @@ def _asset_tensor(loaded: LoadedManifest, name: str, asset_files: dict[str, str]
     source = _asset_source(loaded, name)
     if source is None:
         listed = ", ".join(a.name for a in loaded.assets) or "none"
-        raise ModelError(
+        msg = (
             f"the model asks for asset {name!r}, which the manifest does not list "
-            f"(assets: {listed})",
+            f"(assets: {listed})"
+        )
+        raise ModelError(
+            msg,
             file=loaded.path,
             field="assets",
         )
@@ -173,26 +187,29 @@ def _check_static_batch(spec: ModelSpec, variant: Variant, where: dict[str, Any]
     for key, tensor in spec.inputs.items():
         shape = tensor.shape
         if shape.rank is None or shape.rank == 0 or shape[0] != variant.batch_size:
-            raise GraphError(
+            msg = (
                 f"input {key!r} has shape {shape}; a TPU graph needs the static batch size "
                 f"{variant.batch_size} as its first dimension (build placeholders with "
-                "shape [ctx.batch_size, ...])",
+                "shape [ctx.batch_size, ...])"
+            )
+            raise GraphError(
+                msg,
                 **where,
             )
 
 
 def _checked_loss(spec: ModelSpec, where: dict[str, Any]) -> tf.Tensor:
     if spec.loss is None:
-        raise GraphError(
-            "a train variant needs the model function to return a loss (ModelSpec.loss)", **where
-        )
+        msg = "a train variant needs the model function to return a loss (ModelSpec.loss)"
+        raise GraphError(msg, **where)
     loss = tf.convert_to_tensor(spec.loss)
     if loss.shape.rank != 0 or not loss.dtype.is_floating:
-        raise GraphError(f"the loss must be a float scalar, got {loss.dtype.name} {loss.shape}",
-                         **where)
+        msg = f"the loss must be a float scalar, got {loss.dtype.name} {loss.shape}"
+        raise GraphError(msg, **where)
     if not spec.labels:
+        msg = "a train variant needs the model function to return its labels (ModelSpec.labels)"
         raise GraphError(
-            "a train variant needs the model function to return its labels (ModelSpec.labels)",
+            msg,
             **where,
         )
     return loss
@@ -203,9 +220,12 @@ def _check_float32_storage(
 ) -> None:
     for name, spec in variables.items():
         if spec.dtype in ("float16", "bfloat16"):
-            raise GraphError(
+            msg = (
                 f"variable {name!r} is stored as {spec.dtype}; create variables with "
                 "tf.compat.v1.get_variable inside ctx.compute so smpack keeps the shared "
-                "checkpoint float32",
+                "checkpoint float32"
+            )
+            raise GraphError(
+                msg,
                 **where,
             )

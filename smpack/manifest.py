@@ -76,7 +76,8 @@ class Signature(_Strict):
     @classmethod
     def _not_empty(cls, value: dict[str, str]) -> dict[str, str]:
         if not value:
-            raise ValueError("must name at least one tensor")
+            msg = "must name at least one tensor"
+            raise ValueError(msg)
         return value
 
     @model_validator(mode="after")
@@ -85,14 +86,18 @@ class Signature(_Strict):
         # fixed key and read fixed output keys; any other layout fails at request time.
         if self.method == "classify":
             if set(self.inputs) != {"inputs"}:
-                raise ValueError("a classify signature takes exactly one input, keyed 'inputs'")
+                msg = "a classify signature takes exactly one input, keyed 'inputs'"
+                raise ValueError(msg)
             if not self.outputs.keys() <= {"classes", "scores"}:
-                raise ValueError("a classify signature's outputs are 'classes' and/or 'scores'")
+                msg = "a classify signature's outputs are 'classes' and/or 'scores'"
+                raise ValueError(msg)
         if self.method == "regress":
             if set(self.inputs) != {"inputs"}:
-                raise ValueError("a regress signature takes exactly one input, keyed 'inputs'")
+                msg = "a regress signature takes exactly one input, keyed 'inputs'"
+                raise ValueError(msg)
             if set(self.outputs) != {"outputs"}:
-                raise ValueError("a regress signature has exactly one output, keyed 'outputs'")
+                msg = "a regress signature has exactly one output, keyed 'outputs'"
+                raise ValueError(msg)
         return self
 
     @property
@@ -119,35 +124,41 @@ class Variant(_Strict):
     def _valid_tags(cls, tags: list[str]) -> list[str]:
         for tag in tags:
             if not _TAG.match(tag):
-                raise ValueError(
+                msg = (
                     f"tag {tag!r} must be letters, digits, '_', '.' or '-' "
                     "(tag sets are passed comma-separated to TF Serving)"
                 )
+                raise ValueError(msg)
         if len(set(tags)) != len(tags):
-            raise ValueError(f"tags {tags} repeat a tag")
+            msg = f"tags {tags} repeat a tag"
+            raise ValueError(msg)
         return tags
 
     @field_validator("device")
     @classmethod
     def _valid_device(cls, device: str | None) -> str | None:
         if device is not None and not _DEVICE.match(device):
-            raise ValueError(
-                f"device {device!r} is not a TensorFlow device name like '/device:GPU:0'"
-            )
+            msg = f"device {device!r} is not a TensorFlow device name like '/device:GPU:0'"
+            raise ValueError(msg)
         return device
 
     @model_validator(mode="after")
     def _consistent(self) -> Variant:
         if self.is_training and self.optimizer is None:
-            raise ValueError("a train variant needs an optimizer: {name: sgd, learning_rate: 0.1}")
+            msg = "a train variant needs an optimizer: {name: sgd, learning_rate: 0.1}"
+            raise ValueError(msg)
         if not self.is_training and self.optimizer is not None:
-            raise ValueError("optimizer is only used by a variant with mode: train")
+            msg = "optimizer is only used by a variant with mode: train"
+            raise ValueError(msg)
         if self.on_tpu and self.batch_size is None:
-            raise ValueError("a TPU variant needs a static batch_size (TPU shapes are fixed)")
+            msg = "a TPU variant needs a static batch_size (TPU shapes are fixed)"
+            raise ValueError(msg)
         if self.on_tpu and self.is_training:
-            raise ValueError("training inside tpu.rewrite is not supported; train on CPU/GPU")
+            msg = "training inside tpu.rewrite is not supported; train on CPU/GPU"
+            raise ValueError(msg)
         if self.on_tpu and self.device is not None:
-            raise ValueError("a TPU variant is placed by tpu.rewrite; remove device")
+            msg = "a TPU variant is placed by tpu.rewrite; remove device"
+            raise ValueError(msg)
         return self
 
     @property
@@ -174,7 +185,8 @@ class Source(_Strict):
     @classmethod
     def _file_and_function(cls, value: str) -> str:
         if not _PYTHON_SOURCE.match(value):
-            raise ValueError(f"{value!r} is not 'path/to/file.py:function_name'")
+            msg = f"{value!r} is not 'path/to/file.py:function_name'"
+            raise ValueError(msg)
         return value
 
     @property
@@ -208,16 +220,16 @@ class Manifest(_Strict):
     @classmethod
     def _known_schema(cls, value: int) -> int:
         if value != SCHEMA_VERSION:
-            raise ValueError(f"schema {value} is unknown; this smpack reads schema {SCHEMA_VERSION}")
+            msg = f"schema {value} is unknown; this smpack reads schema {SCHEMA_VERSION}"
+            raise ValueError(msg)
         return value
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not _NAME.match(value) or value in {".", ".."}:
-            raise ValueError(
-                f"name {value!r} must be a plain directory name (letters, digits, '_', '.', '-')"
-            )
+            msg = f"name {value!r} must be a plain directory name (letters, digits, '_', '.', '-')"
+            raise ValueError(msg)
         return value
 
     @field_validator("version", mode="before")
@@ -225,21 +237,25 @@ class Manifest(_Strict):
     def _integer_version(cls, value: Any) -> Any:
         # TF Serving only loads versions whose directory name is an integer.
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"version must be a positive integer, not {value!r}")
+            msg = f"version must be a positive integer, not {value!r}"
+            raise ValueError(msg)
         return value
 
-    @model_validator(mode="after")
-    def _distinct_tag_sets(self) -> Manifest:
+    @field_validator("variants")
+    @classmethod
+    def _distinct_tag_sets(cls, variants: dict[str, Variant]) -> dict[str, Variant]:
+        # TF's builder accepts duplicate tag sets silently; loaders then pick one at random.
         seen: dict[frozenset[str], str] = {}
-        for name, variant in self.variants.items():
+        for name, variant in variants.items():
             if variant.tag_set in seen:
                 tags = "{" + ", ".join(sorted(variant.tag_set)) + "}"
-                raise ValueError(
+                msg = (
                     f"tag set {tags} appears twice (variants {seen[variant.tag_set]!r} and "
                     f"{name!r}); give each variant a distinct tag set"
                 )
+                raise ValueError(msg)
             seen[variant.tag_set] = name
-        return self
+        return variants
 
     def signatures_for(self, variant: Variant) -> dict[str, Signature]:
         return dict(variant.signatures) if variant.signatures is not None else dict(self.signatures)
@@ -269,19 +285,18 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ManifestError(f"cannot read manifest: {e.strerror}", file=path) from e
+        msg = f"cannot read manifest: {e.strerror}"
+        raise ManifestError(msg, file=path) from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e)
-        raise ManifestError(
-            f"invalid YAML: {problem}", file=path, line=mark.line + 1 if mark else None
-        ) from e
+        msg = f"invalid YAML: {problem}"
+        raise ManifestError(msg, file=path, line=mark.line + 1 if mark else None) from e
     if not isinstance(data, dict):
-        raise ManifestError(
-            f"the top level must be a mapping of fields, not {type(data).__name__}", file=path
-        )
+        msg = f"the top level must be a mapping of fields, not {type(data).__name__}"
+        raise ManifestError(msg, file=path)
     try:
         spec = Manifest.model_validate(data)
     except ValidationError as e:
@@ -359,20 +374,22 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     if spec.source.checkpoint is not None:
         checkpoint = folder / spec.source.checkpoint
         if not Path(f"{checkpoint}.index").is_file():
+            msg = f"no TF checkpoint at {checkpoint} (expected {checkpoint.name}.index)"
             raise ManifestError(
-                f"no TF checkpoint at {checkpoint} (expected {checkpoint.name}.index)",
+                msg,
                 file=path,
                 field="source.checkpoint",
             )
-    assets = [
-        _existing(folder, entry, path, f"assets.{i}") for i, entry in enumerate(spec.assets)
-    ]
+    assets = [_existing(folder, entry, path, f"assets.{i}") for i, entry in enumerate(spec.assets)]
     names: dict[str, int] = {}
     for i, asset in enumerate(assets):
         if asset.name in names:
-            raise ManifestError(
+            msg = (
                 f"{spec.assets[names[asset.name]]!r} and {spec.assets[i]!r} would both be "
-                f"assets/{asset.name}; rename one",
+                f"assets/{asset.name}; rename one"
+            )
+            raise ManifestError(
+                msg,
                 file=path,
                 field=f"assets.{i}",
             )
@@ -380,8 +397,9 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     extras = {}
     for target, source in spec.assets_extra.items():
         if Path(target).is_absolute() or ".." in Path(target).parts:
+            msg = f"{target!r} must be a relative path inside assets.extra/"
             raise ManifestError(
-                f"{target!r} must be a relative path inside assets.extra/",
+                msg,
                 file=path,
                 field=f"assets_extra.{target}",
             )
@@ -401,12 +419,16 @@ def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:
     """Resolve `relative` inside `folder`, refusing paths (or symlinks) that leave it."""
     candidate = (folder / relative).resolve()
     if not candidate.is_relative_to(folder.resolve()):
-        raise ManifestError(
+        msg = (
             f"{relative!r} points outside the manifest's folder {folder}; "
-            "copy the file next to the manifest",
+            "copy the file next to the manifest"
+        )
+        raise ManifestError(
+            msg,
             file=manifest,
             field=field,
         )
     if not candidate.exists():
-        raise ManifestError(f"{relative!r} does not exist in {folder}", file=manifest, field=field)
+        msg = f"{relative!r} does not exist in {folder}"
+        raise ManifestError(msg, file=manifest, field=field)
     return candidate

@@ -11,8 +11,19 @@ from pathlib import Path
 from typing import Any
 
 # DataType enum values (tensorflow/core/framework/types.proto) smpack reports as precision.
-_DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 6: "int8", 7: "string",
-                9: "int64", 10: "bool", 14: "bfloat16", 19: "float16", 20: "resource"}
+_DTYPE_NAMES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    6: "int8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    19: "float16",
+    20: "resource",
+}
 _HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}
 
 
@@ -128,7 +139,9 @@ def _signature_info(key: str, signature_def: Any) -> SignatureInfo:
     return SignatureInfo(
         key=key,
         method=signature_def.method_name,
-        inputs=tuple(_tensor_info(k, signature_def.inputs[k]) for k in sorted(signature_def.inputs)),
+        inputs=tuple(
+            _tensor_info(k, signature_def.inputs[k]) for k in sorted(signature_def.inputs)
+        ),
         outputs=tuple(
             _tensor_info(k, signature_def.outputs[k]) for k in sorted(signature_def.outputs)
         ),

@@ -30,10 +30,11 @@ def build(
     loaded = load_manifest(manifest)
     destination = Path(out).absolute() / loaded.spec.name / str(loaded.spec.version)
     if destination.exists() and not force:
-        raise PackageError(
+        msg = (
             f"{destination} already exists; pass --force to replace it, or raise the "
             "manifest's version"
         )
+        raise PackageError(msg)
 
     step("importing TensorFlow")
     import_tensorflow_quietly()

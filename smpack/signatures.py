@@ -38,9 +38,8 @@ def build_signature_def(
             else "input 'inputs' must be a string tensor (serialized tf.Example) and "
             "'outputs' a float tensor"
         )
-        raise GraphError(
-            f"signature {key!r} breaks TF Serving's {signature.method} rules: {rule}", **where
-        )
+        msg = f"signature {key!r} breaks TF Serving's {signature.method} rules: {rule}"
+        raise GraphError(msg, **where)
     return signature_def
 
 
@@ -50,9 +49,12 @@ def _tensor_infos(
     infos = {}
     for signature_name, tensor_name in names.items():
         if tensor_name not in tensors:
-            raise GraphError(
+            msg = (
                 f"signature {key!r} names {side[:-1]} {tensor_name!r}, but the model function "
-                f"returned {side} {sorted(tensors)}",
+                f"returned {side} {sorted(tensors)}"
+            )
+            raise GraphError(
+                msg,
                 **where,
             )
         infos[signature_name] = tf.compat.v1.saved_model.build_tensor_info(tensors[tensor_name])

@@ -20,15 +20,17 @@ def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
     module_name = f"smpack_user_model_{abs(hash(path))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ModelError(f"cannot import {path}", file=loaded.path, field="source.python")
+        msg = f"cannot import {path}"
+        raise ModelError(msg, file=loaded.path, field="source.python")
     module = importlib.util.module_from_spec(spec)
     # The model file may import its own helpers from beside itself.
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as e:
+        msg = f"importing {path.name} raised {type(e).__name__}: {e}"
         raise ModelError(
-            f"importing {path.name} raised {type(e).__name__}: {e}",
+            msg,
             file=loaded.path,
             field="source.python",
         ) from e
@@ -36,8 +38,9 @@ def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
         sys.path.remove(str(path.parent))
     function = getattr(module, loaded.function_name, None)
     if not callable(function):
+        msg = f"{path.name} has no function {loaded.function_name!r}"
         raise ModelError(
-            f"{path.name} has no function {loaded.function_name!r}",
+            msg,
             file=loaded.path,
             field="source.python",
         )

@@ -25,12 +25,14 @@ _AT_FDCWD = -100
 def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces `destination`."""
     if destination.exists() and not force:
-        raise PackageError(f"{destination} already exists; pass --force to replace it")
+        msg = f"{destination} already exists; pass --force to replace it"
+        raise PackageError(msg)
     parent = destination.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PackageError(f"cannot create {parent}: {e.strerror}") from e
+        msg = f"cannot create {parent}: {e.strerror}"
+        raise PackageError(msg) from e
     remove_stale_staging(parent, destination.name)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{destination.name}.smpack-tmp-{os.getpid()}-", dir=parent)

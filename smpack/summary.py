@@ -15,13 +15,12 @@ def build_summary(info: PackageInfo) -> Group:
     for column in ("tag set", "signatures", "device", "precision", "compiler", "ops"):
         table.add_column(column, justify="right" if column == "ops" else "left")
     for graph in info.graphs:
-        compiler = ", ".join(
-            name for name, on in (("XLA", graph.xla), ("TPU", graph.tpu)) if on
-        )
+        compiler = ", ".join(name for name, on in (("XLA", graph.xla), ("TPU", graph.tpu)) if on)
         accelerators = [d for d in graph.devices if "CPU" not in d]
         table.add_row(
             graph.tag_set,
-            ", ".join(s.key for s in graph.signatures) + (" +train op" if graph.has_train_op else ""),
+            ", ".join(s.key for s in graph.signatures)
+            + (" +train op" if graph.has_train_op else ""),
             ", ".join(accelerators) or "any",
             graph.precision,
             compiler or "-",
@@ -48,4 +47,5 @@ def _bytes(count: int) -> str:
         if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    raise AssertionError("unreachable")
+    msg = "unreachable"
+    raise AssertionError(msg)

@@ -53,7 +53,9 @@ def _cast_float(tensor: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tensor
 
 
-def _float32_storage_getter(getter: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+def _float32_storage_getter(
+    getter: Callable[..., Any], name: str, *args: Any, **kwargs: Any
+) -> Any:
     # Half-precision variants share the float32 checkpoint: store float32, compute in the
     # requested dtype (the classic TF1 mixed-precision custom getter).
     requested = tf.as_dtype(kwargs.get("dtype") or tf.float32)

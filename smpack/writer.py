@@ -9,6 +9,7 @@ are distinct, so this module does, before anything is written.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 from google.protobuf import text_format
@@ -23,7 +24,7 @@ def write_saved_model(
     export_dir: Path, graphs: list[VariantGraph], loaded: LoadedManifest, as_text: bool
 ) -> None:
     """Write `graphs` as the MetaGraphs of the SavedModel at `export_dir`."""
-    first = graph_holding_all_variables(graphs)
+    first = graph_holding_all_variables(graphs, loaded.path)
     ordered = [first] + [g for g in graphs if g is not first]
     # The builder tf.estimator used: it stores the init op as the __saved_model_init_op
     # signature every loader reads (tf.compat.v1.saved_model.Builder only writes the
@@ -50,24 +51,33 @@ def write_saved_model(
     _register_assets(export_dir, ordered, as_text)
 
 
-def graph_holding_all_variables(graphs: list[VariantGraph]) -> VariantGraph:
+def graph_holding_all_variables(graphs: list[VariantGraph], manifest: Path) -> VariantGraph:
     """The graph whose variables are a superset of every other's, with equal shapes/dtypes."""
+    where: dict[str, Any] = {"file": manifest, "field": "variants"}
     union: dict[str, tuple[VariableSpec, str]] = {}
     for graph in graphs:
         for name, spec in graph.variables.items():
             seen = union.setdefault(name, (spec, graph.name))
             if seen[0] != spec:
-                raise GraphError(
+                msg = (
                     f"variable {name!r} is {_describe(spec)} in variant {graph.name!r} but "
                     f"{_describe(seen[0])} in variant {seen[1]!r}; every variant restores the "
                     "same checkpoint, so shapes and dtypes must agree"
                 )
+                raise GraphError(
+                    msg,
+                    **where,
+                )
     candidates = [g for g in graphs if g.variables.keys() >= union.keys()]
     if not candidates:
         lacking = {g.name: sorted(union.keys() - g.variables.keys())[:3] for g in graphs}
-        raise GraphError(
+        msg = (
             "no variant holds every variable, so no single checkpoint can serve them all "
             f"(missing per variant: {lacking}); give one variant (usually train) all of them"
+        )
+        raise GraphError(
+            msg,
+            **where,
         )
     # A TPU graph's initialisers may sit inside the TPU computation, which a host without
     # TPUs cannot run, so write the checkpoint from another graph when one qualifies.
@@ -94,15 +104,19 @@ def _restore_model_variables(
         name = variable.op.name
         if name not in graph.model_variables:
             continue  # optimizer slots and the global step start fresh
-        where = {"file": loaded.path, "field": "source.checkpoint"}
+        where: dict[str, Any] = {"file": loaded.path, "field": "source.checkpoint"}
         if name not in shapes:
-            raise ManifestError(f"checkpoint {checkpoint} has no variable {name!r}", **where)
+            msg = f"checkpoint {checkpoint} has no variable {name!r}"
+            raise ManifestError(msg, **where)
         expected = graph.variables[name]
         found = VariableSpec(tuple(shapes[name]), dtypes[name].name)
         if found != expected:
-            raise ManifestError(
+            msg = (
                 f"checkpoint variable {name!r} is {_describe(found)}, the model's is "
-                f"{_describe(expected)}",
+                f"{_describe(expected)}"
+            )
+            raise ManifestError(
+                msg,
                 **where,
             )
         var_list[name] = variable

@@ -25,7 +25,10 @@ def test_linear_package_has_the_serving_layout(linear_package: PackageInfo) -> N
     root = linear_package.path
     assert root.parts[-2:] == ("linear", "1")
     assert {p.name for p in root.iterdir()} == {
-        "saved_model.pb", "variables", "assets", "assets.extra"
+        "saved_model.pb",
+        "variables",
+        "assets",
+        "assets.extra",
     }
     assert {g.tag_set for g in linear_package.graphs} == ALL_TAG_SETS
 
@@ -139,7 +142,10 @@ def test_saved_model_cli_lists_and_runs_every_tag_set(linear_package: PackageInf
     cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
     shown = subprocess.run(
         [*cli, "show", "--dir", str(linear_package.path), "--all"],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     listed = {
         ",".join(sorted(line.split("'")[1].split(", ")))
@@ -148,8 +154,21 @@ def test_saved_model_cli_lists_and_runs_every_tag_set(linear_package: PackageInf
     }
     assert listed == {",".join(sorted(t.split(","))) for t in ALL_TAG_SETS}
     ran = subprocess.run(
-        [*cli, "run", "--dir", str(linear_package.path), "--tag_set", "serve,gpu",
-         "--signature_def", "serving_default", "--input_exprs", "input=[1.0,2.0]"],
-        capture_output=True, text=True, check=True, timeout=120,
+        [
+            *cli,
+            "run",
+            "--dir",
+            str(linear_package.path),
+            "--tag_set",
+            "serve,gpu",
+            "--signature_def",
+            "serving_default",
+            "--input_exprs",
+            "input=[1.0,2.0]",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     assert "[2.5 3. ]" in ran

@@ -11,7 +11,10 @@ import tensorflow as tf
 
 
 def run_v1(
-    export_dir: Path, tags: Sequence[str], feeds: Mapping[str, Any], signature: str = "serving_default"
+    export_dir: Path,
+    tags: Sequence[str],
+    feeds: Mapping[str, Any],
+    signature: str = "serving_default",
 ) -> dict[str, np.ndarray]:
     """Load with the TF1 loader (the Python twin of TF Serving's) and run one signature."""
     graph = tf.Graph()
@@ -25,7 +28,10 @@ def run_v1(
 
 
 def run_v2(
-    export_dir: Path, tags: Sequence[str], feeds: Mapping[str, Any], signature: str = "serving_default"
+    export_dir: Path,
+    tags: Sequence[str],
+    feeds: Mapping[str, Any],
+    signature: str = "serving_default",
 ) -> dict[str, np.ndarray]:
     """Load with tf.saved_model.load(tags=...) and call one signature."""
     loaded = tf.saved_model.load(str(export_dir), tags=list(tags))

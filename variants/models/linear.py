@@ -22,5 +22,6 @@ def model_fn(ctx: ModelContext) -> ModelSpec:
         return ModelSpec(inputs={"input": x}, outputs={"output": out})
     target = tf.compat.v1.placeholder(tf.float32, [ctx.batch_size], name="target")
     loss = tf.reduce_mean(tf.square(out - target), name="loss")
-    return ModelSpec(inputs={"input": x}, outputs={"output": out}, labels={"target": target},
-                     loss=loss)
+    return ModelSpec(
+        inputs={"input": x}, outputs={"output": out}, labels={"target": target}, loss=loss
+    )

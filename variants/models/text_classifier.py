@@ -16,21 +16,23 @@ def model_fn(ctx: ModelContext) -> ModelSpec:
     table = tf.compat.v1.lookup.StaticHashTable(
         tf.compat.v1.lookup.TextFileInitializer(
             ctx.asset("vocab.txt"),
-            tf.string, tf.compat.v1.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64, tf.compat.v1.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string,
+            tf.compat.v1.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64,
+            tf.compat.v1.lookup.TextFileIndex.LINE_NUMBER,
         ),
         default_value=vocab_size,
     )
     words = tf.strings.split(tf.strings.lower(text))
     ids = table.lookup(words)
-    counts = tf.math.bincount(
-        ids, minlength=buckets, maxlength=buckets, axis=-1, dtype=tf.float32
-    )
+    counts = tf.math.bincount(ids, minlength=buckets, maxlength=buckets, axis=-1, dtype=tf.float32)
     counts.set_shape([ctx.batch_size, buckets])
 
     def classify(counts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         weights = tf.compat.v1.get_variable(
-            "dense/kernel", [buckets, 2], ctx.dtype,
+            "dense/kernel",
+            [buckets, 2],
+            ctx.dtype,
             initializer=tf.compat.v1.glorot_uniform_initializer(),
         )
         bias = tf.compat.v1.get_variable(
