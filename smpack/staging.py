@@ -28,20 +28,28 @@ def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
         msg = f"{destination} already exists; pass --force to replace it"
         raise PackageError(msg)
     parent = destination.parent
+    # Folders this build creates are removed again if it fails: a failed build leaves
+    # the output directory exactly as it found it.
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        msg = f"cannot create {parent}: {e.strerror}"
-        raise PackageError(msg) from e
+        raise PackageError(f"cannot create {parent}: {e.strerror}") from e
     remove_stale_staging(parent, destination.name)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{destination.name}.smpack-tmp-{os.getpid()}-", dir=parent)
     )
+    published = False
     try:
         yield staging
         _publish(staging, destination)
+        published = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not published:
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def remove_stale_staging(parent: Path, version: str) -> None:
