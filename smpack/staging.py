@@ -34,7 +34,8 @@ def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PackageError(f"cannot create {parent}: {e.strerror}") from e
+        message = f"cannot create {parent}: {e.strerror}"
+        raise PackageError(message) from e
     remove_stale_staging(parent, destination.name)
     staging = Path(
         tempfile.mkdtemp(prefix=f".{destination.name}.smpack-tmp-{os.getpid()}-", dir=parent)
