@@ -139,3 +139,21 @@ def test_help_does_not_import_tensorflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def test_classify_signature_must_follow_tf_serving_dtypes(variants_copy, tmp_path) -> None:
+    manifest = variants_copy / "linear.yaml"
+    manifest.write_text(
+        manifest.read_text().replace(
+            "serving_default: {method: predict, inputs: [input], outputs: [output]}",
+            "serving_default: {method: classify, inputs: {inputs: input}, "
+            "outputs: {scores: output}}",
+        )
+    )
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert (
+        "signature 'serving_default' breaks TF Serving's classify rules: input 'inputs' "
+        "must be a string tensor" in result.stderr
+    )
+    assert not (tmp_path / "out").exists()
