@@ -10,21 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# DataType enum values (tensorflow/core/framework/types.proto) smpack reports as precision.
-_DTYPE_NAMES = {
-    1: "float32",
-    2: "float64",
-    3: "int32",
-    4: "uint8",
-    6: "int8",
-    7: "string",
-    9: "int64",
-    10: "bool",
-    14: "bfloat16",
-    19: "float16",
-    20: "resource",
-}
-_HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}
+from smpack.protos import DTYPES, read_saved_model
+
+_HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}  # DataType enum values
 
 
 @dataclass(frozen=True)
@@ -82,15 +70,9 @@ class PackageInfo:
 def read_package(export_dir: str | Path) -> PackageInfo:
     """Describe the SavedModel at `export_dir` from its saved_model.pb and checkpoint."""
     import tensorflow as tf
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import saved_model_pb2
 
     export_dir = Path(export_dir)
-    saved_model = saved_model_pb2.SavedModel()
-    if (export_dir / "saved_model.pb").exists():
-        saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())
-    else:
-        text_format.Parse((export_dir / "saved_model.pbtxt").read_text(), saved_model)
+    saved_model = read_saved_model(export_dir)
     variables_prefix = export_dir / "variables" / "variables"
     variables: tuple[VariableInfo, ...] = ()
     if Path(f"{variables_prefix}.index").exists():
@@ -152,7 +134,7 @@ def _tensor_info(key: str, info: Any) -> TensorInfo:
     shape = None
     if not info.tensor_shape.unknown_rank:
         shape = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
-    return TensorInfo(key, info.name, _DTYPE_NAMES.get(info.dtype, str(info.dtype)), shape)
+    return TensorInfo(key, info.name, DTYPES.get(info.dtype, f"dtype_{info.dtype}"), shape)
 
 
 def _files(folder: Path) -> tuple[str, ...]:

@@ -1,0 +1,228 @@
+"""The SavedModel protobuf messages smpack reads, declared here instead of imported from TF.
+
+`import tensorflow` costs seconds; reading a package's structure should not. The field
+numbers below are the public wire format of tensorflow/core/protobuf/{saved_model,
+meta_graph}.proto and tensorflow/core/framework/{graph,node_def,attr_value,tensor_shape,
+types}.proto. Only the fields smpack reads are declared: others are kept as unknown fields
+when parsing the binary form and skipped when parsing the text form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+
+from smpack.errors import PackageError
+
+_PACKAGE = "smpack.tf"
+
+# DataType enum (types.proto); reference types are the value types plus 100.
+DTYPES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    7: "string",
+    8: "complex64",
+    9: "int64",
+    10: "bool",
+    11: "qint8",
+    12: "quint8",
+    13: "qint32",
+    14: "bfloat16",
+    15: "qint16",
+    16: "quint16",
+    17: "uint16",
+    18: "complex128",
+    19: "float16",
+    20: "resource",
+    21: "variant",
+    22: "uint32",
+    23: "uint64",
+}
+_DTYPE_ENUM_NAMES = {
+    1: "DT_FLOAT",
+    2: "DT_DOUBLE",
+    3: "DT_INT32",
+    4: "DT_UINT8",
+    5: "DT_INT16",
+    6: "DT_INT8",
+    7: "DT_STRING",
+    8: "DT_COMPLEX64",
+    9: "DT_INT64",
+    10: "DT_BOOL",
+    11: "DT_QINT8",
+    12: "DT_QUINT8",
+    13: "DT_QINT32",
+    14: "DT_BFLOAT16",
+    15: "DT_QINT16",
+    16: "DT_QUINT16",
+    17: "DT_UINT16",
+    18: "DT_COMPLEX128",
+    19: "DT_HALF",
+    20: "DT_RESOURCE",
+    21: "DT_VARIANT",
+    22: "DT_UINT32",
+    23: "DT_UINT64",
+}
+
+# message name -> [(field name, number, type)]; type is a scalar type name, a message name,
+# "repeated X" or "map X" (map<string, X>).
+_MESSAGES: dict[str, list[tuple[str, int, str]]] = {
+    "SavedModel": [
+        ("saved_model_schema_version", 1, "int64"),
+        ("meta_graphs", 2, "repeated MetaGraphDef"),
+    ],
+    "MetaGraphDef": [
+        ("meta_info_def", 1, "MetaInfoDef"),
+        ("graph_def", 2, "GraphDef"),
+        ("collection_def", 4, "map CollectionDef"),
+        ("signature_def", 5, "map SignatureDef"),
+        ("asset_file_def", 6, "repeated AssetFileDef"),
+    ],
+    "MetaInfoDef": [
+        ("meta_graph_version", 1, "string"),
+        ("tags", 4, "repeated string"),
+        ("tensorflow_version", 5, "string"),
+        ("tensorflow_git_version", 6, "string"),
+    ],
+    "GraphDef": [("node", 1, "repeated NodeDef"), ("library", 2, "FunctionDefLibrary")],
+    "FunctionDefLibrary": [("function", 1, "repeated FunctionDef")],
+    "FunctionDef": [("signature", 1, "OpDef"), ("node_def", 3, "repeated NodeDef")],
+    "OpDef": [("name", 1, "string")],
+    "NodeDef": [
+        ("name", 1, "string"),
+        ("op", 2, "string"),
+        ("input", 3, "repeated string"),
+        ("device", 4, "string"),
+        ("attr", 5, "map AttrValue"),
+    ],
+    "AttrValue": [
+        ("list", 1, "ListValue"),
+        ("s", 2, "bytes"),
+        ("i", 3, "int64"),
+        ("f", 4, "float"),
+        ("b", 5, "bool"),
+        ("type", 6, "DataType"),
+        ("shape", 7, "TensorShapeProto"),
+        ("tensor", 8, "TensorProto"),
+        ("placeholder", 9, "string"),
+        ("func", 10, "NameAttrList"),
+    ],
+    "ListValue": [
+        ("s", 2, "repeated bytes"),
+        ("i", 3, "repeated int64"),
+        ("f", 4, "repeated float"),
+        ("b", 5, "repeated bool"),
+        ("type", 6, "repeated DataType"),
+        ("shape", 7, "repeated TensorShapeProto"),
+    ],
+    "NameAttrList": [("name", 1, "string")],
+    "TensorProto": [
+        ("dtype", 1, "DataType"),
+        ("tensor_shape", 2, "TensorShapeProto"),
+        ("string_val", 8, "repeated bytes"),
+    ],
+    "TensorShapeProto": [("dim", 2, "repeated Dim"), ("unknown_rank", 3, "bool")],
+    "Dim": [("size", 1, "int64"), ("name", 2, "string")],
+    "SignatureDef": [
+        ("inputs", 1, "map TensorInfo"),
+        ("outputs", 2, "map TensorInfo"),
+        ("method_name", 3, "string"),
+    ],
+    "TensorInfo": [
+        ("name", 1, "string"),
+        ("dtype", 2, "DataType"),
+        ("tensor_shape", 3, "TensorShapeProto"),
+    ],
+    "CollectionDef": [("node_list", 1, "NodeList"), ("bytes_list", 2, "BytesList")],
+    "NodeList": [("value", 1, "repeated string")],
+    "BytesList": [("value", 1, "repeated bytes")],
+    "AssetFileDef": [("tensor_info", 1, "TensorInfo"), ("filename", 2, "string")],
+}
+
+_F = descriptor_pb2.FieldDescriptorProto
+_SCALARS = {
+    "string": _F.TYPE_STRING,
+    "bytes": _F.TYPE_BYTES,
+    "int64": _F.TYPE_INT64,
+    "float": _F.TYPE_FLOAT,
+    "bool": _F.TYPE_BOOL,
+}
+
+
+def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
+    file = descriptor_pb2.FileDescriptorProto(
+        name="smpack/tf_subset.proto", package=_PACKAGE, syntax="proto3"
+    )
+    enum = file.enum_type.add(name="DataType")
+    enum.value.add(name="DT_INVALID", number=0)
+    for number, name in _DTYPE_ENUM_NAMES.items():
+        enum.value.add(name=name, number=number)
+    for number, name in _DTYPE_ENUM_NAMES.items():
+        enum.value.add(name=name + "_REF", number=number + 100)
+    for message_name, fields in _MESSAGES.items():
+        message = file.message_type.add(name=message_name)
+        for name, number, kind in fields:
+            label, _, type_name = kind.rpartition(" ")
+            field = message.field.add(name=name, number=number, label=_F.LABEL_OPTIONAL)
+            if label:
+                field.label = _F.LABEL_REPEATED
+            if label == "map":
+                # A map is a repeated nested *Entry message flagged map_entry.
+                entry = message.nested_type.add(name=_entry_name(name))
+                entry.options.map_entry = True
+                entry.field.add(name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
+                _set_type(
+                    entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL), type_name
+                )
+                field.type = _F.TYPE_MESSAGE
+                field.type_name = f".{_PACKAGE}.{message_name}.{entry.name}"
+            else:
+                _set_type(field, type_name)
+    return file
+
+
+def _entry_name(field_name: str) -> str:
+    return "".join(part.capitalize() for part in field_name.split("_")) + "Entry"
+
+
+def _set_type(field: descriptor_pb2.FieldDescriptorProto, type_name: str) -> None:
+    if type_name in _SCALARS:
+        field.type = _SCALARS[type_name]  # type: ignore[assignment]
+    elif type_name == "DataType":
+        field.type = _F.TYPE_ENUM
+        field.type_name = f".{_PACKAGE}.DataType"
+    else:
+        field.type = _F.TYPE_MESSAGE
+        field.type_name = f".{_PACKAGE}.{type_name}"
+
+
+_pool = descriptor_pool.DescriptorPool()
+_pool.Add(_file_descriptor())
+SavedModel: Any = message_factory.GetMessageClass(
+    _pool.FindMessageTypeByName(f"{_PACKAGE}.SavedModel")
+)
+
+
+def read_saved_model(export_dir: str | Path) -> Any:
+    """Parse `saved_model.pb` (or `saved_model.pbtxt`) in `export_dir`."""
+    export_dir = Path(export_dir)
+    saved_model = SavedModel()
+    binary, text = export_dir / "saved_model.pb", export_dir / "saved_model.pbtxt"
+    try:
+        if binary.is_file():
+            saved_model.ParseFromString(binary.read_bytes())
+        elif text.is_file():
+            text_format.Parse(text.read_text(), saved_model, allow_unknown_field=True)
+        else:
+            message = f"no saved_model.pb or saved_model.pbtxt in {export_dir}"
+            raise PackageError(message, file=export_dir)
+    except (text_format.ParseError, ValueError) as e:
+        message = f"not a readable SavedModel: {e}"
+        raise PackageError(message, file=export_dir) from e
+    return saved_model
