@@ -193,7 +193,7 @@ def _entry_name(field_name: str) -> str:
 
 def _set_type(field: descriptor_pb2.FieldDescriptorProto, type_name: str) -> None:
     if type_name in _SCALARS:
-        field.type = _SCALARS[type_name]  # type: ignore[assignment]
+        field.type = _SCALARS[type_name]
     elif type_name == "DataType":
         field.type = _F.TYPE_ENUM
         field.type_name = f".{_PACKAGE}.DataType"
