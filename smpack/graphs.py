@@ -51,6 +51,13 @@ def build_variant_graph(
     field_path = f"variants.{name}"
     graph = tf.Graph()
     asset_files: dict[str, str] = {}
+    compute = compute_for(variant)
+    compute_calls: list[Callable[..., Any]] = []
+
+    def counted_compute(fn: Callable[..., Any], *inputs: Any) -> Any:
+        compute_calls.append(fn)
+        return compute(fn, *inputs)
+
     with graph.as_default():
         # A fixed graph-level seed makes initial values, and so the package, reproducible.
         tf.compat.v1.set_random_seed(0)
@@ -61,12 +68,13 @@ def build_variant_graph(
             precision=variant.precision,
             batch_size=variant.batch_size,
             params={**loaded.spec.source.params, **variant.params},
-            _compute=compute_for(variant),
+            _compute=counted_compute,
             _asset=lambda asset: _asset_tensor(loaded, asset, asset_files),
         )
         spec = _call_model(loaded, model_fn, ctx)
         model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
         where: dict[str, Any] = {"file": loaded.path, "field": field_path}
+        _check_targeting_applied(variant, bool(compute_calls), where)
         _check_static_batch(spec, variant, where)
 
         outputs = dict(spec.outputs)
@@ -179,6 +187,27 @@ def _asset_source(loaded: LoadedManifest, name: str) -> Any:
             candidate = asset / rest if rest else asset
             return candidate if candidate.is_file() else None
     return None
+
+
+def _check_targeting_applied(variant: Variant, computed: bool, where: dict[str, Any]) -> None:
+    # device, precision, xla and TPU act on ctx.compute; without it they would be
+    # silently ignored and the "GPU" graph would be a plain CPU graph.
+    knobs = [
+        knob
+        for knob, used in (
+            ("device", variant.device is not None),
+            ("precision", variant.precision != "float32"),
+            ("xla", variant.xla),
+            ("tpu", variant.on_tpu),
+        )
+        if used
+    ]
+    if knobs and not computed:
+        message = (
+            f"sets {', '.join(knobs)}, which apply to ctx.compute(...), but the model "
+            "function never calls it; wrap the model's numeric part in ctx.compute"
+        )
+        raise GraphError(message, **where)
 
 
 def _check_static_batch(spec: ModelSpec, variant: Variant, where: dict[str, Any]) -> None:

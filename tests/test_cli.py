@@ -157,3 +157,18 @@ def test_classify_signature_must_follow_tf_serving_dtypes(variants_copy, tmp_pat
         "must be a string tensor" in result.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_target_knobs_without_ctx_compute_are_refused(variants_copy, tmp_path) -> None:
+    model = variants_copy / "models" / "linear.py"
+    model.write_text(model.read_text().replace("ctx.compute(linear, x)", "linear(x)"))
+    manifest = variants_copy / "linear.yaml"
+    manifest.write_text(
+        manifest.read_text()
+        .replace("precision: float16, ", "")
+        .replace("  tpu:   {tags: [serve, tpu], precision: bfloat16, batch_size: 8}\n", "")
+    )
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "variants.gpu: sets device, xla, which apply to ctx.compute(...), but the model " \
+        "function never calls it" in result.stderr
