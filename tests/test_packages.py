@@ -172,3 +172,23 @@ def test_saved_model_cli_lists_and_runs_every_tag_set(linear_package: PackageInf
         timeout=120,
     ).stdout
     assert "[2.5 3. ]" in ran
+
+
+@pytest.mark.parametrize("package", ["linear_package", "text_package"])
+def test_tpu_computation_compiles_with_xla_on_cpu_and_matches(package, request) -> None:
+    from smpack.xla_check import run_tpu_graph_on_cpu
+
+    info = request.getfixturevalue(package)
+    feeds = (
+        {"input": np.linspace(-2, 2, 8).astype(np.float32)}
+        if package == "linear_package"
+        else {"input": SENTENCES}
+    )
+    expected = run_v1(info.path, ["serve"], feeds)
+    on_xla = run_tpu_graph_on_cpu(info.path, ["serve", "tpu"], "serving_default", feeds)
+    assert on_xla.keys() == expected.keys()
+    floats = [key for key, value in expected.items() if value.dtype.kind == "f"]
+    for key in floats:
+        np.testing.assert_allclose(on_xla[key], expected[key], rtol=2e-2, atol=1e-2)
+    # bfloat16 really was used: the answer is close to, but not bit-identical with, float32.
+    assert not np.array_equal(on_xla[floats[0]], expected[floats[0]])
