@@ -74,7 +74,7 @@ def build(
 ) -> None:
     """Build the package a manifest describes and print its summary."""
     from smpack.packager import build as build_package
-    from smpack.summary import print_build_summary
+    from smpack.views import print_build_summary
 
     with stderr.status("reading manifest") as status:
         info = build_package(
