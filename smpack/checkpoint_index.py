@@ -1,0 +1,223 @@
+"""Read a TensorFlow checkpoint's `<prefix>.index` without importing TensorFlow.
+
+`smpack inspect` lists a package's variables; importing TensorFlow for that costs seconds,
+while the index is a small LevelDB-format table that a few dozen lines can read. The table
+(TF's `core/lib/io/table*`) is a footer pointing at an index block whose values point at
+data blocks; each block is a run of prefix-compressed key/value entries. Key "" holds a
+BundleHeaderProto, every other key a tensor name whose value is a BundleEntryProto; both are
+decoded from the protobuf wire format directly so that no generated `_pb2` is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from smpack.errors import PackageError
+
+_MAGIC = 0xDB4775248B80FB57
+_FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic
+_TRAILER_SIZE = 5  # compression type byte + masked crc32c
+_NO_COMPRESSION, _SNAPPY = 0, 1
+
+# `tf.DType.name` of DataType enum values 1, 2, ... (tensorflow/core/framework/types.proto).
+_DTYPE_NAMES = """float32 float64 int32 uint8 int16 int8 string complex64 int64 bool qint8 quint8
+    qint32 bfloat16 qint16 quint16 uint16 complex128 float16 resource variant uint32 uint64
+    float8_e5m2 float8_e4m3fn float8_e4m3fnuz float8_e4m3b11fnuz float8_e5m2fnuz int4 uint4
+    int2 uint2 float4_e2m1fn"""
+_DTYPES = dict(enumerate(_DTYPE_NAMES.split(), start=1))
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """Where one saved tensor lives: `size` bytes at `offset` of data shard `shard_id`.
+
+    A partitioned variable has size 0: its bytes are in per-slice records, not listed here.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class CheckpointIndex:
+    num_shards: int
+    entries: tuple[CheckpointEntry, ...]  # sorted by name, as the table stores them
+
+
+def read_checkpoint_index(prefix: str | os.PathLike[str]) -> CheckpointIndex:
+    """Read `<prefix>.index`; raise PackageError if it is missing or corrupt."""
+    path = Path(f"{os.fspath(prefix)}.index")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        msg = f"cannot read checkpoint index: {error.strerror or error}"
+        raise PackageError(msg, file=path) from error
+    try:
+        return _parse_index(data)
+    except (ValueError, struct.error) as error:
+        msg = f"corrupt checkpoint index: {error}"
+        raise PackageError(msg, file=path) from error
+
+
+def _parse_index(data: bytes) -> CheckpointIndex:
+    if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _MAGIC:
+        msg = "not a TensorFlow table (file too short or bad magic number)"
+        raise ValueError(msg)
+    footer = len(data) - _FOOTER_SIZE
+    _, pos = _handle(data, footer)  # the metaindex block: TF writes no filters, so it is empty
+    index_block, _ = _handle(data, pos)
+    num_shards: int | None = None
+    entries = []
+    for _, handle in _block_entries(_read_block(data, index_block)):
+        for key, value in _block_entries(_read_block(data, _handle(handle, 0)[0])):
+            if key == b"":
+                num_shards = _int(dict(_fields(value)), 1)
+            elif not key.startswith(b"\x00"):
+                # Slices of partitioned variables have OrderedCode keys (0, name, slice spec),
+                # so they start with a 0 byte; the whole variable has its own plain-name entry.
+                entries.append(_entry(key.decode(), value))
+    if num_shards is None:
+        msg = "no bundle header (empty key) in the table"
+        raise ValueError(msg)
+    return CheckpointIndex(num_shards=num_shards, entries=tuple(entries))
+
+
+def _entry(name: str, value: bytes) -> CheckpointEntry:
+    fields = dict(_fields(value))
+    dims = (dict(_fields(dim)) for n, dim in _fields(fields.get(2, b"")) if n == 2)
+    dtype = _int(fields, 1)
+    return CheckpointEntry(
+        name=name,
+        dtype=_DTYPES.get(dtype, f"dtype_{dtype}"),
+        shape=tuple(_int(dim, 1) for dim in dims),
+        shard_id=_int(fields, 3),
+        offset=_int(fields, 4),
+        size=_int(fields, 5),
+    )
+
+
+def _int(fields: dict[int, int | bytes], number: int) -> int:
+    """An int64 field (0 when absent, as in proto3); negative values are ten-byte varints."""
+    value = fields.get(number, 0)
+    if isinstance(value, bytes):
+        msg = f"protobuf field {number} is length-delimited where a number was expected"
+        raise ValueError(msg)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _read_block(data: bytes, handle: tuple[int, int]) -> bytes:
+    offset, size = handle
+    end = offset + size
+    if end + _TRAILER_SIZE > len(data) - _FOOTER_SIZE:
+        msg = f"block at offset {offset} runs past the end of the file"
+        raise ValueError(msg)
+    kind, masked_crc = struct.unpack_from("<BI", data, end)
+    # TF always verifies these; a damaged block would otherwise decode into plausible garbage.
+    rotated = (masked_crc - 0xA282EAD8) & 0xFFFFFFFF
+    if _crc32c(data[offset : end + 1]) != ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF:
+        msg = f"checksum mismatch in block at offset {offset}"
+        raise ValueError(msg)
+    if kind == _SNAPPY:
+        msg = "snappy-compressed blocks are not supported (TF's bundle writer never makes them)"
+        raise ValueError(msg)
+    if kind != _NO_COMPRESSION:
+        msg = f"unknown block compression type {kind}"
+        raise ValueError(msg)
+    return data[offset:end]
+
+
+def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Yield a block's (key, value) pairs; each key shares a prefix with the one before it."""
+    # The restart array only serves binary search; a full scan just has to stop before it.
+    (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
+    limit = len(block) - 4 * (num_restarts + 1)
+    if limit < 0:
+        msg = "block restart array is larger than the block"
+        raise ValueError(msg)
+    key, pos = b"", 0
+    while pos < limit:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        value_size, pos = _varint(block, pos)
+        if shared > len(key) or pos + unshared + value_size > limit:
+            msg = "block entry runs past its block"
+            raise ValueError(msg)
+        key = key[:shared] + block[pos : pos + unshared]
+        pos += unshared
+        yield key, block[pos : pos + value_size]
+        pos += value_size
+
+
+def _handle(data: bytes, pos: int) -> tuple[tuple[int, int], int]:
+    offset, pos = _varint(data, pos)
+    size, pos = _varint(data, pos)
+    return (offset, size), pos
+
+
+def _fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
+    """Yield (field number, value) of a protobuf message: ints, or bytes if length-delimited."""
+    if isinstance(message, int):  # a submessage's field number arrived with a numeric wire type
+        msg = "protobuf field is a number where a message was expected"
+        raise ValueError(msg)
+    pos = 0
+    while pos < len(message):
+        tag, pos = _varint(message, pos)
+        wire_type = tag & 7
+        value: int | bytes
+        if wire_type == 0:
+            value, pos = _varint(message, pos)
+        elif wire_type == 1:
+            (value,), pos = struct.unpack_from("<Q", message, pos), pos + 8
+        elif wire_type == 5:
+            (value,), pos = struct.unpack_from("<I", message, pos), pos + 4
+        elif wire_type == 2:
+            length, pos = _varint(message, pos)
+            value, pos = message[pos : pos + length], pos + length
+            if pos > len(message):
+                msg = "protobuf field runs past its message"
+                raise ValueError(msg)
+        else:
+            msg = f"unexpected protobuf wire type {wire_type}"
+            raise ValueError(msg)
+        yield tag >> 3, value
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(data) and shift < 70:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    msg = f"truncated varint at byte {pos}"
+    raise ValueError(msg)
+
+
+def _crc32c(data: bytes) -> int:
+    crc, table = 0xFFFFFFFF, _CRC_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
