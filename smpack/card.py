@@ -25,7 +25,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from smpack.card_spec import CardSpec
 from smpack.errors import ManifestError
-from smpack.package_info import GraphInfo, PackageInfo, TensorInfo
+from smpack.manifest import card_format
+from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, read_package
 from smpack.protos import read_saved_model
 
 # The names a build writes cards under in assets.extra/. A card leaves them out of its asset
@@ -115,6 +116,62 @@ def render_card(
         raise CardTemplateError(msg, file=file or template_file, line=line, field=field) from e
 
 
+def write_cards(
+    export_dir: Path,
+    spec: CardSpec | None,
+    *,
+    template: Path | None = None,
+    name: str | None = None,
+    version: int | None = None,
+) -> list[Path]:
+    """Render both cards of the package at `export_dir` into its `assets.extra/`.
+
+    `template` replaces the built-in template of the format its name ends in; the other card
+    keeps the built-in one. Returns the files written.
+    """
+    info = read_package(export_dir)
+    (export_dir / "assets.extra").mkdir(exist_ok=True)
+    written = []
+    formats: tuple[Literal["md", "html"], ...] = ("md", "html")
+    for fmt in formats:
+        chosen = template if template is not None and card_format(template) == fmt else None
+        text = render_card(info, spec, fmt=fmt, template=chosen, name=name, version=version)
+        target = export_dir / "assets.extra" / f"model_card.{fmt}"
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def card_for_package(
+    export_dir: str | Path,
+    *,
+    manifest: str | Path | None = None,
+    template: str | Path | None = None,
+    fmt: Literal["md", "html"] | None = None,
+) -> str:
+    """The card of any SavedModel, smpack's or not, as `smpack card` prints it.
+
+    `manifest` supplies the `card:` block, its template, and the package name and version;
+    `template` overrides the manifest's. The format is `fmt`, else the template's (from its
+    name), else Markdown. A manifest template of the other format is not used.
+    """
+    spec, name, version, chosen = None, None, None, None
+    if manifest is not None:
+        from smpack.manifest import load_manifest
+
+        loaded = load_manifest(manifest)
+        spec, name, version = loaded.card, loaded.spec.name, loaded.spec.version
+        chosen = loaded.card_template
+    if template is not None:
+        chosen = Path(template)
+    chosen_format = card_format(chosen) if chosen is not None else None
+    rendered: Literal["md", "html"] = fmt or chosen_format or "md"
+    if template is None and chosen_format != rendered:
+        chosen = None
+    info = read_package(export_dir)
+    return render_card(info, spec, fmt=rendered, template=chosen, name=name, version=version)
+
+
 def card_context(
     info: PackageInfo,
     spec: CardSpec | None,
@@ -125,9 +182,10 @@ def card_context(
     """The plain data (dicts, lists, strings, numbers) a card template renders.
 
     - `card`: the `card:` block as MCT-shaped dicts, every field present (None or empty).
-    - `package`: name, version, directory (`name/version`, as the load commands use it), path
-      (as given), smpack and TensorFlow versions, parameter count (None when unknown),
-      checkpoint bytes, variables, assets, and every file with its size and sha256.
+    - `package`: name, version, directory (`name/version`, as the load commands use it),
+      smpack and TensorFlow versions, parameter count (None when unknown), checkpoint bytes,
+      variables, assets, and every file with its size and sha256. No absolute path: the card
+      travels with the package, and where it was built says nothing true about where it is.
     - `variants`: one per MetaGraph, in file order: tag set, device, precision, XLA, TPU,
       signatures with their tensors, and the commands that load it.
     - `metrics`: the card's metrics, each with the name of the dataset it was measured on.
@@ -156,7 +214,6 @@ def card_context(
             "name": name,
             "version": version,
             "directory": directory,
-            "path": str(info.path),
             "smpack_version": importlib.metadata.version("smpack"),
             "tensorflow_version": ", ".join(sorted(tf_versions - {""})) or None,
             "parameter_count": _parameter_count(saved_model, info),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +14,7 @@ from typer.core import TyperGroup
 
 from smpack import __version__
 from smpack.errors import SmpackError
+from smpack.staging import write_atomically
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -81,6 +84,42 @@ def build(
             manifest, out, force=force, as_text=as_text, on_step=lambda s: status.update(s)
         )
     print_build_summary(info, stdout)
+
+
+class CardFormat(StrEnum):
+    md = "md"
+    html = "html"
+
+
+@app.command()
+def card(
+    package: Annotated[Path, typer.Argument(help="SavedModel directory (any, not only smpack's).")],
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", "-m", help="Manifest whose card: block and template to use."),
+    ] = None,
+    template: Annotated[
+        Path | None,
+        typer.Option("--template", "-t", help="Jinja2 template (*.md.j2 or *.html.j2)."),
+    ] = None,
+    fmt: Annotated[
+        CardFormat | None,
+        typer.Option("--format", "-f", help="Card format [default: the template's, else md]."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the card here instead of stdout.")
+    ] = None,
+) -> None:
+    """Render a package's model card from its own files and an optional manifest."""
+    from smpack.card import card_for_package
+
+    text = card_for_package(
+        package, manifest=manifest, template=template, fmt=fmt.value if fmt else None
+    )
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_atomically(out, text)
 
 
 def main() -> None:

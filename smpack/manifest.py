@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from smpack.card_spec import CardSpec
 from smpack.errors import ManifestError
 
 SCHEMA_VERSION = 1
@@ -198,6 +199,30 @@ class Source(_Strict):
         return self.python.rpartition(":")[2]
 
 
+class ManifestCard(CardSpec):
+    """The `card:` block: what people write about the model, and optionally their template.
+
+    `template` replaces the built-in template of the card its name ends in (`.md.j2` or
+    `.html.j2`); the other card keeps the built-in one.
+    """
+
+    template: str | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _format_in_name(cls, value: str | None) -> str | None:
+        if value is not None and card_format(value) is None:
+            msg = f"{value!r} must end in .md.j2 or .html.j2, naming the card it renders"
+            raise ValueError(msg)
+        return value
+
+
+def card_format(template: str | Path) -> Literal["md", "html"] | None:
+    """The card format a template file renders, from its name (`x.md.j2`, `x.html.j2`)."""
+    name = Path(template).name.removesuffix(".j2")
+    return "html" if name.endswith(".html") else "md" if name.endswith(".md") else None
+
+
 class Manifest(_Strict):
     """A whole variant manifest, as written in YAML (paths still relative)."""
 
@@ -213,6 +238,7 @@ class Manifest(_Strict):
     )
     assets: list[str] = Field(default_factory=list)
     assets_extra: dict[str, str] = Field(default_factory=dict)
+    card: ManifestCard = Field(default_factory=ManifestCard)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -273,6 +299,8 @@ class LoadedManifest(BaseModel):
     checkpoint: Path | None
     assets: list[Path]
     assets_extra: dict[str, Path]
+    card: CardSpec
+    card_template: Path | None
 
     @property
     def folder(self) -> Path:
@@ -404,6 +432,8 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
                 field=f"assets_extra.{target}",
             )
         extras[target] = _existing(folder, source, path, f"assets_extra.{target}")
+    template = spec.card.template
+    card_template = None if template is None else _existing(folder, template, path, "card.template")
     return LoadedManifest(
         path=path,
         spec=spec,
@@ -412,6 +442,8 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         checkpoint=checkpoint,
         assets=assets,
         assets_extra=extras,
+        card=CardSpec.model_validate(spec.card.model_dump(exclude={"template"})),
+        card_template=card_template,
     )
 
 

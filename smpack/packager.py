@@ -40,6 +40,7 @@ def build(
     import_tensorflow_quietly()
     # Imported here, not at module level: validating a manifest must not cost a TF import.
     from smpack.assets import copy_assets
+    from smpack.card import write_cards
     from smpack.graphs import build_variant_graph
     from smpack.package_info import read_package
     from smpack.source import load_model_function
@@ -56,6 +57,15 @@ def build(
         step("writing variables and graphs")
         write_saved_model(staging, graphs, loaded, as_text)
         copy_assets(loaded, staging)
+        # Last, so the cards describe (and hash) every other file of the finished package.
+        step("writing model cards")
+        write_cards(
+            staging,
+            loaded.card,
+            template=loaded.card_template,
+            name=loaded.spec.name,
+            version=loaded.spec.version,
+        )
     return read_package(destination)
 
 

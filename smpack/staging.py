@@ -92,3 +92,19 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     return bool(result == 0)
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """Write `text` to `target` through a temporary sibling, so `target` is never half-written."""
+    target = target.absolute()
+    # open(..., "x") rather than mkstemp: the file gets the user's umask, not mode 0600.
+    temporary = target.with_name(f".{target.name}.smpack-tmp-{os.getpid()}")
+    try:
+        with temporary.open("x", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        message = f"cannot write {target}: {e.strerror or e}"
+        raise PackageError(message, file=target) from e

@@ -22,48 +22,15 @@ from pydantic import ValidationError
 from smpack.card import CardTemplateError, card_context, render_card
 from smpack.card_spec import CardSpec
 from smpack.errors import ManifestError
+from smpack.manifest import load_manifest
 from smpack.package_info import PackageInfo
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 # SMPACK_UPDATE_GOLDEN=1 rewrites the golden cards instead of comparing; read the diff after.
 UPDATE_GOLDEN = os.environ.get("SMPACK_UPDATE_GOLDEN") == "1"
 
-SPEC = CardSpec.model_validate(
-    yaml.safe_load(
-        """
-model_details:
-  name: Half plus two
-  overview: Computes 0.5 * x + 2, the classic first SavedModel.
-  documentation: |
-    Two scalar variables, var_1 = 0.5 and var_2 = 2.0, shared by every variant.
-  owners:
-    - {name: smpack maintainers, contact: smpack@example.org}
-  version: {name: "1.0", date: 2025-01-15, diff: First release.}
-  licenses: [{identifier: Apache-2.0}]
-  references: [https://www.tensorflow.org/tfx/serving/serving_basic]
-  citations:
-    - {style: BibTeX, citation: "@misc{halfplustwo, title={Half plus two}}"}
-model_parameters:
-  model_architecture: y = w * x + b
-  task: tabular-regression
-  data:
-    - {name: synthetic-train, split: training, description: 1000 points on y = 0.5x + 2.}
-    - {name: synthetic-test, split: evaluation, link: "https://example.org/test.csv"}
-quantitative_analysis:
-  performance_metrics:
-    - {type: mse, value: 0.0001}
-    - {type: mae, value: 0.01, slice: "x < 0", threshold: 0.05}
-considerations:
-  users: [Engineers trying out smpack]
-  use_cases: [Checking a TF Serving deployment end to end]
-  out_of_scope_uses: [Any real prediction]
-  limitations: [It only ever computes half plus two]
-  tradeoffs: [The float16 variant rounds large inputs]
-  ethical_considerations:
-    - {name: None known, mitigation_strategy: Do not base decisions on it.}
-"""
-    )
-)
+# The card block the linear example ships with (variants/linear.yaml).
+SPEC = load_manifest(Path(__file__).resolve().parent.parent / "variants" / "linear.yaml").card
 
 HOSTILE = "</script><script>alert(1)</script>\n---\n{{ 7*7 }}\nkey: value \"quoted\" 'too'"
 

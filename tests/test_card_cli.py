@@ -1,0 +1,165 @@
+"""Cards as users get them: written by `smpack build`, rendered by `smpack card` for any
+SavedModel, with the manifest's own template, and from an installed wheel."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+import yaml
+from conftest import ROOT, VARIANTS
+from test_card import _check_golden, _front_matter, _normalise, _Page
+from test_cli import tree_digest
+from typer.testing import CliRunner
+
+from smpack.cli import app
+from smpack.package_info import PackageInfo
+
+runner = CliRunner()
+
+
+def test_build_writes_both_cards_into_assets_extra(linear_package: PackageInfo) -> None:
+    cards = linear_package.path / "assets.extra"
+    # The golden files are the cards of the linear example, exactly as its build writes them.
+    for fmt in ("md", "html"):
+        card = (cards / f"model_card.{fmt}").read_text()
+        _check_golden(f"linear_card.{fmt}", _normalise(card, linear_package))
+
+
+def test_card_command_prints_markdown_by_default(linear_package: PackageInfo) -> None:
+    result = runner.invoke(app, ["card", str(linear_package.path)])
+    assert result.exit_code == 0, result.output
+    meta = _front_matter(result.stdout)
+    assert meta["library_name"] == "tensorflow"
+    assert "license" not in meta  # no manifest given: only what the package itself says
+
+
+def test_card_command_with_the_manifest_matches_the_built_card(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
+    out = tmp_path / "card.html"
+    args = ["card", str(linear_package.path), "-m", str(VARIANTS / "linear.yaml")]
+    result = runner.invoke(app, [*args, "--format", "html", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert out.read_text() == (linear_package.path / "assets.extra" / "model_card.html").read_text()
+
+
+def test_card_for_a_savedmodel_smpack_did_not_build(tmp_path: Path) -> None:
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"doubled": 2.0 * x}
+
+    export = tmp_path / "doubler" / "7"
+    module = Doubler()
+    tf.saved_model.save(module, str(export), signatures={"serving_default": module.__call__})
+    result = runner.invoke(app, ["card", str(export), "--format", "html"])
+    assert result.exit_code == 0, result.output
+    page = _Page(result.stdout)
+    variants = page.tables["variants"]
+    assert [row[0] for row in variants[1:]] == ["serve"]
+    assert "doubler/7" in result.stdout
+    assert "doubled" in result.stdout and "float32" in result.stdout
+
+
+def test_manifest_template_replaces_the_markdown_card_only(
+    variants_copy: Path, tmp_path: Path
+) -> None:
+    (variants_copy / "brief.md.j2").write_text(
+        "# {{ card.model_details.name }}\n{% for v in variants %}- {{ v.tag_set }}\n{% endfor %}"
+    )
+    manifest = variants_copy / "linear.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["card"]["template"] = "brief.md.j2"
+    manifest.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    cards = tmp_path / "linear" / "1" / "assets.extra"
+    assert (cards / "model_card.md").read_text() == (
+        "# Half plus two\n- train\n- serve\n- serve,gpu\n- serve,tpu\n"
+    )
+    assert (cards / "model_card.html").read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("typo.md.j2", "typo.md.j2:2: card.template: 'modle' is undefined"),
+        ("missing.md.j2", "card.template: 'missing.md.j2' does not exist"),
+        ("card.txt", "card.template: Value error, 'card.txt' must end in .md.j2 or .html.j2"),
+    ],
+    ids=["undefined-variable", "missing", "unknown-format"],
+)
+def test_bad_card_template_fails_the_build_cleanly(
+    variants_copy: Path, tmp_path: Path, template: str, message: str
+) -> None:
+    (variants_copy / "typo.md.j2").write_text("# {{ package.name }}\n{{ modle.name }}\n")
+    (variants_copy / "card.txt").write_text("")
+    manifest = variants_copy / "linear.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["card"]["template"] = template
+    manifest.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(out)])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert message.replace("Value error, ", "") in line
+    assert "Traceback" not in result.output
+    assert not out.exists()  # the failed build removed the folders it made
+
+
+def test_bad_card_template_leaves_an_existing_package_intact(
+    variants_copy: Path, tmp_path: Path
+) -> None:
+    manifest, out = variants_copy / "linear.yaml", tmp_path / "out"
+    assert runner.invoke(app, ["build", str(manifest), "--out", str(out)]).exit_code == 0
+    before = tree_digest(out)
+    (variants_copy / "typo.html.j2").write_text("<p>{{ nothing }}</p>\n")
+    data = yaml.safe_load(manifest.read_text())
+    data["card"]["template"] = "typo.html.j2"
+    manifest.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(out), "--force"])
+    assert result.exit_code == 2
+    assert "typo.html.j2:1: card.template: 'nothing' is undefined" in result.stderr
+    assert tree_digest(out) == before
+
+
+def test_templates_ship_in_the_wheel(linear_package: PackageInfo, tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    [wheel] = (tmp_path / "dist").glob("smpack-*.whl")
+    installed = tmp_path / "installed"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(installed),
+         str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    package = tmp_path / "linear" / "1"
+    shutil.copytree(linear_package.path, package)
+    script = (
+        "import smpack, smpack.card\n"
+        "from smpack.package_info import read_package\n"
+        f"assert smpack.__file__.startswith({str(installed)!r}), smpack.__file__\n"
+        f"info = read_package({str(package)!r})\n"
+        "print(smpack.card.render_card(info, None, fmt='html')[:15])\n"
+    )
+    # Run away from the checkout, so only the installed wheel can supply the templates.
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(installed), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "<!DOCTYPE html>"
+
