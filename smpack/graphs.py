@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
@@ -79,9 +81,11 @@ def build_variant_graph(
 
         outputs = dict(spec.outputs)
         signature_specs = loaded.spec.signatures_for(variant)
+        # Point at the signature where the manifest wrote it: in the variant or at the top.
+        signatures_field = f"{field_path}.signatures" if variant.signatures else "signatures"
         signature_defs = {
             key: build_signature_def(
-                key, sig, spec.inputs, outputs, {**where, "field": f"{field_path}.signatures.{key}"}
+                key, sig, spec.inputs, outputs, {**where, "field": f"{signatures_field}.{key}"}
             )
             for key, sig in signature_specs.items()
         }
@@ -145,6 +149,7 @@ def _call_model(
             msg,
             file=loaded.python_file,
             field="source.python",
+            line=_line_in(e, loaded.python_file),
         ) from e
     if not isinstance(spec, ModelSpec):
         msg = (
@@ -157,6 +162,15 @@ def _call_model(
             field="source.python",
         )
     return spec
+
+
+def _line_in(error: BaseException, python_file: Path | None) -> int | None:
+    """The line of the model file where `error` was raised (its deepest frame in that file)."""
+    line = None
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        if Path(frame.f_code.co_filename) == python_file:
+            line = lineno
+    return line
 
 
 def _asset_tensor(loaded: LoadedManifest, name: str, asset_files: dict[str, str]) -> tf.Tensor:

@@ -316,7 +316,7 @@ def load_manifest(path: str | Path) -> LoadedManifest:
         msg = f"cannot read manifest: {e.strerror}"
         raise ManifestError(msg, file=path) from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeUniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e)
@@ -329,11 +329,40 @@ def load_manifest(path: str | Path) -> LoadedManifest:
         spec = Manifest.model_validate(data)
     except ValidationError as e:
         raise _manifest_error(e, path, text) from e
-    return _resolve(spec, path)
+    try:
+        return _resolve(spec, path)
+    except ManifestError as e:
+        if e.line is None and e.field:
+            e.line = _line_of(text, e.field.split("."))
+        raise
+
+
+class _SafeUniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key written twice in one mapping.
+
+    PyYAML silently keeps the last of two equal keys, so a second `version:` further down
+    would quietly override the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key; SafeLoader reports it itself
+            if duplicate:
+                problem = f"key {key!r} appears twice in one mapping; YAML would keep only the last"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _manifest_error(error: ValidationError, path: Path, text: str) -> ManifestError:
-    first = error.errors()[0]
+    errors = error.errors()
+    # A misspelt key also makes the field it meant "missing"; the typo is the better report.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

@@ -86,7 +86,7 @@ def test_signature_naming_an_unknown_tensor(variants_copy: Path, tmp_path: Path)
     manifest.write_text(manifest.read_text().replace("outputs: [output]", "outputs: [logits]"))
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "variants.cpu.signatures.serving_default" in result.stderr
+    assert "linear.yaml: signatures.serving_default: " in result.stderr
     assert "names output 'logits', but the model function returned outputs ['output']" in (
         result.stderr
     )
