@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -37,6 +38,18 @@ _DEVICE = re.compile(
 _PYTHON_SOURCE = re.compile(r"^(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
 
 Precision = Literal["float32", "float16", "bfloat16"]
+# A list of tensor names is shorthand for keys equal to the names (see Signature).
+TensorNames = Annotated[
+    dict[str, str],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "object", "additionalProperties": {"type": "string"}, "minProperties": 1},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ]
+        }
+    ),
+]
 Method = Annotated[str, Field(min_length=1)]
 
 # TF Serving's method names; any other string is accepted as a custom method.
@@ -63,8 +76,8 @@ class Signature(_Strict):
     """One SignatureDef: keys map to the tensor names the model function returns."""
 
     method: Method = "predict"
-    inputs: dict[str, str]
-    outputs: dict[str, str]
+    inputs: TensorNames
+    outputs: TensorNames
 
     @field_validator("inputs", "outputs", mode="before")
     @classmethod
@@ -285,6 +298,16 @@ class Manifest(_Strict):
 
     def signatures_for(self, variant: Variant) -> dict[str, Signature]:
         return dict(variant.signatures) if variant.signatures is not None else dict(self.signatures)
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The manifest format as JSON Schema, for editors (yaml-language-server) and scripts."""
+    schema = Manifest.model_json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"smpack variant manifest, schema {SCHEMA_VERSION}",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
 
 
 class LoadedManifest(BaseModel):
