@@ -12,7 +12,16 @@ from __future__ import annotations
 import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 
 class _Strict(BaseModel):
@@ -20,7 +29,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class _Described(_Strict):
+class _StringShorthand(_Strict):
+    """A model that a manifest may also write as a bare string (its one required field)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # The published schema must accept the shorthand too, or editors flag valid manifests.
+        return {"anyOf": [{"type": "string"}, handler(core_schema)]}
+
+
+class _Described(_StringShorthand):
     description: str
 
     @model_validator(mode="before")
@@ -55,7 +75,7 @@ class License(_Strict):
         return self
 
 
-class Reference(_Strict):
+class Reference(_StringShorthand):
     reference: str
 
     @model_validator(mode="before")

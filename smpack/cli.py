@@ -122,6 +122,30 @@ def card(
         write_atomically(out, text)
 
 
+@app.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema (editors complete and check manifests with it)."""
+    import json
+
+    from smpack.manifest import manifest_json_schema
+
+    sys.stdout.write(json.dumps(manifest_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def init(
+    manifest: Annotated[
+        Path, typer.Argument(help="Manifest to create, e.g. variants/mymodel.yaml.")
+    ],
+) -> None:
+    """Write a commented starter manifest and model function that build as they are."""
+    from smpack.scaffold import write_starter
+
+    for path in write_starter(manifest):
+        stdout.print(f"wrote {path}", highlight=False)
+    stdout.print(f"next: smpack build {manifest} --out build/", highlight=False)
+
+
 def main() -> None:
     """Console entry point (`smpack`, `python -m smpack`)."""
     app(prog_name="smpack")
