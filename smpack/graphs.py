@@ -11,7 +11,7 @@ from typing import Any
 import tensorflow as tf
 
 from smpack.errors import GraphError, ModelError, SmpackError
-from smpack.manifest import LoadedManifest, Variant
+from smpack.manifest import LoadedManifest, Signature, Variant
 from smpack.model import ModelContext, ModelSpec
 from smpack.signatures import build_signature_def
 from smpack.targets import compute_for
@@ -80,7 +80,7 @@ def build_variant_graph(
         _check_static_batch(spec, variant, where)
 
         outputs = dict(spec.outputs)
-        signature_specs = loaded.spec.signatures_for(variant)
+        signature_specs = _signature_specs(loaded, variant, spec)
         # Point at the signature where the manifest wrote it: in the variant or at the top.
         signatures_field = f"{field_path}.signatures" if variant.signatures else "signatures"
         signature_defs = {
@@ -133,6 +133,22 @@ def build_variant_graph(
     )
 
 
+def _signature_specs(
+    loaded: LoadedManifest, variant: Variant, spec: ModelSpec
+) -> dict[str, Signature]:
+    # An imported source without a signatures block keeps its own input and output keys.
+    if (
+        loaded.spec.source.python is None
+        and variant.signatures is None
+        and "signatures" not in loaded.spec.model_fields_set
+    ):
+        same_names = Signature(
+            inputs={k: k for k in spec.inputs}, outputs={k: k for k in spec.outputs}
+        )
+        return {"serving_default": same_names}
+    return loaded.spec.signatures_for(variant)
+
+
 def _call_model(
     loaded: LoadedManifest, model_fn: Callable[..., Any], ctx: ModelContext
 ) -> ModelSpec:
@@ -141,14 +157,12 @@ def _call_model(
     except SmpackError:
         raise
     except Exception as e:
-        msg = (
-            f"model function {loaded.function_name!r} raised {type(e).__name__}: {e} "
-            f"(building variant {ctx.variant!r})"
-        )
+        model = f"model function {loaded.function_name!r}" if loaded.python_file else "importing"
+        msg = f"{model} raised {type(e).__name__}: {e} (building variant {ctx.variant!r})"
         raise ModelError(
             msg,
-            file=loaded.python_file,
-            field="source.python",
+            file=loaded.python_file or loaded.path,
+            field="source.python" if loaded.python_file else "source",
             line=_line_in(e, loaded.python_file),
         ) from e
     if not isinstance(spec, ModelSpec):
@@ -158,8 +172,8 @@ def _call_model(
         )
         raise ModelError(
             msg,
-            file=loaded.python_file,
-            field="source.python",
+            file=loaded.python_file or loaded.path,
+            field="source.python" if loaded.python_file else "source",
         )
     return spec
 

@@ -188,28 +188,62 @@ class Variant(_Strict):
         return frozenset(self.tags)
 
 
-class Source(_Strict):
-    """Where the model comes from: a Python graph-building function."""
+# Losses smpack builds for a train variant of a savedmodel or keras source.
+LOSSES = ("mse", "sparse_categorical_crossentropy", "categorical_crossentropy")
 
-    python: str
+
+class Source(_Strict):
+    """Where the model comes from: exactly one of a Python graph-building function, a TF2
+    SavedModel folder or a Keras 3 `.keras` file."""
+
+    python: str | None = None
+    savedmodel: str | None = None
+    keras: str | None = None
+    signature: str | None = None
+    loss: str | None = None
     checkpoint: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("python")
     @classmethod
-    def _file_and_function(cls, value: str) -> str:
-        if not _PYTHON_SOURCE.match(value):
+    def _file_and_function(cls, value: str | None) -> str | None:
+        if value is not None and not _PYTHON_SOURCE.match(value):
             msg = f"{value!r} is not 'path/to/file.py:function_name'"
             raise ValueError(msg)
         return value
 
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str | None) -> str | None:
+        if value is not None and value not in LOSSES and not _PYTHON_SOURCE.match(value):
+            msg = f"loss {value!r} is not one of {', '.join(LOSSES)} or 'file.py:function'"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        given = [k for k in ("python", "savedmodel", "keras") if getattr(self, k) is not None]
+        if len(given) != 1:
+            msg = f"give exactly one of python, savedmodel or keras (got {len(given)})"
+            raise ValueError(msg)
+        if self.signature is not None and self.savedmodel is None:
+            msg = "signature picks a signature of a savedmodel source; remove it"
+            raise ValueError(msg)
+        if self.python is not None and self.loss is not None:
+            msg = "loss is for savedmodel and keras sources; a python model returns its own"
+            raise ValueError(msg)
+        if self.python is None and self.checkpoint is not None:
+            msg = "checkpoint is for python sources; a SavedModel or Keras file has its weights"
+            raise ValueError(msg)
+        return self
+
     @property
     def python_file(self) -> str:
-        return self.python.rpartition(":")[0]
+        return (self.python or "").rpartition(":")[0]
 
     @property
     def function_name(self) -> str:
-        return self.python.rpartition(":")[2]
+        return (self.python or "").rpartition(":")[2]
 
 
 class ManifestCard(CardSpec):
@@ -317,8 +351,9 @@ class LoadedManifest(BaseModel):
 
     path: Path
     spec: Manifest
-    python_file: Path
+    python_file: Path | None
     function_name: str
+    model_path: Path | None = None  # the savedmodel folder or .keras file
     checkpoint: Path | None
     assets: list[Path]
     assets_extra: dict[str, Path]
@@ -449,7 +484,7 @@ def _line_of(text: str, loc: list[str]) -> int | None:
 
 def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     folder = path.parent
-    python_file = _existing(folder, spec.source.python_file, path, "source.python")
+    python_file, model_path = _resolve_source(spec, folder, path)
     checkpoint = None
     if spec.source.checkpoint is not None:
         checkpoint = folder / spec.source.checkpoint
@@ -491,12 +526,35 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         spec=spec,
         python_file=python_file,
         function_name=spec.source.function_name,
+        model_path=model_path,
         checkpoint=checkpoint,
         assets=assets,
         assets_extra=extras,
         card=CardSpec.model_validate(spec.card.model_dump(exclude={"template"})),
         card_template=card_template,
     )
+
+
+def _resolve_source(spec: Manifest, folder: Path, path: Path) -> tuple[Path | None, Path | None]:
+    """The python file, or the savedmodel folder / keras file, the source names."""
+    source = spec.source
+    if source.python is not None:
+        return _existing(folder, source.python_file, path, "source.python"), None
+    if source.loss is None and any(v.is_training for v in spec.variants.values()):
+        msg = f"a train variant of a savedmodel or keras source needs a loss: {', '.join(LOSSES)}"
+        raise ManifestError(msg, file=path, field="source.loss")
+    if source.savedmodel is not None:
+        model = _existing(folder, source.savedmodel, path, "source.savedmodel")
+        if not (model / "saved_model.pb").is_file():
+            msg = f"{source.savedmodel!r} is not a SavedModel folder (no saved_model.pb in it)"
+            raise ManifestError(msg, file=path, field="source.savedmodel")
+        return None, model
+    assert source.keras is not None  # Source allows exactly one kind
+    model = _existing(folder, source.keras, path, "source.keras")
+    if not model.is_file() or model.suffix != ".keras":
+        msg = f"{source.keras!r} is not a Keras 3 .keras file"
+        raise ManifestError(msg, file=path, field="source.keras")
+    return None, model
 
 
 def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:

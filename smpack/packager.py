@@ -42,20 +42,18 @@ def build(
     from smpack.assets import copy_assets
     from smpack.card import write_cards
     from smpack.graphs import build_variant_graph
+    from smpack.model_source import open_source
     from smpack.package_info import read_package
-    from smpack.source import load_model_function
     from smpack.staging import staged_directory
     from smpack.writer import write_saved_model
 
-    model_fn = load_model_function(loaded)
-    graphs = []
-    for name, variant in loaded.spec.variants.items():
-        step(f"building variant {name} ({','.join(variant.tags)})")
-        graphs.append(build_variant_graph(loaded, model_fn, name, variant))
-
-    with staged_directory(destination, force) as staging:
+    with open_source(loaded) as source, staged_directory(destination, force) as staging:
+        graphs = []
+        for name, variant in loaded.spec.variants.items():
+            step(f"building variant {name} ({','.join(variant.tags)})")
+            graphs.append(build_variant_graph(loaded, source.model_fn, name, variant))
         step("writing variables and graphs")
-        write_saved_model(staging, graphs, loaded, as_text)
+        write_saved_model(staging, graphs, loaded, as_text, source)
         copy_assets(loaded, staging)
         # Last, so the cards describe (and hash) every other file of the finished package.
         step("writing model cards")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from smpack.errors import ModelError
@@ -16,12 +17,17 @@ from smpack.manifest import LoadedManifest
 
 def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
     """Import `source.python` and return the named function."""
-    path = loaded.python_file
+    assert loaded.python_file is not None  # only called for python sources
+    return import_function(loaded.python_file, loaded.function_name, loaded.path, "source.python")
+
+
+def import_function(path: Path, name: str, manifest: Path, field: str) -> Callable[..., Any]:
+    """Import the Python file `path` and return its function `name`."""
     module_name = f"smpack_user_model_{abs(hash(path))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         msg = f"cannot import {path}"
-        raise ModelError(msg, file=loaded.path, field="source.python")
+        raise ModelError(msg, file=manifest, field=field)
     module = importlib.util.module_from_spec(spec)
     # The model file may import its own helpers from beside itself.
     sys.path.insert(0, str(path.parent))
@@ -31,17 +37,17 @@ def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
         msg = f"importing {path.name} raised {type(e).__name__}: {e}"
         raise ModelError(
             msg,
-            file=loaded.path,
-            field="source.python",
+            file=manifest,
+            field=field,
         ) from e
     finally:
         sys.path.remove(str(path.parent))
-    function = getattr(module, loaded.function_name, None)
+    function = getattr(module, name, None)
     if not callable(function):
-        msg = f"{path.name} has no function {loaded.function_name!r}"
+        msg = f"{path.name} has no function {name!r}"
         raise ModelError(
             msg,
-            file=loaded.path,
-            field="source.python",
+            file=manifest,
+            field=field,
         )
     return function

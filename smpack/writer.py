@@ -18,12 +18,21 @@ from tensorflow.core.protobuf import saved_model_pb2
 from smpack.errors import GraphError, ManifestError
 from smpack.graphs import VariableSpec, VariantGraph
 from smpack.manifest import LoadedManifest
+from smpack.model_source import ModelSource
 
 
 def write_saved_model(
-    export_dir: Path, graphs: list[VariantGraph], loaded: LoadedManifest, as_text: bool
+    export_dir: Path,
+    graphs: list[VariantGraph],
+    loaded: LoadedManifest,
+    as_text: bool,
+    source: ModelSource | None = None,
 ) -> None:
-    """Write `graphs` as the MetaGraphs of the SavedModel at `export_dir`."""
+    """Write `graphs` as the MetaGraphs of the SavedModel at `export_dir`.
+
+    Model variables start from `source.checkpoint` (default: the manifest's checkpoint).
+    """
+    source = source or ModelSource(model_fn=lambda ctx: None, checkpoint=loaded.checkpoint)
     first = graph_holding_all_variables(graphs, loaded.path)
     ordered = [first] + [g for g in graphs if g is not first]
     # The builder tf.estimator used: it stores the init op as the __saved_model_init_op
@@ -42,8 +51,8 @@ def write_saved_model(
             if variant_graph is first:
                 with tf.compat.v1.Session(graph=variant_graph.graph, config=_soft_placement()) as s:
                     s.run(tf.compat.v1.global_variables_initializer())
-                    if loaded.checkpoint is not None:
-                        _restore_model_variables(s, variant_graph, loaded)
+                    if source.checkpoint is not None and variant_graph.model_variables:
+                        _restore_model_variables(s, variant_graph, loaded, source)
                     builder.add_meta_graph_and_variables(s, strip_default_attrs=True, **options)
             else:
                 builder.add_meta_graph(**options)
@@ -93,22 +102,22 @@ def _soft_placement() -> tf.compat.v1.ConfigProto:
 
 
 def _restore_model_variables(
-    session: tf.compat.v1.Session, graph: VariantGraph, loaded: LoadedManifest
+    session: tf.compat.v1.Session, graph: VariantGraph, loaded: LoadedManifest, source: ModelSource
 ) -> None:
-    checkpoint = str(loaded.checkpoint)
+    checkpoint = str(source.checkpoint)
     reader = tf.train.load_checkpoint(checkpoint)
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
     var_list = {}
     for variable in tf.compat.v1.global_variables():
-        name = variable.op.name
-        if name not in graph.model_variables:
+        if variable.op.name not in graph.model_variables:
             continue  # optimizer slots and the global step start fresh
+        name = source.checkpoint_keys.get(variable.op.name, variable.op.name)
         where: dict[str, Any] = {"file": loaded.path, "field": "source.checkpoint"}
         if name not in shapes:
             msg = f"checkpoint {checkpoint} has no variable {name!r}"
             raise ManifestError(msg, **where)
-        expected = graph.variables[name]
+        expected = graph.variables[variable.op.name]
         found = VariableSpec(tuple(shapes[name]), dtypes[name].name)
         if found != expected:
             msg = (

@@ -1,0 +1,355 @@
+"""A TF2 SavedModel's signature as an smpack model: its own function graph, replayed per variant.
+
+The signature's function (and every function it calls) is inlined by Grappler into one flat
+GraphDef. Its variable handles are cut out: each read of a source variable becomes a read of
+a package variable created by smpack inside `ctx.compute`, so the variant's placement,
+precision, XLA mark and `tpu.rewrite` apply to the imported computation exactly as to a
+Python model's. Which checkpoint key each variable restores from is read from the source's
+own restore function, the mapping TF's loaders use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, types_pb2
+from tensorflow.core.protobuf import (
+    config_pb2,
+    meta_graph_pb2,
+    rewriter_config_pb2,
+    saved_model_pb2,
+)
+
+from smpack.errors import ModelError
+from smpack.model import ModelContext, ModelSpec
+
+_RESOURCE = types_pb2.DT_RESOURCE
+_UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
+
+
+@dataclass(frozen=True)
+class SourceVariable:
+    """One variable the signature reads: its package name and where its value is stored."""
+
+    name: str
+    checkpoint_key: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """A signature input or output: its key, the tensor in the flat graph, dtype and shape."""
+
+    key: str
+    tensor: str
+    dtype: str
+    shape: tuple[int | None, ...] | None  # None: unknown rank
+
+
+@dataclass
+class ImportedModel:
+    """A source signature ready to be replayed in any variant's graph."""
+
+    path: Path
+    checkpoint: Path
+    inputs: list[SourceTensor]
+    outputs: list[SourceTensor]
+    variables: list[SourceVariable]
+    reads: dict[str, str]  # read tensor in the flat graph -> package variable name
+    graph_def: graph_pb2.GraphDef
+    _retyped: dict[str, graph_pb2.GraphDef] = field(default_factory=dict)
+
+    def graph_def_for(self, dtype: tf.DType) -> graph_pb2.GraphDef:
+        """The flat graph computing in `dtype` (float32 is the source's own graph)."""
+        if dtype == tf.float32:
+            return self.graph_def
+        if dtype.name not in self._retyped:
+            self._retyped[dtype.name] = _retype(self.graph_def, dtype)
+        return self._retyped[dtype.name]
+
+
+def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> ImportedModel:
+    """Read the `serve` MetaGraph of the TF2 SavedModel at `path` and flatten `signature`."""
+    meta_graph = _serve_meta_graph(path, where)
+    signatures = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
+    if signature not in signatures:
+        msg = (
+            f"{path} has no signature {signature!r} (signatures: "
+            f"{', '.join(sorted(signatures)) or 'none'})"
+        )
+        raise ModelError(msg, **where)
+    signature_def = signatures[signature]
+    restore_op = meta_graph.saver_def.restore_op_name
+    fetches = [t.name for t in signature_def.outputs.values()]
+    fetches += [restore_op] if restore_op else []
+    flat = _inlined(meta_graph, fetches)
+    keys = _restored_keys(flat)
+    output_nodes = sorted({_node(t.name) for t in signature_def.outputs.values()})
+    graph_def = tf.compat.v1.graph_util.extract_sub_graph(flat, output_nodes)
+    inputs = [_tensor(k, v) for k, v in sorted(signature_def.inputs.items())]
+    outputs = [_tensor(k, v) for k, v in sorted(signature_def.outputs.items())]
+    graph_def, handles, reads = _cut_variables(graph_def, {_node(t.tensor) for t in inputs}, where)
+    names = _readable_names(
+        {h: node.attr["shared_name"].s.decode() or h for h, node in handles.items()}
+    )
+    variables = []
+    for handle, node in sorted(handles.items(), key=lambda kv: names[kv[0]]):
+        if handle not in keys:
+            msg = f"variable {handle!r} of signature {signature!r} is not in the checkpoint"
+            raise ModelError(msg, **where)
+        variables.append(
+            SourceVariable(
+                name=names[handle],
+                checkpoint_key=keys[handle],
+                shape=tuple(d.size for d in node.attr["shape"].shape.dim),
+                dtype=tf.as_dtype(node.attr["dtype"].type).name,
+            )
+        )
+    return ImportedModel(
+        path=path,
+        checkpoint=path / "variables" / "variables",
+        inputs=inputs,
+        outputs=outputs,
+        variables=variables,
+        reads={read: names[handle] for read, handle in reads.items()},
+        graph_def=graph_def,
+    )
+
+
+def model_function(
+    imported: ImportedModel, loss: Callable[..., Any] | None
+) -> Callable[[ModelContext], ModelSpec]:
+    """A model function replaying `imported` in the variant's graph, with `loss` for training."""
+
+    def model_fn(ctx: ModelContext) -> ModelSpec:
+        placeholders = {
+            t.key: tf.compat.v1.placeholder(t.dtype, _batched(t.shape, ctx.batch_size), name=t.key)
+            for t in imported.inputs
+        }
+
+        def compute(*tensors: tf.Tensor) -> list[tf.Tensor]:
+            values = {v.name: _variable_value(v, ctx.dtype) for v in imported.variables}
+            input_map = {t.tensor: x for t, x in zip(imported.inputs, tensors, strict=True)}
+            input_map.update({read: values[name] for read, name in imported.reads.items()})
+            return tf.graph_util.import_graph_def(
+                imported.graph_def_for(ctx.dtype),
+                input_map=input_map,
+                return_elements=[t.tensor for t in imported.outputs],
+                name="model",
+            )
+
+        results = ctx.compute(compute, *placeholders.values())
+        outputs = {
+            t.key: tf.identity(r, name=t.key)
+            for t, r in zip(imported.outputs, results, strict=True)
+        }
+        if not ctx.training or loss is None:
+            return ModelSpec(inputs=placeholders, outputs=outputs)
+        labels, value = loss(outputs)
+        return ModelSpec(inputs=placeholders, outputs=outputs, labels=labels, loss=value)
+
+    return model_fn
+
+
+def _serve_meta_graph(path: Path, where: dict[str, Any]) -> meta_graph_pb2.MetaGraphDef:
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    except Exception as e:
+        msg = f"{path / 'saved_model.pb'} is not a SavedModel: {e}"
+        raise ModelError(msg, **where) from e
+    candidates = [m for m in saved_model.meta_graphs if set(m.meta_info_def.tags) == {"serve"}]
+    if len(saved_model.meta_graphs) == 1:
+        candidates = list(saved_model.meta_graphs)
+    if len(candidates) != 1:
+        tags = [",".join(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+        msg = f"{path} needs exactly one 'serve' MetaGraph to import (tag sets: {tags})"
+        raise ModelError(msg, **where)
+    return candidates[0]
+
+
+def _inlined(meta_graph: meta_graph_pb2.MetaGraphDef, fetches: list[str]) -> graph_pb2.GraphDef:
+    """The graph with every function call inlined (what `convert_to_constants` does)."""
+    from tensorflow.python.grappler import tf_optimizer
+
+    item = meta_graph_pb2.MetaGraphDef()
+    item.graph_def.CopyFrom(meta_graph.graph_def)
+    item.collection_def["train_op"].node_list.value.extend(fetches)
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.min_graph_nodes = -1  # inline even the tiniest graphs
+    # Only inlining: any other rewrite could change the numbers the source computes.
+    rewrite.optimizers.append("function")
+    rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
+    return tf_optimizer.OptimizeGraph(config, item)
+
+
+def _restored_keys(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
+    """Variable handle node -> checkpoint key, from the source's restore function."""
+    nodes = {n.name: n for n in graph_def.node}
+    keys = {}
+    for node in graph_def.node:
+        if node.op != "AssignVariableOp":
+            continue
+        handle = _through_identities(nodes, node.input[0])
+        value = _through_identities(nodes, node.input[1])
+        if handle is None or value is None:
+            continue
+        restore = nodes.get(_node(value))
+        if restore is None or restore.op != "RestoreV2":
+            continue
+        if nodes[_node(handle)].op != "VarHandleOp":
+            continue
+        names = tf.make_ndarray(nodes[_node(restore.input[1])].attr["value"].tensor)
+        index = int(value.partition(":")[2] or 0)
+        keys[_node(handle)] = names.flat[index].decode()
+    return keys
+
+
+def _cut_variables(
+    graph_def: graph_pb2.GraphDef, inputs: set[str], where: dict[str, Any]
+) -> tuple[graph_pb2.GraphDef, dict[str, Any], dict[str, str]]:
+    """Drop the signature's inputs, variable handles and reads; return the handles and reads.
+
+    What is left refers to the dropped reads and inputs by name, and `import_graph_def`
+    connects those names to the variant's own tensors through its `input_map`.
+    """
+    nodes = {n.name: n for n in graph_def.node}
+    handles = {n.name: n for n in graph_def.node if n.op == "VarHandleOp"}
+    reads: dict[str, str] = {}
+    dropped = set(handles) | inputs
+    for node in graph_def.node:
+        resource_inputs = [
+            i for i in node.input if not i.startswith("^") and _is_resource(nodes, i)
+        ]
+        if node.op == "Identity" and node.attr["T"].type == _RESOURCE:
+            dropped.add(node.name)
+        elif node.op == "ReadVariableOp":
+            handle = _through_identities(nodes, node.input[0])
+            if handle is None or _node(handle) not in handles:
+                msg = f"cannot import {node.name!r}: it reads a variable not saved with the model"
+                raise ModelError(msg, **where)
+            reads[f"{node.name}:0"] = _node(handle)
+            dropped.add(node.name)
+        elif resource_inputs:
+            msg = (
+                f"cannot import op {node.name!r} ({node.op}): smpack replays variables only "
+                "through ReadVariableOp"
+            )
+            raise ModelError(msg, **where)
+    flat = graph_pb2.GraphDef()
+    flat.versions.CopyFrom(graph_def.versions)
+    called = set()
+    for node in graph_def.node:
+        if node.name in dropped:
+            continue
+        kept = flat.node.add()
+        kept.CopyFrom(node)
+        del kept.input[:]
+        kept.input.extend(i for i in node.input if not (i.startswith("^") and i[1:] in dropped))
+        kept.ClearField("device")
+        called.add(node.op)
+    # Functions left after inlining (loop bodies, say) are needed; the rest is dead weight.
+    if any(f.signature.name in called for f in graph_def.library.function):
+        flat.library.CopyFrom(graph_def.library)
+    return flat, handles, reads
+
+
+def _is_resource(nodes: dict[str, Any], tensor: str) -> bool:
+    node = nodes.get(_node(tensor))
+    if node is None:
+        return False
+    return node.op == "VarHandleOp" or (node.op == "Identity" and node.attr["T"].type == _RESOURCE)
+
+
+def _through_identities(nodes: dict[str, Any], tensor: str) -> str | None:
+    """The tensor `tensor` forwards, following Identity ops."""
+    while True:
+        node = nodes.get(_node(tensor))
+        if node is None:
+            return None
+        if node.op != "Identity":
+            return tensor
+        tensor = node.input[0]
+
+
+def _readable_names(shared_names: dict[str, str]) -> dict[str, str]:
+    """Package names: the source's variable names, without suffixes TF added to dedupe them."""
+    names = {}
+    for handle, name in shared_names.items():
+        match = _UNIQUIFIED.match(name)
+        base = match["base"] if match else name
+        clash = any(other != handle and _base(o) == base for other, o in shared_names.items())
+        names[handle] = name if clash else base
+    return names
+
+
+def _base(name: str) -> str:
+    match = _UNIQUIFIED.match(name)
+    return match["base"] if match else name
+
+
+def _retype(graph_def: graph_pb2.GraphDef, dtype: tf.DType) -> graph_pb2.GraphDef:
+    """The graph computing in `dtype` where it computed in float32: attrs and constants."""
+    retyped = graph_pb2.GraphDef()
+    retyped.CopyFrom(graph_def)
+    target = dtype.as_datatype_enum
+    for node in retyped.node:
+        for attr in node.attr.values():
+            if attr.WhichOneof("value") == "type" and attr.type == types_pb2.DT_FLOAT:
+                attr.type = target
+            elif attr.WhichOneof("value") == "list":
+                types = [target if t == types_pb2.DT_FLOAT else t for t in attr.list.type]
+                del attr.list.type[:]
+                attr.list.type.extend(types)
+            elif attr.WhichOneof("value") == "tensor" and attr.tensor.dtype == types_pb2.DT_FLOAT:
+                value = tf.make_ndarray(attr.tensor).astype(dtype.as_numpy_dtype)
+                attr.tensor.CopyFrom(tf.make_tensor_proto(value, dtype))
+    return retyped
+
+
+def _variable_value(variable: SourceVariable, dtype: tf.DType) -> tf.Tensor:
+    floating = tf.as_dtype(variable.dtype).is_floating
+    value = tf.compat.v1.get_variable(
+        variable.name,
+        variable.shape,
+        dtype if floating else variable.dtype,
+        # The real values come from the source's checkpoint when the package is written.
+        initializer=tf.compat.v1.zeros_initializer(),
+        trainable=floating,
+    )
+    return tf.convert_to_tensor(value)
+
+
+def _batched(
+    shape: tuple[int | None, ...] | None, batch_size: int | None
+) -> list[int | None] | None:
+    if shape is None:
+        return None
+    if batch_size is None or not shape:
+        return list(shape)
+    return [batch_size, *shape[1:]]
+
+
+def _tensor(key: str, info: Any) -> SourceTensor:
+    shape = (
+        None
+        if info.tensor_shape.unknown_rank
+        else tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
+    )
+    return SourceTensor(key, info.name, tf.as_dtype(info.dtype).name, shape)
+
+
+def _node(tensor: str) -> str:
+    return tensor.lstrip("^").partition(":")[0]
+
+
+def restore_map(imported: ImportedModel) -> dict[str, str]:
+    """Package variable name -> the source checkpoint key holding its value."""
+    return {v.name: v.checkpoint_key for v in imported.variables}

@@ -1,0 +1,84 @@
+"""Turning the manifest's `source:` into a model function, whichever kind of source it is.
+
+A `python:` source is the user's function. A `savedmodel:` or `keras:` source becomes a
+model function replaying the source's own graph (smpack/imported_source.py); its weights
+come from the source's checkpoint, under the keys the source stored them with.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smpack.errors import ManifestError
+from smpack.manifest import LoadedManifest
+
+
+@dataclass
+class ModelSource:
+    """The model function every variant is built from, and where its weights are."""
+
+    model_fn: Callable[..., Any]
+    # Package variable name -> key in `checkpoint`; empty for a python source, whose
+    # optional checkpoint uses the package's own names.
+    checkpoint_keys: dict[str, str] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+@contextmanager
+def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
+    """The manifest's source as a `ModelSource`, valid inside the `with` block.
+
+    A Keras model is exported to a temporary TF2 SavedModel, removed on leaving.
+    """
+    from smpack.source import load_model_function
+
+    source = loaded.spec.source
+    if source.python is not None:
+        yield ModelSource(load_model_function(loaded), checkpoint=loaded.checkpoint)
+        return
+    assert loaded.model_path is not None  # resolved for savedmodel and keras sources
+    if source.savedmodel is not None:
+        yield _imported(loaded, loaded.model_path, source.signature or "serving_default")
+        return
+    from smpack.keras_source import export_keras
+
+    with tempfile.TemporaryDirectory(prefix="smpack-keras-") as folder:
+        exported = export_keras(loaded.model_path, Path(folder), loaded.path)
+        yield _imported(loaded, exported, "serving_default")
+
+
+def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource:
+    from smpack.imported_source import load_saved_model, model_function
+
+    kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
+    where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
+    imported = load_saved_model(path, signature, where)
+    return ModelSource(
+        model_function(imported, _loss(loaded)),
+        checkpoint_keys={v.name: v.checkpoint_key for v in imported.variables},
+        checkpoint=imported.checkpoint,
+    )
+
+
+def _loss(loaded: LoadedManifest) -> Any:
+    from smpack.losses import builtin_loss, python_loss
+    from smpack.manifest import LOSSES
+    from smpack.source import import_function
+
+    name = loaded.spec.source.loss
+    where: dict[str, Any] = {"file": loaded.path, "field": "source.loss"}
+    if name is None:
+        return None
+    if name in LOSSES:
+        return builtin_loss(name, where)
+    file, _, function = name.rpartition(":")
+    path = (loaded.folder / file).resolve()
+    if not path.is_file():
+        msg = f"{file!r} does not exist in {loaded.folder}"
+        raise ManifestError(msg, **where)
+    return python_loss(import_function(path, function, loaded.path, "source.loss"), where)

@@ -1,0 +1,245 @@
+"""TF2 SavedModels and Keras 3 models as sources: every variant kind computes what they do."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from tf_helpers import meta_graph, run_v1, run_v2
+from typer.testing import CliRunner
+
+import smpack
+from smpack.cli import app
+from smpack.package_info import PackageInfo
+
+VARIANTS = {
+    "cpu": {"tags": ["serve"]},
+    "train": {"tags": ["train"], "optimizer": {"name": "momentum", "learning_rate": 0.05}},
+    "gpu": {
+        "tags": ["serve", "gpu"],
+        "device": "/device:GPU:0",
+        "precision": "float16",
+        "xla": True,
+    },
+    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 4},
+}
+SERVING = {k: v for k, v in VARIANTS.items() if k != "train"}
+X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+FEATURES = np.linspace(-2, 2, 20, dtype=np.float32).reshape(4, 5)
+runner = CliRunner()
+
+
+def write_manifest(folder: Path, source: dict[str, Any], **extra: Any) -> Path:
+    manifest = {"schema": 1, "name": "imported", "version": 1, "source": source, **extra}
+    manifest.setdefault("variants", VARIANTS)
+    path = folder / "smpack.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def make_tf_module(folder: Path) -> Path:
+    """A two-layer TF2 model with a second, variable-less signature."""
+    import tensorflow as tf
+
+    class TwoLayers(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            init = tf.random.stateless_normal
+            self.hidden = tf.Variable(init([3, 8], seed=[1, 2]), name="hidden/kernel")
+            self.bias = tf.Variable(tf.fill([8], 0.1), name="hidden/bias")
+            self.out = tf.Variable(init([8, 2], seed=[3, 4]), name="out/kernel")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            hidden = tf.nn.relu(tf.matmul(x, self.hidden) + self.bias)
+            return {"y": tf.matmul(hidden, self.out)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def scaled(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"doubled": 2.0 * x + 1.0}
+
+    module = TwoLayers()
+    path = folder / "two_layers"
+    signatures = {"serving_default": module.predict, "scaled": module.scaled}
+    tf.saved_model.save(module, str(path), signatures=signatures)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tf_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tf_source")
+    make_tf_module(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tf_package(tf_source: Path) -> PackageInfo:
+    manifest = write_manifest(tf_source, {"savedmodel": "two_layers", "loss": "mse"})
+    return smpack.build(manifest, tf_source / "out")
+
+
+def source_outputs(path: Path, signature: str, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feeds.items()})
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+@pytest.mark.parametrize("run", [run_v1, run_v2], ids=["v1-loader", "tf.saved_model.load"])
+def test_float32_variants_match_the_source_exactly(tf_source, tf_package, run) -> None:
+    expected = source_outputs(tf_source / "two_layers", "serving_default", x=X)
+    for tags in (["serve"], ["train"]):
+        np.testing.assert_array_equal(run(tf_package.path, tags, {"x": X})["y"], expected["y"])
+
+
+def test_variables_keep_the_source_names(tf_package: PackageInfo) -> None:
+    names = [v.name for v in tf_package.variables]
+    assert {"hidden/kernel", "hidden/bias", "out/kernel", "global_step"} <= set(names)
+    # The optimizer's slots live in the same single checkpoint.
+    assert "out/kernel/Momentum" in names
+
+
+def test_gpu_variant_computes_in_half_on_the_device(tf_source, tf_package) -> None:
+    expected = source_outputs(tf_source / "two_layers", "serving_default", x=X)["y"]
+    gpu = run_v1(tf_package.path, ["serve", "gpu"], {"x": X})["y"]
+    np.testing.assert_allclose(gpu, expected, rtol=1e-2, atol=1e-2)
+    assert not np.array_equal(gpu, expected)
+    nodes = meta_graph(tf_package.path, ["serve", "gpu"]).graph_def.node
+    matmuls = [n for n in nodes if n.op == "MatMul"]
+    assert len(matmuls) == 2
+    assert all(n.device == "/device:GPU:0" and n.attr["_XlaCompile"].b for n in matmuls)
+    assert {n.attr["T"].type for n in matmuls} == {19}  # DT_HALF
+
+
+def test_tpu_variant_is_a_tpu_rewrite_matching_the_source(tf_source, tf_package) -> None:
+    from smpack.xla_check import run_tpu_graph_on_cpu
+
+    graph = meta_graph(tf_package.path, ["serve", "tpu"])
+    replicated = [n for n in graph.graph_def.node if "_tpu_replicate" in n.attr]
+    assert [n.attr["T"].type for n in replicated if n.op == "MatMul"] == [14, 14]  # bfloat16
+    assert graph.signature_def["serving_default"].inputs["x"].tensor_shape.dim[0].size == 4
+    expected = source_outputs(tf_source / "two_layers", "serving_default", x=X)["y"]
+    on_xla = run_tpu_graph_on_cpu(tf_package.path, ["serve", "tpu"], "serving_default", {"x": X})
+    np.testing.assert_allclose(on_xla["y"], expected, rtol=5e-2, atol=5e-2)
+
+
+def test_train_signature_takes_labels_and_lowers_the_loss(tf_package: PackageInfo) -> None:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(tf_package.path), tags=["train"])
+    step = loaded.signatures["train"]
+    target = np.stack([X.sum(axis=1), -X[:, 0]], axis=1)
+    losses = [float(step(x=tf.constant(X), labels=tf.constant(target))["loss"]) for _ in range(30)]
+    assert losses[-1] < losses[0] / 2
+
+
+def test_variable_less_signature(tf_source: Path, tmp_path: Path) -> None:
+    manifest = write_manifest(
+        tf_source,
+        {"savedmodel": "two_layers", "signature": "scaled"},
+        variants=SERVING,
+    )
+    package = smpack.build(manifest, tmp_path)
+    assert package.variables == ()
+    expected = source_outputs(tf_source / "two_layers", "scaled", x=X)["doubled"]
+    np.testing.assert_array_equal(run_v1(package.path, ["serve"], {"x": X})["doubled"], expected)
+    half = run_v1(package.path, ["serve", "gpu"], {"x": X})["doubled"]
+    np.testing.assert_allclose(half, expected, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def keras_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("keras_source")
+    model = keras.Sequential(
+        [
+            keras.Input((5,), name="features"),
+            keras.layers.Dense(16, activation="relu", name="encoder"),
+            keras.layers.Dense(8, activation="tanh", name="bottleneck"),
+            keras.layers.Dense(3, activation="softmax", name="classes"),
+        ]
+    )
+    model.save(folder / "classifier.keras")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def keras_package(keras_source: Path) -> PackageInfo:
+    manifest = write_manifest(
+        keras_source,
+        {"keras": "classifier.keras", "loss": "sparse_categorical_crossentropy"},
+    )
+    return smpack.build(manifest, keras_source / "out")
+
+
+def keras_predictions(folder: Path) -> np.ndarray:
+    import keras
+
+    model = keras.saving.load_model(folder / "classifier.keras")
+    return np.asarray(model(FEATURES))
+
+
+def test_keras_variants_match_the_keras_model(keras_source, keras_package) -> None:
+    expected = keras_predictions(keras_source)
+    (output,) = run_v1(keras_package.path, ["serve"], {"features": FEATURES}).values()
+    np.testing.assert_allclose(output, expected, rtol=1e-6, atol=1e-7)
+    (half,) = run_v1(keras_package.path, ["serve", "gpu"], {"features": FEATURES}).values()
+    np.testing.assert_allclose(half, expected, rtol=1e-2, atol=1e-2)
+
+
+def test_keras_variable_names_are_layer_paths(keras_package: PackageInfo) -> None:
+    names = {v.name for v in keras_package.variables}
+    for layer in ("encoder", "bottleneck", "classes"):
+        assert {f"{layer}/kernel", f"{layer}/bias"} <= names
+
+
+def test_keras_train_step_learns_class_ids(keras_package: PackageInfo) -> None:
+    import tensorflow as tf
+
+    labels = np.array([0, 1, 2, 1], np.int64)
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(keras_package.path))
+        signature = graph.signature_def["train"]
+        feeds = {
+            signature.inputs["features"].name: FEATURES,
+            signature.inputs["labels"].name: labels,
+        }
+        losses = [session.run(signature.outputs["loss"].name, feeds) for _ in range(40)]
+    assert losses[-1] < losses[0] / 2
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"savedmodel": "empty"}, "'empty' is not a SavedModel folder (no saved_model.pb in it)"),
+        (
+            {"savedmodel": "two_layers", "signature": "predict"},
+            "has no signature 'predict' (signatures: scaled, serving_default)",
+        ),
+        ({"keras": "broken.keras"}, "source.keras: cannot load broken.keras with Keras"),
+        (
+            {"savedmodel": "two_layers", "python": "model.py:fn"},
+            "give exactly one of python, savedmodel or keras",
+        ),
+        ({"savedmodel": "two_layers"}, "source.loss: a train variant of a savedmodel"),
+    ],
+)
+def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "empty").mkdir()
+    shutil.copytree(tf_source / "two_layers", folder / "two_layers")
+    (folder / "broken.keras").write_bytes(b"not a zip file")
+    manifest = write_manifest(folder, source, variants=VARIANTS if "loss" in message else SERVING)
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "imported").exists()
