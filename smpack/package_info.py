@@ -6,13 +6,21 @@ by construction.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smpack.protos import DTYPES, read_saved_model
+from google.protobuf.message import DecodeError
+
+from smpack.checkpoint_index import read_checkpoint_index
+from smpack.errors import PackageError
+from smpack.protos import DTYPES, FingerprintDef, read_saved_model
 
 _HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}  # DataType enum values
+_FLOATS = {1: "float32", 2: "float64", 14: "bfloat16", 19: "float16"}
+# Where TF Serving looks for warmup requests (a TFRecord file of PredictionLogs).
+WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class GraphInfo:
     xla: bool
     tpu: bool
     has_train_op: bool
+    # Floating dtypes the graph's ops compute in (their `T` attributes), widest last.
+    compute_dtypes: tuple[str, ...] = ()
 
     @property
     def tag_set(self) -> str:
@@ -52,6 +62,19 @@ class VariableInfo:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    size: int = 0  # bytes in the checkpoint's data files (0 for a partitioned variable)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The hashes of fingerprint.pb (TF >= 2.12 writes it with tf.saved_model.save)."""
+
+    saved_model_checksum: int
+    graph_def_program_hash: int
+    signature_def_hash: int
+    saved_object_graph_hash: int
+    checkpoint_hash: int
+    uuid: str
 
 
 @dataclass(frozen=True)
@@ -62,26 +85,30 @@ class PackageInfo:
     variables_bytes: int
     assets: tuple[str, ...]
     assets_extra: tuple[str, ...]
+    fingerprint: Fingerprint | None = None
+    warmup_requests: int | None = None  # records in assets.extra/tf_serving_warmup_requests
+    saved_model_file: str = "saved_model.pb"
 
     def graph(self, *tags: str) -> GraphInfo:
         return next(g for g in self.graphs if set(g.tags) == set(tags))
 
 
 def read_package(export_dir: str | Path) -> PackageInfo:
-    """Describe the SavedModel at `export_dir` from its saved_model.pb and checkpoint."""
-    import tensorflow as tf
+    """Describe the SavedModel at `export_dir` from its own files, without TensorFlow.
 
+    Raises `PackageError` when saved_model.pb(txt), the checkpoint index, fingerprint.pb or
+    the warmup file cannot be read.
+    """
     export_dir = Path(export_dir)
     saved_model = read_saved_model(export_dir)
     variables_prefix = export_dir / "variables" / "variables"
     variables: tuple[VariableInfo, ...] = ()
     if Path(f"{variables_prefix}.index").exists():
-        reader = tf.train.load_checkpoint(str(variables_prefix))
-        dtypes = reader.get_variable_to_dtype_map()
         variables = tuple(
-            VariableInfo(name, tuple(shape), dtypes[name].name)
-            for name, shape in sorted(reader.get_variable_to_shape_map().items())
+            VariableInfo(entry.name, entry.shape, entry.dtype, entry.size)
+            for entry in read_checkpoint_index(variables_prefix).entries
         )
+    warmup = export_dir / "assets.extra" / WARMUP_FILE
     return PackageInfo(
         path=export_dir,
         graphs=tuple(_graph_info(meta_graph) for meta_graph in saved_model.meta_graphs),
@@ -89,6 +116,49 @@ def read_package(export_dir: str | Path) -> PackageInfo:
         variables_bytes=_size(export_dir / "variables"),
         assets=_files(export_dir / "assets"),
         assets_extra=_files(export_dir / "assets.extra"),
+        fingerprint=_fingerprint(export_dir / "fingerprint.pb"),
+        warmup_requests=count_tfrecords(warmup) if warmup.is_file() else None,
+        saved_model_file="saved_model.pb"
+        if (export_dir / "saved_model.pb").is_file()
+        else "saved_model.pbtxt",
+    )
+
+
+def count_tfrecords(path: Path) -> int:
+    """Records in a TFRecord file, from its framing alone (length, crc, data, crc).
+
+    Raises `PackageError` if the file ends inside a record.
+    """
+    data = path.read_bytes()
+    count = position = 0
+    while position < len(data):
+        if position + 12 > len(data):
+            msg = f"TFRecord file ends inside the header of record {count + 1}"
+            raise PackageError(msg, file=path)
+        (length,) = struct.unpack_from("<Q", data, position)
+        position += 12 + length + 4
+        if position > len(data):
+            msg = f"TFRecord file ends inside record {count + 1}"
+            raise PackageError(msg, file=path)
+        count += 1
+    return count
+
+
+def _fingerprint(path: Path) -> Fingerprint | None:
+    if not path.is_file():
+        return None
+    try:
+        message = FingerprintDef.FromString(path.read_bytes())
+    except DecodeError as e:
+        msg = f"not a readable fingerprint: {e}"
+        raise PackageError(msg, file=path) from e
+    return Fingerprint(
+        saved_model_checksum=message.saved_model_checksum,
+        graph_def_program_hash=message.graph_def_program_hash,
+        signature_def_hash=message.signature_def_hash,
+        saved_object_graph_hash=message.saved_object_graph_hash,
+        checkpoint_hash=message.checkpoint_hash,
+        uuid=message.uuid,
     )
 
 
@@ -100,6 +170,9 @@ def _graph_info(meta_graph: Any) -> GraphInfo:
         for value in node.attr.values()
         if value.type in _HALF_PRECISIONS
     }
+    computed = {
+        node.attr["T"].type for node in _all_nodes(meta_graph) if "T" in node.attr
+    } & _FLOATS.keys()
     return GraphInfo(
         tags=tuple(meta_graph.meta_info_def.tags),
         signatures=tuple(
@@ -114,7 +187,20 @@ def _graph_info(meta_graph: Any) -> GraphInfo:
         tpu=any(node.op == "TPUReplicateMetadata" for node in nodes),
         has_train_op="__saved_model_train_op" in meta_graph.signature_def
         or "saved_model_train_op" in meta_graph.collection_def,
+        compute_dtypes=tuple(sorted((_FLOATS[t] for t in computed), key=_width)),
     )
+
+
+def _all_nodes(meta_graph: Any) -> list[Any]:
+    # TF2 graphs keep their computation in the function library, not at top level.
+    nodes = list(meta_graph.graph_def.node)
+    for function in meta_graph.graph_def.library.function:
+        nodes.extend(function.node_def)
+    return nodes
+
+
+def _width(dtype: str) -> tuple[int, str]:
+    return int(dtype.removeprefix("bfloat").removeprefix("float")), dtype
 
 
 def _signature_info(key: str, signature_def: Any) -> SignatureInfo:

@@ -143,6 +143,15 @@ _MESSAGES: dict[str, list[tuple[str, int, str]]] = {
     "NodeList": [("value", 1, "repeated string")],
     "BytesList": [("value", 1, "repeated bytes")],
     "AssetFileDef": [("tensor_info", 1, "TensorInfo"), ("filename", 2, "string")],
+    # fingerprint.proto: the hashes TF writes to fingerprint.pb beside saved_model.pb.
+    "FingerprintDef": [
+        ("saved_model_checksum", 1, "uint64"),
+        ("graph_def_program_hash", 2, "uint64"),
+        ("signature_def_hash", 3, "uint64"),
+        ("saved_object_graph_hash", 4, "uint64"),
+        ("checkpoint_hash", 5, "uint64"),
+        ("uuid", 7, "string"),
+    ],
 }
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -150,6 +159,7 @@ _SCALARS = {
     "string": _F.TYPE_STRING,
     "bytes": _F.TYPE_BYTES,
     "int64": _F.TYPE_INT64,
+    "uint64": _F.TYPE_UINT64,
     "float": _F.TYPE_FLOAT,
     "bool": _F.TYPE_BOOL,
 }
@@ -206,6 +216,9 @@ _pool = descriptor_pool.DescriptorPool()
 _pool.Add(_file_descriptor())
 SavedModel: Any = message_factory.GetMessageClass(
     _pool.FindMessageTypeByName(f"{_PACKAGE}.SavedModel")
+)
+FingerprintDef: Any = message_factory.GetMessageClass(
+    _pool.FindMessageTypeByName(f"{_PACKAGE}.FingerprintDef")
 )
 
 
