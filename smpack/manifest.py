@@ -246,6 +246,43 @@ class Source(_Strict):
         return (self.python or "").rpartition(":")[2]
 
 
+# TF Serving's warmup file in assets.extra/, and how many records it reads at most.
+WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000
+
+
+class WarmupRequest(_Strict):
+    """One request TF Serving replays when it loads the package (see smpack/warmup.py).
+
+    `inputs` gives values inline and `files` reads them from .npy or .json files, keyed by
+    the signature's input keys; a classify or regress signature takes `examples` instead,
+    each a mapping of tf.Example feature names to values.
+    """
+
+    signature: str = "serving_default"
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+    examples: list[dict[str, Any]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_way_per_input(self) -> WarmupRequest:
+        if self.examples is not None and (self.inputs or self.files):
+            msg = "give examples (classify, regress) or inputs/files (predict), not both"
+            raise ValueError(msg)
+        if self.examples is None and not (self.inputs or self.files):
+            msg = "a request needs inputs, files or examples"
+            raise ValueError(msg)
+        both = sorted(self.inputs.keys() & self.files.keys())
+        if both:
+            msg = f"inputs {both} are given both inline and as files"
+            raise ValueError(msg)
+        for key, file in self.files.items():
+            if Path(file).suffix not in (".npy", ".json"):
+                msg = f"file for input {key!r} must be .npy or .json, not {file!r}"
+                raise ValueError(msg)
+        return self
+
+
 class ManifestCard(CardSpec):
     """The `card:` block: what people write about the model, and optionally their template.
 
@@ -286,6 +323,7 @@ class Manifest(_Strict):
     assets: list[str] = Field(default_factory=list)
     assets_extra: dict[str, str] = Field(default_factory=dict)
     card: ManifestCard = Field(default_factory=ManifestCard)
+    warmup: list[WarmupRequest] = Field(default_factory=list, max_length=MAX_WARMUP_RECORDS)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -329,6 +367,16 @@ class Manifest(_Strict):
                 raise ValueError(msg)
             seen[variant.tag_set] = name
         return variants
+
+    @model_validator(mode="after")
+    def _warmup_has_a_home(self) -> Manifest:
+        if self.warmup and all(v.is_training for v in self.variants.values()):
+            msg = "warmup requests need a serving variant (one without mode: train)"
+            raise ValueError(msg)
+        if self.warmup and WARMUP_FILE in self.assets_extra:
+            msg = f"warmup: writes assets.extra/{WARMUP_FILE}; remove it from assets_extra"
+            raise ValueError(msg)
+        return self
 
     def signatures_for(self, variant: Variant) -> dict[str, Signature]:
         return dict(variant.signatures) if variant.signatures is not None else dict(self.signatures)
@@ -519,6 +567,9 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
                 field=f"assets_extra.{target}",
             )
         extras[target] = _existing(folder, source, path, f"assets_extra.{target}")
+    for index, request in enumerate(spec.warmup):
+        for key, file in request.files.items():
+            _existing(folder, file, path, f"warmup.{index}.files.{key}")
     template = spec.card.template
     card_template = None if template is None else _existing(folder, template, path, "card.template")
     return LoadedManifest(

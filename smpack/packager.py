@@ -45,6 +45,7 @@ def build(
     from smpack.model_source import open_source
     from smpack.package_info import read_package
     from smpack.staging import staged_directory
+    from smpack.warmup import warmup_records, write_warmup_file
     from smpack.writer import write_saved_model
 
     with open_source(loaded) as source, staged_directory(destination, force) as staging:
@@ -52,9 +53,15 @@ def build(
         for name, variant in loaded.spec.variants.items():
             step(f"building variant {name} ({','.join(variant.tags)})")
             graphs.append(build_variant_graph(loaded, source.model_fn, name, variant))
+        # Checked against every serving graph before any file is written.
+        warmup = warmup_records(
+            loaded, {g.name: g.signature_defs for g in graphs if not g.variant.is_training}
+        )
         step("writing variables and graphs")
         write_saved_model(staging, graphs, loaded, as_text, source)
         copy_assets(loaded, staging)
+        if warmup:
+            write_warmup_file(staging, warmup)
         # Last, so the cards describe (and hash) every other file of the finished package.
         step("writing model cards")
         write_cards(

@@ -1,0 +1,183 @@
+"""TF Serving warmup: `assets.extra/tf_serving_warmup_requests`, made from the manifest.
+
+TF Serving replays this file when it loads a model, so the first real request does not pay
+for lazy initialisation. It holds one file per SavedModel and replays it against whichever
+tag set it loaded, and a request that fails makes the whole model fail to load. So every
+request is checked against the signature of every serving variant before anything is
+written.
+
+The file is a TFRecord of `tensorflow.serving.PredictionLog` messages. TensorFlow provides
+TensorProto and Example; the few wrapper messages around them are encoded here from their
+public field numbers (tensorflow_serving/apis/*.proto) rather than adding tensorflow-serving-api,
+which pins TensorFlow's exact minor version, as a dependency.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from smpack.errors import ManifestError
+from smpack.manifest import METHODS, WARMUP_FILE, LoadedManifest, WarmupRequest
+
+_CLASSIFY_LOG, _REGRESS_LOG, _PREDICT_LOG = 2, 3, 6  # PredictionLog oneof fields
+
+
+def warmup_records(
+    loaded: LoadedManifest, signature_defs: Mapping[str, Mapping[str, Any]]
+) -> list[bytes]:
+    """Serialized PredictionLogs for the manifest's `warmup:` requests.
+
+    `signature_defs` maps each serving variant's name to its SignatureDefs; every request
+    must fit each of them. Raises `ManifestError` naming the request that does not.
+    """
+    records = []
+    for index, request in enumerate(loaded.spec.warmup):
+        field = f"warmup.{index}"
+        where: dict[str, Any] = {"file": loaded.path, "field": field}
+        values = _request_values(loaded, request, field)
+        method = None
+        for variant, signatures in signature_defs.items():
+            if request.signature not in signatures:
+                msg = f"variant {variant!r} has no signature {request.signature!r}"
+                raise ManifestError(msg, **where)
+            signature = signatures[request.signature]
+            if method not in (None, signature.method_name):
+                msg = f"signature {request.signature!r} has different methods across variants"
+                raise ManifestError(msg, **where)
+            method = signature.method_name
+            values = _fitted(signature, values, variant, where, request.examples is not None)
+        assert method is not None  # a manifest with warmup has a serving variant (validated)
+        records.append(_prediction_log(loaded.spec.name, request, method, values))
+    return records
+
+
+def write_warmup_file(export_dir: Path, records: Iterable[bytes]) -> None:
+    """Write the records as assets.extra/tf_serving_warmup_requests."""
+    folder = export_dir / "assets.extra"
+    folder.mkdir(exist_ok=True)
+    with tf.io.TFRecordWriter(str(folder / WARMUP_FILE)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def _request_values(loaded: LoadedManifest, request: WarmupRequest, field: str) -> dict[str, Any]:
+    """Inline values and files merged into one numpy array (or Example list) per input."""
+    if request.examples is not None:
+        return {"inputs": request.examples}
+    values = {key: np.asarray(value) for key, value in request.inputs.items()}
+    for key, relative in request.files.items():
+        path = loaded.folder / relative
+        try:
+            if path.suffix == ".npy":
+                values[key] = np.load(path, allow_pickle=False)
+            else:
+                values[key] = np.asarray(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            msg = f"cannot read {relative!r}: {e}"
+            raise ManifestError(msg, file=loaded.path, field=f"{field}.files.{key}") from e
+    return values
+
+
+def _fitted(
+    signature: Any, values: Mapping[str, Any], variant: str, where: dict[str, Any], examples: bool
+) -> dict[str, Any]:
+    """`values` converted to the signature's dtypes; raises if they do not fit it."""
+    if examples:
+        if signature.method_name not in (METHODS["classify"], METHODS["regress"]):
+            msg = f"examples are for classify and regress signatures, not {signature.method_name}"
+            raise ManifestError(msg, **where)
+        return dict(values)
+    if signature.method_name in (METHODS["classify"], METHODS["regress"]):
+        msg = "a classify or regress signature takes examples: [{feature: value}, ...]"
+        raise ManifestError(msg, **where)
+    missing = sorted(signature.inputs.keys() - values.keys())
+    unknown = sorted(values.keys() - signature.inputs.keys())
+    if missing or unknown:
+        msg = f"inputs must be {sorted(signature.inputs)} (missing {missing}, unknown {unknown})"
+        raise ManifestError(msg, **where)
+    fitted = {}
+    for key, value in values.items():
+        info = signature.inputs[key]
+        dtype = tf.dtypes.as_dtype(info.dtype)
+        try:
+            # Through a TensorProto, as TF Serving will read it: "1" is no float, 1.5 no int.
+            fitted[key] = tf.make_ndarray(tf.make_tensor_proto(value, dtype=dtype))
+        except (TypeError, ValueError) as e:
+            msg = f"input {key!r} is not {dtype.name}: {e}"
+            raise ManifestError(msg, **where) from e
+        expected = tf.TensorShape(info.tensor_shape)
+        if not expected.is_compatible_with(value.shape):
+            msg = (
+                f"input {key!r} has shape {list(value.shape)}, but variant {variant!r} takes "
+                f"{expected} (unknown sizes are free)"
+            )
+            raise ManifestError(msg, **where)
+    return fitted
+
+
+def _prediction_log(
+    name: str, request: WarmupRequest, method: str, values: Mapping[str, Any]
+) -> bytes:
+    model_spec = _field(1, name.encode()) + _field(3, request.signature.encode())
+    if method in (METHODS["classify"], METHODS["regress"]):
+        examples = b"".join(_field(1, example) for example in _examples(values["inputs"]))
+        body = _field(1, model_spec) + _field(2, _field(1, examples))  # Input.example_list
+        log = _CLASSIFY_LOG if method == METHODS["classify"] else _REGRESS_LOG
+    else:
+        entries = b"".join(
+            _field(2, _field(1, key.encode()) + _field(2, _tensor(value)))
+            for key, value in sorted(values.items())
+        )
+        body = _field(1, model_spec) + entries
+        log = _PREDICT_LOG
+    return _field(log, _field(1, body))  # XLog.request
+
+
+def _tensor(value: np.ndarray) -> bytes:
+    return bytes(tf.make_tensor_proto(value).SerializeToString())
+
+
+def _examples(rows: list[Mapping[str, Any]]) -> list[bytes]:
+    """Serialized tf.Examples; a feature's list type is decided across all rows, so `[0, 1]`
+    beside `[0.5, 2.0]` is a float feature, as YAML's integers usually mean there."""
+    kinds: dict[str, str] = {}
+    for row in rows:
+        for key, raw in row.items():
+            numpy_kind = np.atleast_1d(np.asarray(raw)).dtype.kind
+            kind = "bytes" if numpy_kind in "SUO" else "float" if numpy_kind == "f" else "int"
+            kinds[key] = max(kinds.get(key, "int"), kind, key=("int", "float", "bytes").index)
+    serialized = []
+    for row in rows:
+        feature = {}
+        for key, raw in row.items():
+            values = np.atleast_1d(np.asarray(raw)).tolist()
+            if kinds[key] == "bytes":
+                bytes_list = tf.train.BytesList(value=[str(v).encode() for v in values])
+                feature[key] = tf.train.Feature(bytes_list=bytes_list)
+            elif kinds[key] == "float":
+                feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+            else:
+                feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        serialized.append(bytes(example.SerializeToString()))
+    return serialized
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -1,0 +1,154 @@
+"""TF Serving warmup requests: written as TF Serving reads them, checked before writing.
+
+The file is read back with the PredictionLog message of tensorflow-serving-api itself, not
+with smpack's encoder, and each request is replayed through TF's own loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from tensorflow_serving.apis import prediction_log_pb2
+from tf_helpers import run_v1
+from typer.testing import CliRunner
+
+from smpack.cli import app
+
+runner = CliRunner()
+EIGHT = [float(x) for x in range(8)]  # the linear example's TPU variant takes batches of 8
+
+CLASSIFIER = """\
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    serialized = tf.compat.v1.placeholder(tf.string, [None], name="examples")
+    x = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([2], tf.float32)})["x"]
+
+    def score(x):
+        w = tf.compat.v1.get_variable("w", [2, 3], ctx.dtype)
+        return tf.nn.softmax(tf.matmul(x, w))
+
+    scores = tf.identity(ctx.compute(score, x), name="scores")
+    return ModelSpec(inputs={"examples": serialized}, outputs={"scores": scores})
+"""
+
+
+def records(package: Path) -> list[Any]:
+    path = package / "assets.extra" / "tf_serving_warmup_requests"
+    return [
+        prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+        for raw in tf.data.TFRecordDataset(str(path))
+    ]
+
+
+def build(manifest: Path, out: Path, **changes: Any) -> Any:
+    data = yaml.safe_load(manifest.read_text())
+    data.update(changes)
+    manifest.write_text(yaml.safe_dump(data))
+    return runner.invoke(app, ["build", str(manifest), "--out", str(out)])
+
+
+def test_predict_requests_are_prediction_logs_every_serve_variant_answers(
+    variants_copy: Path, tmp_path: Path
+) -> None:
+    np.save(variants_copy / "batch.npy", np.arange(8, dtype=np.float32) / 2)
+    warmup = [{"inputs": {"input": EIGHT}}, {"files": {"input": "batch.npy"}}]
+    result = build(variants_copy / "linear.yaml", tmp_path, warmup=warmup)
+    assert result.exit_code == 0, result.output
+    package = tmp_path / "linear" / "1"
+
+    logs = records(package)
+    assert len(logs) == 2
+    expected = [np.array(EIGHT, np.float32), np.arange(8, dtype=np.float32) / 2]
+    for log, values in zip(logs, expected, strict=True):
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert (request.model_spec.name, request.model_spec.signature_name) == (
+            "linear",
+            "serving_default",
+        )
+        feed = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+        assert feed["input"].dtype == np.float32  # integers in YAML, float32 on the wire
+        np.testing.assert_array_equal(feed["input"], values)
+        for tags in (["serve"], ["serve", "gpu"]):
+            answer = run_v1(package, tags, feed)["output"]
+            np.testing.assert_allclose(answer, 0.5 * values + 2, rtol=1e-3)
+
+
+def test_classify_requests_carry_examples(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(CLASSIFIER)
+    manifest = tmp_path / "classifier.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "schema": 1,
+                "name": "classifier",
+                "version": 3,
+                "source": {"python": "model.py:model_fn"},
+                "variants": {"cpu": {"tags": ["serve"]}},
+                "signatures": {
+                    "classify": {
+                        "method": "classify",
+                        "inputs": {"inputs": "examples"},
+                        "outputs": {"scores": "scores"},
+                    }
+                },
+                "warmup": [
+                    {"signature": "classify", "examples": [{"x": [1.0, 2.0]}, {"x": [0, 1]}]}
+                ],
+            }
+        )
+    )
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    [log] = records(tmp_path / "out" / "classifier" / "3")
+    request = log.classify_log.request
+    assert request.model_spec.signature_name == "classify"
+    features = [
+        e.features.feature["x"].float_list.value for e in request.input.example_list.examples
+    ]
+    assert [list(f) for f in features] == [[1.0, 2.0], [0.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    ("warmup", "message"),
+    [
+        (
+            [{"inputs": {"input": [1.0, 2.0]}}],
+            "warmup.0: input 'input' has shape [2], but variant 'tpu' takes (8,)",
+        ),
+        ([{"inputs": {"input": ["one"] * 8}}], "warmup.0: input 'input' is not float32"),
+        ([{"inputs": {"text": EIGHT}}], "warmup.0: inputs must be ['input'] (missing ['input']"),
+        ([{"signature": "nope", "inputs": {"input": EIGHT}}], "has no signature 'nope'"),
+        ([{"files": {"input": "../outside.npy"}}], "warmup.0.files.input: '../outside.npy' points"),
+        ([{"files": {"input": "batch.pickle"}}], "must be .npy or .json"),
+        ([{"inputs": {"input": EIGHT}}] * 1001, "warmup: List should have at most 1000 items"),
+        ([{"examples": [{"x": 1}]}], "examples are for classify and regress signatures"),
+    ],
+    ids=[
+        "shape-misfits-tpu-batch",
+        "wrong-dtype",
+        "unknown-input",
+        "unknown-signature",
+        "file-outside-folder",
+        "not-npy-or-json",
+        "over-1000",
+        "examples-on-predict",
+    ],
+)
+def test_requests_that_would_break_serving_are_refused(
+    variants_copy: Path, tmp_path: Path, warmup: list[Any], message: str
+) -> None:
+    out = tmp_path / "out"
+    result = build(variants_copy / "linear.yaml", out, warmup=warmup)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert message in line
+    assert "linear.yaml" in line
+    assert not out.exists()
