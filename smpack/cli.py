@@ -74,8 +74,11 @@ def build(
     as_text: Annotated[
         bool, typer.Option("--as-text", help="Write saved_model.pbtxt instead of .pb.")
     ] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip `smpack verify` on the written package.")
+    ] = False,
 ) -> None:
-    """Build the package a manifest describes and print its summary."""
+    """Build the package a manifest describes, print its summary, then verify it."""
     from smpack.packager import build as build_package
     from smpack.views import print_build_summary
 
@@ -84,6 +87,104 @@ def build(
             manifest, out, force=force, as_text=as_text, on_step=lambda s: status.update(s)
         )
     print_build_summary(info, stdout)
+    if not no_verify:
+        _verify_or_exit(info.path, after_build=True)
+
+
+@app.command()
+def inspect(
+    package: Annotated[Path, typer.Argument(help="SavedModel directory (any, not only smpack's).")],
+    tags: Annotated[
+        str | None, typer.Option("--tags", help="Show only this tag set, e.g. serve,gpu.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document.")] = False,
+) -> None:
+    """Show what a SavedModel holds, without importing TensorFlow."""
+    from smpack.inspection import inspect_package, inspection_document, parse_tags
+    from smpack.views import print_inspect
+
+    info = inspect_package(package, parse_tags(tags) if tags is not None else None)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(inspection_document(info), indent=2) + "\n")
+    else:
+        print_inspect(info, stdout)
+
+
+@app.command()
+def verify(
+    package: Annotated[Path, typer.Argument(help="SavedModel directory (any, not only smpack's).")],
+) -> None:
+    """Load every graph through TensorFlow and check it; exit 1 if any check fails."""
+    _verify_or_exit(package, after_build=False)
+
+
+def _verify_or_exit(package: Path, *, after_build: bool) -> None:
+    from smpack.packager import import_tensorflow_quietly
+    from smpack.views import verify_view
+
+    with stderr.status("verifying: loading every graph through TensorFlow"):
+        import_tensorflow_quietly()
+        from smpack.verification import verify_package
+
+        report = verify_package(package)
+    stdout.print(verify_view(report))
+    if not report.passed:
+        if after_build:
+            stderr.print(
+                f"verify failed: {package} was written but did not pass its checks",
+                highlight=False,
+            )
+        raise typer.Exit(1)
+
+
+@app.command()
+def extract(
+    package: Annotated[Path, typer.Argument(help="SavedModel directory to take a graph from.")],
+    tags: Annotated[str, typer.Option("--tags", help="The graph's tag set, e.g. serve,gpu.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+    clear_devices: Annotated[
+        bool, typer.Option("--clear-devices", help="Drop device placements from the graph.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT atomically.")] = False,
+) -> None:
+    """Write one graph as a standalone SavedModel tagged `serve`, weights hard-linked."""
+    from smpack.inspection import parse_tags
+    from smpack.packager import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from smpack.extraction import extract_graph
+
+    written = extract_graph(
+        package, parse_tags(tags), out, clear_devices=clear_devices, force=force
+    )
+    stdout.print(f"wrote {written} (tag set serve, from {tags})", highlight=False)
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="First SavedModel directory.")],
+    new: Annotated[Path, typer.Argument(help="Second SavedModel directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of changes.")] = False,
+) -> None:
+    """What changed between two packages; exit 1 when they differ, like `diff`."""
+    import dataclasses
+
+    from smpack.diff import diff_packages
+    from smpack.package_info import read_package
+    from smpack.views import diff_view
+
+    changes = diff_packages(read_package(old), read_package(new))
+    if as_json:
+        import json
+
+        document = [dataclasses.asdict(change) for change in changes]
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        stdout.print(diff_view(changes))
+    if changes:
+        raise typer.Exit(1)
 
 
 class CardFormat(StrEnum):

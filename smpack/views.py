@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
-from smpack.package_info import PackageInfo
+from smpack.package_info import GraphInfo, PackageInfo, TensorInfo
+
+if TYPE_CHECKING:  # verification imports TensorFlow; its records are only annotations here
+    from smpack.diff import Change
+    from smpack.verification import VerifyReport
 
 
 def build_summary(info: PackageInfo) -> Group:
@@ -39,6 +46,128 @@ def build_summary(info: PackageInfo) -> Group:
 
 def print_build_summary(info: PackageInfo, console: Console) -> None:
     console.print(build_summary(info))
+
+
+def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
+    """Tag sets -> signatures -> tensors, variables, files and fingerprint; load commands."""
+    from smpack.inspection import load_commands
+
+    tree = Tree(Text(f"{info.path} ({info.saved_model_file}, {_count(len(info.graphs), 'graph')})"))
+    for graph in info.graphs:
+        branch = tree.add(Text(f"{graph.tag_set}  ", style="bold") + Text(_graph_facts(graph)))
+        for signature in graph.signatures:
+            node = branch.add(Text(f"{signature.key}  {signature.method}"))
+            for tensor in signature.inputs:
+                node.add(Text(f"in   {_tensor_text(tensor)}"))
+            for tensor in signature.outputs:
+                node.add(Text(f"out  {_tensor_text(tensor)}"))
+    variables = Table(title="shared variables", title_justify="left")
+    for column in ("name", "shape", "dtype", "bytes"):
+        variables.add_column(column, justify="right" if column == "bytes" else "left")
+    for variable in info.variables:
+        shape = "[" + ", ".join(str(d) for d in variable.shape) + "]"
+        variables.add_row(variable.name, shape, variable.dtype, f"{variable.size:,}")
+    tensor_bytes = sum(v.size for v in info.variables)
+    totals = Text(
+        f"{_count(len(info.variables), 'variable')}, {_bytes(tensor_bytes)} of tensors, "
+        f"{_bytes(info.variables_bytes)} on disk"
+    )
+    warmup = (
+        f" ({info.warmup_requests} warmup requests)" if info.warmup_requests is not None else ""
+    )
+    files = Text(
+        f"assets: {', '.join(info.assets) or 'none'}\n"
+        f"assets.extra: {', '.join(info.assets_extra) or 'none'}{warmup}\n"
+        f"fingerprint: {_fingerprint_text(info)}"
+    )
+    commands = [Text("load commands:")]
+    for graph in info.graphs:
+        load = load_commands(info.path, graph)
+        commands.append(Text(f"  {graph.tag_set}"))
+        for command in (
+            load.tf_serving or "(TF Serving: not servable, train op or no version folder)",
+            load.saved_model_cli,
+            load.python,
+        ):
+            commands.append(Text(f"    {command}"))
+    return Group(tree, variables, totals, files), Group(*commands)
+
+
+def print_inspect(info: PackageInfo, console: Console) -> None:
+    """Print `inspect_view`; load commands are printed unwrapped, to survive copy and paste."""
+    facts, commands = inspect_view(info)
+    console.print(facts)
+    console.print(commands, soft_wrap=True)
+
+
+def verify_view(report: VerifyReport) -> Group:
+    """One row per check, grouped by tag set, then the verdict."""
+    table = Table(title=f"{report.path}", title_justify="left")
+    for column in ("tag set", "check", "result"):
+        table.add_column(column, overflow="fold")
+    for check in report.checks:
+        table.add_row("(package)", check.name, _verdict(check.passed, check.detail))
+    for graph in report.graphs:
+        for check in graph.checks:
+            table.add_row(graph.tag_set, check.name, _verdict(check.passed, check.detail))
+    failed = ["(package)"] if not all(c.passed for c in report.checks) else []
+    failed += [g.tag_set for g in report.graphs if not g.passed]
+    verdict = (
+        Text(f"pass: all checks of {_count(len(report.graphs), 'graph')}")
+        if report.passed
+        else Text(f"FAILED: {'; '.join(failed)}")
+    )
+    return Group(table, verdict)
+
+
+def diff_view(changes: list[Change]) -> Group:
+    """One row per change, or a line saying there is none."""
+    if not changes:
+        return Group(Text("no differences"))
+    table = Table()
+    for column in ("change", "what", "name", "detail"):
+        table.add_column(column, overflow="fold")
+    for change in changes:
+        table.add_row(change.kind, change.subject, change.name, change.detail)
+    return Group(table, Text(_count(len(changes), "difference")))
+
+
+def _graph_facts(graph: GraphInfo) -> str:
+    accelerators = [d for d in graph.devices if "CPU" not in d]
+    facts = [
+        "device " + (", ".join(accelerators or graph.devices) or "any"),
+        "computes " + (", ".join(graph.compute_dtypes) or "-"),
+        f"{graph.op_count} ops",
+    ]
+    facts += [name for name, on in (("XLA", graph.xla), ("TPU", graph.tpu)) if on]
+    facts += ["train op"] if graph.has_train_op else []
+    return " · ".join(facts)
+
+
+def _tensor_text(tensor: TensorInfo) -> str:
+    if tensor.shape is None:
+        shape = "unknown rank"
+    else:
+        shape = "[" + ", ".join("?" if d is None else str(d) for d in tensor.shape) + "]"
+    return f"{tensor.key}: {tensor.name} {tensor.dtype} {shape}"
+
+
+def _fingerprint_text(info: PackageInfo) -> str:
+    if info.fingerprint is None:
+        return "none (no fingerprint.pb)"
+    return (
+        f"saved_model_checksum {info.fingerprint.saved_model_checksum}, "
+        f"checkpoint_hash {info.fingerprint.checkpoint_hash}"
+    )
+
+
+def _verdict(passed: bool, detail: str) -> Text:
+    text = Text("pass" if passed else "FAIL", style="green" if passed else "bold red")
+    return text + Text(f": {detail}") if detail else text
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _bytes(count: int) -> str:

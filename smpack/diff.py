@@ -1,0 +1,103 @@
+"""What changed between two packages, as plain records (no TensorFlow)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from smpack.package_info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo
+
+Kind = Literal["added", "removed", "changed"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: Kind
+    subject: str  # "tag set", "signature", "variable", "size"
+    name: str
+    detail: str = ""
+
+
+def diff_packages(old: PackageInfo, new: PackageInfo) -> list[Change]:
+    """Tag sets, signatures (per tag set), variables and checkpoint size that differ."""
+    changes: list[Change] = []
+    old_graphs, new_graphs = _by_tag_set(old, new)
+    changes += _keyed("tag set", old_graphs, new_graphs, lambda a, b: "")
+    for tag_set in [t for t in old_graphs if t in new_graphs]:
+        old_signatures = {s.key: s for s in old_graphs[tag_set].signatures}
+        new_signatures = {s.key: s for s in new_graphs[tag_set].signatures}
+        changes += [
+            Change(c.kind, "signature", f"{tag_set}: {c.name}", c.detail)
+            for c in _keyed("signature", old_signatures, new_signatures, _signature_change)
+        ]
+    old_variables = {v.name: v for v in old.variables}
+    new_variables = {v.name: v for v in new.variables}
+    changes += _keyed(
+        "variable",
+        old_variables,
+        new_variables,
+        lambda a, b: (
+            f"{a.dtype}{list(a.shape)} -> {b.dtype}{list(b.shape)}"
+            if (a.dtype, a.shape) != (b.dtype, b.shape)
+            else ""
+        ),
+    )
+    if old.variables_bytes != new.variables_bytes:
+        changes.append(
+            Change(
+                "changed",
+                "size",
+                "variables/",
+                f"{old.variables_bytes:,} -> {new.variables_bytes:,} bytes",
+            )
+        )
+    return changes
+
+
+def _by_tag_set(
+    old: PackageInfo, new: PackageInfo
+) -> tuple[dict[str, GraphInfo], dict[str, GraphInfo]]:
+    # Tag sets are sets (`gpu,serve` is `serve,gpu`); each is named as the old package spells it.
+    names = {frozenset(g.tags): g.tag_set for g in (*new.graphs, *old.graphs)}
+    return (
+        {names[frozenset(g.tags)]: g for g in old.graphs},
+        {names[frozenset(g.tags)]: g for g in new.graphs},
+    )
+
+
+def _keyed(
+    subject: str, old: Mapping[str, T], new: Mapping[str, T], compare: Callable[[T, T], str]
+) -> Iterator[Change]:
+    for name in sorted(old.keys() | new.keys()):
+        if name not in new:
+            yield Change("removed", subject, name)
+        elif name not in old:
+            yield Change("added", subject, name)
+        elif detail := compare(old[name], new[name]):
+            yield Change("changed", subject, name, detail)
+
+
+def _signature_change(old: SignatureInfo, new: SignatureInfo) -> str:
+    details = []
+    if old.method != new.method:
+        details.append(f"method {old.method} -> {new.method}")
+    for side, a, b in (("input", old.inputs, new.inputs), ("output", old.outputs, new.outputs)):
+        olds = {t.key: t for t in a}
+        news = {t.key: t for t in b}
+        for key in sorted(olds.keys() | news.keys()):
+            if key not in news:
+                details.append(f"{side} {key} removed")
+            elif key not in olds:
+                details.append(f"{side} {key} added")
+            elif _tensor(olds[key]) != _tensor(news[key]):
+                details.append(f"{side} {key}: {_tensor(olds[key])} -> {_tensor(news[key])}")
+    return "; ".join(details)
+
+
+def _tensor(tensor: TensorInfo) -> str:
+    if tensor.shape is None:
+        return f"{tensor.name} {tensor.dtype}[unknown rank]"
+    shape = ", ".join("?" if d is None else str(d) for d in tensor.shape)
+    return f"{tensor.name} {tensor.dtype}[{shape}]"

@@ -1,0 +1,79 @@
+"""`extract`: one MetaGraph of a package as a standalone single-graph SavedModel.
+
+Tools that cannot pick a multi-tag set (tf2onnx's `--tag` is not split on commas, the
+TFLite converter refuses GPU-pinned graphs) can then take any variant. The weights are
+shared by hard link where the filesystem allows, so extracting costs no extra space.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from smpack.card import CARD_FILES
+from smpack.errors import PackageError
+from smpack.staging import staged_directory
+
+
+def extract_graph(
+    export_dir: str | Path,
+    tags: frozenset[str],
+    out: str | Path,
+    *,
+    clear_devices: bool = False,
+    force: bool = False,
+) -> Path:
+    """Write the MetaGraph tagged exactly `tags` to `out`, re-tagged `serve`; returns `out`."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    # TF's own message class, not smpack.protos: every field must survive the copy.
+    export_dir, out = Path(export_dir), Path(out).absolute()
+    saved_model = saved_model_pb2.SavedModel()
+    if (export_dir / "saved_model.pb").is_file():
+        saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())
+    elif (export_dir / "saved_model.pbtxt").is_file():
+        text_format.Parse((export_dir / "saved_model.pbtxt").read_text(), saved_model)
+    else:
+        message = f"no saved_model.pb or saved_model.pbtxt in {export_dir}"
+        raise PackageError(message, file=export_dir)
+    chosen = [m for m in saved_model.meta_graphs if frozenset(m.meta_info_def.tags) == tags]
+    if not chosen:
+        available = "; ".join(",".join(m.meta_info_def.tags) for m in saved_model.meta_graphs)
+        message = f"no MetaGraph has the tag set {','.join(sorted(tags))}; it has: {available}"
+        raise PackageError(message, file=export_dir, field="--tags")
+    meta_graph = chosen[0]
+    del meta_graph.meta_info_def.tags[:]
+    meta_graph.meta_info_def.tags.append("serve")
+    if clear_devices:
+        for node in meta_graph.graph_def.node:
+            node.ClearField("device")
+        for function in meta_graph.graph_def.library.function:
+            for node in function.node_def:
+                node.ClearField("device")
+    standalone = saved_model_pb2.SavedModel(
+        saved_model_schema_version=saved_model.saved_model_schema_version
+    )
+    standalone.meta_graphs.append(meta_graph)
+
+    with staged_directory(out, force) as staging:
+        (staging / "saved_model.pb").write_bytes(standalone.SerializeToString(deterministic=True))
+        # The package's model cards describe all of its graphs, not this one.
+        skip_cards = shutil.ignore_patterns(*CARD_FILES)
+        for folder in ("variables", "assets", "assets.extra"):
+            if (export_dir / folder).is_dir():
+                shutil.copytree(
+                    export_dir / folder,
+                    staging / folder,
+                    copy_function=_link_or_copy,
+                    ignore=skip_cards if folder == "assets.extra" else None,
+                )
+    return out
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

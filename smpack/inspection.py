@@ -1,0 +1,105 @@
+"""`inspect`: what a SavedModel holds, as records and as a stable JSON document (no TensorFlow).
+
+The facts come from `read_package`; this module adds what depends on where the package is
+(the commands that load each graph) and the choice of graphs to show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smpack.errors import PackageError
+from smpack.package_info import GraphInfo, PackageInfo, read_package
+
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoadCommands:
+    """How to load one tag set; `tf_serving` is None where TF Serving cannot serve it."""
+
+    tf_serving: str | None
+    saved_model_cli: str
+    python: str
+
+
+def parse_tags(text: str) -> frozenset[str]:
+    """`serve,gpu` -> {"serve", "gpu"}; raises `PackageError` for an empty tag."""
+    tags = [tag.strip() for tag in text.split(",")]
+    if not all(tags):
+        msg = f"tag set {text!r} has an empty tag; write tags like serve,gpu"
+        raise PackageError(msg, field="--tags")
+    return frozenset(tags)
+
+
+def inspect_package(export_dir: str | Path, tags: frozenset[str] | None = None) -> PackageInfo:
+    """Describe the SavedModel at `export_dir`, keeping only the graph tagged `tags` if given.
+
+    Raises `PackageError` if no graph has exactly that tag set.
+    """
+    info = read_package(export_dir)
+    if tags is None:
+        return info
+    chosen = tuple(g for g in info.graphs if frozenset(g.tags) == tags)
+    if not chosen:
+        available = "; ".join(g.tag_set for g in info.graphs) or "no graphs"
+        msg = f"no MetaGraph has the tag set {','.join(sorted(tags))}; it has: {available}"
+        raise PackageError(msg, file=Path(export_dir), field="--tags")
+    return dataclasses.replace(info, graphs=chosen)
+
+
+def load_commands(export_dir: Path, graph: GraphInfo) -> LoadCommands:
+    """The commands that load `graph` from `export_dir`, written as the path was given."""
+    directory = str(export_dir)
+    tf_serving = None
+    # TF Serving wants <base>/<version>/ and never runs a train op.
+    if export_dir.name.isdigit() and not graph.has_train_op:
+        base = export_dir.parent
+        base_text = shlex.quote(str(base))
+        if not base.is_absolute():  # TF Serving wants an absolute path
+            base_text = f"$PWD/{base_text}"
+        tf_serving = (
+            f"tensorflow_model_server --model_name={shlex.quote(base.resolve().name)} "
+            f"--model_base_path={base_text} --saved_model_tags={shlex.quote(graph.tag_set)}"
+        )
+    quoted_tags = ", ".join(json.dumps(tag) for tag in graph.tags)
+    return LoadCommands(
+        tf_serving=tf_serving,
+        saved_model_cli=(
+            f"saved_model_cli show --dir {shlex.quote(directory)} "
+            f"--tag_set {shlex.quote(graph.tag_set)} --all"
+        ),
+        # A JSON string literal is a valid Python one.
+        python=f"tf.saved_model.load({json.dumps(directory)}, tags=[{quoted_tags}])",
+    )
+
+
+def inspection_document(info: PackageInfo) -> dict[str, Any]:
+    """The facts `smpack inspect` shows, as plain JSON-ready data with a schema version."""
+    graphs = []
+    for graph in info.graphs:
+        record = dataclasses.asdict(graph)
+        record["tag_set"] = graph.tag_set
+        record["load"] = dataclasses.asdict(load_commands(info.path, graph))
+        graphs.append(record)
+    return {
+        "schema": JSON_SCHEMA_VERSION,
+        "path": str(info.path),
+        "saved_model_file": info.saved_model_file,
+        "graphs": graphs,
+        "variables": [dataclasses.asdict(v) for v in info.variables],
+        "variables_total": {
+            "count": len(info.variables),
+            "tensor_bytes": sum(v.size for v in info.variables),
+            "disk_bytes": info.variables_bytes,
+        },
+        "assets": list(info.assets),
+        "assets_extra": list(info.assets_extra),
+        "warmup_requests": info.warmup_requests,
+        "fingerprint": dataclasses.asdict(info.fingerprint) if info.fingerprint else None,
+    }

@@ -1,0 +1,233 @@
+"""`verify`: load every MetaGraph of a package through TensorFlow and check it would serve.
+
+Each check is a record with a reason; nothing is printed here. TF's builder accepts
+packages that only fail at serving time (a variable missing from the checkpoint, two
+graphs with one tag set, an asset that is not there), so these are checked explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from smpack.checkpoint_index import read_checkpoint_index
+from smpack.package_info import read_package
+from smpack.protos import DTYPES, read_saved_model
+from smpack.xla_check import run_tpu_graph_on_cpu
+
+# How far a lower-precision variant's outputs may stray from the float32 graph's.
+TOLERANCES = {"float32": (1e-5, 1e-6), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)}
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_EXAMPLE_METHODS = ("tensorflow/serving/classify", "tensorflow/serving/regress")
+_SERVING_METHODS = (
+    "tensorflow/serving/predict",
+    "tensorflow/serving/classify",
+    "tensorflow/serving/regress",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class GraphReport:
+    tag_set: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    checks: list[Check]
+    graphs: list[GraphReport]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks) and all(g.passed for g in self.graphs)
+
+
+def verify_package(export_dir: str | Path) -> VerifyReport:
+    """Check every MetaGraph of the SavedModel at `export_dir`; never raises for a bad graph."""
+    export_dir = Path(export_dir)
+    saved_model = read_saved_model(export_dir)
+    tag_sets = [frozenset(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+    duplicates = sorted({",".join(sorted(t)) for t in tag_sets if tag_sets.count(t) > 1})
+    package_checks = [
+        Check(
+            "tag sets unique",
+            not duplicates,
+            f"repeated: {'; '.join(duplicates)}" if duplicates else "",
+        ),
+    ]
+    checkpoint = _checkpoint_specs(export_dir)
+    infos = read_package(export_dir).graphs
+    reports, outputs = [], {}
+    for meta_graph, info in zip(saved_model.meta_graphs, infos, strict=True):
+        report = GraphReport(info.tag_set)
+        report.checks.append(_variables_check(meta_graph, checkpoint))
+        report.checks.append(_assets_check(meta_graph, export_dir))
+        graph_outputs = _run_graph(export_dir, meta_graph, report)
+        outputs[report.tag_set] = (info.precision, graph_outputs)
+        reports.append(report)
+    _compare_with_float32(outputs, reports)
+    return VerifyReport(export_dir, package_checks, reports)
+
+
+def _checkpoint_specs(export_dir: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    prefix = export_dir / "variables" / "variables"
+    if not Path(f"{prefix}.index").is_file():
+        return {}
+    return {e.name: (e.dtype, e.shape) for e in read_checkpoint_index(prefix).entries}
+
+
+def _variables_check(meta_graph: Any, checkpoint: dict[str, tuple[str, tuple[int, ...]]]) -> Check:
+    # TF1 graphs restore each variable under its op name; TF2 graphs restore through the
+    # object graph, whose keys only the loader can match (the "loads" check).
+    if _OBJECT_GRAPH_KEY in checkpoint:
+        return Check("variables in checkpoint", True, "object-based checkpoint: checked by loading")
+    problems = []
+    for node in meta_graph.graph_def.node:
+        if node.op not in ("VarHandleOp", "VariableV2", "Variable"):
+            continue
+        dtype = DTYPES.get(node.attr["dtype"].type, "?")
+        shape = tuple(d.size for d in node.attr["shape"].shape.dim)
+        if node.name not in checkpoint:
+            problems.append(f"{node.name} missing from the checkpoint")
+        elif checkpoint[node.name] != (dtype, shape):
+            found = checkpoint[node.name]
+            problems.append(
+                f"{node.name} is {dtype}{list(shape)} in the graph but "
+                f"{found[0]}{list(found[1])} in the checkpoint"
+            )
+    return Check("variables in checkpoint", not problems, "; ".join(problems[:3]))
+
+
+def _assets_check(meta_graph: Any, export_dir: Path) -> Check:
+    missing = [
+        a.filename
+        for a in meta_graph.asset_file_def
+        if not (export_dir / "assets" / a.filename).is_file()
+    ]
+    return Check("assets present", not missing, f"missing: {', '.join(missing)}" if missing else "")
+
+
+def _run_graph(export_dir: Path, meta_graph: Any, report: GraphReport) -> dict[str, Any]:
+    """Load the graph and run its serving signatures on inputs made from their specs."""
+    tags = list(meta_graph.meta_info_def.tags)
+    signatures = {
+        k: s for k, s in meta_graph.signature_def.items() if s.method_name in _SERVING_METHODS
+    }
+    results: dict[str, Any] = {}
+    if any(n.op == "TPUReplicateMetadata" for n in meta_graph.graph_def.node):
+        # No TPU kernels here: run the stored computation with XLA on CPU instead.
+        for key, signature in sorted(signatures.items()):
+            with _check(report, f"signature {key} runs (TPU computation on XLA:CPU)"):
+                results[key] = run_tpu_graph_on_cpu(export_dir, tags, key, _inputs(signature))
+        return results
+    config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+    with tf.compat.v1.Session(graph=tf.Graph(), config=config) as session:
+        with _check(report, "loads"):
+            tf.compat.v1.saved_model.loader.load(session, tags, str(export_dir))
+        if not report.checks[-1].passed:
+            return results
+        with _check(report, "signature tensors resolve"):
+            for key, signature in meta_graph.signature_def.items():
+                # __saved_model_init_op and __saved_model_train_op name operations.
+                if key.startswith("__saved_model"):
+                    continue
+                for info in [*signature.inputs.values(), *signature.outputs.values()]:
+                    session.graph.get_tensor_by_name(info.name)
+        for key, signature in sorted(signatures.items()):
+            with _check(report, f"signature {key} runs"):
+                feeds = {signature.inputs[k].name: v for k, v in _inputs(signature).items()}
+                fetches = {k: v.name for k, v in signature.outputs.items()}
+                results[key] = session.run(fetches, feeds)
+    return results
+
+
+@contextlib.contextmanager
+def _check(report: GraphReport, name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:  # any failure is this graph's verdict, not a crash of verify
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        report.checks.append(Check(name, False, first_line[:300]))
+    else:
+        report.checks.append(Check(name, True))
+
+
+def _inputs(signature: Any) -> dict[str, np.ndarray]:
+    """Deterministic inputs matching each input's dtype and shape (unknown sizes become 8)."""
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for key in sorted(signature.inputs):
+        info = signature.inputs[key]
+        shape = tuple(d.size if d.size >= 0 else 8 for d in info.tensor_shape.dim)
+        dtype = DTYPES.get(info.dtype, "float32")
+        if dtype == "string" and signature.method_name in _EXAMPLE_METHODS:
+            # Serialized tf.Examples; the empty string is a valid empty one.
+            inputs[key] = np.full(shape, b"", dtype=object)
+        elif dtype == "string":
+            words = np.array([b"good", b"bad", b"smpack", b"verify"], dtype=object)
+            inputs[key] = rng.choice(words, size=shape)
+        elif dtype in ("float16", "bfloat16", "float32", "float64"):
+            inputs[key] = rng.uniform(-1, 1, size=shape).astype(
+                np.float32 if dtype != "float64" else np.float64
+            )
+        elif dtype == "bool":
+            inputs[key] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            inputs[key] = rng.integers(0, 4, size=shape).astype(dtype)
+    return inputs
+
+
+def _compare_with_float32(
+    outputs: dict[str, tuple[str, dict[str, Any]]], reports: list[GraphReport]
+) -> None:
+    reference_tag_set = next(
+        (
+            t
+            for t, (precision, results) in outputs.items()
+            if precision == "float32" and results and "train" not in t.split(",")
+        ),
+        None,
+    )
+    if reference_tag_set is None:
+        return
+    reference = outputs[reference_tag_set][1]
+    for report in reports:
+        precision, results = outputs[report.tag_set]
+        if report.tag_set == reference_tag_set or "train" in report.tag_set.split(","):
+            continue
+        # A graph mixing precisions gets the loosest tolerance of them.
+        rtol, atol = max(TOLERANCES.get(p, TOLERANCES["bfloat16"]) for p in precision.split(", "))
+        for key in sorted(results.keys() & reference.keys()):
+            mismatched = [
+                name
+                for name, value in results[key].items()
+                if np.asarray(value).dtype.kind == "f"
+                and name in reference[key]
+                and np.shape(value) == np.shape(reference[key][name])
+                and not np.allclose(value, reference[key][name], rtol=rtol, atol=atol)
+            ]
+            report.checks.append(
+                Check(
+                    f"{key} agrees with {reference_tag_set} ({precision} tolerance)",
+                    not mismatched,
+                    f"outputs differ: {', '.join(mismatched)}" if mismatched else "",
+                )
+            )
