@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
-from conftest import VARIANTS
+from conftest import ROOT, VARIANTS
 from tf_helpers import run_v1
 from typer.testing import CliRunner
 
@@ -120,3 +120,23 @@ def test_bundled_schema_file_is_current(schema: Any) -> None:
     for name in ("linear.yaml", "text_classifier.yaml"):
         first_line = (VARIANTS / name).read_text().splitlines()[0]
         assert first_line == "# yaml-language-server: $schema=manifest.schema.json"
+
+
+def _property_names(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        names = (
+            set(node.get("properties", {})) if isinstance(node.get("properties"), dict) else set()
+        )
+        return names | set().union(*(_property_names(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_property_names(v) for v in node))
+    return set()
+
+
+def test_docs_describe_every_manifest_field(schema: Any) -> None:
+    docs = (ROOT / "docs" / "manifest.md").read_text()
+    undocumented = sorted(name for name in _property_names(schema) if f"`{name}`" not in docs)
+    assert not undocumented, f"docs/manifest.md does not mention {undocumented}"
+    # The opening example is a whole manifest, and a valid one.
+    example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    jsonschema.validate(json.loads(json.dumps(yaml.safe_load(example), default=str)), schema)
