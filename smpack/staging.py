@@ -45,6 +45,10 @@ def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
         yield staging
         _publish(staging, destination)
         published = True
+    except OSError as e:
+        # Disk full, a file-size limit, permissions: the user's to fix, and nothing was lost.
+        msg = f"cannot write {destination}: {e.strerror or e}; the package was not written"
+        raise PackageError(msg) from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if not published:

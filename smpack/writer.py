@@ -8,6 +8,8 @@ are distinct, so this module does, before anything is written.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from smpack.errors import GraphError, ManifestError
+from smpack.errors import GraphError, ManifestError, PackageError
 from smpack.graphs import VariableSpec, VariantGraph
 from smpack.manifest import LoadedManifest
 from smpack.model_source import ModelSource
@@ -53,11 +55,27 @@ def write_saved_model(
                     s.run(tf.compat.v1.global_variables_initializer())
                     if source.checkpoint is not None and variant_graph.model_variables:
                         _restore_model_variables(s, variant_graph, loaded, source)
-                    builder.add_meta_graph_and_variables(s, strip_default_attrs=True, **options)
+                    with _disk_errors():
+                        builder.add_meta_graph_and_variables(s, strip_default_attrs=True, **options)
             else:
                 builder.add_meta_graph(**options)
-    builder.save(as_text=as_text)
+    with _disk_errors():
+        builder.save(as_text=as_text)
     _register_assets(export_dir, ordered, as_text)
+
+
+@contextlib.contextmanager
+def _disk_errors() -> Iterator[None]:
+    """TF's file errors (disk full, file-size limit) while writing, as one `PackageError`."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        # TF wraps the OS error as "<path>; <reason>" among lines of graph context.
+        lines = [line.strip() for line in e.message.splitlines() if line.strip()]
+        detail = next((line for line in lines if "; " in line), lines[0] if lines else str(e))
+        reason = detail.rpartition("; ")[2]
+        msg = f"cannot write the SavedModel: {reason}; the package was not written"
+        raise PackageError(msg) from e
 
 
 def graph_holding_all_variables(graphs: list[VariantGraph], manifest: Path) -> VariantGraph:

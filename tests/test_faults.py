@@ -1,0 +1,285 @@
+"""A build that is killed, interrupted or runs out of space never damages the output folder.
+
+Real `smpack build` subprocesses are stopped at known moments: the model in
+`tests/faults/faulty_model.py` blocks in a chosen variant, a card template loops forever
+once everything else is written, and a large variable makes checkpoint writing long
+enough to catch by watching the staging folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tree_state import tree_state
+
+import smpack
+from smpack.staging import _exchange
+
+FAULTS = Path(__file__).resolve().parent / "faults"
+# Nested loops in Jinja2's sandbox (range is capped at 100000): 10^10 iterations.
+ENDLESS_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
+
+
+def project(folder: Path, params: str = "{}", extra: str = "") -> Path:
+    """A manifest (train + serve variants of the faulty model) in `folder`; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FAULTS / "faulty_model.py", folder)
+    (folder / "endless.md.j2").write_text(ENDLESS_TEMPLATE)
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(
+        "schema: 1\nname: faulty\nversion: 1\n"
+        f"source: {{python: faulty_model.py:model_fn, params: {params}}}\n"
+        "variants:\n"
+        "  train: {tags: [train], optimizer: {name: sgd, learning_rate: 0.1}}\n"
+        "  cpu: {tags: [serve]}\n" + extra
+    )
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def previous(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An output folder holding a complete earlier build of the package the faults hit."""
+    root = tmp_path_factory.mktemp("previous")
+    smpack.build(project(root / "src", "{width: 3}"), root / "out")
+    return root / "out"
+
+
+@pytest.fixture
+def out(previous: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "out"
+    shutil.copytree(previous, target)
+    return target
+
+
+def start_build(manifest: Path, out: Path, **popen: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "smpack", "build", str(manifest), "--out", str(out)]
+    return subprocess.Popen(
+        [*command, "--force"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,  # type: ignore[call-overload]
+    )
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the build ended first: {process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the build never reached the moment to interrupt")
+        time.sleep(0.001)
+
+
+def staging_dirs(out: Path) -> list[Path]:
+    return sorted((out / "faulty").glob(".1.smpack-tmp-*"))
+
+
+def staged(out: Path, relative: str) -> bool:
+    return any((folder / relative).exists() for folder in staging_dirs(out))
+
+
+# Each moment: the params and card block that make the build reach it, when to kill,
+# and what the killed build's staging folder must (not) contain, proving where it died.
+MOMENTS = {
+    "between graphs": (
+        "{block_in: cpu, marker: MARKER}",
+        "",
+        lambda out, marker: marker.exists(),
+        [],
+        [],
+    ),
+    "during variable writing": (
+        "{width: 4000000}",  # 16 MB of float32
+        "",
+        lambda out, marker: staged(out, "variables"),
+        ["variables"],
+        ["saved_model.pb"],
+    ),
+    "before rename": (
+        "{}",
+        "card: {template: endless.md.j2}\n",
+        lambda out, marker: staged(out, "saved_model.pb") and staged(out, "assets.extra"),
+        ["saved_model.pb", "variables/variables.index"],
+        ["assets.extra/model_card.md"],
+    ),
+}
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_sigkill_leaves_the_previous_package_and_the_next_build_cleans_up(
+    moment: str, out: Path, tmp_path: Path
+) -> None:
+    params, card, reached, present, absent = MOMENTS[moment]
+    marker = tmp_path / "marker"
+    manifest = project(tmp_path / "src", params.replace("MARKER", str(marker)), card)
+    before = tree_state(out)
+
+    build = start_build(manifest, out)
+    wait_until(lambda: reached(out, marker), build)
+    if moment == "before rename":
+        time.sleep(0.5)  # from copying assets into the endless card template
+    build.send_signal(signal.SIGKILL)
+    build.communicate()
+
+    leftovers = staging_dirs(out)
+    for relative in present:
+        assert any((folder / relative).exists() for folder in leftovers), relative
+    for relative in absent:
+        assert not any((folder / relative).exists() for folder in leftovers), relative
+    assert {k: v for k, v in tree_state(out).items() if ".smpack-tmp-" not in k} == before
+
+    smpack.build(project(tmp_path / "fixed"), out, force=True)
+    assert sorted(p.name for p in (out / "faulty").iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("moment", ["between graphs", "before rename"])
+def test_ctrl_c_says_the_package_was_not_written(moment: str, out: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    if moment == "between graphs":
+        manifest = project(tmp_path / "src", f"{{block_in: cpu, marker: {marker}}}")
+    else:
+        manifest = project(tmp_path / "src", extra="card: {template: endless.md.j2}\n")
+    before = tree_state(out)
+
+    build = start_build(manifest, out)
+    if moment == "between graphs":
+        wait_until(marker.exists, build)
+    else:
+        wait_until(lambda: staged(out, "assets.extra"), build)
+        time.sleep(0.5)
+    build.send_signal(signal.SIGINT)
+    stdout, stderr = build.communicate(timeout=60)
+
+    assert build.returncode == 130
+    assert stderr.splitlines() == ["interrupted: the package was not written"]
+    assert tree_state(out) == before
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        # Ignored, SIGXFSZ no longer kills the process: the write fails with EFBIG instead,
+        # as it would on a full disk.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("variables", "cannot write the SavedModel: File too large"),
+        ("an asset", "cannot write {package}: File too large"),
+    ],
+)
+def test_file_size_limit_is_one_clear_line(what: str, message: str, out: Path, tmp_path) -> None:
+    src = tmp_path / "src"
+    if what == "variables":
+        manifest = project(src, "{width: 1000000}")  # 4 MB of variables
+    else:
+        manifest = project(src, extra="assets: [big.bin]\n")
+        (src / "big.bin").write_bytes(bytes(300_000))
+    before = tree_state(out)
+
+    build = start_build(manifest, out, preexec_fn=_file_size_limit(200_000))
+    stdout, stderr = build.communicate(timeout=120)
+
+    package = out / "faulty" / "1"
+    expected = message.format(package=package) + "; the package was not written"
+    assert build.returncode == 2
+    assert stderr.splitlines() == [f"error: {expected}"]
+    assert tree_state(out) == before
+
+
+def _digests(folder: Path | int) -> tuple[str, ...]:
+    """Hashes of a package's graph and checkpoint files, read through one open directory."""
+    names = (
+        "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"
+    )
+    digests = []
+    for name in names:
+        if isinstance(folder, Path):
+            data = (folder / name).read_bytes()
+        else:
+            descriptor = os.open(name, os.O_RDONLY, dir_fd=folder)
+            with os.fdopen(descriptor, "rb") as stream:
+                data = stream.read()
+        digests.append(hashlib.sha256(data).hexdigest())
+    return tuple(digests)
+
+
+def test_force_swaps_packages_so_readers_never_see_a_mix(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    if not _exchange(first, second):
+        pytest.skip("this kernel has no renameat2(RENAME_EXCHANGE)")
+    manifests = [project(tmp_path / "one", "{width: 1}"), project(tmp_path / "two", "{width: 2}")]
+    references = []
+    for i, manifest in enumerate(manifests):
+        references.append(_digests(smpack.build(manifest, tmp_path / f"ref{i}").path))
+    assert references[0] != references[1]
+    out = tmp_path / "out"
+    package = smpack.build(manifests[0], out).path
+
+    seen: list[tuple[str, ...]] = []
+    missing = 0
+    done = threading.Event()
+
+    def read_continuously() -> None:
+        nonlocal missing
+        while not done.is_set():
+            if not (package / "saved_model.pb").exists():
+                missing += 1
+            descriptor = os.open(package, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                seen.append(_digests(descriptor))
+            except FileNotFoundError:
+                pass  # this descriptor holds the replaced package, being deleted
+            finally:
+                os.close(descriptor)
+
+    reader = threading.Thread(target=read_continuously)
+    _RENAMES.clear()
+    reader.start()
+    try:
+        for i in range(6):
+            smpack.build(manifests[(i + 1) % 2], out, force=True)
+    finally:
+        done.set()
+        reader.join()
+
+    assert missing == 0
+    assert set(seen) == set(references)
+    # The reader can miss a short gap, so also check how the swap was made: moving the old
+    # package away and the new one in (two renames) would leave one; renameat2 does not.
+    assert not [pair for pair in _RENAMES if str(package) in pair]
+
+
+_RENAMES: list[tuple[str, ...]] = []
+
+
+def _record_renames(event: str, args: tuple[object, ...]) -> None:
+    if event == "os.rename":
+        _RENAMES.append(tuple(os.fsdecode(path) for path in args[:2]))  # type: ignore[arg-type]
+
+
+sys.addaudithook(_record_renames)
