@@ -8,7 +8,7 @@ graphs with one tag set, an asset that is not there), so these are checked expli
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import tensorflow as tf
 from smpack.checkpoint_index import read_checkpoint_index
 from smpack.package_info import read_package
 from smpack.protos import DTYPES, read_saved_model
+from smpack.warmup import read_warmup_requests
 from smpack.xla_check import run_tpu_graph_on_cpu
 
 # How far a lower-precision variant's outputs may stray from the float32 graph's.
@@ -75,12 +76,13 @@ def verify_package(export_dir: str | Path) -> VerifyReport:
     ]
     checkpoint = _checkpoint_specs(export_dir)
     infos = read_package(export_dir).graphs
+    warmup = read_warmup_requests(export_dir)
     reports, outputs = [], {}
     for meta_graph, info in zip(saved_model.meta_graphs, infos, strict=True):
         report = GraphReport(info.tag_set)
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
-        graph_outputs = _run_graph(export_dir, meta_graph, report)
+        graph_outputs = _run_graph(export_dir, meta_graph, report, warmup)
         outputs[report.tag_set] = (info.precision, graph_outputs)
         reports.append(report)
     _compare_with_float32(outputs, reports)
@@ -125,8 +127,17 @@ def _assets_check(meta_graph: Any, export_dir: Path) -> Check:
     return Check("assets present", not missing, f"missing: {', '.join(missing)}" if missing else "")
 
 
-def _run_graph(export_dir: Path, meta_graph: Any, report: GraphReport) -> dict[str, Any]:
-    """Load the graph and run its serving signatures on inputs made from their specs."""
+def _run_graph(
+    export_dir: Path,
+    meta_graph: Any,
+    report: GraphReport,
+    warmup: Mapping[str, list[dict[str, np.ndarray]]],
+) -> dict[str, Any]:
+    """Load the graph and run its serving signatures on the package's warmup requests where
+    it has some (TF Serving will replay exactly those), else on inputs made from the specs.
+
+    Returns each signature's outputs for its first input set, for comparing variants.
+    """
     tags = list(meta_graph.meta_info_def.tags)
     signatures = {
         k: s for k, s in meta_graph.signature_def.items() if s.method_name in _SERVING_METHODS
@@ -135,8 +146,11 @@ def _run_graph(export_dir: Path, meta_graph: Any, report: GraphReport) -> dict[s
     if any(n.op == "TPUReplicateMetadata" for n in meta_graph.graph_def.node):
         # No TPU kernels here: run the stored computation with XLA on CPU instead.
         for key, signature in sorted(signatures.items()):
-            with _check(report, f"signature {key} runs (TPU computation on XLA:CPU)"):
-                results[key] = run_tpu_graph_on_cpu(export_dir, tags, key, _inputs(signature))
+            name = f"signature {key} runs{_replaying(warmup, key)} (TPU computation on XLA:CPU)"
+            with _check(report, name):
+                for inputs in warmup.get(key) or [_inputs(signature)]:
+                    result = run_tpu_graph_on_cpu(export_dir, tags, key, inputs)
+                    results.setdefault(key, result)
         return results
     config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
     with tf.compat.v1.Session(graph=tf.Graph(), config=config) as session:
@@ -152,11 +166,28 @@ def _run_graph(export_dir: Path, meta_graph: Any, report: GraphReport) -> dict[s
                 for info in [*signature.inputs.values(), *signature.outputs.values()]:
                     session.graph.get_tensor_by_name(info.name)
         for key, signature in sorted(signatures.items()):
-            with _check(report, f"signature {key} runs"):
-                feeds = {signature.inputs[k].name: v for k, v in _inputs(signature).items()}
+            with _check(report, f"signature {key} runs{_replaying(warmup, key)}"):
                 fetches = {k: v.name for k, v in signature.outputs.items()}
-                results[key] = session.run(fetches, feeds)
+                for inputs in warmup.get(key) or [_inputs(signature)]:
+                    feeds = {signature.inputs[k].name: v for k, v in inputs.items()}
+                    results.setdefault(key, session.run(fetches, feeds))
     return results
+
+
+# Lines of a TF runtime error that say where, not what ("Graph execution error:", ...).
+_ERROR_PREAMBLE = ("Graph execution error", "Detected at node", "Node:", "Original stack trace")
+
+
+def _reason(error: Exception) -> str:
+    """The line of an exception that says what went wrong, past TF's preamble and stacks."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith((" ", "\t", *_ERROR_PREAMBLE))]
+    return (telling or lines or [type(error).__name__])[0]
+
+
+def _replaying(warmup: Mapping[str, list[Any]], key: str) -> str:
+    count = len(warmup.get(key, []))
+    return f" on its {count} warmup request{'s' if count != 1 else ''}" if count else ""
 
 
 @contextlib.contextmanager
@@ -164,8 +195,7 @@ def _check(report: GraphReport, name: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:  # any failure is this graph's verdict, not a crash of verify
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        report.checks.append(Check(name, False, first_line[:300]))
+        report.checks.append(Check(name, False, _reason(e)[:300]))
     else:
         report.checks.append(Check(name, True))
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 
 from smpack.errors import ManifestError
 from smpack.manifest import METHODS, WARMUP_FILE, LoadedManifest, WarmupRequest
@@ -64,6 +65,34 @@ def write_warmup_file(export_dir: Path, records: Iterable[bytes]) -> None:
     with tf.io.TFRecordWriter(str(folder / WARMUP_FILE)) as writer:
         for record in records:
             writer.write(record)
+
+
+def read_warmup_requests(export_dir: Path) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The package's warmup requests as feeds, by signature key, in file order.
+
+    Predict requests give their input tensors; classify and regress requests give their
+    tf.Examples serialized into the signature's one `inputs` key, as TF Serving feeds them.
+    No warmup file means no requests.
+    """
+    path = export_dir / "assets.extra" / WARMUP_FILE
+    requests: dict[str, list[dict[str, np.ndarray]]] = {}
+    if not path.is_file():
+        return requests
+    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        [(log_type, log)] = _decoded(raw).items()
+        request = _decoded(log[0])[1][0]
+        fields = _decoded(request)
+        signature = _decoded(fields[1][0]).get(3, [b"serving_default"])[0].decode()
+        if log_type == _PREDICT_LOG:
+            feeds = {}
+            for entry in fields.get(2, []):
+                key, tensor = _decoded(entry)[1][0], _decoded(entry)[2][0]
+                feeds[key.decode()] = tf.make_ndarray(tensor_pb2.TensorProto.FromString(tensor))
+        else:
+            example_list = _decoded(_decoded(fields[2][0])[1][0])
+            feeds = {"inputs": np.array(example_list.get(1, []), dtype=object)}
+        requests.setdefault(signature, []).append(feeds)
+    return requests
 
 
 def _request_values(loaded: LoadedManifest, request: WarmupRequest, field: str) -> dict[str, Any]:
@@ -167,6 +196,35 @@ def _examples(rows: list[Mapping[str, Any]]) -> list[bytes]:
         example = tf.train.Example(features=tf.train.Features(feature=feature))
         serialized.append(bytes(example.SerializeToString()))
     return serialized
+
+
+def _decoded(message: bytes) -> dict[int, list[bytes]]:
+    """The length-delimited fields of a protobuf message, by field number (others skipped)."""
+    fields: dict[int, list[bytes]] = {}
+    position = 0
+    while position < len(message):
+        tag, position = _read_varint(message, position)
+        wire_type = tag & 7
+        if wire_type == 2:
+            length, position = _read_varint(message, position)
+            fields.setdefault(tag >> 3, []).append(message[position : position + length])
+            position += length
+        elif wire_type == 0:
+            _, position = _read_varint(message, position)
+        else:
+            position += {1: 8, 5: 4}[wire_type]
+    return fields
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
 
 
 def _field(number: int, payload: bytes) -> bytes:

@@ -18,6 +18,7 @@ from tf_helpers import run_v1
 from typer.testing import CliRunner
 
 from smpack.cli import app
+from smpack.verification import verify_package
 
 runner = CliRunner()
 EIGHT = [float(x) for x in range(8)]  # the linear example's TPU variant takes batches of 8
@@ -82,8 +83,21 @@ def test_predict_requests_are_prediction_logs_every_serve_variant_answers(
 
 
 def test_classify_requests_carry_examples(tmp_path: Path) -> None:
-    (tmp_path / "model.py").write_text(CLASSIFIER)
-    manifest = tmp_path / "classifier.yaml"
+    manifest = classifier_manifest(tmp_path, [{"x": [1.0, 2.0]}, {"x": [0, 1]}])
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    [log] = records(tmp_path / "out" / "classifier" / "3")
+    request = log.classify_log.request
+    assert request.model_spec.signature_name == "classify"
+    features = [
+        e.features.feature["x"].float_list.value for e in request.input.example_list.examples
+    ]
+    assert [list(f) for f in features] == [[1.0, 2.0], [0.0, 1.0]]
+
+
+def classifier_manifest(folder: Path, examples: list[Any]) -> Path:
+    (folder / "model.py").write_text(CLASSIFIER)
+    manifest = folder / "classifier.yaml"
     manifest.write_text(
         yaml.safe_dump(
             {
@@ -99,21 +113,23 @@ def test_classify_requests_carry_examples(tmp_path: Path) -> None:
                         "outputs": {"scores": "scores"},
                     }
                 },
-                "warmup": [
-                    {"signature": "classify", "examples": [{"x": [1.0, 2.0]}, {"x": [0, 1]}]}
-                ],
+                "warmup": [{"signature": "classify", "examples": examples}],
             }
         )
     )
+    return manifest
+
+
+def test_verify_replays_the_warmup_requests_tf_serving_would_replay(tmp_path: Path) -> None:
+    # Integers only: an int64 feature, which the model parses as float. TF Serving would fail
+    # to load this package; the build's verification says so, naming the request.
+    manifest = classifier_manifest(tmp_path, [{"x": [0, 1]}])
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 0, result.output
-    [log] = records(tmp_path / "out" / "classifier" / "3")
-    request = log.classify_log.request
-    assert request.model_spec.signature_name == "classify"
-    features = [
-        e.features.feature["x"].float_list.value for e in request.input.example_list.examples
-    ]
-    assert [list(f) for f in features] == [[1.0, 2.0], [0.0, 1.0]]
+    assert result.exit_code == 1
+    [graph] = verify_package(tmp_path / "out" / "classifier" / "3").graphs
+    [failed] = [check for check in graph.checks if not check.passed]
+    assert failed.name == "signature classify runs on its 1 warmup request"
+    assert "Data type: int64 but expected type: float" in failed.detail
 
 
 @pytest.mark.parametrize(
