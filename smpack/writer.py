@@ -161,10 +161,16 @@ def _register_assets(export_dir: Path, ordered: list[VariantGraph], as_text: boo
     else:
         saved_model.ParseFromString(path.read_bytes())
     for meta_graph, variant_graph in zip(saved_model.meta_graphs, ordered, strict=True):
+        constants = {node.name: node for node in meta_graph.graph_def.node if node.op == "Const"}
         for tensor_name, filename in sorted(variant_graph.asset_files.items()):
             asset = meta_graph.asset_file_def.add()
             asset.filename = filename
             asset.tensor_info.name = tensor_name
+            # Loaders feed this tensor the packaged copy's path; the build-time value was
+            # the source file's absolute path, which would make the package depend on
+            # where it was built.
+            value = constants[tensor_name.partition(":")[0]].attr["value"].tensor
+            value.string_val[:] = [filename.encode()]
     if as_text:
         path.write_text(text_format.MessageToString(saved_model))
     else:

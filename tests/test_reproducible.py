@@ -1,0 +1,41 @@
+"""Two builds of the same manifest and inputs are byte-identical, wherever they are built."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import VARIANTS
+
+import smpack
+from smpack.package_info import PackageInfo
+
+
+def file_digests(package: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(package)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(package.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("example", ["linear", "text_classifier"])
+def test_rebuilding_elsewhere_gives_the_same_bytes(
+    example: str, linear_package: PackageInfo, text_package: PackageInfo, tmp_path: Path
+) -> None:
+    first = (linear_package if example == "linear" else text_package).path
+    # Another checkout, another output folder, another process state: same package.
+    checkout = tmp_path / "elsewhere" / "variants"
+    shutil.copytree(VARIANTS, checkout)
+    second = smpack.build(checkout / f"{example}.yaml", tmp_path / "out").path
+
+    digests = file_digests(first)
+    assert file_digests(second) == digests
+    assert {"saved_model.pb", "variables/variables.index", "assets.extra/model_card.md"} <= (
+        digests.keys()
+    )
+    for path in second.rglob("*"):
+        if path.is_file():
+            assert str(checkout).encode() not in path.read_bytes(), path
