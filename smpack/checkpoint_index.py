@@ -80,23 +80,31 @@ def read_checkpoint_index(prefix: str | os.PathLike[str]) -> CheckpointIndex:
         raise PackageError(msg, file=path) from error
 
 
-def _parse_index(data: bytes) -> CheckpointIndex:
+def table_items(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of a LevelDB-format table such as a checkpoint index, in key order.
+
+    Raises ValueError if the table is corrupt.
+    """
     if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _MAGIC:
         msg = "not a TensorFlow table (file too short or bad magic number)"
         raise ValueError(msg)
     footer = len(data) - _FOOTER_SIZE
     _, pos = _handle(data, footer)  # the metaindex block: TF writes no filters, so it is empty
     index_block, _ = _handle(data, pos)
+    for _, handle in _block_entries(_read_block(data, index_block)):
+        yield from _block_entries(_read_block(data, _handle(handle, 0)[0]))
+
+
+def _parse_index(data: bytes) -> CheckpointIndex:
     num_shards: int | None = None
     entries = []
-    for _, handle in _block_entries(_read_block(data, index_block)):
-        for key, value in _block_entries(_read_block(data, _handle(handle, 0)[0])):
-            if key == b"":
-                num_shards = _int(dict(_fields(value)), 1)
-            elif not key.startswith(b"\x00"):
-                # Slices of partitioned variables have OrderedCode keys (0, name, slice spec),
-                # so they start with a 0 byte; the whole variable has its own plain-name entry.
-                entries.append(_entry(key.decode(), value))
+    for key, value in table_items(data):
+        if key == b"":
+            num_shards = _int(dict(_fields(value)), 1)
+        elif not key.startswith(b"\x00"):
+            # Slices of partitioned variables have OrderedCode keys (0, name, slice spec),
+            # so they start with a 0 byte; the whole variable has its own plain-name entry.
+            entries.append(_entry(key.decode(), value))
     if num_shards is None:
         msg = "no bundle header (empty key) in the table"
         raise ValueError(msg)
@@ -217,6 +225,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _crc32c(data: bytes) -> int:
+    """The CRC-32C (Castagnoli) of `data`, the checksum LevelDB tables and TF bundles use."""
     crc, table = 0xFFFFFFFF, _CRC_TABLE
     for byte in data:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
+from smpack.bundle import StreamingSaver, read_bundle
 from smpack.errors import GraphError, ManifestError, PackageError
 from smpack.graphs import VariableSpec, VariantGraph
 from smpack.manifest import LoadedManifest
@@ -52,11 +53,16 @@ def write_saved_model(
         with variant_graph.graph.as_default():
             if variant_graph is first:
                 with tf.compat.v1.Session(graph=variant_graph.graph, config=_soft_placement()) as s:
-                    s.run(tf.compat.v1.global_variables_initializer())
+                    saver = None
                     if source.checkpoint is not None and variant_graph.model_variables:
-                        _restore_model_variables(s, variant_graph, loaded, source)
+                        keys = _checkpoint_keys(variant_graph, loaded, source)
+                        saver = StreamingSaver(s, source.checkpoint, keys)
+                    else:
+                        s.run(tf.compat.v1.global_variables_initializer())
                     with _disk_errors():
-                        builder.add_meta_graph_and_variables(s, strip_default_attrs=True, **options)
+                        builder.add_meta_graph_and_variables(
+                            s, strip_default_attrs=True, saver=saver, **options
+                        )
             else:
                 builder.add_meta_graph(**options)
     with _disk_errors():
@@ -119,35 +125,35 @@ def _soft_placement() -> tf.compat.v1.ConfigProto:
     return tf.compat.v1.ConfigProto(allow_soft_placement=True)
 
 
-def _restore_model_variables(
-    session: tf.compat.v1.Session, graph: VariantGraph, loaded: LoadedManifest, source: ModelSource
-) -> None:
+def _checkpoint_keys(
+    graph: VariantGraph, loaded: LoadedManifest, source: ModelSource
+) -> dict[str, str]:
+    """Model variable -> its key in the source checkpoint, checked against the checkpoint."""
     checkpoint = str(source.checkpoint)
-    reader = tf.train.load_checkpoint(checkpoint)
-    shapes = reader.get_variable_to_shape_map()
-    dtypes = reader.get_variable_to_dtype_map()
-    var_list = {}
-    for variable in tf.compat.v1.global_variables():
-        if variable.op.name not in graph.model_variables:
-            continue  # optimizer slots and the global step start fresh
-        name = source.checkpoint_keys.get(variable.op.name, variable.op.name)
-        where: dict[str, Any] = {"file": loaded.path, "field": "source.checkpoint"}
-        if name not in shapes:
-            msg = f"checkpoint {checkpoint} has no variable {name!r}"
+    _, entries = read_bundle(Path(checkpoint))
+    where: dict[str, Any] = {"file": loaded.path, "field": "source.checkpoint"}
+    keys = {}
+    for name in graph.model_variables:
+        key = source.checkpoint_keys.get(name, name)
+        if key not in entries:
+            msg = f"checkpoint {checkpoint} has no variable {key!r}"
             raise ManifestError(msg, **where)
-        expected = graph.variables[variable.op.name]
-        found = VariableSpec(tuple(shapes[name]), dtypes[name].name)
+        entry = entries[key]
+        expected = graph.variables[name]
+        found = VariableSpec(
+            tuple(d.size for d in entry.shape.dim), tf.as_dtype(entry.dtype).name
+        )
         if found != expected:
             msg = (
-                f"checkpoint variable {name!r} is {_describe(found)}, the model's is "
+                f"checkpoint variable {key!r} is {_describe(found)}, the model's is "
                 f"{_describe(expected)}"
             )
-            raise ManifestError(
-                msg,
-                **where,
-            )
-        var_list[name] = variable
-    tf.compat.v1.train.Saver(var_list).restore(session, checkpoint)
+            raise ManifestError(msg, **where)
+        if entry.slices:
+            msg = f"checkpoint variable {key!r} is partitioned; smpack needs whole tensors"
+            raise ManifestError(msg, **where)
+        keys[name] = key
+    return keys
 
 
 def _register_assets(export_dir: Path, ordered: list[VariantGraph], as_text: bool) -> None:

@@ -243,3 +243,39 @@ def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "imported").exists()
+
+
+def test_weights_are_linked_from_the_source_not_rewritten(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Wide(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([256, 256], seed=[5, 6]), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 256], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.matmul(x, self.w)}
+
+    wide = Wide()
+    tf.saved_model.save(wide, str(tmp_path / "wide"), signatures={"serving_default": wide.predict})
+    variants = {
+        "cpu": VARIANTS["cpu"],
+        "train": {**VARIANTS["train"], "optimizer": {"name": "adam", "learning_rate": 0.01}},
+    }
+    manifest = write_manifest(tmp_path, {"savedmodel": "wide", "loss": "mse"}, variants=variants)
+    package = smpack.build(manifest, tmp_path / "out")
+
+    source_data = tmp_path / "wide" / "variables" / "variables.data-00000-of-00001"
+    shards = sorted((package.path / "variables").glob("variables.data-*"))
+    assert [s.name for s in shards] == [
+        "variables.data-00000-of-00002",
+        "variables.data-00001-of-00002",
+    ]
+    # The weights' shard is the source's own file; the second holds step and Adam slots.
+    assert shards[0].stat().st_ino == source_data.stat().st_ino
+    assert shards[1].stat().st_size == 2 * 256 * 256 * 4 + 8 + 2 * 4
+    x = np.eye(4, 256, dtype=np.float32)
+    np.testing.assert_array_equal(
+        run_v1(package.path, ["serve"], {"x": x})["y"], wide.w.numpy()[:4]
+    )

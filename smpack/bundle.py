@@ -1,0 +1,221 @@
+"""The package's `variables/` made from the source checkpoint's own data shards.
+
+A TensorBundle is an index (a LevelDB-format table: tensor name -> dtype, shape, shard,
+offset, size, checksum) and data shards of raw tensor bytes. The model's weights are already
+in the source's shards, so they are hard-linked (or, across file systems, copied once) and a
+new index maps the package's variable names to them. Variables the source lacks (global
+step, optimizer slots) go to one extra shard under the same index. No weight is ever
+decoded, so memory does not grow with the weights.
+
+A shard mostly holding tensors the package does not need (a Keras export stores each
+weight twice) is not linked: the needed byte ranges are copied into a new shard instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.protobuf import tensor_bundle_pb2
+
+from smpack.checkpoint_index import _crc32c, table_items
+from smpack.errors import PackageError
+
+# Link a shard whole only if the package uses most of it; else copy what it uses.
+_LINK_WHEN_USED = 0.9
+_COPY_CHUNK = 64 << 20
+_MAGIC = 0xDB4775248B80FB57
+
+
+def read_bundle(prefix: Path) -> tuple[tensor_bundle_pb2.BundleHeaderProto, dict[str, Any]]:
+    """The header and entries (name -> BundleEntryProto) of the bundle at `prefix`."""
+    path = Path(f"{prefix}.index")
+    try:
+        items = list(table_items(path.read_bytes()))
+    except (OSError, ValueError, struct.error) as e:
+        msg = f"cannot read checkpoint index: {e}"
+        raise PackageError(msg, file=path) from e
+    header = tensor_bundle_pb2.BundleHeaderProto()
+    entries = {}
+    for key, value in items:
+        if key == b"":
+            header.ParseFromString(value)
+        elif not key.startswith(b"\x00"):  # slices of partitioned variables
+            entry = tensor_bundle_pb2.BundleEntryProto()
+            entry.ParseFromString(value)
+            entries[key.decode()] = entry
+    return header, entries
+
+
+class StreamingSaver(tf.compat.v1.train.Saver):
+    """The Saver `SavedModelBuilder` is given for the graph that writes the variables.
+
+    Its restore side, stored in the MetaGraph, is TF's own for every variable; saving
+    streams the source's shards instead of evaluating the model's variables, which are
+    never initialised. The other variables are initialised and saved normally.
+    """
+
+    def __init__(self, session: tf.compat.v1.Session, source: Path, keys: Mapping[str, str]):
+        super().__init__(sharded=True, write_version=tf.compat.v1.train.SaverDef.V2)
+        self._source = source
+        self._keys = dict(keys)
+        self._fresh = [v for v in tf.compat.v1.global_variables() if v.op.name not in keys]
+        session.run(tf.compat.v1.variables_initializer(self._fresh))
+
+    def save(self, sess: tf.compat.v1.Session, save_path: str, *args: Any, **kwargs: Any) -> str:
+        prefix = Path(save_path)
+        extra = None
+        if self._fresh:
+            extra = prefix.parent / "smpack_extra"
+            values = sess.run({v.op.name: v for v in self._fresh})
+            _save_values(extra, values)
+        write_variables(prefix, self._source, self._keys, extra)
+        return save_path
+
+
+def _save_values(prefix: Path, values: Mapping[str, Any]) -> None:
+    """Save `values` as the bundle `prefix`, in a graph of its own (not the exported one)."""
+    names = sorted(values)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        feeds = {
+            tf.compat.v1.placeholder(values[n].dtype, values[n].shape): values[n] for n in names
+        }
+        save = tf.raw_ops.SaveV2(
+            prefix=str(prefix),
+            tensor_names=names,
+            shape_and_slices=[""] * len(names),
+            tensors=list(feeds),
+        )
+        session.run(save, feeds)
+
+
+def write_variables(
+    prefix: Path, source: Path, keys: Mapping[str, str], extra: Path | None
+) -> None:
+    """Write the bundle `prefix`: `keys` (package name -> key in `source`) plus `extra`.
+
+    `extra` is a bundle holding the package's other variables; its shards are moved in.
+    """
+    header, source_entries = read_bundle(source)
+    shards: list[tuple[Path, list[str] | None]] = []  # file, and names to copy (None: link)
+    entries: dict[str, tensor_bundle_pb2.BundleEntryProto] = {}
+    by_shard: dict[int, list[str]] = {}
+    for name, key in keys.items():
+        entry = tensor_bundle_pb2.BundleEntryProto()
+        entry.CopyFrom(source_entries[key])
+        entries[name] = entry
+        by_shard.setdefault(entry.shard_id, []).append(name)
+    for old_id, names in sorted(by_shard.items()):
+        data = _shard_path(source, old_id, header.num_shards)
+        used = sum(entries[n].size for n in names)
+        whole = used >= _LINK_WHEN_USED * data.stat().st_size
+        for name in names:
+            entries[name].shard_id = len(shards)
+        shards.append((data, None if whole else names))
+    extra_shards: list[Path] = []
+    if extra is not None:
+        extra_header, extra_entries = read_bundle(extra)
+        for name, entry in extra_entries.items():
+            entry.shard_id += len(shards)
+            entries[name] = entry
+        extra_shards = [
+            _shard_path(extra, i, extra_header.num_shards) for i in range(extra_header.num_shards)
+        ]
+    total = len(shards) + len(extra_shards)
+    for shard_id, (data, copied) in enumerate(shards):
+        target = _shard_path(prefix, shard_id, total)
+        if copied is None:
+            _link_or_copy(data, target)
+        else:
+            _copy_ranges(data, target, [entries[n] for n in copied])
+    for shard_id, data in enumerate(extra_shards, start=len(shards)):
+        data.rename(_shard_path(prefix, shard_id, total))
+    if extra is not None:
+        Path(f"{extra}.index").unlink()
+    header.num_shards = total
+    items = [(b"", header.SerializeToString())]
+    items += [(n.encode(), e.SerializeToString()) for n, e in sorted(entries.items())]
+    Path(f"{prefix}.index").write_bytes(table(items))
+
+
+def _shard_path(prefix: Path, shard: int, num_shards: int) -> Path:
+    return Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(source, target)
+
+
+def _copy_ranges(
+    source: Path, target: Path, entries: list[tensor_bundle_pb2.BundleEntryProto]
+) -> None:
+    """Copy each entry's bytes into `target`, one after another, and point it there."""
+    with source.open("rb") as src, target.open("wb") as dst:
+        for entry in sorted(entries, key=lambda e: e.offset):
+            src.seek(entry.offset)
+            entry.offset = dst.tell()
+            left = entry.size
+            while left:
+                chunk = src.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    msg = f"{source} ends before the tensor at offset {entry.offset}"
+                    raise PackageError(msg)
+                dst.write(chunk)
+                left -= len(chunk)
+
+
+def table(items: list[tuple[bytes, bytes]]) -> bytes:
+    """A LevelDB-format table of sorted `items`, as TF's table builder writes it.
+
+    One data block, every entry a restart point (no prefix sharing): readers accept any
+    block layout, and checkpoint indexes are small.
+    """
+    data_block = _block(items)
+    out = bytearray()
+    data_handle = _append_block(out, data_block)
+    meta_handle = _append_block(out, _block([]))
+    last_key = items[-1][0] if items else b""
+    index_handle = _append_block(out, _block([(last_key, data_handle)]))
+    footer = meta_handle + index_handle
+    out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", _MAGIC)
+    return bytes(out)
+
+
+def _block(items: list[tuple[bytes, bytes]]) -> bytes:
+    block = bytearray()
+    restarts = []
+    for key, value in items:
+        restarts.append(len(block))
+        block += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
+    restarts = restarts or [0]
+    block += b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
+    return bytes(block)
+
+
+def _append_block(out: bytearray, block: bytes) -> bytes:
+    """Append `block` with its trailer; return its handle (varint offset, varint size)."""
+    handle = _varint(len(out)) + _varint(len(block))
+    crc = _crc32c(block + b"\x00")
+    masked = ((crc >> 15) | (crc << 17)) + 0xA282EAD8
+    out += block + b"\x00" + struct.pack("<I", masked & 0xFFFFFFFF)
+    return handle
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
