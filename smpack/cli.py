@@ -62,9 +62,15 @@ def _root(
     """Pack one model's serve / train / GPU / TPU graphs into one SavedModel."""
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON document.")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing but errors; the exit code tells.")
+]
+
+
 @app.command()
 def build(
-    manifest: Annotated[Path, typer.Argument(help="Variant manifest (YAML).")],
+    manifests: Annotated[list[Path], typer.Argument(help="Variant manifests (YAML).")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Base directory; writes OUT/<name>/<version>/.")
     ] = Path("build"),
@@ -77,18 +83,84 @@ def build(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip `smpack verify` on the written package.")
     ] = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Manifests built at once, one per process.")
+    ] = 1,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Build the package a manifest describes, print its summary, then verify it."""
+    """Build the package each manifest describes, print its summary, then verify it.
+
+    With several manifests, each builds in its own process; one failing does not stop the
+    others. Exit code 2 if any manifest could not be built, else 1 if any package failed
+    verification, else 0.
+    """
+    if len(manifests) == 1 and not as_json:
+        _build_one(manifests[0], out, force, as_text, not no_verify, quiet)
+        return
+    from smpack.batch import build_and_verify, build_many
+
+    if len(manifests) == 1:
+        outcomes = [build_and_verify(manifests[0], out, force, as_text, not no_verify)]
+    else:
+        with stderr.status(f"building {len(manifests)} manifests, {jobs} at a time"):
+            outcomes = build_many(
+                manifests, out, jobs=jobs, force=force, as_text=as_text, verify=not no_verify
+            )
+    for outcome in outcomes:
+        if outcome.error is not None:
+            stderr.print(f"error: {outcome.error}", markup=False, highlight=False, soft_wrap=True)
+        for failure in outcome.failed_checks:
+            message = f"verify failed: {outcome.package}: {failure}"
+            stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+    if as_json:
+        import dataclasses
+
+        _print_json(
+            [
+                {**dataclasses.asdict(o), "manifest": str(o.manifest), "package": _text(o.package)}
+                for o in outcomes
+            ]
+        )
+    elif not quiet:
+        from smpack.views import batch_view
+
+        stdout.print(batch_view(outcomes))
+    if any(outcome.error is not None for outcome in outcomes):
+        raise typer.Exit(2)
+    if not all(outcome.passed for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+def _progress(quiet: bool) -> Console:
+    """Where progress spinners go: stderr, or nowhere with --quiet."""
+    return Console(stderr=True, quiet=True) if quiet else stderr
+
+
+def _print_json(document: object) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _build_one(
+    manifest: Path, out: Path, force: bool, as_text: bool, verify: bool, quiet: bool
+) -> None:
     from smpack.packager import build as build_package
     from smpack.views import print_build_summary
 
-    with stderr.status("reading manifest") as status:
+    with _progress(quiet).status("reading manifest") as status:
         info = build_package(
             manifest, out, force=force, as_text=as_text, on_step=lambda s: status.update(s)
         )
-    print_build_summary(info, stdout)
-    if not no_verify:
-        _verify_or_exit(info.path, after_build=True)
+    if not quiet:
+        print_build_summary(info, stdout)
+    if verify:
+        _verify_or_exit(info.path, after_build=True, quiet=quiet)
 
 
 @app.command()
@@ -105,9 +177,7 @@ def inspect(
 
     info = inspect_package(package, parse_tags(tags) if tags is not None else None)
     if as_json:
-        import json
-
-        sys.stdout.write(json.dumps(inspection_document(info), indent=2) + "\n")
+        _print_json(inspection_document(info))
     else:
         print_inspect(info, stdout)
 
@@ -115,21 +185,32 @@ def inspect(
 @app.command()
 def verify(
     package: Annotated[Path, typer.Argument(help="SavedModel directory (any, not only smpack's).")],
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Load every graph through TensorFlow and check it; exit 1 if any check fails."""
-    _verify_or_exit(package, after_build=False)
+    _verify_or_exit(package, after_build=False, quiet=quiet, as_json=as_json)
 
 
-def _verify_or_exit(package: Path, *, after_build: bool) -> None:
+def _verify_or_exit(
+    package: Path, *, after_build: bool, quiet: bool = False, as_json: bool = False
+) -> None:
     from smpack.packager import import_tensorflow_quietly
     from smpack.views import verify_view
 
-    with stderr.status("verifying: loading every graph through TensorFlow"):
+    with _progress(quiet).status("verifying: loading every graph through TensorFlow"):
         import_tensorflow_quietly()
         from smpack.verification import verify_package
 
         report = verify_package(package)
-    stdout.print(verify_view(report))
+    if as_json:
+        import dataclasses
+
+        _print_json(
+            {**dataclasses.asdict(report), "path": str(report.path), "passed": report.passed}
+        )
+    elif not quiet:
+        stdout.print(verify_view(report))
     if not report.passed:
         if after_build:
             stderr.print(
@@ -148,6 +229,8 @@ def extract(
         bool, typer.Option("--clear-devices", help="Drop device placements from the graph.")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT atomically.")] = False,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write one graph as a standalone SavedModel tagged `serve`, weights hard-linked."""
     from smpack.inspection import parse_tags
@@ -159,7 +242,10 @@ def extract(
     written = extract_graph(
         package, parse_tags(tags), out, clear_devices=clear_devices, force=force
     )
-    stdout.print(f"wrote {written} (tag set serve, from {tags})", highlight=False)
+    if as_json:
+        _print_json({"path": str(written), "tags": ["serve"], "from": sorted(parse_tags(tags))})
+    elif not quiet:
+        stdout.print(f"wrote {written} (tag set serve, from {tags})", highlight=False)
 
 
 @app.command()
@@ -167,6 +253,7 @@ def diff(
     old: Annotated[Path, typer.Argument(help="First SavedModel directory.")],
     new: Annotated[Path, typer.Argument(help="Second SavedModel directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of changes.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """What changed between two packages; exit 1 when they differ, like `diff`."""
     import dataclasses
@@ -177,11 +264,8 @@ def diff(
 
     changes = diff_packages(read_package(old), read_package(new))
     if as_json:
-        import json
-
-        document = [dataclasses.asdict(change) for change in changes]
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    else:
+        _print_json([dataclasses.asdict(change) for change in changes])
+    elif not quiet:
         stdout.print(diff_view(changes))
     if changes:
         raise typer.Exit(1)
@@ -226,11 +310,9 @@ def card(
 @app.command()
 def schema() -> None:
     """Print the manifest's JSON Schema (editors complete and check manifests with it)."""
-    import json
-
     from smpack.manifest import manifest_json_schema
 
-    sys.stdout.write(json.dumps(manifest_json_schema(), indent=2) + "\n")
+    _print_json(manifest_json_schema())
 
 
 @app.command()
@@ -238,13 +320,19 @@ def init(
     manifest: Annotated[
         Path, typer.Argument(help="Manifest to create, e.g. variants/mymodel.yaml.")
     ],
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write a commented starter manifest and model function that build as they are."""
     from smpack.scaffold import write_starter
 
-    for path in write_starter(manifest):
-        stdout.print(f"wrote {path}", highlight=False)
-    stdout.print(f"next: smpack build {manifest} --out build/", highlight=False)
+    written = write_starter(manifest)
+    if as_json:
+        _print_json([str(path) for path in written])
+    elif not quiet:
+        for path in written:
+            stdout.print(f"wrote {path}", highlight=False)
+        stdout.print(f"next: smpack build {manifest} --out build/", highlight=False)
 
 
 def main() -> None:

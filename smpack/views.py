@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from smpack.batch import BuildOutcome
 from smpack.package_info import GraphInfo, PackageInfo, TensorInfo
 
 if TYPE_CHECKING:  # verification imports TensorFlow; its records are only annotations here
@@ -178,3 +179,24 @@ def _bytes(count: int) -> str:
         size /= 1024
     msg = "unreachable"
     raise AssertionError(msg)
+
+
+def batch_view(outcomes: list[BuildOutcome]) -> Table:
+    """One row per manifest of a multi-manifest build: where it went and how it ended."""
+    table = Table(title="builds", title_justify="left")
+    for column in ("manifest", "package", "tag sets", "result"):
+        table.add_column(column, overflow="fold")  # a cut-off path is no use
+    for outcome in outcomes:
+        if outcome.error is not None:
+            result = Text("FAILED: not built", style="red")
+        elif outcome.failed_checks:
+            result = Text(f"FAILED: {len(outcome.failed_checks)} checks", style="red")
+        else:
+            result = Text("verified" if outcome.verified else "built", style="green")
+        table.add_row(
+            str(outcome.manifest),
+            str(outcome.package or "-"),
+            ", ".join(outcome.tag_sets) or "-",
+            result,
+        )
+    return table

@@ -1,0 +1,85 @@
+"""Building several manifests at once, each in its own process.
+
+Every build runs in a fresh, spawned process: TensorFlow must not be forked once imported,
+and a model function that crashes or leaks state then takes only its own build with it.
+One failure never stops the others; each outcome is a record, not an exception.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+
+from smpack.errors import SmpackError
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    """What happened to one manifest: built (and verified) or the one-line reason it failed."""
+
+    manifest: Path
+    package: Path | None = None
+    tag_sets: tuple[str, ...] = ()
+    error: str | None = None
+    failed_checks: tuple[str, ...] = ()  # "tag set: check: detail", when verification failed
+    verified: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and not self.failed_checks
+
+
+def build_many(
+    manifests: list[Path],
+    out: Path,
+    *,
+    jobs: int = 1,
+    force: bool = False,
+    as_text: bool = False,
+    verify: bool = True,
+) -> list[BuildOutcome]:
+    """Build (and verify) each manifest in its own process, `jobs` at a time.
+
+    Outcomes come back in the order of `manifests`, whatever order the builds finish in.
+    """
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [
+            pool.submit(build_and_verify, manifest, out, force, as_text, verify)
+            for manifest in manifests
+        ]
+        outcomes = []
+        for manifest, future in zip(manifests, futures, strict=True):
+            try:
+                outcomes.append(future.result())
+            except Exception as e:  # the worker died or hit a bug: that build failed, not all
+                outcomes.append(BuildOutcome(manifest, error=f"{type(e).__name__}: {e}"))
+    return outcomes
+
+
+def build_and_verify(
+    manifest: Path, out: Path, force: bool, as_text: bool, verify: bool
+) -> BuildOutcome:
+    """One manifest's build and verification, with user errors turned into the outcome."""
+    from smpack.packager import build, import_tensorflow_quietly
+
+    try:
+        info = build(manifest, out, force=force, as_text=as_text)
+    except SmpackError as e:
+        return BuildOutcome(manifest, error=str(e))
+    tag_sets = tuple(graph.tag_set for graph in info.graphs)
+    if not verify:
+        return BuildOutcome(manifest, package=info.path, tag_sets=tag_sets)
+    import_tensorflow_quietly()
+    from smpack.verification import verify_package
+
+    report = verify_package(info.path)
+    failed = [
+        f"{graph.tag_set}: {check.name}: {check.detail}"
+        for graph in report.graphs
+        for check in graph.checks
+        if not check.passed
+    ] + [f"(package): {c.name}: {c.detail}" for c in report.checks if not c.passed]
+    return BuildOutcome(manifest, info.path, tag_sets, failed_checks=tuple(failed), verified=True)

@@ -1,0 +1,66 @@
+"""Several manifests at once (--jobs), and --json / --quiet for scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import VARIANTS
+from typer.testing import CliRunner
+
+from smpack.cli import app
+from smpack.package_info import PackageInfo
+
+runner = CliRunner()
+
+
+def test_one_failure_does_not_stop_the_others(variants_copy: Path, tmp_path: Path) -> None:
+    bad = variants_copy / "bad.yaml"
+    bad.write_text(
+        "schema: 1\nname: bad\nversion: 0\n"
+        "source: {python: models/linear.py:model_fn}\nvariants: {cpu: {tags: [serve]}}\n"
+    )
+    manifests = [variants_copy / "linear.yaml", bad, variants_copy / "text_classifier.yaml"]
+    out = tmp_path / "out"
+    args = ["build", *map(str, manifests), "--out", str(out), "--jobs", "2", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2  # a manifest could not be built
+    assert result.stderr.splitlines() == [
+        f"error: {bad}:3: version: Input should be greater than 0"
+    ]
+    outcomes = json.loads(result.stdout)
+    # In the order given, whatever order the processes finished in.
+    assert [o["manifest"] for o in outcomes] == [str(m) for m in manifests]
+    linear, failed, text = outcomes
+    assert linear["verified"] and not linear["failed_checks"]
+    assert linear["tag_sets"] == ["train", "serve", "serve,gpu", "serve,tpu"]
+    assert (Path(linear["package"]) / "saved_model.pb").is_file()
+    assert text["package"] == str(out / "text_classifier" / "1")
+    assert failed["package"] is None and "version" in failed["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["linear", "text_classifier"]
+
+
+def test_quiet_build_prints_nothing_and_the_exit_code_tells(tmp_path: Path) -> None:
+    args = ["build", str(VARIANTS / "linear.yaml"), "--out", str(tmp_path), "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0
+    assert result.stdout == "" and result.stderr == ""
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2
+    assert again.stdout == ""
+    assert "already exists" in again.stderr
+
+
+def test_verify_json_and_quiet(linear_package: PackageInfo) -> None:
+    result = runner.invoke(app, ["verify", str(linear_package.path), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["passed"] is True
+    assert [g["tag_set"] for g in document["graphs"]] == [
+        "train",
+        "serve",
+        "serve,gpu",
+        "serve,tpu",
+    ]
+    quiet = runner.invoke(app, ["verify", str(linear_package.path), "--quiet"])
+    assert (quiet.exit_code, quiet.stdout) == (0, "")
