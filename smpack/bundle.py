@@ -24,8 +24,9 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-from smpack.checkpoint_index import _crc32c, table_items
+from smpack.checkpoint_index import crc32c, table_items
 from smpack.errors import PackageError
+from smpack.wire import encode_varint
 
 # Link a shard whole only if the package uses most of it; else copy what it uses.
 _LINK_WHEN_USED = 0.9
@@ -197,7 +198,9 @@ def _block(items: list[tuple[bytes, bytes]]) -> bytes:
     restarts = []
     for key, value in items:
         restarts.append(len(block))
-        block += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
+        block += (
+            encode_varint(0) + encode_varint(len(key)) + encode_varint(len(value)) + key + value
+        )
     restarts = restarts or [0]
     block += b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
     return bytes(block)
@@ -205,17 +208,8 @@ def _block(items: list[tuple[bytes, bytes]]) -> bytes:
 
 def _append_block(out: bytearray, block: bytes) -> bytes:
     """Append `block` with its trailer; return its handle (varint offset, varint size)."""
-    handle = _varint(len(out)) + _varint(len(block))
-    crc = _crc32c(block + b"\x00")
+    handle = encode_varint(len(out)) + encode_varint(len(block))
+    crc = crc32c(block + b"\x00")
     masked = ((crc >> 15) | (crc << 17)) + 0xA282EAD8
     out += block + b"\x00" + struct.pack("<I", masked & 0xFFFFFFFF)
     return handle
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

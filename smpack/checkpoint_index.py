@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smpack.errors import PackageError
+from smpack.wire import decode_varint, message_fields
 
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic
@@ -100,7 +101,7 @@ def _parse_index(data: bytes) -> CheckpointIndex:
     entries = []
     for key, value in table_items(data):
         if key == b"":
-            num_shards = _int(dict(_fields(value)), 1)
+            num_shards = _int(dict(message_fields(value)), 1)
         elif not key.startswith(b"\x00"):
             # Slices of partitioned variables have OrderedCode keys (0, name, slice spec),
             # so they start with a 0 byte; the whole variable has its own plain-name entry.
@@ -112,8 +113,8 @@ def _parse_index(data: bytes) -> CheckpointIndex:
 
 
 def _entry(name: str, value: bytes) -> CheckpointEntry:
-    fields = dict(_fields(value))
-    dims = (dict(_fields(dim)) for n, dim in _fields(fields.get(2, b"")) if n == 2)
+    fields = dict(message_fields(value))
+    dims = (dict(message_fields(dim)) for n, dim in message_fields(fields.get(2, b"")) if n == 2)
     dtype = _int(fields, 1)
     return CheckpointEntry(
         name=name,
@@ -143,7 +144,7 @@ def _read_block(data: bytes, handle: tuple[int, int]) -> bytes:
     kind, masked_crc = struct.unpack_from("<BI", data, end)
     # TF always verifies these; a damaged block would otherwise decode into plausible garbage.
     rotated = (masked_crc - 0xA282EAD8) & 0xFFFFFFFF
-    if _crc32c(data[offset : end + 1]) != ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF:
+    if crc32c(data[offset : end + 1]) != ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF:
         msg = f"checksum mismatch in block at offset {offset}"
         raise ValueError(msg)
     if kind == _SNAPPY:
@@ -165,9 +166,9 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         raise ValueError(msg)
     key, pos = b"", 0
     while pos < limit:
-        shared, pos = _varint(block, pos)
-        unshared, pos = _varint(block, pos)
-        value_size, pos = _varint(block, pos)
+        shared, pos = decode_varint(block, pos)
+        unshared, pos = decode_varint(block, pos)
+        value_size, pos = decode_varint(block, pos)
         if shared > len(key) or pos + unshared + value_size > limit:
             msg = "block entry runs past its block"
             raise ValueError(msg)
@@ -178,53 +179,12 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _handle(data: bytes, pos: int) -> tuple[tuple[int, int], int]:
-    offset, pos = _varint(data, pos)
-    size, pos = _varint(data, pos)
+    offset, pos = decode_varint(data, pos)
+    size, pos = decode_varint(data, pos)
     return (offset, size), pos
 
 
-def _fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
-    """Yield (field number, value) of a protobuf message: ints, or bytes if length-delimited."""
-    if isinstance(message, int):  # a submessage's field number arrived with a numeric wire type
-        msg = "protobuf field is a number where a message was expected"
-        raise ValueError(msg)
-    pos = 0
-    while pos < len(message):
-        tag, pos = _varint(message, pos)
-        wire_type = tag & 7
-        value: int | bytes
-        if wire_type == 0:
-            value, pos = _varint(message, pos)
-        elif wire_type == 1:
-            (value,), pos = struct.unpack_from("<Q", message, pos), pos + 8
-        elif wire_type == 5:
-            (value,), pos = struct.unpack_from("<I", message, pos), pos + 4
-        elif wire_type == 2:
-            length, pos = _varint(message, pos)
-            value, pos = message[pos : pos + length], pos + length
-            if pos > len(message):
-                msg = "protobuf field runs past its message"
-                raise ValueError(msg)
-        else:
-            msg = f"unexpected protobuf wire type {wire_type}"
-            raise ValueError(msg)
-        yield tag >> 3, value
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < len(data) and shift < 70:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-    msg = f"truncated varint at byte {pos}"
-    raise ValueError(msg)
-
-
-def _crc32c(data: bytes) -> int:
+def crc32c(data: bytes) -> int:
     """The CRC-32C (Castagnoli) of `data`, the checksum LevelDB tables and TF bundles use."""
     crc, table = 0xFFFFFFFF, _CRC_TABLE
     for byte in data:

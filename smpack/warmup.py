@@ -25,6 +25,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from smpack.errors import ManifestError
 from smpack.manifest import METHODS, WARMUP_FILE, LoadedManifest, WarmupRequest
+from smpack.wire import length_delimited, message_fields
 
 _CLASSIFY_LOG, _REGRESS_LOG, _PREDICT_LOG = 2, 3, 6  # PredictionLog oneof fields
 
@@ -153,19 +154,25 @@ def _fitted(
 def _prediction_log(
     name: str, request: WarmupRequest, method: str, values: Mapping[str, Any]
 ) -> bytes:
-    model_spec = _field(1, name.encode()) + _field(3, request.signature.encode())
+    model_spec = length_delimited(1, name.encode()) + length_delimited(
+        3, request.signature.encode()
+    )
     if method in (METHODS["classify"], METHODS["regress"]):
-        examples = b"".join(_field(1, example) for example in _examples(values["inputs"]))
-        body = _field(1, model_spec) + _field(2, _field(1, examples))  # Input.example_list
+        examples = b"".join(length_delimited(1, example) for example in _examples(values["inputs"]))
+        body = length_delimited(1, model_spec) + length_delimited(
+            2, length_delimited(1, examples)
+        )  # Input.example_list
         log = _CLASSIFY_LOG if method == METHODS["classify"] else _REGRESS_LOG
     else:
         entries = b"".join(
-            _field(2, _field(1, key.encode()) + _field(2, _tensor(value)))
+            length_delimited(
+                2, length_delimited(1, key.encode()) + length_delimited(2, _tensor(value))
+            )
             for key, value in sorted(values.items())
         )
-        body = _field(1, model_spec) + entries
+        body = length_delimited(1, model_spec) + entries
         log = _PREDICT_LOG
-    return _field(log, _field(1, body))  # XLog.request
+    return length_delimited(log, length_delimited(1, body))  # XLog.request
 
 
 def _tensor(value: np.ndarray) -> bytes:
@@ -201,41 +208,7 @@ def _examples(rows: list[Mapping[str, Any]]) -> list[bytes]:
 def _decoded(message: bytes) -> dict[int, list[bytes]]:
     """The length-delimited fields of a protobuf message, by field number (others skipped)."""
     fields: dict[int, list[bytes]] = {}
-    position = 0
-    while position < len(message):
-        tag, position = _read_varint(message, position)
-        wire_type = tag & 7
-        if wire_type == 2:
-            length, position = _read_varint(message, position)
-            fields.setdefault(tag >> 3, []).append(message[position : position + length])
-            position += length
-        elif wire_type == 0:
-            _, position = _read_varint(message, position)
-        else:
-            position += {1: 8, 5: 4}[wire_type]
+    for number, value in message_fields(message):
+        if isinstance(value, bytes):
+            fields.setdefault(number, []).append(value)
     return fields
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, position
-        shift += 7
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)

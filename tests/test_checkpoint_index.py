@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from smpack.checkpoint_index import CheckpointIndex, _crc32c, _entry, read_checkpoint_index
+from smpack.checkpoint_index import CheckpointIndex, _entry, crc32c, read_checkpoint_index
 from smpack.errors import PackageError
 
 v1 = tf.compat.v1
@@ -168,7 +168,7 @@ def test_snappy_block_is_refused(v1_prefix: str, tmp_path: Path) -> None:
 
 
 def test_crc32c_check_value() -> None:
-    assert _crc32c(b"123456789") == 0xE3069283
+    assert crc32c(b"123456789") == 0xE3069283
 
 
 def test_import_and_read_without_tensorflow(v1_prefix: str) -> None:
@@ -186,7 +186,7 @@ def test_import_and_read_without_tensorflow(v1_prefix: str) -> None:
 
 
 def _masked(block: bytes | bytearray) -> bytes:
-    crc = _crc32c(bytes(block))
+    crc = crc32c(bytes(block))
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF).to_bytes(4, "little")
 
 

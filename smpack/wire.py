@@ -1,0 +1,68 @@
+"""The protobuf wire format: the little of it smpack reads and writes without message classes.
+
+Checkpoint indexes, warmup records and bundle tables hold small protobuf messages whose field
+numbers are public; decoding them here keeps TensorFlow and generated `_pb2` modules out of
+the paths that must stay fast or TF-version-independent.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+
+def encode_varint(value: int) -> bytes:
+    """`value` (non-negative) as a base-128 varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `data[pos:]` and the position after it; ValueError if truncated."""
+    result = shift = 0
+    while pos < len(data) and shift < 70:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    msg = f"truncated varint at byte {pos}"
+    raise ValueError(msg)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """One length-delimited field (wire type 2): a string, bytes or a nested message."""
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
+
+
+def message_fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
+    """Yield (field number, value) of a protobuf message: ints, or bytes if length-delimited."""
+    if isinstance(message, int):  # a submessage's field number arrived with a numeric wire type
+        msg = "protobuf field is a number where a message was expected"
+        raise ValueError(msg)
+    pos = 0
+    while pos < len(message):
+        tag, pos = decode_varint(message, pos)
+        wire_type = tag & 7
+        value: int | bytes
+        if wire_type == 0:
+            value, pos = decode_varint(message, pos)
+        elif wire_type == 1:
+            (value,), pos = struct.unpack_from("<Q", message, pos), pos + 8
+        elif wire_type == 5:
+            (value,), pos = struct.unpack_from("<I", message, pos), pos + 4
+        elif wire_type == 2:
+            length, pos = decode_varint(message, pos)
+            value, pos = message[pos : pos + length], pos + length
+            if pos > len(message):
+                msg = "protobuf field runs past its message"
+                raise ValueError(msg)
+        else:
+            msg = f"unexpected protobuf wire type {wire_type}"
+            raise ValueError(msg)
+        yield tag >> 3, value
