@@ -187,7 +187,14 @@ def _inlined(meta_graph: meta_graph_pb2.MetaGraphDef, fetches: list[str]) -> gra
     # Only inlining: any other rewrite could change the numbers the source computes.
     rewrite.optimizers.append("function")
     rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
-    return tf_optimizer.OptimizeGraph(config, item)
+    flat = tf_optimizer.OptimizeGraph(config, item)
+    # Grappler colocates every inlined input with its caller's; those constraints would tie
+    # the signature to unrelated functions (the restore function) and to the source's
+    # variables, where the variant's own placement must decide.
+    for node in flat.node:
+        if "_class" in node.attr:
+            del node.attr["_class"]
+    return flat
 
 
 def _restored_keys(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
@@ -230,17 +237,20 @@ def _cut_variables(
         ]
         if node.op == "Identity" and node.attr["T"].type == _RESOURCE:
             dropped.add(node.name)
-        elif node.op == "ReadVariableOp":
+        elif node.op in ("ReadVariableOp", "ResourceGather"):
             handle = _through_identities(nodes, node.input[0])
             if handle is None or _node(handle) not in handles:
                 msg = f"cannot import {node.name!r}: it reads a variable not saved with the model"
                 raise ModelError(msg, **where)
-            reads[f"{node.name}:0"] = _node(handle)
-            dropped.add(node.name)
+            if node.op == "ReadVariableOp":
+                reads[f"{node.name}:0"] = _node(handle)
+                dropped.add(node.name)
+            else:
+                reads[_whole_read(_node(handle))] = _node(handle)
         elif resource_inputs:
             msg = (
                 f"cannot import op {node.name!r} ({node.op}): smpack replays variables only "
-                "through ReadVariableOp"
+                "through ReadVariableOp and ResourceGather"
             )
             raise ModelError(msg, **where)
     flat = graph_pb2.GraphDef()
@@ -254,11 +264,46 @@ def _cut_variables(
         del kept.input[:]
         kept.input.extend(i for i in node.input if not (i.startswith("^") and i[1:] in dropped))
         kept.ClearField("device")
-        called.add(node.op)
+        if node.op == "ResourceGather":
+            handle = _through_identities(nodes, node.input[0])
+            assert handle is not None  # checked above
+            _as_gather(kept, _whole_read(_node(handle)), flat)
+        called.add(kept.op)
     # Functions left after inlining (loop bodies, say) are needed; the rest is dead weight.
     if any(f.signature.name in called for f in graph_def.library.function):
         flat.library.CopyFrom(graph_def.library)
     return flat, handles, reads
+
+
+def _whole_read(handle: str) -> str:
+    """The name a gather's variable read is fed under (no such node exists in the graph)."""
+    return f"{handle}/smpack_read:0"
+
+
+def _as_gather(node: Any, params: str, graph_def: graph_pb2.GraphDef) -> None:
+    """Turn a ResourceGather into a GatherV2 of the whole variable, whose read smpack feeds.
+
+    A read precedes the gather so the variant's precision cast and placement apply to it.
+    """
+    axis = graph_def.node.add()
+    axis.name = f"{node.name}/smpack_axis"
+    axis.op = "Const"
+    axis.attr["dtype"].type = types_pb2.DT_INT32
+    axis.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(node.attr["batch_dims"].i, tf.int32))
+    attrs = node.attr
+    node.op = "GatherV2"
+    node.input[0:1] = [params]
+    node.input.insert(2, axis.name)
+    gather_attrs = {
+        "Tparams": attrs["dtype"].type,
+        "Tindices": attrs["Tindices"].type,
+        "Taxis": types_pb2.DT_INT32,
+    }
+    batch_dims = attrs["batch_dims"].i
+    node.ClearField("attr")
+    for key, value in gather_attrs.items():
+        node.attr[key].type = value
+    node.attr["batch_dims"].i = batch_dims
 
 
 def _is_resource(nodes: dict[str, Any], tensor: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from test_c_api import c_loader, run_c  # noqa: F401 (c_loader is a fixture)
 from tf_helpers import meta_graph, run_v1, run_v2
 from typer.testing import CliRunner
 
@@ -52,6 +53,7 @@ def make_tf_module(folder: Path) -> Path:
             self.hidden = tf.Variable(init([3, 8], seed=[1, 2]), name="hidden/kernel")
             self.bias = tf.Variable(tf.fill([8], 0.1), name="hidden/bias")
             self.out = tf.Variable(init([8, 2], seed=[3, 4]), name="out/kernel")
+            self.table = tf.Variable(init([10, 4], seed=[7, 8]), name="embedding/table")
 
         @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
         def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -62,9 +64,18 @@ def make_tf_module(folder: Path) -> Path:
         def scaled(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
             return {"doubled": 2.0 * x + 1.0}
 
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32)])
+        def lookup(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+            # A gather straight from the variable: a ResourceGather op, not a read.
+            return {"vectors": tf.nn.embedding_lookup(self.table, ids)}
+
     module = TwoLayers()
     path = folder / "two_layers"
-    signatures = {"serving_default": module.predict, "scaled": module.scaled}
+    signatures = {
+        "serving_default": module.predict,
+        "scaled": module.scaled,
+        "lookup": module.lookup,
+    }
     tf.saved_model.save(module, str(path), signatures=signatures)
     return path
 
@@ -152,6 +163,20 @@ def test_variable_less_signature(tf_source: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(half, expected, rtol=1e-3)
 
 
+def test_gathers_from_a_variable_become_gathers_from_its_read(tf_source, tmp_path) -> None:
+    source = {"savedmodel": "two_layers", "signature": "lookup"}
+    package = smpack.build(write_manifest(tf_source, source, variants=SERVING), tmp_path)
+    assert [v.name for v in package.variables] == ["embedding/table"]
+    ids = np.array([[0, 9], [3, 3], [1, 2], [5, 0]], np.int32)
+    expected = source_outputs(tf_source / "two_layers", "lookup", ids=ids)["vectors"]
+    serve = run_v1(package.path, ["serve"], {"ids": ids})["vectors"]
+    np.testing.assert_array_equal(serve, expected)
+    half = run_v1(package.path, ["serve", "gpu"], {"ids": ids})["vectors"]
+    np.testing.assert_allclose(half, expected, rtol=1e-3, atol=1e-3)
+    nodes = meta_graph(package.path, ["serve", "gpu"]).graph_def.node
+    assert [n.device for n in nodes if n.op == "GatherV2"] == ["/device:GPU:0"]
+
+
 @pytest.fixture(scope="module")
 def keras_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import keras
@@ -221,7 +246,7 @@ def test_keras_train_step_learns_class_ids(keras_package: PackageInfo) -> None:
         ({"savedmodel": "empty"}, "'empty' is not a SavedModel folder (no saved_model.pb in it)"),
         (
             {"savedmodel": "two_layers", "signature": "predict"},
-            "has no signature 'predict' (signatures: scaled, serving_default)",
+            "has no signature 'predict' (signatures: lookup, scaled, serving_default)",
         ),
         ({"keras": "broken.keras"}, "source.keras: cannot load broken.keras with Keras"),
         (
@@ -279,3 +304,12 @@ def test_weights_are_linked_from_the_source_not_rewritten(tmp_path: Path) -> Non
     np.testing.assert_array_equal(
         run_v1(package.path, ["serve"], {"x": x})["y"], wide.w.numpy()[:4]
     )
+
+
+@pytest.mark.parametrize("package", ["tf_package", "keras_package"])
+def test_c_api_loads_every_cpu_graph(c_loader, package, request) -> None:  # noqa: F811
+    info: PackageInfo = request.getfixturevalue(package)
+    for tag_set in (g.tag_set for g in info.graphs if not g.tpu):
+        result = run_c(c_loader, info.path, tag_set)
+        assert result.returncode == 0, f"{tag_set}: {result.stderr}"
+        assert result.stdout.split() == ["loaded"]
