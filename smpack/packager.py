@@ -44,6 +44,7 @@ def build(
     from smpack.graphs import build_variant_graph
     from smpack.model_source import open_source
     from smpack.package_info import read_package
+    from smpack.provenance import write_provenance
     from smpack.staging import staged_directory
     from smpack.warmup import warmup_records, write_warmup_file
     from smpack.writer import write_saved_model
@@ -62,6 +63,7 @@ def build(
         copy_assets(loaded, staging)
         if warmup:
             write_warmup_file(staging, warmup)
+        write_provenance(staging, loaded)
         # Last, so the cards describe (and hash) every other file of the finished package.
         step("writing model cards")
         write_cards(

@@ -41,12 +41,18 @@ def _normalise(text: str, info: PackageInfo) -> str:
     text = text.replace(f"TensorFlow {package['tensorflow_version']}", "TensorFlow TF_VERSION")
     text = text.replace(f"smpack {package['smpack_version']}", "smpack SMPACK_VERSION")
     text = re.sub(r"\b[0-9a-f]{64}\b", "SHA256", text)
-    # saved_model.pb records the TensorFlow version, so its size moves with it.
-    size = str((info.path / "saved_model.pb").stat().st_size)
-    return "\n".join(
-        line.replace(size, "PB_BYTES") if "saved_model.pb" in line else line
-        for line in text.split("\n")
-    )
+    # saved_model.pb and smpack.json record the versions, and fingerprint.pb holds varint
+    # hashes of the rest, so their sizes move with them.
+    lines = text.split("\n")
+    for name, placeholder in (
+        ("saved_model.pb", "PB_BYTES"),
+        ("assets.extra/smpack.json", "JSON_BYTES"),
+        ("fingerprint.pb", "FINGERPRINT_BYTES"),
+    ):
+        if (info.path / name).is_file():
+            size = str((info.path / name).stat().st_size)
+            lines = [line.replace(size, placeholder) if name in line else line for line in lines]
+    return "\n".join(lines)
 
 
 def _check_golden(name: str, text: str) -> None:
@@ -158,6 +164,8 @@ def test_html_tables_list_variants_and_metrics(linear_package: PackageInfo) -> N
     ]
     assert [row[0] for row in page.tables["files"]] == [
         "File",
+        "assets.extra/smpack.json",
+        "fingerprint.pb",
         "saved_model.pb",
         "variables/variables.data-00000-of-00001",
         "variables/variables.index",
@@ -181,6 +189,8 @@ def test_card_leaves_out_earlier_cards(linear_package: PackageInfo, tmp_path: Pa
     assert package["assets_extra"] == ["notes.txt"]
     assert [f["path"] for f in package["files"]] == [
         "assets.extra/notes.txt",
+        "assets.extra/smpack.json",
+        "fingerprint.pb",
         "saved_model.pb",
         "variables/variables.data-00000-of-00001",
         "variables/variables.index",

@@ -26,6 +26,7 @@ def test_linear_package_has_the_serving_layout(linear_package: PackageInfo) -> N
     assert root.parts[-2:] == ("linear", "1")
     assert {p.name for p in root.iterdir()} == {
         "saved_model.pb",
+        "fingerprint.pb",
         "variables",
         "assets",
         "assets.extra",

@@ -33,9 +33,13 @@ def test_rebuilding_elsewhere_gives_the_same_bytes(
 
     digests = file_digests(first)
     assert file_digests(second) == digests
-    assert {"saved_model.pb", "variables/variables.index", "assets.extra/model_card.md"} <= (
-        digests.keys()
-    )
+    assert {
+        "saved_model.pb",
+        "variables/variables.index",
+        "fingerprint.pb",
+        "assets.extra/smpack.json",
+        "assets.extra/model_card.md",
+    } <= digests.keys()
     for path in second.rglob("*"):
         if path.is_file():
             assert str(checkout).encode() not in path.read_bytes(), path

@@ -1,0 +1,174 @@
+"""Provenance: what a package was built from, and hashes to tell later if it was changed.
+
+A build writes two files. `fingerprint.pb` is TensorFlow's own (as `tf.saved_model.save`
+writes it; TF's TF1 builder does not), so `tf.saved_model.experimental.read_fingerprint`
+works. `assets.extra/smpack.json` records the smpack and TensorFlow versions, the sha256 of
+the manifest and of the model source, and the sha256 of every other file of the package,
+which `check_provenance` compares against the files on disk.
+
+Both are reproducible: no timestamps, no absolute paths, and the fingerprint's UUID (random
+in TF) is derived from the package's content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from smpack import __version__
+from smpack.errors import PackageError
+from smpack.manifest import LoadedManifest
+
+PROVENANCE_FILE = "assets.extra/smpack.json"
+FINGERPRINT_FILE = "fingerprint.pb"
+# The cards embed the hashes of every other file, so they are written after smpack.json
+# and cannot be listed in it.
+_UNLISTED = (PROVENANCE_FILE, "assets.extra/model_card.md", "assets.extra/model_card.html")
+
+
+def write_provenance(export_dir: Path, loaded: LoadedManifest) -> None:
+    """Write `fingerprint.pb` and `assets.extra/smpack.json` into the staged package.
+
+    Call after every file but the model cards is written: smpack.json lists them all.
+    """
+    import tensorflow as tf
+
+    write_fingerprint(export_dir)
+    record = {
+        "smpack": __version__,
+        "tensorflow": tf.__version__,
+        "manifest": _described(loaded.path, loaded.folder),
+        "source": _described(loaded.python_file or loaded.model_path, loaded.folder),
+        "checkpoint": _checkpoint(loaded),
+        "files": package_files(export_dir),
+    }
+    target = export_dir / PROVENANCE_FILE
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_fingerprint(export_dir: Path) -> None:
+    """Write TF's `fingerprint.pb` for the SavedModel at `export_dir`, with a stable UUID."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    with _stderr_kept_unless_failing():
+        try:
+            serialized = fingerprinting.CreateFingerprintDef(str(export_dir))
+        except fingerprinting.FingerprintException as e:
+            msg = f"cannot fingerprint the SavedModel: {e}"
+            raise PackageError(msg) from e
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(serialized)
+    # TF draws the UUID at random on every save; derive it from the hashes instead, so the
+    # same inputs give the same bytes. TF writes it as a decimal 128-bit number.
+    fingerprint.ClearField("uuid")
+    content = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(content[:16], "big"))
+    (export_dir / FINGERPRINT_FILE).write_bytes(fingerprint.SerializeToString(deterministic=True))
+
+
+def package_files(export_dir: Path) -> dict[str, str]:
+    """sha256 of every file of the package that smpack.json lists, by relative path."""
+    return {
+        relative: _sha256(path)
+        for relative, path in _files(export_dir)
+        if relative not in _UNLISTED
+    }
+
+
+def check_provenance(export_dir: str | Path) -> list[str]:
+    """Problems found comparing the package's files with its `assets.extra/smpack.json`.
+
+    An empty list means every listed file is present and unchanged and no file was added.
+    A package without smpack.json (not built by smpack) yields one problem saying so.
+    """
+    export_dir = Path(export_dir)
+    record_path = export_dir / PROVENANCE_FILE
+    if not record_path.is_file():
+        return [f"no {PROVENANCE_FILE}: the package's files cannot be checked"]
+    try:
+        listed = json.loads(record_path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(listed, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return [f"{PROVENANCE_FILE} is not a valid smpack provenance record"]
+    found = package_files(export_dir)
+    problems = []
+    for relative, digest in sorted(listed.items()):
+        if relative not in found:
+            problems.append(f"{relative} is missing")
+        elif found[relative] != digest:
+            problems.append(f"{relative} was modified (its sha256 differs from {PROVENANCE_FILE})")
+    problems += [
+        f"{relative} was added after the build (not in {PROVENANCE_FILE})"
+        for relative in sorted(found.keys() - listed.keys())
+    ]
+    return problems
+
+
+def _files(folder: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            yield path.relative_to(folder).as_posix(), path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tree_sha256(paths: list[tuple[str, Path]]) -> str:
+    """One sha256 for several files: over their relative names and contents' hashes."""
+    digest = hashlib.sha256()
+    for relative, path in sorted(paths):
+        digest.update(f"{relative}\0{_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _described(path: Path | None, folder: Path) -> dict[str, str] | None:
+    """A source file or folder as its path relative to the manifest's folder and its hash."""
+    if path is None:
+        return None
+    relative = os.path.relpath(path, folder)
+    if path.is_dir():
+        return {"path": Path(relative).as_posix() + "/", "sha256": _tree_sha256(list(_files(path)))}
+    return {"path": Path(relative).as_posix(), "sha256": _sha256(path)}
+
+
+def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
+    if loaded.checkpoint is None:
+        return None
+    prefix = loaded.checkpoint
+    parts = [(p.name, p) for p in prefix.parent.glob(f"{prefix.name}.*") if p.is_file()]
+    relative = Path(os.path.relpath(prefix, loaded.folder)).as_posix()
+    return {"path": relative, "sha256": _tree_sha256(parts)}
+
+
+@contextlib.contextmanager
+def _stderr_kept_unless_failing() -> Iterator[Any]:
+    """Hide what TF's C++ code writes to file descriptor 2, unless the block fails.
+
+    Fingerprinting logs absl's "before InitializeLog" warning, which is noise to a user.
+    """
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            os.write(2, captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

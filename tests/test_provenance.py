@@ -1,0 +1,109 @@
+"""assets.extra/smpack.json and fingerprint.pb: what a package came from, and whether it changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from conftest import VARIANTS
+from tensorflow.core.protobuf import fingerprint_pb2
+from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+import smpack
+from smpack.package_info import PackageInfo
+from smpack.provenance import check_provenance
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_smpack_json_records_versions_inputs_and_every_other_file(
+    text_package: PackageInfo,
+) -> None:
+    package = text_package.path
+    record = json.loads((package / "assets.extra" / "smpack.json").read_text())
+
+    assert record["smpack"] == smpack.__version__
+    assert record["tensorflow"] == tf.__version__
+    assert record["manifest"] == {
+        "path": "text_classifier.yaml",
+        "sha256": sha256(VARIANTS / "text_classifier.yaml"),
+    }
+    assert record["source"] == {
+        "path": "models/text_classifier.py",
+        "sha256": sha256(VARIANTS / "models" / "text_classifier.py"),
+    }
+    cards = {"assets.extra/model_card.md", "assets.extra/model_card.html"}
+    on_disk = {
+        p.relative_to(package).as_posix(): sha256(p) for p in package.rglob("*") if p.is_file()
+    }
+    assert cards <= on_disk.keys()
+    assert record["files"] == {
+        name: digest
+        for name, digest in on_disk.items()
+        if name not in cards | {"assets.extra/smpack.json"}
+    }
+    assert {"saved_model.pb", "fingerprint.pb", "assets/vocab.txt"} <= record["files"].keys()
+
+
+def test_fingerprint_is_tensorflows_own(linear_package: PackageInfo) -> None:
+    package = str(linear_package.path)
+    fingerprint = tf.saved_model.experimental.read_fingerprint(package)
+    # What TF computes for this SavedModel now, UUID aside (TF draws it at random).
+    expected = fingerprint_pb2.FingerprintDef.FromString(
+        fingerprinting.CreateFingerprintDef(package)
+    )
+    assert fingerprint.saved_model_checksum == expected.saved_model_checksum != 0
+    assert fingerprint.graph_def_program_hash == expected.graph_def_program_hash
+    assert fingerprint.signature_def_hash == expected.signature_def_hash
+    assert fingerprint.checkpoint_hash == expected.checkpoint_hash
+    assert fingerprint.version.producer == expected.version.producer
+    written = fingerprint_pb2.FingerprintDef.FromString(
+        (linear_package.path / "fingerprint.pb").read_bytes()
+    )
+    assert written.uuid.isdigit()  # TF's format: a 128-bit number in decimal
+
+
+@pytest.fixture
+def package_copy(text_package: PackageInfo, tmp_path: Path) -> Path:
+    target = tmp_path / "1"
+    shutil.copytree(text_package.path, target)
+    return target
+
+
+def test_untouched_package_has_no_provenance_problems(package_copy: Path) -> None:
+    assert check_provenance(package_copy) == []
+    # The cards are not listed (they embed the other hashes), so rewriting them is allowed.
+    (package_copy / "assets.extra" / "model_card.md").write_text("# edited card\n")
+    assert check_provenance(package_copy) == []
+
+
+def test_tampering_is_reported_file_by_file(package_copy: Path) -> None:
+    data = package_copy / "variables" / "variables.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:-1] + b"\x7f")
+    (package_copy / "assets" / "vocab.txt").unlink()
+    (package_copy / "assets.extra" / "backdoor.py").write_text("import os\n")
+
+    assert check_provenance(package_copy) == [
+        "assets/vocab.txt is missing",
+        "variables/variables.data-00000-of-00001 was modified "
+        "(its sha256 differs from assets.extra/smpack.json)",
+        "assets.extra/backdoor.py was added after the build (not in assets.extra/smpack.json)",
+    ]
+
+
+def test_missing_or_broken_record_is_one_problem(package_copy: Path) -> None:
+    record = package_copy / "assets.extra" / "smpack.json"
+    record.write_text("{not json")
+    assert check_provenance(package_copy) == [
+        "assets.extra/smpack.json is not a valid smpack provenance record"
+    ]
+    record.unlink()
+    assert check_provenance(package_copy) == [
+        "no assets.extra/smpack.json: the package's files cannot be checked"
+    ]
