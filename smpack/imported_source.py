@@ -95,9 +95,8 @@ def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> Impor
     inputs = [_tensor(k, v) for k, v in sorted(signature_def.inputs.items())]
     outputs = [_tensor(k, v) for k, v in sorted(signature_def.outputs.items())]
     graph_def, handles, reads = _cut_variables(graph_def, {_node(t.tensor) for t in inputs}, where)
-    names = _readable_names(
-        {h: node.attr["shared_name"].s.decode() or h for h, node in handles.items()}
-    )
+    in_source = {_shared_name(n) for n in meta_graph.graph_def.node if n.op == "VarHandleOp"}
+    names = _readable_names({h: _shared_name(node) for h, node in handles.items()}, in_source)
     variables = []
     for handle, node in sorted(handles.items(), key=lambda kv: names[kv[0]]):
         if handle not in keys:
@@ -324,20 +323,24 @@ def _through_identities(nodes: dict[str, Any], tensor: str) -> str | None:
         tensor = node.input[0]
 
 
-def _readable_names(shared_names: dict[str, str]) -> dict[str, str]:
-    """Package names: the source's variable names, without suffixes TF added to dedupe them."""
-    names = {}
+def _shared_name(node: Any) -> str:
+    return str(node.attr["shared_name"].s.decode() or node.name)
+
+
+def _readable_names(shared_names: dict[str, str], in_source: set[str]) -> dict[str, str]:
+    """Package names: the source's variable names, minus the `_N` TF appends to a taken name.
+
+    The suffix is dropped only where the source graph also holds the bare name (a Keras
+    export copies each variable, and the copies it reads get `dense/kernel_1`) and no
+    variable of the package has it.
+    """
+    names: dict[str, str] = {}
     for handle, name in shared_names.items():
         match = _UNIQUIFIED.match(name)
-        base = match["base"] if match else name
-        clash = any(other != handle and _base(o) == base for other, o in shared_names.items())
-        names[handle] = name if clash else base
+        base = match["base"] if match else None
+        free = base not in shared_names.values() and base not in names.values()
+        names[handle] = base if base is not None and base in in_source and free else name
     return names
-
-
-def _base(name: str) -> str:
-    match = _UNIQUIFIED.match(name)
-    return match["base"] if match else name
 
 
 def _retype(graph_def: graph_pb2.GraphDef, dtype: tf.DType) -> graph_pb2.GraphDef:
