@@ -90,6 +90,10 @@ def import_tensorflow_quietly() -> None:
         os.dup2(captured.fileno(), 2)
         try:
             import tensorflow as tf
+
+            # The first session would otherwise log a failed cuInit on hosts without a GPU
+            # (at ERROR level, so TF_CPP_MIN_LOG_LEVEL=2 keeps it): probe devices here.
+            tf.config.list_physical_devices()
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)

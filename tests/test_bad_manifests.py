@@ -7,6 +7,7 @@ corpus folder). Models and data they refer to live in `models/` and `data/` besi
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,24 @@ def test_bad_manifest_fails_with_one_line_and_touches_nothing(
     assert result.stderr.splitlines() == [expected_line(case)]
     assert "Traceback" not in result.stderr
     assert tree_state(out) == before
+
+
+def test_a_late_failure_is_one_line_in_a_real_terminal_session(tmp_path: Path) -> None:
+    # CliRunner cannot see what TF's C++ code writes to file descriptor 2; a subprocess
+    # can. This case fails after TensorFlow has run sessions and written the graphs.
+    case = "template_undefined_variable"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SMPACK_DEBUG")}
+    manifest = str(CORPUS / f"{case}.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "smpack", "build", manifest, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [expected_line(case)]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_manifest_mistakes_are_found_before_tensorflow_is_imported() -> None:
