@@ -144,7 +144,9 @@ def _run_graph(
     }
     results: dict[str, Any] = {}
     if any(n.op == "TPUReplicateMetadata" for n in meta_graph.graph_def.node):
-        # No TPU kernels here: run the stored computation with XLA on CPU instead.
+        # No TPU kernels here, so no Session can hold this graph: check the tensor names
+        # against the GraphDef, and run the stored computation with XLA on CPU instead.
+        report.checks.append(_signature_nodes_check(meta_graph))
         for key, signature in sorted(signatures.items()):
             name = f"signature {key} runs{_replaying(warmup, key)} (TPU computation on XLA:CPU)"
             with _check(report, name):
@@ -172,6 +174,22 @@ def _run_graph(
                     feeds = {signature.inputs[k].name: v for k, v in inputs.items()}
                     results.setdefault(key, session.run(fetches, feeds))
     return results
+
+
+def _signature_nodes_check(meta_graph: Any) -> Check:
+    nodes = {node.name for node in meta_graph.graph_def.node}
+    missing = sorted(
+        f"{key}: {info.name}"
+        for key, signature in meta_graph.signature_def.items()
+        if not key.startswith("__saved_model")  # these name operations, not tensors
+        for info in [*signature.inputs.values(), *signature.outputs.values()]
+        if info.name.rpartition(":")[0] not in nodes
+    )
+    return Check(
+        "signature tensors resolve (in the GraphDef)",
+        not missing,
+        f"no such node: {', '.join(missing[:3])}" if missing else "",
+    )
 
 
 # Lines of a TF runtime error that say where, not what ("Graph execution error:", ...).
