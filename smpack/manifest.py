@@ -248,6 +248,8 @@ class Source(_Strict):
 
 # TF Serving's warmup file in assets.extra/, and how many records it reads at most.
 WARMUP_FILE = "tf_serving_warmup_requests"
+# Files every build writes into assets.extra/ (provenance.py, card.py).
+GENERATED_EXTRAS = ("smpack.json", "model_card.md", "model_card.html")
 MAX_WARMUP_RECORDS = 1000
 
 
@@ -566,6 +568,9 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
                 file=path,
                 field=f"assets_extra.{target}",
             )
+        if Path(target).as_posix() in GENERATED_EXTRAS:
+            msg = f"smpack writes assets.extra/{target} itself; give this file another name"
+            raise ManifestError(msg, file=path, field=f"assets_extra.{target}")
         extras[target] = _existing(folder, source, path, f"assets_extra.{target}")
     for index, request in enumerate(spec.warmup):
         for key, file in request.files.items():
