@@ -148,7 +148,11 @@ def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
     if loaded.checkpoint is None:
         return None
     prefix = loaded.checkpoint
-    parts = [(p.name, p) for p in prefix.parent.glob(f"{prefix.name}.*") if p.is_file()]
+    parts = [
+        (p.name, p)
+        for p in prefix.parent.iterdir()
+        if p.name.startswith(f"{prefix.name}.") and p.is_file()
+    ]
     relative = Path(os.path.relpath(prefix, loaded.folder)).as_posix()
     return {"path": relative, "sha256": _tree_sha256(parts)}
 

@@ -107,3 +107,26 @@ def test_missing_or_broken_record_is_one_problem(package_copy: Path) -> None:
     assert check_provenance(package_copy) == [
         "no assets.extra/smpack.json: the package's files cannot be checked"
     ]
+
+
+def test_checkpoint_source_is_recorded_by_its_files(linear_package: PackageInfo, tmp_path) -> None:
+    # The linear package's own checkpoint is a valid starting point for the linear model.
+    src = tmp_path / "src"
+    shutil.copytree(VARIANTS, src)
+    shutil.copytree(linear_package.path / "variables", src / "start")
+    manifest = src / "linear.yaml"
+    manifest.write_text(
+        manifest.read_text().replace(
+            "  python: models/linear.py:model_fn\n",
+            "  python: models/linear.py:model_fn\n  checkpoint: start/variables\n",
+        )
+    )
+    package = smpack.build(manifest, tmp_path / "out").path
+
+    record = json.loads((package / "assets.extra" / "smpack.json").read_text())
+    lines = sorted(f"{p.name}\0{sha256(p)}\n" for p in (src / "start").iterdir())
+    assert record["checkpoint"] == {
+        "path": "start/variables",
+        "sha256": hashlib.sha256("".join(lines).encode()).hexdigest(),
+    }
+    assert check_provenance(package) == []
