@@ -43,6 +43,9 @@ def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
     published = False
     try:
         yield staging
+        # mkdtemp makes the folder private (0700), which would lock out a TF Serving that
+        # runs as another user; the published package gets the mode mkdir would give it.
+        staging.chmod(0o777 & ~_umask())
         _publish(staging, destination)
         published = True
     except OSError as e:
@@ -55,6 +58,13 @@ def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
             for folder in created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_staging(parent: Path, version: str) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import VARIANTS
 from tf_helpers import meta_graph, run_v1, run_v2
 
 import smpack
@@ -79,3 +82,14 @@ def test_missing_checkpoint_is_a_manifest_error(variants_copy: Path, tmp_path: P
     manifest.write_text(CUSTOM.format(checkpoint="checkpoint: ckpt/nothing"))
     with pytest.raises(ManifestError, match="no TF checkpoint at"):
         smpack.build(manifest, tmp_path)
+
+
+def test_published_package_is_readable_by_other_users(tmp_path: Path) -> None:
+    # TF Serving often runs as its own user: the version folder must not stay mkdtemp-private.
+    previous = os.umask(0o022)
+    try:
+        package = smpack.build(VARIANTS / "linear.yaml", tmp_path).path
+    finally:
+        os.umask(previous)
+    assert oct(stat.S_IMODE(package.stat().st_mode)) == oct(0o755)
+
