@@ -108,7 +108,7 @@ MOMENTS = {
         [],
     ),
     "during variable writing": (
-        "{width: 4000000}",  # 16 MB of float32
+        "{width: 12000000}",  # 48 MB of float32: writing takes a good 100 ms
         "",
         lambda out, marker: staged(out, "variables"),
         ["variables"],
