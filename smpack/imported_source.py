@@ -26,9 +26,12 @@ from tensorflow.core.protobuf import (
 )
 
 from smpack.errors import ModelError
+from smpack.manifest import LoadedManifest
 from smpack.model import ModelContext, ModelSpec
 
 _RESOURCE = types_pb2.DT_RESOURCE
+# Ops whose output is (part of) a variable's value, in the variable's own dtype.
+_VARIABLE_READS = ("ReadVariableOp", "ResourceGather", "ResourceGatherNd")
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
 
 
@@ -61,7 +64,7 @@ class ImportedModel:
     inputs: list[SourceTensor]
     outputs: list[SourceTensor]
     variables: list[SourceVariable]
-    reads: dict[str, str]  # read tensor in the flat graph -> package variable name
+    handles: dict[str, str]  # variable handle in the flat graph -> package variable name
     graph_def: graph_pb2.GraphDef
     _retyped: dict[str, graph_pb2.GraphDef] = field(default_factory=dict)
 
@@ -94,7 +97,7 @@ def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> Impor
     graph_def = tf.compat.v1.graph_util.extract_sub_graph(flat, output_nodes)
     inputs = [_tensor(k, v) for k, v in sorted(signature_def.inputs.items())]
     outputs = [_tensor(k, v) for k, v in sorted(signature_def.outputs.items())]
-    graph_def, handles, reads = _cut_variables(graph_def, {_node(t.tensor) for t in inputs}, where)
+    graph_def, handles = _cut_variables(graph_def, {_node(t.tensor) for t in inputs}, where)
     in_source = {_shared_name(n) for n in meta_graph.graph_def.node if n.op == "VarHandleOp"}
     names = _readable_names({h: _shared_name(node) for h, node in handles.items()}, in_source)
     variables = []
@@ -116,26 +119,40 @@ def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> Impor
         inputs=inputs,
         outputs=outputs,
         variables=variables,
-        reads={read: names[handle] for read, handle in reads.items()},
+        handles={f"{handle}:0": names[handle] for handle in handles},
         graph_def=graph_def,
     )
 
 
 def model_function(
-    imported: ImportedModel, loss: Callable[..., Any] | None
+    imported: ImportedModel, loss: Callable[..., Any] | None, loaded: LoadedManifest
 ) -> Callable[[ModelContext], ModelSpec]:
     """A model function replaying `imported` in the variant's graph, with `loss` for training."""
+    has_loop = any(n.op == "Enter" for n in imported.graph_def.node)
 
     def model_fn(ctx: ModelContext) -> ModelSpec:
+        where: dict[str, Any] = {"file": loaded.path, "field": f"variants.{ctx.variant}"}
+        if has_loop and ctx.training:
+            msg = (
+                "cannot train through the source's while loop: TF1 gradients need the loop's "
+                "Python context, which an imported graph lacks (serving variants work)"
+            )
+            raise ModelError(msg, **where)
+        if has_loop and loaded.spec.variants[ctx.variant].on_tpu:
+            msg = (
+                "cannot put the source's while loop inside tpu.rewrite: XLA cannot compile a "
+                "lowered loop (CPU and GPU variants work)"
+            )
+            raise ModelError(msg, **where)
         placeholders = {
             t.key: tf.compat.v1.placeholder(t.dtype, _batched(t.shape, ctx.batch_size), name=t.key)
             for t in imported.inputs
         }
 
         def compute(*tensors: tf.Tensor) -> list[tf.Tensor]:
-            values = {v.name: _variable_value(v, ctx.dtype) for v in imported.variables}
+            variables = {v.name: _variable(v) for v in imported.variables}
             input_map = {t.tensor: x for t, x in zip(imported.inputs, tensors, strict=True)}
-            input_map.update({read: values[name] for read, name in imported.reads.items()})
+            input_map.update({h: variables[name].handle for h, name in imported.handles.items()})
             return tf.graph_util.import_graph_def(
                 imported.graph_def_for(ctx.dtype),
                 input_map=input_map,
@@ -220,36 +237,20 @@ def _restored_keys(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
 
 def _cut_variables(
     graph_def: graph_pb2.GraphDef, inputs: set[str], where: dict[str, Any]
-) -> tuple[graph_pb2.GraphDef, dict[str, Any], dict[str, str]]:
-    """Drop the signature's inputs, variable handles and reads; return the handles and reads.
+) -> tuple[graph_pb2.GraphDef, dict[str, Any]]:
+    """Drop the signature's input placeholders and variable handles; return the handles.
 
-    What is left refers to the dropped reads and inputs by name, and `import_graph_def`
-    connects those names to the variant's own tensors through its `input_map`.
+    What is left refers to them by name, and `import_graph_def` connects those names to the
+    variant's own inputs and variables through its `input_map`. Reads, gathers and control
+    flow on the handles stay exactly as the source wrote them.
     """
-    nodes = {n.name: n for n in graph_def.node}
     handles = {n.name: n for n in graph_def.node if n.op == "VarHandleOp"}
-    reads: dict[str, str] = {}
     dropped = set(handles) | inputs
     for node in graph_def.node:
-        resource_inputs = [
-            i for i in node.input if not i.startswith("^") and _is_resource(nodes, i)
-        ]
-        if node.op == "Identity" and node.attr["T"].type == _RESOURCE:
-            dropped.add(node.name)
-        elif node.op in ("ReadVariableOp", "ResourceGather"):
-            handle = _through_identities(nodes, node.input[0])
-            if handle is None or _node(handle) not in handles:
-                msg = f"cannot import {node.name!r}: it reads a variable not saved with the model"
-                raise ModelError(msg, **where)
-            if node.op == "ReadVariableOp":
-                reads[f"{node.name}:0"] = _node(handle)
-                dropped.add(node.name)
-            else:
-                reads[_whole_read(_node(handle))] = _node(handle)
-        elif resource_inputs:
+        if node.name not in dropped and _creates_resource(node):
             msg = (
-                f"cannot import op {node.name!r} ({node.op}): smpack replays variables only "
-                "through ReadVariableOp and ResourceGather"
+                f"cannot import {node.name!r} ({node.op}): the signature uses a resource other "
+                "than variables (a lookup table?), which smpack does not import"
             )
             raise ModelError(msg, **where)
     flat = graph_pb2.GraphDef()
@@ -263,53 +264,21 @@ def _cut_variables(
         del kept.input[:]
         kept.input.extend(i for i in node.input if not (i.startswith("^") and i[1:] in dropped))
         kept.ClearField("device")
-        if node.op == "ResourceGather":
-            handle = _through_identities(nodes, node.input[0])
-            assert handle is not None  # checked above
-            _as_gather(kept, _whole_read(_node(handle)), flat)
         called.add(kept.op)
     # Functions left after inlining (loop bodies, say) are needed; the rest is dead weight.
     if any(f.signature.name in called for f in graph_def.library.function):
         flat.library.CopyFrom(graph_def.library)
-    return flat, handles, reads
+    return flat, handles
 
 
-def _whole_read(handle: str) -> str:
-    """The name a gather's variable read is fed under (no such node exists in the graph)."""
-    return f"{handle}/smpack_read:0"
+def _creates_resource(node: Any) -> bool:
+    """Whether `node` makes a resource (a table, say) rather than passing one on."""
+    from tensorflow.python.framework import op_def_registry
 
-
-def _as_gather(node: Any, params: str, graph_def: graph_pb2.GraphDef) -> None:
-    """Turn a ResourceGather into a GatherV2 of the whole variable, whose read smpack feeds.
-
-    A read precedes the gather so the variant's precision cast and placement apply to it.
-    """
-    axis = graph_def.node.add()
-    axis.name = f"{node.name}/smpack_axis"
-    axis.op = "Const"
-    axis.attr["dtype"].type = types_pb2.DT_INT32
-    axis.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(node.attr["batch_dims"].i, tf.int32))
-    attrs = node.attr
-    node.op = "GatherV2"
-    node.input[0:1] = [params]
-    node.input.insert(2, axis.name)
-    gather_attrs = {
-        "Tparams": attrs["dtype"].type,
-        "Tindices": attrs["Tindices"].type,
-        "Taxis": types_pb2.DT_INT32,
-    }
-    batch_dims = attrs["batch_dims"].i
-    node.ClearField("attr")
-    for key, value in gather_attrs.items():
-        node.attr[key].type = value
-    node.attr["batch_dims"].i = batch_dims
-
-
-def _is_resource(nodes: dict[str, Any], tensor: str) -> bool:
-    node = nodes.get(_node(tensor))
-    if node is None:
+    op_def = op_def_registry.get(node.op)
+    if op_def is None or any(not i.startswith("^") for i in node.input):
         return False
-    return node.op == "VarHandleOp" or (node.op == "Identity" and node.attr["T"].type == _RESOURCE)
+    return any(arg.type == _RESOURCE for arg in op_def.output_arg)
 
 
 def _through_identities(nodes: dict[str, Any], tensor: str) -> str | None:
@@ -344,11 +313,23 @@ def _readable_names(shared_names: dict[str, str], in_source: set[str]) -> dict[s
 
 
 def _retype(graph_def: graph_pb2.GraphDef, dtype: tf.DType) -> graph_pb2.GraphDef:
-    """The graph computing in `dtype` where it computed in float32: attrs and constants."""
+    """The graph computing in `dtype` where it computed in float32: attrs and constants.
+
+    Variables stay float32 (one checkpoint for every variant): what is read from them is
+    cast right after the read, as smpack's float32-storage getter does for Python models.
+    """
     retyped = graph_pb2.GraphDef()
     retyped.CopyFrom(graph_def)
     target = dtype.as_datatype_enum
+    reads = {
+        n.name
+        for n in retyped.node
+        if n.op in _VARIABLE_READS and n.attr["dtype"].type == types_pb2.DT_FLOAT
+    }
     for node in retyped.node:
+        node.input[:] = [_cast_read(i, reads) for i in node.input]
+        if node.name in reads:
+            continue
         for attr in node.attr.values():
             if attr.WhichOneof("value") == "type" and attr.type == types_pb2.DT_FLOAT:
                 attr.type = target
@@ -359,20 +340,33 @@ def _retype(graph_def: graph_pb2.GraphDef, dtype: tf.DType) -> graph_pb2.GraphDe
             elif attr.WhichOneof("value") == "tensor" and attr.tensor.dtype == types_pb2.DT_FLOAT:
                 value = tf.make_ndarray(attr.tensor).astype(dtype.as_numpy_dtype)
                 attr.tensor.CopyFrom(tf.make_tensor_proto(value, dtype))
+    for name in sorted(reads):
+        cast = retyped.node.add()
+        cast.name, cast.op = f"{name}/smpack_cast", "Cast"
+        cast.input.append(name)
+        cast.attr["SrcT"].type = types_pb2.DT_FLOAT
+        cast.attr["DstT"].type = target
     return retyped
 
 
-def _variable_value(variable: SourceVariable, dtype: tf.DType) -> tf.Tensor:
-    floating = tf.as_dtype(variable.dtype).is_floating
-    value = tf.compat.v1.get_variable(
+def _cast_read(tensor: str, reads: set[str]) -> str:
+    """`tensor`, or the cast of it if it is a float read of a variable."""
+    if tensor.startswith("^") or _node(tensor) not in reads:
+        return tensor
+    if tensor.partition(":")[2] not in ("", "0"):
+        return tensor
+    return f"{_node(tensor)}/smpack_cast"
+
+
+def _variable(variable: SourceVariable) -> Any:
+    return tf.compat.v1.get_variable(
         variable.name,
         variable.shape,
-        dtype if floating else variable.dtype,
+        variable.dtype,  # the checkpoint's dtype; reads are cast to the variant's precision
         # The real values come from the source's checkpoint when the package is written.
         initializer=tf.compat.v1.zeros_initializer(),
-        trainable=floating,
+        trainable=tf.as_dtype(variable.dtype).is_floating,
     )
-    return tf.convert_to_tensor(value)
 
 
 def _batched(

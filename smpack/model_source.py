@@ -59,7 +59,7 @@ def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource
     where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
     imported = load_saved_model(path, signature, where)
     return ModelSource(
-        model_function(imported, _loss(loaded)),
+        model_function(imported, _loss(loaded), loaded),
         checkpoint_keys={v.name: v.checkpoint_key for v in imported.variables},
         checkpoint=imported.checkpoint,
     )

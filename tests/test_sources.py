@@ -81,10 +81,34 @@ def make_tf_module(folder: Path) -> Path:
     return path
 
 
+def make_looping_module(folder: Path) -> Path:
+    """A TF2 model whose function has a tf.cond and a tf.while_loop reading a variable."""
+    import tensorflow as tf
+
+    class Looping(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([3, 3], seed=[9, 9]), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y = tf.cond(tf.reduce_sum(x) > 0, lambda: tf.matmul(x, self.w), lambda: x - 1.0)
+            _, y = tf.while_loop(
+                lambda i, y: i < 3, lambda i, y: (i + 1, tf.tanh(tf.matmul(y, self.w))), [0, y]
+            )
+            return {"y": y}
+
+    module = Looping()
+    path = folder / "looping"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
 @pytest.fixture(scope="module")
 def tf_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tf_source")
     make_tf_module(folder)
+    make_looping_module(folder)
     return folder
 
 
@@ -164,7 +188,7 @@ def test_variable_less_signature(tf_source: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(half, expected, rtol=1e-3)
 
 
-def test_gathers_from_a_variable_become_gathers_from_its_read(tf_source, tmp_path) -> None:
+def test_gathers_straight_from_a_variable(tf_source, tmp_path) -> None:
     source = {"savedmodel": "two_layers", "signature": "lookup"}
     package = smpack.build(write_manifest(tf_source, source, variants=SERVING), tmp_path)
     assert [v.name for v in package.variables] == ["embedding/table"]
@@ -175,7 +199,40 @@ def test_gathers_from_a_variable_become_gathers_from_its_read(tf_source, tmp_pat
     half = run_v1(package.path, ["serve", "gpu"], {"ids": ids})["vectors"]
     np.testing.assert_allclose(half, expected, rtol=1e-3, atol=1e-3)
     nodes = meta_graph(package.path, ["serve", "gpu"]).graph_def.node
-    assert [n.device for n in nodes if n.op == "GatherV2"] == ["/device:GPU:0"]
+    (gather,) = (n for n in nodes if n.op == "ResourceGather")
+    assert gather.device == "/device:GPU:0"
+    # The gathered rows, still float32 like the checkpoint, are cast right after the gather.
+    assert any(
+        n.op == "Cast" and n.input[0] == gather.name and n.attr["DstT"].type == 19 for n in nodes
+    )
+
+
+def test_control_flow_serves_on_cpu_and_gpu(tf_source: Path, tmp_path: Path) -> None:
+    variants = {"cpu": VARIANTS["cpu"], "gpu": VARIANTS["gpu"]}
+    manifest = write_manifest(tf_source, {"savedmodel": "looping"}, variants=variants)
+    package = smpack.build(manifest, tmp_path)
+    for x in (X + 0.5, X - 0.5):  # both branches of the tf.cond
+        expected = source_outputs(tf_source / "looping", "serving_default", x=x)["y"]
+        np.testing.assert_array_equal(run_v1(package.path, ["serve"], {"x": x})["y"], expected)
+        half = run_v1(package.path, ["serve", "gpu"], {"x": x})["y"]
+        np.testing.assert_allclose(half, expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("train", "cannot train through the source's while loop"),
+        ("tpu", "cannot put the source's while loop inside tpu.rewrite"),
+    ],
+)
+def test_loops_refuse_training_and_tpu_in_one_line(tf_source, tmp_path, variant, message) -> None:
+    source = {"savedmodel": "looping", "loss": "mse"}
+    manifest = write_manifest(tmp_path, source, variants={variant: VARIANTS[variant]})
+    shutil.copytree(tf_source / "looping", tmp_path / "looping")
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert f"variants.{variant}: {message}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
