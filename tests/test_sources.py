@@ -104,11 +104,32 @@ def make_looping_module(folder: Path) -> Path:
     return path
 
 
+def make_table_module(folder: Path) -> Path:
+    """A TF2 model whose signature looks words up in a hash table."""
+    import tensorflow as tf
+
+    class Vocabulary(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            init = tf.lookup.KeyValueTensorInitializer(["a", "b"], [0, 1], tf.string, tf.int64)
+            self.table = tf.lookup.StaticHashTable(init, default_value=-1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def predict(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"ids": self.table.lookup(words)}
+
+    module = Vocabulary()
+    path = folder / "vocabulary"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
 @pytest.fixture(scope="module")
 def tf_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tf_source")
     make_tf_module(folder)
     make_looping_module(folder)
+    make_table_module(folder)
     return folder
 
 
@@ -307,6 +328,7 @@ def test_keras_train_step_learns_class_ids(keras_package: PackageInfo) -> None:
             "has no signature 'predict' (signatures: lookup, scaled, serving_default)",
         ),
         ({"keras": "broken.keras"}, "source.keras: cannot load broken.keras with Keras"),
+        ({"savedmodel": "vocabulary"}, "uses a resource other than variables (a lookup table?)"),
         (
             {"savedmodel": "two_layers", "python": "model.py:fn"},
             "give exactly one of python, savedmodel or keras",
@@ -319,6 +341,7 @@ def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -
     folder.mkdir()
     (folder / "empty").mkdir()
     shutil.copytree(tf_source / "two_layers", folder / "two_layers")
+    shutil.copytree(tf_source / "vocabulary", folder / "vocabulary")
     (folder / "broken.keras").write_bytes(b"not a zip file")
     manifest = write_manifest(folder, source, variants=VARIANTS if "loss" in message else SERVING)
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
@@ -371,3 +394,37 @@ def test_c_api_loads_every_cpu_graph(c_loader, package, request) -> None:  # noq
         result = run_c(c_loader, info.path, tag_set)
         assert result.returncode == 0, f"{tag_set}: {result.stderr}"
         assert result.stdout.split() == ["loaded"]
+
+
+@pytest.mark.parametrize(
+    "loss", ["mse", "sparse_categorical_crossentropy", "categorical_crossentropy", "python"]
+)
+def test_train_signature_computes_the_named_loss(keras_source, tmp_path, loss) -> None:
+    import tensorflow as tf
+
+    folder = tmp_path / "project"
+    shutil.copytree(keras_source, folder, ignore=shutil.ignore_patterns("out"))
+    (folder / "losses.py").write_text(
+        "import tensorflow as tf\n\n"
+        "def mean_abs(output, labels):\n"
+        "    return tf.reduce_mean(tf.abs(output - labels))\n"
+    )
+    name = "losses.py:mean_abs" if loss == "python" else loss
+    source = {"keras": "classifier.keras", "loss": name}
+    manifest = write_manifest(folder, source, variants={"train": VARIANTS["train"]})
+    package = smpack.build(manifest, tmp_path / "out")
+
+    probabilities = keras_predictions(keras_source)
+    classes = np.array([0, 1, 2, 1])
+    one_hot = np.eye(3, dtype=np.float32)[classes]
+    expected = {
+        "mse": np.mean((probabilities - one_hot) ** 2),
+        "sparse_categorical_crossentropy": np.mean(-np.log(probabilities[range(4), classes])),
+        "categorical_crossentropy": np.mean(-np.log(probabilities[range(4), classes])),
+        "python": np.mean(np.abs(probabilities - one_hot)),
+    }[loss]
+    labels = classes if loss == "sparse_categorical_crossentropy" else one_hot
+    step = tf.saved_model.load(str(package.path), tags=["train"]).signatures["train"]
+    # The loss a step returns is the one its gradients came from: the model before the step.
+    first = step(features=tf.constant(FEATURES), labels=tf.constant(labels))["loss"]
+    np.testing.assert_allclose(float(first), expected, rtol=1e-5)
