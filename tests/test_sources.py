@@ -298,6 +298,17 @@ def test_keras_variants_match_the_keras_model(keras_source, keras_package) -> No
     np.testing.assert_allclose(half, expected, rtol=1e-2, atol=1e-2)
 
 
+def test_keras_tpu_variant_compiles_with_xla_and_matches(keras_source, keras_package) -> None:
+    from smpack.xla_check import run_tpu_graph_on_cpu
+
+    expected = keras_predictions(keras_source)
+    feeds = {"features": FEATURES}
+    (on_xla,) = run_tpu_graph_on_cpu(
+        keras_package.path, ["serve", "tpu"], "serving_default", feeds
+    ).values()
+    np.testing.assert_allclose(on_xla, expected, rtol=5e-2, atol=2e-2)
+
+
 def test_keras_variable_names_are_layer_paths(keras_package: PackageInfo) -> None:
     names = {v.name for v in keras_package.variables}
     for layer in ("encoder", "bottleneck", "classes"):
