@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -140,3 +141,31 @@ def test_build_fails_when_verify_fails_but_keeps_the_package(
     result = invoke(monkeypatch, [*args, "--force", "--no-verify"])
     assert result.exit_code == 0, result.output
     assert "check" not in result.stdout.replace("checkpoint", "")  # no verify table
+
+
+def test_verify_reports_files_changed_since_the_build(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
+    copy = tmp_path / "linear" / "1"
+    shutil.copytree(linear_package.path, copy)
+    assert verify_package(copy).passed
+    (copy / "assets" / "notes.txt").write_text("slipped in later")
+    index = copy / "variables" / "variables.index"
+    index.write_bytes(index.read_bytes())  # unchanged bytes: not a finding
+    data = copy / "variables" / "variables.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x7f")  # the last float is now inf
+    report = verify_package(copy)
+    [check] = [c for c in report.checks if c.name == "files match assets.extra/smpack.json"]
+    assert not check.passed and not report.passed
+    assert check.detail == (
+        "variables/variables.data-00000-of-00001 was modified (its sha256 differs from "
+        "assets.extra/smpack.json); assets/notes.txt was added after the build (not in "
+        "assets.extra/smpack.json)"
+    )
+
+
+def test_packages_smpack_did_not_build_have_nothing_to_match(
+    second_graph_lacks_variable: Path,
+) -> None:
+    names = [check.name for check in verify_package(second_graph_lacks_variable).checks]
+    assert names == ["tag sets unique"]
