@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +441,27 @@ def test_train_signature_computes_the_named_loss(keras_source, tmp_path, loss) -
     # The loss a step returns is the one its gradients came from: the model before the step.
     first = step(features=tf.constant(FEATURES), labels=tf.constant(labels))["loss"]
     np.testing.assert_allclose(float(first), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("package", ["tf_package", "keras_package"])
+def test_imported_packages_pass_smpack_verify(package, request) -> None:
+    from smpack.verification import verify_package
+
+    report = verify_package(request.getfixturevalue(package).path)
+    assert report.passed, report
+
+
+def test_saved_model_cli_runs_the_imported_gpu_graph(tf_package: PackageInfo) -> None:
+    cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run"]
+    ran = subprocess.run(
+        [
+            *cli,
+            *("--dir", str(tf_package.path), "--tag_set", "serve,gpu"),
+            *("--signature_def", "serving_default", "--input_exprs", "x=[[1.0,0.0,0.0]]"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "Result for output key y:" in ran
