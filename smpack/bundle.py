@@ -4,7 +4,7 @@ A TensorBundle is an index (a LevelDB-format table: tensor name -> dtype, shape,
 offset, size, checksum) and data shards of raw tensor bytes. The model's weights are already
 in the source's shards, so they are hard-linked (or, across file systems, copied once) and a
 new index maps the package's variable names to them. Variables the source lacks (global
-step, optimizer slots) go to one extra shard under the same index. No weight is ever
+step, optimizer slots) go to extra shards under the same index. No weight is ever
 decoded, so memory does not grow with the weights.
 
 A shard mostly holding tensors the package does not need (a Keras export stores each
@@ -32,6 +32,7 @@ from smpack.wire import encode_varint
 _LINK_WHEN_USED = 0.9
 _COPY_CHUNK = 64 << 20
 _MAGIC = 0xDB4775248B80FB57
+_EXTRA_BATCH_BYTES = 256 << 20
 
 
 def read_bundle(prefix: Path) -> tuple[tensor_bundle_pb2.BundleHeaderProto, dict[str, Any]]:
@@ -58,26 +59,40 @@ class StreamingSaver(tf.compat.v1.train.Saver):
     """The Saver `SavedModelBuilder` is given for the graph that writes the variables.
 
     Its restore side, stored in the MetaGraph, is TF's own for every variable; saving
-    streams the source's shards instead of evaluating the model's variables, which are
-    never initialised. The other variables are initialised and saved normally.
+    streams the source's shards instead of evaluating the model's variables. No variable is
+    initialised: the others' initial values (zeros for slots and the global step) are
+    computed and saved a batch at a time, so optimizer slots, as large as the weights they
+    shadow, are never all in memory together.
     """
 
-    def __init__(self, session: tf.compat.v1.Session, source: Path, keys: Mapping[str, str]):
+    def __init__(self, source: Path, keys: Mapping[str, str]):
         super().__init__(sharded=True, write_version=tf.compat.v1.train.SaverDef.V2)
         self._source = source
         self._keys = dict(keys)
         self._fresh = [v for v in tf.compat.v1.global_variables() if v.op.name not in keys]
-        session.run(tf.compat.v1.variables_initializer(self._fresh))
 
     def save(self, sess: tf.compat.v1.Session, save_path: str, *args: Any, **kwargs: Any) -> str:
         prefix = Path(save_path)
-        extra = None
-        if self._fresh:
-            extra = prefix.parent / "smpack_extra"
-            values = sess.run({v.op.name: v for v in self._fresh})
-            _save_values(extra, values)
-        write_variables(prefix, self._source, self._keys, extra)
+        extras: list[Path] = []
+        for batch in _batches(self._fresh, _EXTRA_BATCH_BYTES):
+            extras.append(prefix.parent / f"smpack_extra_{len(extras)}")
+            _save_values(extras[-1], sess.run({v.op.name: v.initial_value for v in batch}))
+        write_variables(prefix, self._source, self._keys, extras)
         return save_path
+
+
+def _batches(variables: list[Any], limit: int) -> list[list[Any]]:
+    """`variables` in order, split into runs of at most `limit` bytes (or one variable)."""
+    batches: list[list[Any]] = []
+    size = 0
+    for variable in variables:
+        nbytes = variable.shape.num_elements() * variable.dtype.base_dtype.size
+        if not batches or size + nbytes > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(variable)
+        size += nbytes
+    return batches
 
 
 def _save_values(prefix: Path, values: Mapping[str, Any]) -> None:
@@ -97,11 +112,11 @@ def _save_values(prefix: Path, values: Mapping[str, Any]) -> None:
 
 
 def write_variables(
-    prefix: Path, source: Path, keys: Mapping[str, str], extra: Path | None
+    prefix: Path, source: Path, keys: Mapping[str, str], extras: list[Path]
 ) -> None:
-    """Write the bundle `prefix`: `keys` (package name -> key in `source`) plus `extra`.
+    """Write the bundle `prefix`: `keys` (package name -> key in `source`) plus `extras`.
 
-    `extra` is a bundle holding the package's other variables; its shards are moved in.
+    `extras` are bundles holding the package's other variables; their shards are moved in.
     """
     header, source_entries = read_bundle(source)
     shards: list[tuple[Path, list[str] | None]] = []  # file, and names to copy (None: link)
@@ -120,12 +135,12 @@ def write_variables(
             entries[name].shard_id = len(shards)
         shards.append((data, None if whole else names))
     extra_shards: list[Path] = []
-    if extra is not None:
+    for extra in extras:
         extra_header, extra_entries = read_bundle(extra)
         for name, entry in extra_entries.items():
-            entry.shard_id += len(shards)
+            entry.shard_id += len(shards) + len(extra_shards)
             entries[name] = entry
-        extra_shards = [
+        extra_shards += [
             _shard_path(extra, i, extra_header.num_shards) for i in range(extra_header.num_shards)
         ]
     total = len(shards) + len(extra_shards)
@@ -137,7 +152,7 @@ def write_variables(
             _copy_ranges(data, target, [entries[n] for n in copied])
     for shard_id, data in enumerate(extra_shards, start=len(shards)):
         data.rename(_shard_path(prefix, shard_id, total))
-    if extra is not None:
+    for extra in extras:
         Path(f"{extra}.index").unlink()
     header.num_shards = total
     items = [(b"", header.SerializeToString())]

@@ -56,7 +56,7 @@ def write_saved_model(
                     saver = None
                     if source.checkpoint is not None and variant_graph.model_variables:
                         keys = _checkpoint_keys(variant_graph, loaded, source)
-                        saver = StreamingSaver(s, source.checkpoint, keys)
+                        saver = StreamingSaver(source.checkpoint, keys)
                     else:
                         s.run(tf.compat.v1.global_variables_initializer())
                     with _disk_errors():
@@ -140,9 +140,7 @@ def _checkpoint_keys(
             raise ManifestError(msg, **where)
         entry = entries[key]
         expected = graph.variables[name]
-        found = VariableSpec(
-            tuple(d.size for d in entry.shape.dim), tf.as_dtype(entry.dtype).name
-        )
+        found = VariableSpec(tuple(d.size for d in entry.shape.dim), tf.as_dtype(entry.dtype).name)
         if found != expected:
             msg = (
                 f"checkpoint variable {key!r} is {_describe(found)}, the model's is "

@@ -364,7 +364,7 @@ def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -
     assert not (tmp_path / "out" / "imported").exists()
 
 
-def test_weights_are_linked_from_the_source_not_rewritten(tmp_path: Path) -> None:
+def save_wide_model(path: Path) -> Any:
     import tensorflow as tf
 
     class Wide(tf.Module):
@@ -377,7 +377,12 @@ def test_weights_are_linked_from_the_source_not_rewritten(tmp_path: Path) -> Non
             return {"y": tf.matmul(x, self.w)}
 
     wide = Wide()
-    tf.saved_model.save(wide, str(tmp_path / "wide"), signatures={"serving_default": wide.predict})
+    tf.saved_model.save(wide, str(path), signatures={"serving_default": wide.predict})
+    return wide
+
+
+def test_weights_are_linked_from_the_source_not_rewritten(tmp_path: Path) -> None:
+    wide = save_wide_model(tmp_path / "wide")
     variants = {
         "cpu": VARIANTS["cpu"],
         "train": {**VARIANTS["train"], "optimizer": {"name": "adam", "learning_rate": 0.01}},
@@ -465,3 +470,23 @@ def test_saved_model_cli_runs_the_imported_gpu_graph(tf_package: PackageInfo) ->
         timeout=120,
     ).stdout
     assert "Result for output key y:" in ran
+
+
+def test_slots_are_saved_a_batch_at_a_time_in_shards_of_their_own(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import smpack.bundle
+
+    # One variable per batch: the slots (m, v), beta powers and global step, five shards.
+    monkeypatch.setattr(smpack.bundle, "_EXTRA_BATCH_BYTES", 1)
+    save_wide_model(tmp_path / "wide")
+    adam = {"name": "adam", "learning_rate": 0.01}
+    variants = {"cpu": VARIANTS["cpu"], "train": {**VARIANTS["train"], "optimizer": adam}}
+    manifest = write_manifest(tmp_path, {"savedmodel": "wide", "loss": "mse"}, variants=variants)
+    package = smpack.build(manifest, tmp_path / "out")
+    shards = sorted((package.path / "variables").glob("variables.data-*"))
+    assert len(shards) == 6
+    step = tf.saved_model.load(str(package.path), tags=["train"]).signatures["train"]
+    x = tf.constant(np.eye(4, 256, dtype=np.float32))
+    losses = [float(step(x=x, labels=tf.zeros([4, 256]))["loss"]) for _ in range(5)]
+    assert losses[-1] < losses[0]
