@@ -158,7 +158,9 @@ def _call_model(
         raise
     except Exception as e:
         model = f"model function {loaded.function_name!r}" if loaded.python_file else "importing"
-        msg = f"{model} raised {type(e).__name__}: {e} (building variant {ctx.variant!r})"
+        # TF errors run over several lines (NodeDef, op signature); the first says what failed.
+        first = next(iter(str(e).strip().splitlines()), "")
+        msg = f"{model} raised {type(e).__name__}: {first} (building variant {ctx.variant!r})"
         raise ModelError(
             msg,
             file=loaded.python_file or loaded.path,

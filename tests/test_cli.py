@@ -66,6 +66,10 @@ def test_force_replaces_and_as_text_writes_pbtxt(tmp_path: Path) -> None:
             "def model_fn(ctx):\n    raise RuntimeError('no weights here')\n",
             "model function 'model_fn' raised RuntimeError: no weights here",
         ),
+        (
+            "def model_fn(ctx):\n    raise ValueError('what failed\\nNodeDef: details')\n",
+            "raised ValueError: what failed (building variant",
+        ),
         ("def model_fn(ctx):\n    return 42\n", "returned int, expected smpack.ModelSpec"),
         ("def other(ctx): ...\n", "has no function 'model_fn'"),
     ],

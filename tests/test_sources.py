@@ -126,12 +126,38 @@ def make_table_module(folder: Path) -> Path:
     return path
 
 
+def make_batch_norm_module(folder: Path) -> Path:
+    """A TF2 model with a fused batch norm, an op whose statistics must stay float32."""
+    import tensorflow as tf
+
+    class Normalized(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gamma = tf.Variable([1.5, 0.5, 2.0], name="bn/gamma")
+            self.beta = tf.Variable([0.1, 0.2, 0.3], name="bn/beta")
+            self.mean = tf.Variable([0.5, -0.5, 0.0], name="bn/moving_mean")
+            self.variance = tf.Variable([2.0, 0.5, 1.0], name="bn/moving_variance")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2, 2, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, self.mean, self.variance, is_training=False
+            )
+            return {"y": y}
+
+    module = Normalized()
+    path = folder / "normalized"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
 @pytest.fixture(scope="module")
 def tf_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tf_source")
     make_tf_module(folder)
     make_looping_module(folder)
     make_table_module(folder)
+    make_batch_norm_module(folder)
     return folder
 
 
@@ -256,6 +282,24 @@ def test_loops_refuse_training_and_tpu_in_one_line(tf_source, tmp_path, variant,
     assert result.exit_code == 2
     assert f"variants.{variant}: {message}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fused_batch_norm_keeps_float32_statistics(tf_source: Path, tmp_path: Path) -> None:
+    from smpack.xla_check import run_tpu_graph_on_cpu
+
+    manifest = write_manifest(tf_source, {"savedmodel": "normalized"}, variants=SERVING)
+    package = smpack.build(manifest, tmp_path)
+    x = np.linspace(-3, 3, 24, dtype=np.float32).reshape(2, 2, 2, 3)
+    x = np.concatenate([x, x])  # the TPU variant's static batch of 4
+    expected = source_outputs(tf_source / "normalized", "serving_default", x=x)["y"]
+    np.testing.assert_array_equal(run_v1(package.path, ["serve"], {"x": x})["y"], expected)
+    half = run_v1(package.path, ["serve", "gpu"], {"x": x})["y"]
+    np.testing.assert_allclose(half, expected, rtol=1e-2, atol=1e-2)
+    on_xla = run_tpu_graph_on_cpu(package.path, ["serve", "tpu"], "serving_default", {"x": x})
+    np.testing.assert_allclose(on_xla["y"], expected, rtol=5e-2, atol=5e-2)
+    nodes = meta_graph(package.path, ["serve", "gpu"]).graph_def.node
+    (norm,) = (n for n in nodes if n.op == "FusedBatchNormV3")
+    assert (norm.attr["T"].type, norm.attr["U"].type) == (19, 1)  # half x, float32 statistics
 
 
 @pytest.fixture(scope="module")
