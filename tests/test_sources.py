@@ -355,6 +355,40 @@ def test_keras_tpu_variant_compiles_with_xla_and_matches(keras_source, keras_pac
     np.testing.assert_allclose(on_xla, expected, rtol=5e-2, atol=2e-2)
 
 
+def test_keras_convolution_batch_norm_dropout_embedding(tmp_path: Path) -> None:
+    import keras
+
+    from smpack.xla_check import run_tpu_graph_on_cpu
+
+    keras.utils.set_random_seed(1)
+    image = keras.Input((8, 8, 3), name="image")
+    words = keras.Input((6,), dtype="int32", name="words")
+    seen = keras.layers.Conv2D(4, 3, activation="relu")(image)
+    seen = keras.layers.BatchNormalization()(seen)
+    seen = keras.layers.Dropout(0.5)(seen)
+    seen = keras.layers.GlobalAveragePooling2D()(seen)
+    read = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 4)(words))
+    joined = keras.layers.Concatenate()([seen, read])
+    scores = keras.layers.Dense(3, activation="softmax")(joined)
+    model = keras.Model([image, words], scores)
+    model.save(tmp_path / "captioned.keras")
+    manifest = write_manifest(tmp_path, {"keras": "captioned.keras"}, variants=SERVING)
+    package = smpack.build(manifest, tmp_path / "out")
+
+    random = np.random.RandomState(0)
+    feeds = {
+        "image": random.rand(4, 8, 8, 3).astype(np.float32),
+        "words": random.randint(0, 50, (4, 6)).astype(np.int32),
+    }
+    expected = np.asarray(model([feeds["image"], feeds["words"]]))
+    (serve,) = run_v1(package.path, ["serve"], feeds).values()
+    np.testing.assert_allclose(serve, expected, rtol=1e-6, atol=1e-7)
+    (half,) = run_v1(package.path, ["serve", "gpu"], feeds).values()
+    np.testing.assert_allclose(half, expected, rtol=1e-2, atol=1e-2)
+    tpu = run_tpu_graph_on_cpu(package.path, ["serve", "tpu"], "serving_default", feeds)
+    np.testing.assert_allclose(next(iter(tpu.values())), expected, rtol=5e-2, atol=2e-2)
+
+
 def test_keras_variable_names_are_layer_paths(keras_package: PackageInfo) -> None:
     names = {v.name for v in keras_package.variables}
     for layer in ("encoder", "bottleneck", "classes"):
