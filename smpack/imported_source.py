@@ -1,11 +1,12 @@
 """A TF2 SavedModel's signature as an smpack model: its own function graph, replayed per variant.
 
 The signature's function (and every function it calls) is inlined by Grappler into one flat
-GraphDef. Its variable handles are cut out: each read of a source variable becomes a read of
-a package variable created by smpack inside `ctx.compute`, so the variant's placement,
-precision, XLA mark and `tpu.rewrite` apply to the imported computation exactly as to a
-Python model's. Which checkpoint key each variable restores from is read from the source's
-own restore function, the mapping TF's loaders use.
+GraphDef. Its variable handles are cut out and fed, when the graph is imported inside
+`ctx.compute`, the handles of package variables smpack creates there, so the variant's
+placement, precision (the graph retyped, each read cast, the checkpoint kept float32), XLA
+mark and `tpu.rewrite` apply to the imported computation exactly as to a Python model's.
+Which checkpoint key each variable restores from is read from the source's own restore
+function, the mapping TF's loaders use.
 """
 
 from __future__ import annotations
