@@ -8,7 +8,6 @@ with smpack's own protobuf messages, and from the files themselves.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.resources
 import json
@@ -24,6 +23,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from jinja2.sandbox import SandboxedEnvironment
 
 from smpack.card_spec import CardSpec
+from smpack.digests import file_sha256
 from smpack.errors import ManifestError
 from smpack.manifest import card_format
 from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, read_package
@@ -333,9 +333,7 @@ def _files(root: Path) -> list[dict[str, Any]]:
         relative = path.relative_to(root).as_posix()
         if not path.is_file() or relative in cards:
             continue
-        with path.open("rb") as stream:
-            digest = hashlib.file_digest(stream, "sha256").hexdigest()
-        files.append({"path": relative, "bytes": path.stat().st_size, "sha256": digest})
+        files.append({"path": relative, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
     return files
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smpack import __version__
+from smpack.digests import file_sha256
 from smpack.errors import PackageError
 from smpack.manifest import LoadedManifest
 
@@ -73,10 +74,10 @@ def write_fingerprint(export_dir: Path) -> None:
     (export_dir / FINGERPRINT_FILE).write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
-def package_files(export_dir: Path) -> dict[str, str]:
+def package_files(export_dir: Path, *, cached: bool = True) -> dict[str, str]:
     """sha256 of every file of the package that smpack.json lists, by relative path."""
     return {
-        relative: _sha256(path)
+        relative: file_sha256(path, cached=cached)
         for relative, path in _files(export_dir)
         if relative not in _UNLISTED
     }
@@ -98,7 +99,7 @@ def check_provenance(export_dir: str | Path) -> list[str]:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return [f"{PROVENANCE_FILE} is not a valid smpack provenance record"]
-    found = package_files(export_dir)
+    found = package_files(export_dir, cached=False)
     problems = []
     for relative, digest in sorted(listed.items()):
         if relative not in found:
@@ -118,19 +119,11 @@ def _files(folder: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(folder).as_posix(), path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _tree_sha256(paths: list[tuple[str, Path]]) -> str:
     """One sha256 for several files: over their relative names and contents' hashes."""
     digest = hashlib.sha256()
     for relative, path in sorted(paths):
-        digest.update(f"{relative}\0{_sha256(path)}\n".encode())
+        digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -141,7 +134,7 @@ def _described(path: Path | None, folder: Path) -> dict[str, str] | None:
     relative = os.path.relpath(path, folder)
     if path.is_dir():
         return {"path": Path(relative).as_posix() + "/", "sha256": _tree_sha256(list(_files(path)))}
-    return {"path": Path(relative).as_posix(), "sha256": _sha256(path)}
+    return {"path": Path(relative).as_posix(), "sha256": file_sha256(path)}
 
 
 def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
