@@ -10,7 +10,7 @@ extensions, each marked below: `Dataset.split`, `ModelParameters.task`,
 from __future__ import annotations
 
 import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,7 +30,15 @@ class _Strict(BaseModel):
 
 
 class _StringShorthand(_Strict):
-    """A model that a manifest may also write as a bare string (its one required field)."""
+    """A model that a manifest may also write as a bare string, meaning its one required
+    field: `users: [data scientists]` instead of a list of mappings."""
+
+    _shorthand_for: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_means_field(cls, value: Any) -> Any:
+        return {cls._shorthand_for: value} if isinstance(value, str) else value
 
     @classmethod
     def __get_pydantic_json_schema__(
@@ -41,13 +49,8 @@ class _StringShorthand(_Strict):
 
 
 class _Described(_StringShorthand):
+    _shorthand_for = "description"
     description: str
-
-    @model_validator(mode="before")
-    @classmethod
-    def _string_means_description(cls, value: Any) -> Any:
-        # Lets a manifest write `users: [data scientists]` instead of a list of mappings.
-        return {"description": value} if isinstance(value, str) else value
 
 
 class Owner(_Strict):
@@ -76,12 +79,8 @@ class License(_Strict):
 
 
 class Reference(_StringShorthand):
+    _shorthand_for = "reference"
     reference: str
-
-    @model_validator(mode="before")
-    @classmethod
-    def _string_means_reference(cls, value: Any) -> Any:
-        return {"reference": value} if isinstance(value, str) else value
 
 
 class Citation(_Strict):
