@@ -25,6 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from smpack.card_spec import CardSpec
 from smpack.digests import file_sha256
 from smpack.errors import ManifestError
+from smpack.layout import ASSETS_EXTRA, CARD_FILES
 from smpack.manifest import card_format
 from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, read_package
 from smpack.protos import read_saved_model
@@ -32,7 +33,6 @@ from smpack.protos import read_saved_model
 # The names a build writes cards under in assets.extra/. A card leaves them out of its asset
 # and file lists: it cannot hold its own hash, and a card rendered before or after the cards
 # are written must come out the same.
-CARD_FILES = ("model_card.md", "model_card.html")
 
 # Jinja2 names the frames it fakes for template code like this; other frames are Python.
 _TEMPLATE_FRAMES = re.compile(r"^(top-level template code|template|block '.*')$")
@@ -130,13 +130,13 @@ def write_cards(
     keeps the built-in one. Returns the files written.
     """
     info = read_package(export_dir)
-    (export_dir / "assets.extra").mkdir(exist_ok=True)
+    (export_dir / ASSETS_EXTRA).mkdir(exist_ok=True)
     written = []
     formats: tuple[Literal["md", "html"], ...] = ("md", "html")
     for fmt in formats:
         chosen = template if template is not None and card_format(template) == fmt else None
         text = render_card(info, spec, fmt=fmt, template=chosen, name=name, version=version)
-        target = export_dir / "assets.extra" / f"model_card.{fmt}"
+        target = export_dir / ASSETS_EXTRA / f"model_card.{fmt}"
         target.write_text(text, encoding="utf-8")
         written.append(target)
     return written
@@ -327,7 +327,7 @@ def _parameter_count(saved_model: Any, info: PackageInfo) -> int | None:
 
 
 def _files(root: Path) -> list[dict[str, Any]]:
-    cards = {f"assets.extra/{card}" for card in CARD_FILES}
+    cards = {f"{ASSETS_EXTRA}/{card}" for card in CARD_FILES}
     files = []
     for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
         relative = path.relative_to(root).as_posix()

@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from smpack.card import CARD_FILES
 from smpack.errors import PackageError
+from smpack.layout import CARD_FILES
 from smpack.staging import staged_directory
 
 

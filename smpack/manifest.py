@@ -25,6 +25,7 @@ from pydantic import (
 
 from smpack.card_spec import CardSpec
 from smpack.errors import ManifestError
+from smpack.layout import PACKAGE_DESCRIPTIONS, WARMUP_FILE
 
 SCHEMA_VERSION = 1
 
@@ -247,9 +248,7 @@ class Source(_Strict):
 
 
 # TF Serving's warmup file in assets.extra/, and how many records it reads at most.
-WARMUP_FILE = "tf_serving_warmup_requests"
 # Files every build writes into assets.extra/ (provenance.py, card.py).
-GENERATED_EXTRAS = ("smpack.json", "model_card.md", "model_card.html")
 MAX_WARMUP_RECORDS = 1000
 
 
@@ -568,7 +567,7 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
                 file=path,
                 field=f"assets_extra.{target}",
             )
-        if Path(target).as_posix() in GENERATED_EXTRAS:
+        if Path(target).as_posix() in PACKAGE_DESCRIPTIONS:
             msg = f"smpack writes assets.extra/{target} itself; give this file another name"
             raise ManifestError(msg, file=path, field=f"assets_extra.{target}")
         extras[target] = _existing(folder, source, path, f"assets_extra.{target}")

@@ -15,12 +15,11 @@ from google.protobuf.message import DecodeError
 
 from smpack.checkpoint_index import read_checkpoint_index
 from smpack.errors import PackageError
+from smpack.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
 from smpack.protos import DTYPES, FingerprintDef, read_saved_model
 
 _HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}  # DataType enum values
 _FLOATS = {1: "float32", 2: "float64", 14: "bfloat16", 19: "float16"}
-# Where TF Serving looks for warmup requests (a TFRecord file of PredictionLogs).
-WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 @dataclass(frozen=True)
@@ -108,15 +107,15 @@ def read_package(export_dir: str | Path) -> PackageInfo:
             VariableInfo(entry.name, entry.shape, entry.dtype, entry.size)
             for entry in read_checkpoint_index(variables_prefix).entries
         )
-    warmup = export_dir / "assets.extra" / WARMUP_FILE
+    warmup = export_dir / ASSETS_EXTRA / WARMUP_FILE
     return PackageInfo(
         path=export_dir,
         graphs=tuple(_graph_info(meta_graph) for meta_graph in saved_model.meta_graphs),
         variables=variables,
         variables_bytes=_size(export_dir / "variables"),
         assets=_files(export_dir / "assets"),
-        assets_extra=_files(export_dir / "assets.extra"),
-        fingerprint=_fingerprint(export_dir / "fingerprint.pb"),
+        assets_extra=_files(export_dir / ASSETS_EXTRA),
+        fingerprint=_fingerprint(export_dir / FINGERPRINT_FILE),
         warmup_requests=count_tfrecords(warmup) if warmup.is_file() else None,
         saved_model_file="saved_model.pb"
         if (export_dir / "saved_model.pb").is_file()

@@ -24,13 +24,12 @@ from typing import Any
 from smpack import __version__
 from smpack.digests import file_sha256
 from smpack.errors import PackageError
+from smpack.layout import ASSETS_EXTRA, FINGERPRINT_FILE, PACKAGE_DESCRIPTIONS, PROVENANCE_FILE
 from smpack.manifest import LoadedManifest
 
-PROVENANCE_FILE = "assets.extra/smpack.json"
-FINGERPRINT_FILE = "fingerprint.pb"
-# The cards embed the hashes of every other file, so they are written after smpack.json
-# and cannot be listed in it.
-_UNLISTED = (PROVENANCE_FILE, "assets.extra/model_card.md", "assets.extra/model_card.html")
+RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
+# The record cannot hash itself, and the cards, written after it, embed every other hash.
+_UNLISTED = tuple(f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS)
 
 
 def write_provenance(export_dir: Path, loaded: LoadedManifest) -> None:
@@ -49,7 +48,7 @@ def write_provenance(export_dir: Path, loaded: LoadedManifest) -> None:
         "checkpoint": _checkpoint(loaded),
         "files": package_files(export_dir),
     }
-    target = export_dir / PROVENANCE_FILE
+    target = export_dir / RECORD_PATH
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -90,24 +89,24 @@ def check_provenance(export_dir: str | Path) -> list[str]:
     A package without smpack.json (not built by smpack) yields one problem saying so.
     """
     export_dir = Path(export_dir)
-    record_path = export_dir / PROVENANCE_FILE
+    record_path = export_dir / RECORD_PATH
     if not record_path.is_file():
-        return [f"no {PROVENANCE_FILE}: the package's files cannot be checked"]
+        return [f"no {RECORD_PATH}: the package's files cannot be checked"]
     try:
         listed = json.loads(record_path.read_text(encoding="utf-8"))["files"]
         if not isinstance(listed, dict):
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        return [f"{PROVENANCE_FILE} is not a valid smpack provenance record"]
+        return [f"{RECORD_PATH} is not a valid smpack provenance record"]
     found = package_files(export_dir, cached=False)
     problems = []
     for relative, digest in sorted(listed.items()):
         if relative not in found:
             problems.append(f"{relative} is missing")
         elif found[relative] != digest:
-            problems.append(f"{relative} was modified (its sha256 differs from {PROVENANCE_FILE})")
+            problems.append(f"{relative} was modified (its sha256 differs from {RECORD_PATH})")
     problems += [
-        f"{relative} was added after the build (not in {PROVENANCE_FILE})"
+        f"{relative} was added after the build (not in {RECORD_PATH})"
         for relative in sorted(found.keys() - listed.keys())
     ]
     return problems

@@ -19,7 +19,7 @@ import tensorflow as tf
 from smpack.checkpoint_index import read_checkpoint_index
 from smpack.package_info import read_package
 from smpack.protos import DTYPES, read_saved_model
-from smpack.provenance import PROVENANCE_FILE, check_provenance
+from smpack.provenance import RECORD_PATH, check_provenance
 from smpack.warmup import read_warmup_requests
 from smpack.xla_check import run_tpu_graph_on_cpu
 
@@ -75,11 +75,11 @@ def verify_package(export_dir: str | Path) -> VerifyReport:
             f"repeated: {'; '.join(duplicates)}" if duplicates else "",
         ),
     ]
-    if (export_dir / PROVENANCE_FILE).is_file():
+    if (export_dir / RECORD_PATH).is_file():
         # Only smpack's packages carry the record; any other SavedModel has nothing to match.
         problems = check_provenance(export_dir)
         package_checks.append(
-            Check(f"files match {PROVENANCE_FILE}", not problems, "; ".join(problems[:3]))
+            Check(f"files match {RECORD_PATH}", not problems, "; ".join(problems[:3]))
         )
     checkpoint = _checkpoint_specs(export_dir)
     infos = read_package(export_dir).graphs

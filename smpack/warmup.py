@@ -24,7 +24,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
 from smpack.errors import ManifestError
-from smpack.manifest import METHODS, WARMUP_FILE, LoadedManifest, WarmupRequest
+from smpack.layout import ASSETS_EXTRA, WARMUP_FILE
+from smpack.manifest import METHODS, LoadedManifest, WarmupRequest
 from smpack.wire import length_delimited, message_fields
 
 _CLASSIFY_LOG, _REGRESS_LOG, _PREDICT_LOG = 2, 3, 6  # PredictionLog oneof fields
@@ -61,7 +62,7 @@ def warmup_records(
 
 def write_warmup_file(export_dir: Path, records: Iterable[bytes]) -> None:
     """Write the records as assets.extra/tf_serving_warmup_requests."""
-    folder = export_dir / "assets.extra"
+    folder = export_dir / ASSETS_EXTRA
     folder.mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(folder / WARMUP_FILE)) as writer:
         for record in records:
@@ -75,7 +76,7 @@ def read_warmup_requests(export_dir: Path) -> dict[str, list[dict[str, np.ndarra
     tf.Examples serialized into the signature's one `inputs` key, as TF Serving feeds them.
     No warmup file means no requests.
     """
-    path = export_dir / "assets.extra" / WARMUP_FILE
+    path = export_dir / ASSETS_EXTRA / WARMUP_FILE
     requests: dict[str, list[dict[str, np.ndarray]]] = {}
     if not path.is_file():
         return requests

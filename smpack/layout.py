@@ -1,0 +1,12 @@
+"""The files smpack itself writes into a package, named once for every module that writes,
+reads, lists or skips them."""
+
+ASSETS_EXTRA = "assets.extra"
+# In assets.extra/: TF Serving's warmup requests, and the files that describe the whole
+# package (an extracted single graph must not carry them).
+WARMUP_FILE = "tf_serving_warmup_requests"
+PROVENANCE_FILE = "smpack.json"
+CARD_FILES = ("model_card.md", "model_card.html")
+PACKAGE_DESCRIPTIONS = (PROVENANCE_FILE, *CARD_FILES)
+# At the package's top level, as TF 2.x writes it.
+FINGERPRINT_FILE = "fingerprint.pb"
