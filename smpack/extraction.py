@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from smpack.errors import PackageError
-from smpack.layout import CARD_FILES
+from smpack.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
 from smpack.staging import staged_directory
 
 
@@ -59,15 +59,20 @@ def extract_graph(
 
     with staged_directory(out, force) as staging:
         (staging / "saved_model.pb").write_bytes(standalone.SerializeToString(deterministic=True))
-        # The package's model cards describe all of its graphs, not this one.
-        skip_cards = shutil.ignore_patterns(*CARD_FILES)
-        for folder in ("variables", "assets", "assets.extra"):
+        # The cards and smpack.json describe the whole package (all its graphs, its own
+        # saved_model.pb), so a single extracted graph does not carry them.
+        extra = export_dir / ASSETS_EXTRA
+
+        def descriptions(folder: str, names: list[str]) -> list[str]:
+            return [n for n in names if Path(folder) == extra and n in PACKAGE_DESCRIPTIONS]
+
+        for folder in ("variables", "assets", ASSETS_EXTRA):
             if (export_dir / folder).is_dir():
                 shutil.copytree(
                     export_dir / folder,
                     staging / folder,
                     copy_function=_link_or_copy,
-                    ignore=skip_cards if folder == "assets.extra" else None,
+                    ignore=descriptions,
                 )
     return out
 

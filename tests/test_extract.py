@@ -12,6 +12,7 @@ from rich_golden import invoke
 from tf_helpers import run_v1
 
 from smpack.package_info import PackageInfo, read_package
+from smpack.verification import verify_package
 
 
 def test_serve_variant_round_trips_through_tflite(
@@ -49,8 +50,9 @@ def test_gpu_variant_standalone_with_devices_cleared(
     assert graph.devices == ()
     assert (graph.precision, graph.xla) == ("float16", True)  # only placement is dropped
     assert info.variables == linear_package.variables
-    # The package's cards describe all four graphs, not this one.
-    assert not {"model_card.md", "model_card.html"} & set(info.assets_extra)
+    # The package's cards and smpack.json describe all four graphs, not this one.
+    assert not {"model_card.md", "model_card.html", "smpack.json"} & set(info.assets_extra)
+    assert verify_package(out).passed
     data = "variables/variables.data-00000-of-00001"
     assert os.stat(out / data).st_ino == os.stat(linear_package.path / data).st_ino
     assert run_v1(out, ["serve"], {"input": [2.0]})["output"].tolist() == [3.0]
