@@ -76,10 +76,5 @@ def build_and_verify(
     from smpack.verification import verify_package
 
     report = verify_package(info.path)
-    failed = [
-        f"{graph.tag_set}: {check.name}: {check.detail}"
-        for graph in report.graphs
-        for check in graph.checks
-        if not check.passed
-    ] + [f"(package): {c.name}: {c.detail}" for c in report.checks if not c.passed]
+    failed = [f"{label}: {c.name}: {c.detail}" for label, c in report.rows() if not c.passed]
     return BuildOutcome(manifest, info.path, tag_sets, failed_checks=tuple(failed), verified=True)

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from smpack.checkpoint_index import read_checkpoint_index
 from smpack.package_info import read_package
 from smpack.protos import DTYPES, read_saved_model
 from smpack.provenance import RECORD_PATH, check_provenance
@@ -61,6 +60,14 @@ class VerifyReport:
     def passed(self) -> bool:
         return all(c.passed for c in self.checks) and all(g.passed for g in self.graphs)
 
+    def rows(self) -> Iterator[tuple[str, Check]]:
+        """Every check with what it is about: "(package)", then each graph's tag set."""
+        for check in self.checks:
+            yield "(package)", check
+        for graph in self.graphs:
+            for check in graph.checks:
+                yield graph.tag_set, check
+
 
 def verify_package(export_dir: str | Path) -> VerifyReport:
     """Check every MetaGraph of the SavedModel at `export_dir`; never raises for a bad graph."""
@@ -81,11 +88,11 @@ def verify_package(export_dir: str | Path) -> VerifyReport:
         package_checks.append(
             Check(f"files match {RECORD_PATH}", not problems, "; ".join(problems[:3]))
         )
-    checkpoint = _checkpoint_specs(export_dir)
-    infos = read_package(export_dir).graphs
+    package = read_package(export_dir)
+    checkpoint = {v.name: (v.dtype, v.shape) for v in package.variables}
     warmup = read_warmup_requests(export_dir)
     reports, outputs = [], {}
-    for meta_graph, info in zip(saved_model.meta_graphs, infos, strict=True):
+    for meta_graph, info in zip(saved_model.meta_graphs, package.graphs, strict=True):
         report = GraphReport(info.tag_set)
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
@@ -94,13 +101,6 @@ def verify_package(export_dir: str | Path) -> VerifyReport:
         reports.append(report)
     _compare_with_float32(outputs, reports)
     return VerifyReport(export_dir, package_checks, reports)
-
-
-def _checkpoint_specs(export_dir: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    prefix = export_dir / "variables" / "variables"
-    if not Path(f"{prefix}.index").is_file():
-        return {}
-    return {e.name: (e.dtype, e.shape) for e in read_checkpoint_index(prefix).entries}
 
 
 def _variables_check(meta_graph: Any, checkpoint: dict[str, tuple[str, tuple[int, ...]]]) -> Check:

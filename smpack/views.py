@@ -106,13 +106,11 @@ def verify_view(report: VerifyReport) -> Group:
     table = Table(title=f"{report.path}", title_justify="left")
     for column in ("tag set", "check", "result"):
         table.add_column(column, overflow="fold")
-    for check in report.checks:
-        table.add_row("(package)", check.name, _verdict(check.passed, check.detail))
-    for graph in report.graphs:
-        for check in graph.checks:
-            table.add_row(graph.tag_set, check.name, _verdict(check.passed, check.detail))
-    failed = ["(package)"] if not all(c.passed for c in report.checks) else []
-    failed += [g.tag_set for g in report.graphs if not g.passed]
+    failed: list[str] = []
+    for label, check in report.rows():
+        table.add_row(label, check.name, _verdict(check.passed, check.detail))
+        if not check.passed and label not in failed:
+            failed.append(label)
     verdict = (
         Text(f"pass: all checks of {_count(len(report.graphs), 'graph')}")
         if report.passed
