@@ -59,6 +59,8 @@ METHODS = {
     "classify": "tensorflow/serving/classify",
     "regress": "tensorflow/serving/regress",
 }
+# The TF Serving methods whose requests carry serialized tf.Examples, under input "inputs".
+EXAMPLE_METHODS = (METHODS["classify"], METHODS["regress"])
 
 
 class _Strict(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from smpack.manifest import EXAMPLE_METHODS, METHODS
 from smpack.package_info import read_package
 from smpack.protos import DTYPES, read_saved_model
 from smpack.provenance import RECORD_PATH, check_provenance
@@ -25,12 +26,6 @@ from smpack.xla_check import run_tpu_graph_on_cpu
 # How far a lower-precision variant's outputs may stray from the float32 graph's.
 TOLERANCES = {"float32": (1e-5, 1e-6), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)}
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_EXAMPLE_METHODS = ("tensorflow/serving/classify", "tensorflow/serving/regress")
-_SERVING_METHODS = (
-    "tensorflow/serving/predict",
-    "tensorflow/serving/classify",
-    "tensorflow/serving/regress",
-)
 
 
 @dataclass(frozen=True)
@@ -147,7 +142,7 @@ def _run_graph(
     """
     tags = list(meta_graph.meta_info_def.tags)
     signatures = {
-        k: s for k, s in meta_graph.signature_def.items() if s.method_name in _SERVING_METHODS
+        k: s for k, s in meta_graph.signature_def.items() if s.method_name in METHODS.values()
     }
     results: dict[str, Any] = {}
     if any(n.op == "TPUReplicateMetadata" for n in meta_graph.graph_def.node):
@@ -233,7 +228,7 @@ def _inputs(signature: Any) -> dict[str, np.ndarray]:
         info = signature.inputs[key]
         shape = tuple(d.size if d.size >= 0 else 8 for d in info.tensor_shape.dim)
         dtype = DTYPES.get(info.dtype, "float32")
-        if dtype == "string" and signature.method_name in _EXAMPLE_METHODS:
+        if dtype == "string" and signature.method_name in EXAMPLE_METHODS:
             # Serialized tf.Examples; the empty string is a valid empty one.
             inputs[key] = np.full(shape, b"", dtype=object)
         elif dtype == "string":

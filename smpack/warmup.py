@@ -25,7 +25,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from smpack.errors import ManifestError
 from smpack.layout import ASSETS_EXTRA, WARMUP_FILE
-from smpack.manifest import METHODS, LoadedManifest, WarmupRequest
+from smpack.manifest import EXAMPLE_METHODS, METHODS, LoadedManifest, WarmupRequest
 from smpack.wire import length_delimited, message_fields
 
 _CLASSIFY_LOG, _REGRESS_LOG, _PREDICT_LOG = 2, 3, 6  # PredictionLog oneof fields
@@ -88,8 +88,9 @@ def read_warmup_requests(export_dir: Path) -> dict[str, list[dict[str, np.ndarra
         if log_type == _PREDICT_LOG:
             feeds = {}
             for entry in fields.get(2, []):
-                key, tensor = _decoded(entry)[1][0], _decoded(entry)[2][0]
-                feeds[key.decode()] = tf.make_ndarray(tensor_pb2.TensorProto.FromString(tensor))
+                key_and_tensor = _decoded(entry)
+                tensor = tensor_pb2.TensorProto.FromString(key_and_tensor[2][0])
+                feeds[key_and_tensor[1][0].decode()] = tf.make_ndarray(tensor)
         else:
             example_list = _decoded(_decoded(fields[2][0])[1][0])
             feeds = {"inputs": np.array(example_list.get(1, []), dtype=object)}
@@ -120,11 +121,11 @@ def _fitted(
 ) -> dict[str, Any]:
     """`values` converted to the signature's dtypes; raises if they do not fit it."""
     if examples:
-        if signature.method_name not in (METHODS["classify"], METHODS["regress"]):
+        if signature.method_name not in EXAMPLE_METHODS:
             msg = f"examples are for classify and regress signatures, not {signature.method_name}"
             raise ManifestError(msg, **where)
         return dict(values)
-    if signature.method_name in (METHODS["classify"], METHODS["regress"]):
+    if signature.method_name in EXAMPLE_METHODS:
         msg = "a classify or regress signature takes examples: [{feature: value}, ...]"
         raise ManifestError(msg, **where)
     missing = sorted(signature.inputs.keys() - values.keys())
@@ -158,7 +159,7 @@ def _prediction_log(
     model_spec = length_delimited(1, name.encode()) + length_delimited(
         3, request.signature.encode()
     )
-    if method in (METHODS["classify"], METHODS["regress"]):
+    if method in EXAMPLE_METHODS:
         examples = b"".join(length_delimited(1, example) for example in _examples(values["inputs"]))
         body = length_delimited(1, model_spec) + length_delimited(
             2, length_delimited(1, examples)
