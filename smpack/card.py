@@ -23,7 +23,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from jinja2.sandbox import SandboxedEnvironment
 
 from smpack.card_spec import CardSpec
-from smpack.digests import file_sha256
+from smpack.digests import file_sha256, tree_files
 from smpack.errors import ManifestError
 from smpack.layout import ASSETS_EXTRA, CARD_FILES
 from smpack.manifest import card_format
@@ -328,13 +328,11 @@ def _parameter_count(saved_model: Any, info: PackageInfo) -> int | None:
 
 def _files(root: Path) -> list[dict[str, Any]]:
     cards = {f"{ASSETS_EXTRA}/{card}" for card in CARD_FILES}
-    files = []
-    for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
-        relative = path.relative_to(root).as_posix()
-        if not path.is_file() or relative in cards:
-            continue
-        files.append({"path": relative, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
-    return files
+    return [
+        {"path": relative, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        for relative, path in tree_files(root)
+        if relative not in cards
+    ]
 
 
 def _hub_metadata(

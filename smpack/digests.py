@@ -10,6 +10,7 @@ copy of it are read once, and a file rewritten since gets hashed afresh.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 _DIGESTS: dict[tuple[int, int, int, int], str] = {}
@@ -27,3 +28,9 @@ def file_sha256(path: Path, *, cached: bool = True) -> str:
         with path.open("rb") as stream:
             _DIGESTS[key] = hashlib.file_digest(stream, "sha256").hexdigest()
     return _DIGESTS[key]
+
+
+def tree_files(folder: Path) -> Iterator[tuple[str, Path]]:
+    """Every file under `folder` as (POSIX path relative to it, path), by relative path."""
+    files = ((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    yield from sorted(files)

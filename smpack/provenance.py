@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smpack import __version__
-from smpack.digests import file_sha256
+from smpack.digests import file_sha256, tree_files
 from smpack.errors import PackageError
 from smpack.layout import ASSETS_EXTRA, FINGERPRINT_FILE, PACKAGE_DESCRIPTIONS, PROVENANCE_FILE
 from smpack.manifest import LoadedManifest
@@ -77,7 +77,7 @@ def package_files(export_dir: Path, *, cached: bool = True) -> dict[str, str]:
     """sha256 of every file of the package that smpack.json lists, by relative path."""
     return {
         relative: file_sha256(path, cached=cached)
-        for relative, path in _files(export_dir)
+        for relative, path in tree_files(export_dir)
         if relative not in _UNLISTED
     }
 
@@ -112,12 +112,6 @@ def check_provenance(export_dir: str | Path) -> list[str]:
     return problems
 
 
-def _files(folder: Path) -> Iterator[tuple[str, Path]]:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            yield path.relative_to(folder).as_posix(), path
-
-
 def _tree_sha256(paths: list[tuple[str, Path]]) -> str:
     """One sha256 for several files: over their relative names and contents' hashes."""
     digest = hashlib.sha256()
@@ -132,7 +126,10 @@ def _described(path: Path | None, folder: Path) -> dict[str, str] | None:
         return None
     relative = os.path.relpath(path, folder)
     if path.is_dir():
-        return {"path": Path(relative).as_posix() + "/", "sha256": _tree_sha256(list(_files(path)))}
+        return {
+            "path": Path(relative).as_posix() + "/",
+            "sha256": _tree_sha256(list(tree_files(path))),
+        }
     return {"path": Path(relative).as_posix(), "sha256": file_sha256(path)}
 
 
