@@ -63,7 +63,8 @@ def build_and_verify(
     manifest: Path, out: Path, force: bool, as_text: bool, verify: bool
 ) -> BuildOutcome:
     """One manifest's build and verification, with user errors turned into the outcome."""
-    from smpack.packager import build, import_tensorflow_quietly
+    from smpack.packager import build
+    from smpack.tf_quietly import import_tensorflow_quietly
 
     try:
         info = build(manifest, out, force=force, as_text=as_text)

@@ -195,7 +195,7 @@ def verify(
 def _verify_or_exit(
     package: Path, *, after_build: bool, quiet: bool = False, as_json: bool = False
 ) -> None:
-    from smpack.packager import import_tensorflow_quietly
+    from smpack.tf_quietly import import_tensorflow_quietly
     from smpack.views import verify_view
 
     with _progress(quiet).status("verifying: loading every graph through TensorFlow"):
@@ -234,7 +234,7 @@ def extract(
 ) -> None:
     """Write one graph as a standalone SavedModel tagged `serve`, weights hard-linked."""
     from smpack.inspection import parse_tags
-    from smpack.packager import import_tensorflow_quietly
+    from smpack.tf_quietly import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from smpack.extraction import extract_graph

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from smpack.errors import PackageError
 from smpack.manifest import load_manifest
 from smpack.package_info import PackageInfo
+from smpack.tf_quietly import import_tensorflow_quietly
 
 
 def build(
@@ -74,32 +72,3 @@ def build(
             version=loaded.spec.version,
         )
     return read_package(destination)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing) kept off the terminal.
-
-    The chatter is written to file descriptor 2 before logging is configured, so only a
-    redirect silences it; it is replayed if the import fails.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            # The first session would otherwise log a failed cuInit on hosts without a GPU
-            # (at ERROR level, so TF_CPP_MIN_LOG_LEVEL=2 keeps it): probe devices here.
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.buffer.write(captured.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    tf.get_logger().setLevel("ERROR")

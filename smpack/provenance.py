@@ -12,20 +12,17 @@ in TF) is derived from the package's content.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from smpack import __version__
 from smpack.digests import file_sha256, tree_files
 from smpack.errors import PackageError
 from smpack.layout import ASSETS_EXTRA, FINGERPRINT_FILE, PACKAGE_DESCRIPTIONS, PROVENANCE_FILE
 from smpack.manifest import LoadedManifest
+from smpack.tf_quietly import stderr_kept_unless_failing
 
 RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
 # The record cannot hash itself, and the cards, written after it, embed every other hash.
@@ -58,7 +55,7 @@ def write_fingerprint(export_dir: Path) -> None:
     from tensorflow.core.protobuf import fingerprint_pb2
     from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
-    with _stderr_kept_unless_failing():
+    with stderr_kept_unless_failing():
         try:
             serialized = fingerprinting.CreateFingerprintDef(str(export_dir))
         except fingerprinting.FingerprintException as e:
@@ -144,24 +141,3 @@ def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
     ]
     relative = Path(os.path.relpath(prefix, loaded.folder)).as_posix()
     return {"path": relative, "sha256": _tree_sha256(parts)}
-
-
-@contextlib.contextmanager
-def _stderr_kept_unless_failing() -> Iterator[Any]:
-    """Hide what TF's C++ code writes to file descriptor 2, unless the block fails.
-
-    Fingerprinting logs absl's "before InitializeLog" warning, which is noise to a user.
-    """
-    with tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            os.write(2, captured.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)

@@ -1,0 +1,46 @@
+"""Keeping TensorFlow's C++ chatter off the user's terminal unless something fails.
+
+TensorFlow's C++ side writes to file descriptor 2 directly (CUDA probing at import, absl's
+"before InitializeLog" warnings), before or outside Python logging, so only redirecting the
+descriptor silences it. What was held back is replayed if the block fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def stderr_kept_unless_failing() -> Iterator[None]:
+    """Hold back what is written to file descriptor 2 in the block; replay it on failure."""
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.buffer.write(captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up chatter (CUDA probing) kept off the terminal."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with stderr_kept_unless_failing():
+        import tensorflow as tf
+
+        # The first session would otherwise log a failed cuInit on hosts without a GPU
+        # (at ERROR level, so TF_CPP_MIN_LOG_LEVEL=2 keeps it): probe devices here.
+        tf.config.list_physical_devices()
+    tf.get_logger().setLevel("ERROR")
