@@ -169,7 +169,7 @@ def inspect(
     tags: Annotated[
         str | None, typer.Option("--tags", help="Show only this tag set, e.g. serve,gpu.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show what a SavedModel holds, without importing TensorFlow."""
     from smpack.inspection import inspect_package, inspection_document, parse_tags

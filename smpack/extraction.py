@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from smpack.errors import PackageError
+from smpack.inspection import no_such_tag_set
 from smpack.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
 from smpack.staging import staged_directory
 
@@ -40,9 +41,8 @@ def extract_graph(
         raise PackageError(message, file=export_dir)
     chosen = [m for m in saved_model.meta_graphs if frozenset(m.meta_info_def.tags) == tags]
     if not chosen:
-        available = "; ".join(",".join(m.meta_info_def.tags) for m in saved_model.meta_graphs)
-        message = f"no MetaGraph has the tag set {','.join(sorted(tags))}; it has: {available}"
-        raise PackageError(message, file=export_dir, field="--tags")
+        available = [",".join(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+        raise no_such_tag_set(export_dir, tags, available)
     meta_graph = chosen[0]
     del meta_graph.meta_info_def.tags[:]
     meta_graph.meta_info_def.tags.append("serve")

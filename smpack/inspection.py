@@ -47,10 +47,15 @@ def inspect_package(export_dir: str | Path, tags: frozenset[str] | None = None) 
         return info
     chosen = tuple(g for g in info.graphs if frozenset(g.tags) == tags)
     if not chosen:
-        available = "; ".join(g.tag_set for g in info.graphs) or "no graphs"
-        msg = f"no MetaGraph has the tag set {','.join(sorted(tags))}; it has: {available}"
-        raise PackageError(msg, file=Path(export_dir), field="--tags")
+        raise no_such_tag_set(Path(export_dir), tags, [g.tag_set for g in info.graphs])
     return dataclasses.replace(info, graphs=chosen)
+
+
+def no_such_tag_set(export_dir: Path, tags: frozenset[str], available: list[str]) -> PackageError:
+    """The error for a `--tags` that matches none of the package's tag sets."""
+    listed = "; ".join(available) or "no graphs"
+    msg = f"no MetaGraph has the tag set {','.join(sorted(tags))}; it has: {listed}"
+    return PackageError(msg, file=export_dir, field="--tags")
 
 
 def load_commands(export_dir: Path, graph: GraphInfo) -> LoadCommands:
