@@ -24,14 +24,13 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-from smpack.checkpoint_index import crc32c, table_items
+from smpack.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
 from smpack.errors import PackageError
 from smpack.wire import encode_varint
 
 # Link a shard whole only if the package uses most of it; else copy what it uses.
 _LINK_WHEN_USED = 0.9
 _COPY_CHUNK = 64 << 20
-_MAGIC = 0xDB4775248B80FB57
 _EXTRA_BATCH_BYTES = 256 << 20
 
 
@@ -204,7 +203,7 @@ def table(items: list[tuple[bytes, bytes]]) -> bytes:
     last_key = items[-1][0] if items else b""
     index_handle = _append_block(out, _block([(last_key, data_handle)]))
     footer = meta_handle + index_handle
-    out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", _MAGIC)
+    out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", TABLE_MAGIC)
     return bytes(out)
 
 
@@ -224,7 +223,5 @@ def _block(items: list[tuple[bytes, bytes]]) -> bytes:
 def _append_block(out: bytearray, block: bytes) -> bytes:
     """Append `block` with its trailer; return its handle (varint offset, varint size)."""
     handle = encode_varint(len(out)) + encode_varint(len(block))
-    crc = crc32c(block + b"\x00")
-    masked = ((crc >> 15) | (crc << 17)) + 0xA282EAD8
-    out += block + b"\x00" + struct.pack("<I", masked & 0xFFFFFFFF)
+    out += block + b"\x00" + struct.pack("<I", masked_crc32c(block + b"\x00"))
     return handle

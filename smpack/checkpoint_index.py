@@ -19,7 +19,7 @@ from pathlib import Path
 from smpack.errors import PackageError
 from smpack.wire import decode_varint, message_fields
 
-_MAGIC = 0xDB4775248B80FB57
+TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of every LevelDB-format table
 _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic
 _TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _NO_COMPRESSION, _SNAPPY = 0, 1
@@ -86,7 +86,7 @@ def table_items(data: bytes) -> Iterator[tuple[bytes, bytes]]:
 
     Raises ValueError if the table is corrupt.
     """
-    if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != _MAGIC:
+    if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
         msg = "not a TensorFlow table (file too short or bad magic number)"
         raise ValueError(msg)
     footer = len(data) - _FOOTER_SIZE
@@ -143,8 +143,7 @@ def _read_block(data: bytes, handle: tuple[int, int]) -> bytes:
         raise ValueError(msg)
     kind, masked_crc = struct.unpack_from("<BI", data, end)
     # TF always verifies these; a damaged block would otherwise decode into plausible garbage.
-    rotated = (masked_crc - 0xA282EAD8) & 0xFFFFFFFF
-    if crc32c(data[offset : end + 1]) != ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF:
+    if masked_crc32c(data[offset : end + 1]) != masked_crc:
         msg = f"checksum mismatch in block at offset {offset}"
         raise ValueError(msg)
     if kind == _SNAPPY:
@@ -182,6 +181,13 @@ def _handle(data: bytes, pos: int) -> tuple[tuple[int, int], int]:
     offset, pos = decode_varint(data, pos)
     size, pos = decode_varint(data, pos)
     return (offset, size), pos
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The CRC-32C of `data` as LevelDB tables store it: rotated and offset, so that the
+    CRC of data holding CRCs is not itself trivially related to them."""
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def crc32c(data: bytes) -> int:
