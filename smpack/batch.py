@@ -20,7 +20,7 @@ class BuildOutcome:
     """What happened to one manifest: built (and verified) or the one-line reason it failed."""
 
     manifest: Path
-    package: Path | None = None
+    package: str | None = None  # its path or URL
     tag_sets: tuple[str, ...] = ()
     error: str | None = None
     failed_checks: tuple[str, ...] = ()  # "tag set: check: detail", when verification failed
@@ -33,7 +33,7 @@ class BuildOutcome:
 
 def build_many(
     manifests: list[Path],
-    out: Path,
+    out: str | Path,
     *,
     jobs: int = 1,
     force: bool = False,
@@ -60,7 +60,7 @@ def build_many(
 
 
 def build_and_verify(
-    manifest: Path, out: Path, force: bool, as_text: bool, verify: bool
+    manifest: Path, out: str | Path, force: bool, as_text: bool, verify: bool
 ) -> BuildOutcome:
     """One manifest's build and verification, with user errors turned into the outcome."""
     from smpack.packager import build
@@ -72,10 +72,12 @@ def build_and_verify(
         return BuildOutcome(manifest, error=str(e))
     tag_sets = tuple(graph.tag_set for graph in info.graphs)
     if not verify:
-        return BuildOutcome(manifest, package=info.path, tag_sets=tag_sets)
+        return BuildOutcome(manifest, package=info.location, tag_sets=tag_sets)
     import_tensorflow_quietly()
     from smpack.verification import verify_package
 
-    report = verify_package(info.path)
+    report = verify_package(info.location)
     failed = [f"{label}: {c.name}: {c.detail}" for label, c in report.rows() if not c.passed]
-    return BuildOutcome(manifest, info.path, tag_sets, failed_checks=tuple(failed), verified=True)
+    return BuildOutcome(
+        manifest, info.location, tag_sets, failed_checks=tuple(failed), verified=True
+    )

@@ -8,6 +8,7 @@ with smpack's own protobuf messages, and from the files themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.resources
 import json
@@ -15,7 +16,7 @@ import math
 import re
 import shlex
 import traceback
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import jinja2
@@ -29,6 +30,7 @@ from smpack.layout import ASSETS_EXTRA, CARD_FILES
 from smpack.manifest import card_format
 from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, read_package
 from smpack.protos import read_saved_model
+from smpack.storage import fetched, is_url
 
 # The names a build writes cards under in assets.extra/. A card leaves them out of its asset
 # and file lists: it cannot hold its own hash, and a card rendered before or after the cards
@@ -168,8 +170,11 @@ def card_for_package(
     rendered: Literal["md", "html"] = fmt or chosen_format or "md"
     if template is None and chosen_format != rendered:
         chosen = None
-    info = read_package(export_dir)
-    return render_card(info, spec, fmt=rendered, template=chosen, name=name, version=version)
+    with fetched(export_dir) as local:
+        info = read_package(local)
+        if is_url(export_dir):
+            info = dataclasses.replace(info, url=str(export_dir).rstrip("/"))
+        return render_card(info, spec, fmt=rendered, template=chosen, name=name, version=version)
 
 
 def card_context(
@@ -192,7 +197,8 @@ def card_context(
     - `hub`: the Hugging Face hub metadata for the Markdown front matter.
     """
     spec = spec or CardSpec()
-    folder = info.path.resolve()
+    # PurePosixPath only to take the URL's last two parts.
+    folder = PurePosixPath(info.url) if info.url else info.path.resolve()
     if version is None and folder.name.isdigit():
         version = int(folder.name)
     if name is None:

@@ -63,6 +63,9 @@ def _root(
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON document.")]
+PackageArgument = Annotated[
+    str, typer.Argument(help="SavedModel folder or URL (any, not only smpack's).")
+]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing but errors; the exit code tells.")
 ]
@@ -72,8 +75,11 @@ QuietOption = Annotated[
 def build(
     manifests: Annotated[list[Path], typer.Argument(help="Variant manifests (YAML).")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Base directory; writes OUT/<name>/<version>/.")
-    ] = Path("build"),
+        str,
+        typer.Option(
+            "--out", "-o", help="Base folder or URL (gs://...); writes OUT/<name>/<version>/."
+        ),
+    ] = "build",
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing version atomically.")
     ] = False,
@@ -116,12 +122,7 @@ def build(
     if as_json:
         import dataclasses
 
-        _print_json(
-            [
-                {**dataclasses.asdict(o), "manifest": str(o.manifest), "package": _text(o.package)}
-                for o in outcomes
-            ]
-        )
+        _print_json([{**dataclasses.asdict(o), "manifest": str(o.manifest)} for o in outcomes])
     elif not quiet:
         from smpack.views import batch_view
 
@@ -143,12 +144,8 @@ def _print_json(document: object) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
-
-
 def _build_one(
-    manifest: Path, out: Path, force: bool, as_text: bool, verify: bool, quiet: bool
+    manifest: Path, out: str, force: bool, as_text: bool, verify: bool, quiet: bool
 ) -> None:
     from smpack.packager import build as build_package
     from smpack.views import print_build_summary
@@ -160,12 +157,12 @@ def _build_one(
     if not quiet:
         print_build_summary(info, stdout)
     if verify:
-        _verify_or_exit(info.path, after_build=True, quiet=quiet)
+        _verify_or_exit(info.location, after_build=True, quiet=quiet)
 
 
 @app.command()
 def inspect(
-    package: Annotated[Path, typer.Argument(help="SavedModel directory (any, not only smpack's).")],
+    package: PackageArgument,
     tags: Annotated[
         str | None, typer.Option("--tags", help="Show only this tag set, e.g. serve,gpu.")
     ] = None,
@@ -184,7 +181,7 @@ def inspect(
 
 @app.command()
 def verify(
-    package: Annotated[Path, typer.Argument(help="SavedModel directory (any, not only smpack's).")],
+    package: PackageArgument,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -193,7 +190,7 @@ def verify(
 
 
 def _verify_or_exit(
-    package: Path, *, after_build: bool, quiet: bool = False, as_json: bool = False
+    package: str, *, after_build: bool, quiet: bool = False, as_json: bool = False
 ) -> None:
     from smpack.tf_quietly import import_tensorflow_quietly
     from smpack.views import verify_view
@@ -207,7 +204,7 @@ def _verify_or_exit(
         import dataclasses
 
         _print_json(
-            {**dataclasses.asdict(report), "path": str(report.path), "passed": report.passed}
+            {**dataclasses.asdict(report), "path": report.location, "passed": report.passed}
         )
     elif not quiet:
         stdout.print(verify_view(report))
@@ -222,9 +219,9 @@ def _verify_or_exit(
 
 @app.command()
 def extract(
-    package: Annotated[Path, typer.Argument(help="SavedModel directory to take a graph from.")],
+    package: Annotated[str, typer.Argument(help="SavedModel folder or URL to take a graph from.")],
     tags: Annotated[str, typer.Option("--tags", help="The graph's tag set, e.g. serve,gpu.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder or URL to write.")],
     clear_devices: Annotated[
         bool, typer.Option("--clear-devices", help="Drop device placements from the graph.")
     ] = False,
@@ -250,8 +247,8 @@ def extract(
 
 @app.command()
 def diff(
-    old: Annotated[Path, typer.Argument(help="First SavedModel directory.")],
-    new: Annotated[Path, typer.Argument(help="Second SavedModel directory.")],
+    old: Annotated[str, typer.Argument(help="First SavedModel folder or URL.")],
+    new: Annotated[str, typer.Argument(help="Second SavedModel folder or URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of changes.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -259,10 +256,10 @@ def diff(
     import dataclasses
 
     from smpack.diff import diff_packages
-    from smpack.package_info import read_package
+    from smpack.inspection import inspect_package
     from smpack.views import diff_view
 
-    changes = diff_packages(read_package(old), read_package(new))
+    changes = diff_packages(inspect_package(old), inspect_package(new))
     if as_json:
         _print_json([dataclasses.asdict(change) for change in changes])
     elif not quiet:
@@ -278,7 +275,7 @@ class CardFormat(StrEnum):
 
 @app.command()
 def card(
-    package: Annotated[Path, typer.Argument(help="SavedModel directory (any, not only smpack's).")],
+    package: PackageArgument,
     manifest: Annotated[
         Path | None,
         typer.Option("--manifest", "-m", help="Manifest whose card: block and template to use."),

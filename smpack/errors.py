@@ -22,7 +22,10 @@ class SmpackError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.file = Path(file) if file is not None else None
+        self.file: str | Path | None = None
+        if file is not None:
+            # A URL stays a string: Path would fold its "//".
+            self.file = file if isinstance(file, str) and "://" in file else Path(file)
         self.field = field
         self.line = line
 

@@ -14,23 +14,34 @@ from pathlib import Path
 from smpack.errors import PackageError
 from smpack.inspection import no_such_tag_set
 from smpack.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
-from smpack.staging import staged_directory
+from smpack.storage import fetched, is_url, published_directory
 
 
 def extract_graph(
-    export_dir: str | Path,
+    package: str | Path,
     tags: frozenset[str],
     out: str | Path,
     *,
     clear_devices: bool = False,
     force: bool = False,
-) -> Path:
-    """Write the MetaGraph tagged exactly `tags` to `out`, re-tagged `serve`; returns `out`."""
+) -> str | Path:
+    """Write the MetaGraph tagged exactly `tags` to `out`, re-tagged `serve`; returns `out`.
+
+    Either may be a URL (gs://, ram://, ...); a local `out` comes back absolute.
+    """
+    out = out if is_url(out) else Path(out).absolute()
+    with fetched(package) as export_dir:
+        _extract(export_dir, tags, out, clear_devices=clear_devices, force=force)
+    return out
+
+
+def _extract(
+    export_dir: Path, tags: frozenset[str], out: str | Path, *, clear_devices: bool, force: bool
+) -> None:
     from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     # TF's own message class, not smpack.protos: every field must survive the copy.
-    export_dir, out = Path(export_dir), Path(out).absolute()
     saved_model = saved_model_pb2.SavedModel()
     if (export_dir / "saved_model.pb").is_file():
         saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())
@@ -57,7 +68,7 @@ def extract_graph(
     )
     standalone.meta_graphs.append(meta_graph)
 
-    with staged_directory(out, force) as staging:
+    with published_directory(out, force) as staging:
         (staging / "saved_model.pb").write_bytes(standalone.SerializeToString(deterministic=True))
         # The cards and smpack.json describe the whole package (all its graphs, its own
         # saved_model.pb), so a single extracted graph does not carry them.
@@ -74,7 +85,6 @@ def extract_graph(
                     copy_function=_link_or_copy,
                     ignore=descriptions,
                 )
-    return out
 
 
 def _link_or_copy(source: str, target: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from smpack.errors import PackageError
 from smpack.package_info import GraphInfo, PackageInfo, read_package
+from smpack.storage import fetched, is_url
 
 JSON_SCHEMA_VERSION = 1
 
@@ -37,50 +38,56 @@ def parse_tags(text: str) -> frozenset[str]:
     return frozenset(tags)
 
 
-def inspect_package(export_dir: str | Path, tags: frozenset[str] | None = None) -> PackageInfo:
-    """Describe the SavedModel at `export_dir`, keeping only the graph tagged `tags` if given.
+def inspect_package(location: str | Path, tags: frozenset[str] | None = None) -> PackageInfo:
+    """Describe the SavedModel at `location` (a folder or URL), keeping only the graph tagged
+    `tags` if given.
 
     Raises `PackageError` if no graph has exactly that tag set.
     """
-    info = read_package(export_dir)
+    with fetched(location) as export_dir:
+        info = read_package(export_dir)
+    if is_url(location):
+        info = dataclasses.replace(info, url=str(location).rstrip("/"))
     if tags is None:
         return info
     chosen = tuple(g for g in info.graphs if frozenset(g.tags) == tags)
     if not chosen:
-        raise no_such_tag_set(Path(export_dir), tags, [g.tag_set for g in info.graphs])
+        raise no_such_tag_set(info.location, tags, [g.tag_set for g in info.graphs])
     return dataclasses.replace(info, graphs=chosen)
 
 
-def no_such_tag_set(export_dir: Path, tags: frozenset[str], available: list[str]) -> PackageError:
+def no_such_tag_set(
+    package: str | Path, tags: frozenset[str], available: list[str]
+) -> PackageError:
     """The error for a `--tags` that matches none of the package's tag sets."""
     listed = "; ".join(available) or "no graphs"
     msg = f"no MetaGraph has the tag set {','.join(sorted(tags))}; it has: {listed}"
-    return PackageError(msg, file=export_dir, field="--tags")
+    return PackageError(msg, file=package, field="--tags")
 
 
-def load_commands(export_dir: Path, graph: GraphInfo) -> LoadCommands:
-    """The commands that load `graph` from `export_dir`, written as the path was given."""
-    directory = str(export_dir)
+def load_commands(location: str, graph: GraphInfo) -> LoadCommands:
+    """The commands that load `graph` from `location`, written as the path was given."""
     tf_serving = None
+    base, _, version = location.rstrip("/").rpartition("/")
     # TF Serving wants <base>/<version>/ and never runs a train op.
-    if export_dir.name.isdigit() and not graph.has_train_op:
-        base = export_dir.parent
-        base_text = shlex.quote(str(base))
-        if not base.is_absolute():  # TF Serving wants an absolute path
+    if version.isdigit() and base and not graph.has_train_op:
+        base_text = shlex.quote(base)
+        if not is_url(base) and not Path(base).is_absolute():  # TF Serving wants it absolute
             base_text = f"$PWD/{base_text}"
+        name = base.rpartition("/")[2] if is_url(base) else Path(base).resolve().name
         tf_serving = (
-            f"tensorflow_model_server --model_name={shlex.quote(base.resolve().name)} "
+            f"tensorflow_model_server --model_name={shlex.quote(name)} "
             f"--model_base_path={base_text} --saved_model_tags={shlex.quote(graph.tag_set)}"
         )
     quoted_tags = ", ".join(json.dumps(tag) for tag in graph.tags)
     return LoadCommands(
         tf_serving=tf_serving,
         saved_model_cli=(
-            f"saved_model_cli show --dir {shlex.quote(directory)} "
+            f"saved_model_cli show --dir {shlex.quote(location)} "
             f"--tag_set {shlex.quote(graph.tag_set)} --all"
         ),
         # A JSON string literal is a valid Python one.
-        python=f"tf.saved_model.load({json.dumps(directory)}, tags=[{quoted_tags}])",
+        python=f"tf.saved_model.load({json.dumps(location)}, tags=[{quoted_tags}])",
     )
 
 
@@ -90,11 +97,11 @@ def inspection_document(info: PackageInfo) -> dict[str, Any]:
     for graph in info.graphs:
         record = dataclasses.asdict(graph)
         record["tag_set"] = graph.tag_set
-        record["load"] = dataclasses.asdict(load_commands(info.path, graph))
+        record["load"] = dataclasses.asdict(load_commands(info.location, graph))
         graphs.append(record)
     return {
         "schema": JSON_SCHEMA_VERSION,
-        "path": str(info.path),
+        "path": info.location,
         "saved_model_file": info.saved_model_file,
         "graphs": graphs,
         "variables": [dataclasses.asdict(v) for v in info.variables],

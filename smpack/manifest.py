@@ -23,8 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from smpack import storage
 from smpack.card_spec import CardSpec
-from smpack.errors import ManifestError
+from smpack.errors import ManifestError, SmpackError
 from smpack.layout import PACKAGE_DESCRIPTIONS, WARMUP_FILE
 
 SCHEMA_VERSION = 1
@@ -210,6 +211,9 @@ class Source(_Strict):
     @field_validator("python")
     @classmethod
     def _file_and_function(cls, value: str | None) -> str | None:
+        if value is not None and storage.is_url(value):
+            msg = "model code must be a local file; only savedmodel, keras and checkpoint take URLs"
+            raise ValueError(msg)
         if value is not None and not _PYTHON_SOURCE.match(value):
             msg = f"{value!r} is not 'path/to/file.py:function_name'"
             raise ValueError(msg)
@@ -406,6 +410,9 @@ class LoadedManifest(BaseModel):
     function_name: str
     model_path: Path | None = None  # the savedmodel folder or .keras file
     checkpoint: Path | None
+    # Sources named by URL (gs://, ...), fetched into local temporary copies before a build.
+    model_url: str | None = None
+    checkpoint_url: str | None = None
     assets: list[Path]
     assets_extra: dict[str, Path]
     card: CardSpec
@@ -535,9 +542,12 @@ def _line_of(text: str, loc: list[str]) -> int | None:
 
 def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     folder = path.parent
-    python_file, model_path = _resolve_source(spec, folder, path)
-    checkpoint = None
-    if spec.source.checkpoint is not None:
+    python_file, model_path, model_url = _resolve_source(spec, folder, path)
+    checkpoint, checkpoint_url = None, None
+    if spec.source.checkpoint is not None and storage.is_url(spec.source.checkpoint):
+        checkpoint_url = spec.source.checkpoint
+        _remote_exists(f"{checkpoint_url}.index", path, "source.checkpoint", "no TF checkpoint at")
+    elif spec.source.checkpoint is not None:
         checkpoint = folder / spec.source.checkpoint
         if not Path(f"{checkpoint}.index").is_file():
             msg = f"no TF checkpoint at {checkpoint} (expected {checkpoint.name}.index)"
@@ -585,6 +595,8 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         function_name=spec.source.function_name,
         model_path=model_path,
         checkpoint=checkpoint,
+        model_url=model_url,
+        checkpoint_url=checkpoint_url,
         assets=assets,
         assets_extra=extras,
         card=CardSpec.model_validate(spec.card.model_dump(exclude={"template"})),
@@ -592,30 +604,59 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     )
 
 
-def _resolve_source(spec: Manifest, folder: Path, path: Path) -> tuple[Path | None, Path | None]:
-    """The python file, or the savedmodel folder / keras file, the source names."""
+def _resolve_source(
+    spec: Manifest, folder: Path, path: Path
+) -> tuple[Path | None, Path | None, str | None]:
+    """The python file, or the savedmodel folder / keras file (local, or its URL)."""
     source = spec.source
     if source.python is not None:
-        return _existing(folder, source.python_file, path, "source.python"), None
+        return _existing(folder, source.python_file, path, "source.python"), None, None
     if source.loss is None and any(v.is_training for v in spec.variants.values()):
         msg = f"a train variant of a savedmodel or keras source needs a loss: {', '.join(LOSSES)}"
         raise ManifestError(msg, file=path, field="source.loss")
     if source.savedmodel is not None:
+        if storage.is_url(source.savedmodel):
+            url = source.savedmodel.rstrip("/")
+            _remote_exists(f"{url}/saved_model.pb", path, "source.savedmodel", "no SavedModel at")
+            return None, None, url
         model = _existing(folder, source.savedmodel, path, "source.savedmodel")
         if not (model / "saved_model.pb").is_file():
             msg = f"{source.savedmodel!r} is not a SavedModel folder (no saved_model.pb in it)"
             raise ManifestError(msg, file=path, field="source.savedmodel")
-        return None, model
+        return None, model, None
     assert source.keras is not None  # Source allows exactly one kind
-    model = _existing(folder, source.keras, path, "source.keras")
-    if not model.is_file() or model.suffix != ".keras":
+    if not source.keras.endswith(".keras"):
         msg = f"{source.keras!r} is not a Keras 3 .keras file"
         raise ManifestError(msg, file=path, field="source.keras")
-    return None, model
+    if storage.is_url(source.keras):
+        _remote_exists(source.keras, path, "source.keras", "no Keras file at")
+        return None, None, source.keras
+    model = _existing(folder, source.keras, path, "source.keras")
+    if not model.is_file():
+        msg = f"{source.keras!r} is not a Keras 3 .keras file"
+        raise ManifestError(msg, file=path, field="source.keras")
+    return None, model, None
+
+
+def _remote_exists(url: str, manifest: Path, field: str, problem: str) -> None:
+    """Refuse a source URL that names nothing, before any TensorFlow work starts."""
+    try:
+        found = storage.exists(url)
+    except SmpackError as e:
+        raise ManifestError(e.message, file=manifest, field=field) from e
+    if not found:
+        msg = f"{problem} {url}"
+        raise ManifestError(msg, file=manifest, field=field)
 
 
 def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:
     """Resolve `relative` inside `folder`, refusing paths (or symlinks) that leave it."""
+    if storage.is_url(relative):
+        msg = (
+            "only source.savedmodel, source.keras and source.checkpoint may be URLs; "
+            "copy this file next to the manifest"
+        )
+        raise ManifestError(msg, file=manifest, field=field)
     candidate = (folder / relative).resolve()
     if not candidate.is_relative_to(folder.resolve()):
         msg = (

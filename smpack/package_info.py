@@ -87,6 +87,14 @@ class PackageInfo:
     fingerprint: Fingerprint | None = None
     warmup_requests: int | None = None  # records in assets.extra/tf_serving_warmup_requests
     saved_model_file: str = "saved_model.pb"
+    # Set for a package read from or written to a URL; `path` is then the temporary local
+    # copy it was read from, gone by the time the caller sees it.
+    url: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the package is, as a user names it: its URL, else its local path."""
+        return self.url or str(self.path)
 
     def graph(self, *tags: str) -> GraphInfo:
         return next(g for g in self.graphs if set(g.tags) == set(tags))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from smpack.errors import PackageError
-from smpack.manifest import load_manifest
-from smpack.package_info import PackageInfo
+from smpack.manifest import LoadedManifest, load_manifest
+from smpack.package_info import PackageInfo, read_package
+from smpack.storage import exists, fetched, fetched_checkpoint, is_url, join, published_directory
 from smpack.tf_quietly import import_tensorflow_quietly
 
 
@@ -21,13 +24,15 @@ def build(
 ) -> PackageInfo:
     """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
 
-    Raises `SmpackError` (with file and field) for anything the user can fix; the
-    destination is untouched unless the whole package was written.
+    `out` may be a URL (gs://, ram://, s3:// with tensorflow-io): the package is then built
+    in a local temporary folder and uploaded. Raises `SmpackError` (with file and field) for
+    anything the user can fix; the destination is untouched unless the whole package was
+    written.
     """
     step = on_step or (lambda _: None)
     loaded = load_manifest(manifest)
-    destination = Path(out).absolute() / loaded.spec.name / str(loaded.spec.version)
-    if destination.exists() and not force:
+    destination = join(out, loaded.spec.name, str(loaded.spec.version))
+    if exists(destination) and not force:
         msg = (
             f"{destination} already exists; pass --force to replace it, or raise the "
             "manifest's version"
@@ -41,13 +46,15 @@ def build(
     from smpack.card import write_cards
     from smpack.graphs import build_variant_graph
     from smpack.model_source import open_source
-    from smpack.package_info import read_package
     from smpack.provenance import write_provenance
-    from smpack.staging import staged_directory
     from smpack.warmup import warmup_records, write_warmup_file
     from smpack.writer import write_saved_model
 
-    with open_source(loaded) as source, staged_directory(destination, force) as staging:
+    with (
+        fetched_sources(loaded) as loaded,
+        open_source(loaded) as source,
+        published_directory(destination, force) as staging,
+    ):
         graphs = []
         for name, variant in loaded.spec.variants.items():
             step(f"building variant {name} ({','.join(variant.tags)})")
@@ -71,4 +78,22 @@ def build(
             name=loaded.spec.name,
             version=loaded.spec.version,
         )
-    return read_package(destination)
+        # Read now: a remote package's local copy is gone once it has been uploaded.
+        info = read_package(staging)
+        if is_url(destination):
+            step(f"uploading to {destination}")
+    if is_url(destination):
+        return dataclasses.replace(info, url=str(destination))
+    return dataclasses.replace(info, path=Path(destination))
+
+
+@contextmanager
+def fetched_sources(loaded: LoadedManifest) -> Iterator[LoadedManifest]:
+    """`loaded` with its remote source and checkpoint replaced by local temporary copies."""
+    with ExitStack() as stack:
+        local: dict[str, Path] = {}
+        if loaded.model_url is not None:
+            local["model_path"] = stack.enter_context(fetched(loaded.model_url))
+        if loaded.checkpoint_url is not None:
+            local["checkpoint"] = stack.enter_context(fetched_checkpoint(loaded.checkpoint_url))
+        yield loaded.model_copy(update=local)

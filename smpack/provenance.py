@@ -41,7 +41,9 @@ def write_provenance(export_dir: Path, loaded: LoadedManifest) -> None:
         "smpack": __version__,
         "tensorflow": tf.__version__,
         "manifest": _described(loaded.path, loaded.folder),
-        "source": _described(loaded.python_file or loaded.model_path, loaded.folder),
+        "source": _described(
+            loaded.python_file or loaded.model_path, loaded.folder, loaded.model_url
+        ),
         "checkpoint": _checkpoint(loaded),
         "files": package_files(export_dir),
     }
@@ -117,17 +119,18 @@ def _tree_sha256(paths: list[tuple[str, Path]]) -> str:
     return digest.hexdigest()
 
 
-def _described(path: Path | None, folder: Path) -> dict[str, str] | None:
-    """A source file or folder as its path relative to the manifest's folder and its hash."""
+def _described(path: Path | None, folder: Path, url: str | None = None) -> dict[str, str] | None:
+    """A source file or folder as its path relative to the manifest's folder (or its URL, for
+    a remote one fetched to `path`) and its hash."""
     if path is None:
         return None
-    relative = os.path.relpath(path, folder)
+    relative = url or Path(os.path.relpath(path, folder)).as_posix()
     if path.is_dir():
         return {
-            "path": Path(relative).as_posix() + "/",
+            "path": relative + "/",
             "sha256": _tree_sha256(list(tree_files(path))),
         }
-    return {"path": Path(relative).as_posix(), "sha256": file_sha256(path)}
+    return {"path": relative, "sha256": file_sha256(path)}
 
 
 def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
@@ -139,5 +142,5 @@ def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
         for p in prefix.parent.iterdir()
         if p.name.startswith(f"{prefix.name}.") and p.is_file()
     ]
-    relative = Path(os.path.relpath(prefix, loaded.folder)).as_posix()
+    relative = loaded.checkpoint_url or Path(os.path.relpath(prefix, loaded.folder)).as_posix()
     return {"path": relative, "sha256": _tree_sha256(parts)}

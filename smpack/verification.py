@@ -20,6 +20,7 @@ from smpack.manifest import EXAMPLE_METHODS, METHODS
 from smpack.package_info import read_package
 from smpack.protos import DTYPES, read_saved_model
 from smpack.provenance import RECORD_PATH, check_provenance
+from smpack.storage import fetched, is_url
 from smpack.warmup import read_warmup_requests
 from smpack.xla_check import run_tpu_graph_on_cpu
 
@@ -50,6 +51,11 @@ class VerifyReport:
     path: Path
     checks: list[Check]
     graphs: list[GraphReport]
+    url: str | None = None  # for a remote package, whose local copy `path` is gone
+
+    @property
+    def location(self) -> str:
+        return self.url or str(self.path)
 
     @property
     def passed(self) -> bool:
@@ -64,9 +70,19 @@ class VerifyReport:
                 yield graph.tag_set, check
 
 
-def verify_package(export_dir: str | Path) -> VerifyReport:
-    """Check every MetaGraph of the SavedModel at `export_dir`; never raises for a bad graph."""
-    export_dir = Path(export_dir)
+def verify_package(location: str | Path) -> VerifyReport:
+    """Check every MetaGraph of the SavedModel at `location` (a folder or URL).
+
+    Never raises for a bad graph. A remote package is fetched whole and checked locally.
+    """
+    with fetched(location) as export_dir:
+        report = _verify_local(export_dir)
+    if is_url(location):
+        report.url = str(location).rstrip("/")
+    return report
+
+
+def _verify_local(export_dir: Path) -> VerifyReport:
     saved_model = read_saved_model(export_dir)
     tag_sets = [frozenset(m.meta_info_def.tags) for m in saved_model.meta_graphs]
     duplicates = sorted({",".join(sorted(t)) for t in tag_sets if tag_sets.count(t) > 1})

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # verification imports TensorFlow; its records are only annot
 
 def build_summary(info: PackageInfo) -> Group:
     """One row per MetaGraph, then the shared variables and the assets."""
-    table = Table(title=f"{info.path}", title_justify="left", show_lines=False)
+    table = Table(title=info.location, title_justify="left", show_lines=False)
     for column in ("tag set", "signatures", "device", "precision", "compiler", "ops"):
         table.add_column(column, justify="right" if column == "ops" else "left")
     for graph in info.graphs:
@@ -53,7 +53,8 @@ def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     """Tag sets -> signatures -> tensors, variables, files and fingerprint; load commands."""
     from smpack.inspection import load_commands
 
-    tree = Tree(Text(f"{info.path} ({info.saved_model_file}, {_count(len(info.graphs), 'graph')})"))
+    graphs = _count(len(info.graphs), "graph")
+    tree = Tree(Text(f"{info.location} ({info.saved_model_file}, {graphs})"))
     for graph in info.graphs:
         branch = tree.add(Text(f"{graph.tag_set}  ", style="bold") + Text(_graph_facts(graph)))
         for signature in graph.signatures:
@@ -83,7 +84,7 @@ def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     )
     commands = [Text("load commands:")]
     for graph in info.graphs:
-        load = load_commands(info.path, graph)
+        load = load_commands(info.location, graph)
         commands.append(Text(f"  {graph.tag_set}"))
         for command in (
             load.tf_serving or "(TF Serving: not servable, train op or no version folder)",
@@ -103,7 +104,7 @@ def print_inspect(info: PackageInfo, console: Console) -> None:
 
 def verify_view(report: VerifyReport) -> Group:
     """One row per check, grouped by tag set, then the verdict."""
-    table = Table(title=f"{report.path}", title_justify="left")
+    table = Table(title=report.location, title_justify="left")
     for column in ("tag set", "check", "result"):
         table.add_column(column, overflow="fold")
     failed: list[str] = []
