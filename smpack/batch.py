@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smpack.errors import SmpackError
+from smpack.progress import Step, StepCallback
 
 
 @dataclass(frozen=True)
@@ -39,24 +40,30 @@ def build_many(
     force: bool = False,
     as_text: bool = False,
     verify: bool = True,
+    on_step: StepCallback | None = None,
 ) -> list[BuildOutcome]:
     """Build (and verify) each manifest in its own process, `jobs` at a time.
 
-    Outcomes come back in the order of `manifests`, whatever order the builds finish in.
+    Outcomes come back in the order of `manifests`, whatever order the builds finish in;
+    `on_step` hears of each as it finishes.
     """
     context = multiprocessing.get_context("spawn")
+    outcomes: dict[int, BuildOutcome] = {}
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [
-            pool.submit(build_and_verify, manifest, out, force, as_text, verify)
-            for manifest in manifests
-        ]
-        outcomes = []
-        for manifest, future in zip(manifests, futures, strict=True):
+        futures = {
+            pool.submit(build_and_verify, manifest, out, force, as_text, verify): index
+            for index, manifest in enumerate(manifests)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            manifest = manifests[futures[future]]
             try:
-                outcomes.append(future.result())
+                outcome = future.result()
             except Exception as e:  # the worker died or hit a bug: that build failed, not all
-                outcomes.append(BuildOutcome(manifest, error=f"{type(e).__name__}: {e}"))
-    return outcomes
+                outcome = BuildOutcome(manifest, error=f"{type(e).__name__}: {e}")
+            outcomes[futures[future]] = outcome
+            if on_step is not None:
+                on_step(Step(f"{manifest.name} finished", len(outcomes), len(manifests)))
+    return [outcomes[index] for index in range(len(manifests))]
 
 
 def build_and_verify(

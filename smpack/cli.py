@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +16,7 @@ from typer.core import TyperGroup
 
 from smpack import __version__
 from smpack.errors import SmpackError
+from smpack.progress import Step, StepCallback
 from smpack.staging import write_atomically
 
 stdout = Console()
@@ -109,9 +112,16 @@ def build(
     if len(manifests) == 1:
         outcomes = [build_and_verify(manifests[0], out, force, as_text, not no_verify)]
     else:
-        with stderr.status(f"building {len(manifests)} manifests, {jobs} at a time"):
+        first = f"building {len(manifests)} manifests, {jobs} at a time"
+        with _progress_bar(quiet or as_json, first) as show:
             outcomes = build_many(
-                manifests, out, jobs=jobs, force=force, as_text=as_text, verify=not no_verify
+                manifests,
+                out,
+                jobs=jobs,
+                force=force,
+                as_text=as_text,
+                verify=not no_verify,
+                on_step=show,
             )
     for outcome in outcomes:
         if outcome.error is not None:
@@ -133,9 +143,32 @@ def build(
         raise typer.Exit(1)
 
 
-def _progress(quiet: bool) -> Console:
-    """Where progress spinners go: stderr, or nowhere with --quiet."""
-    return Console(stderr=True, quiet=True) if quiet else stderr
+@contextlib.contextmanager
+def _progress_bar(quiet: bool, first: str) -> Iterator[StepCallback]:
+    """A bar on stderr that the library's steps move; drawn only on a terminal, and gone
+    once the work is done, so logs and pipes see none of it."""
+    if quiet or not stderr.is_terminal:
+        yield lambda step: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=stderr, transient=True) as progress:
+        task = progress.add_task(first, total=None)
+
+        def show(step: Step) -> None:
+            progress.update(
+                task, description=step.description, completed=step.done, total=step.total
+            )
+
+        yield show
 
 
 def _print_json(document: object) -> None:
@@ -150,10 +183,8 @@ def _build_one(
     from smpack.packager import build as build_package
     from smpack.views import print_build_summary
 
-    with _progress(quiet).status("reading manifest") as status:
-        info = build_package(
-            manifest, out, force=force, as_text=as_text, on_step=lambda s: status.update(s)
-        )
+    with _progress_bar(quiet, "reading the manifest") as show:
+        info = build_package(manifest, out, force=force, as_text=as_text, on_step=show)
     if not quiet:
         print_build_summary(info, stdout)
     if verify:
@@ -167,15 +198,20 @@ def inspect(
         str | None, typer.Option("--tags", help="Show only this tag set, e.g. serve,gpu.")
     ] = None,
     as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Show what a SavedModel holds, without importing TensorFlow."""
+    """Show what a SavedModel holds, without importing TensorFlow.
+
+    With --quiet, only the exit code says whether it is a readable SavedModel (holding
+    the --tags graph, if given).
+    """
     from smpack.inspection import inspect_package, inspection_document, parse_tags
     from smpack.views import print_inspect
 
     info = inspect_package(package, parse_tags(tags) if tags is not None else None)
     if as_json:
         _print_json(inspection_document(info))
-    else:
+    elif not quiet:
         print_inspect(info, stdout)
 
 
@@ -195,11 +231,11 @@ def _verify_or_exit(
     from smpack.tf_quietly import import_tensorflow_quietly
     from smpack.views import verify_view
 
-    with _progress(quiet).status("verifying: loading every graph through TensorFlow"):
+    with _progress_bar(quiet or as_json, "importing TensorFlow") as show:
         import_tensorflow_quietly()
         from smpack.verification import verify_package
 
-        report = verify_package(package)
+        report = verify_package(package, on_step=show)
     if as_json:
         import dataclasses
 
@@ -291,6 +327,10 @@ def card(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the card here instead of stdout.")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"card": text}, or {"path": OUT} with --out.')
+    ] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Render a package's model card from its own files and an optional manifest."""
     from smpack.card import card_for_package
@@ -298,18 +338,37 @@ def card(
     text = card_for_package(
         package, manifest=manifest, template=template, fmt=fmt.value if fmt else None
     )
-    if out is None:
-        sys.stdout.write(text)
-    else:
+    if out is not None:
         write_atomically(out, text)
+    if as_json:
+        _print_json({"card": text} if out is None else {"path": str(out.absolute())})
+    elif out is None and not quiet:
+        sys.stdout.write(text)
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the schema here instead of stdout.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='With --out, print {"path": OUT}.')
+    ] = False,
+    quiet: QuietOption = False,
+) -> None:
     """Print the manifest's JSON Schema (editors complete and check manifests with it)."""
+    import json
+
     from smpack.manifest import manifest_json_schema
 
-    _print_json(manifest_json_schema())
+    text = json.dumps(manifest_json_schema(), indent=2) + "\n"
+    if out is not None:
+        write_atomically(out, text)
+        if as_json:
+            _print_json({"path": str(out.absolute())})
+    elif not quiet:
+        # Already a JSON document, so --json changes nothing here.
+        sys.stdout.write(text)
 
 
 @app.command()

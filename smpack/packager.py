@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from smpack.errors import PackageError
 from smpack.manifest import LoadedManifest, load_manifest
 from smpack.package_info import PackageInfo, read_package
+from smpack.progress import StepCallback, Steps
 from smpack.storage import exists, fetched, fetched_checkpoint, is_url, join, published_directory
 from smpack.tf_quietly import import_tensorflow_quietly
 
@@ -20,7 +21,7 @@ def build(
     *,
     force: bool = False,
     as_text: bool = False,
-    on_step: Callable[[str], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> PackageInfo:
     """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
 
@@ -29,9 +30,12 @@ def build(
     anything the user can fix; the destination is untouched unless the whole package was
     written.
     """
-    step = on_step or (lambda _: None)
     loaded = load_manifest(manifest)
     destination = join(out, loaded.spec.name, str(loaded.spec.version))
+    remote_source = loaded.model_url or loaded.checkpoint_url
+    # TF import, each variant, writing, cards, and fetching / uploading for URLs.
+    total = 3 + len(loaded.spec.variants) + bool(remote_source) + is_url(destination)
+    step = Steps(total, on_step)
     if exists(destination) and not force:
         msg = (
             f"{destination} already exists; pass --force to replace it, or raise the "
@@ -50,6 +54,8 @@ def build(
     from smpack.warmup import warmup_records, write_warmup_file
     from smpack.writer import write_saved_model
 
+    if remote_source:
+        step(f"fetching {remote_source}")
     with (
         fetched_sources(loaded) as loaded,
         open_source(loaded) as source,

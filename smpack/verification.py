@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from smpack.manifest import EXAMPLE_METHODS, METHODS
 from smpack.package_info import read_package
+from smpack.progress import StepCallback, Steps
 from smpack.protos import DTYPES, read_saved_model
 from smpack.provenance import RECORD_PATH, check_provenance
 from smpack.storage import fetched, is_url
@@ -70,20 +71,25 @@ class VerifyReport:
                 yield graph.tag_set, check
 
 
-def verify_package(location: str | Path) -> VerifyReport:
+def verify_package(location: str | Path, on_step: StepCallback | None = None) -> VerifyReport:
     """Check every MetaGraph of the SavedModel at `location` (a folder or URL).
 
     Never raises for a bad graph. A remote package is fetched whole and checked locally.
     """
+    step = Steps(int(is_url(location)), on_step)
+    if is_url(location):
+        step(f"fetching {location}")
     with fetched(location) as export_dir:
-        report = _verify_local(export_dir)
+        report = _verify_local(export_dir, step)
     if is_url(location):
         report.url = str(location).rstrip("/")
     return report
 
 
-def _verify_local(export_dir: Path) -> VerifyReport:
+def _verify_local(export_dir: Path, step: Steps) -> VerifyReport:
     saved_model = read_saved_model(export_dir)
+    step.total += 1 + len(saved_model.meta_graphs)
+    step("checking the package's files")
     tag_sets = [frozenset(m.meta_info_def.tags) for m in saved_model.meta_graphs]
     duplicates = sorted({",".join(sorted(t)) for t in tag_sets if tag_sets.count(t) > 1})
     package_checks = [
@@ -105,6 +111,7 @@ def _verify_local(export_dir: Path) -> VerifyReport:
     reports, outputs = [], {}
     for meta_graph, info in zip(saved_model.meta_graphs, package.graphs, strict=True):
         report = GraphReport(info.tag_set)
+        step(f"loading and running {info.tag_set}")
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
         graph_outputs = _run_graph(export_dir, meta_graph, report, warmup)

@@ -64,3 +64,42 @@ def test_verify_json_and_quiet(linear_package: PackageInfo) -> None:
     ]
     quiet = runner.invoke(app, ["verify", str(linear_package.path), "--quiet"])
     assert (quiet.exit_code, quiet.stdout) == (0, "")
+
+
+def test_every_command_takes_json_and_quiet() -> None:
+    commands = [command.name or command.callback.__name__ for command in app.registered_commands]
+    assert len(commands) == 8
+    for command in commands:
+        help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).stdout
+        assert "--json" in help_text and "--quiet" in help_text, command
+
+
+def test_inspect_quiet_answers_with_its_exit_code(linear_package: PackageInfo) -> None:
+    package = str(linear_package.path)
+    found = runner.invoke(app, ["inspect", package, "--tags", "serve,gpu", "--quiet"])
+    assert (found.exit_code, found.stdout, found.stderr) == (0, "", "")
+    missing = runner.invoke(app, ["inspect", package, "--tags", "serve,cpu", "--quiet"])
+    assert (missing.exit_code, missing.stdout) == (2, "")
+    assert "no MetaGraph has the tag set cpu,serve" in missing.stderr
+
+
+def test_card_json_and_quiet(linear_package: PackageInfo, tmp_path: Path) -> None:
+    package = str(linear_package.path)
+    printed = runner.invoke(app, ["card", package]).stdout
+    assert json.loads(runner.invoke(app, ["card", package, "--json"]).stdout) == {"card": printed}
+    out = tmp_path / "card.md"
+    written = runner.invoke(app, ["card", package, "--out", str(out), "--json"])
+    assert json.loads(written.stdout) == {"path": str(out)}
+    assert out.read_text() == printed
+    assert runner.invoke(app, ["card", package, "--quiet"]).stdout == ""
+
+
+def test_schema_out_json_and_quiet(tmp_path: Path) -> None:
+    printed = runner.invoke(app, ["schema"]).stdout
+    assert runner.invoke(app, ["schema", "--json"]).stdout == printed
+    assert runner.invoke(app, ["schema", "--quiet"]).stdout == ""
+    out = tmp_path / "manifest.schema.json"
+    written = runner.invoke(app, ["schema", "--out", str(out), "--json"])
+    assert json.loads(written.stdout) == {"path": str(out)}
+    # What the examples' `$schema` line points at is exactly this output.
+    assert out.read_text() == printed == (VARIANTS / "manifest.schema.json").read_text()

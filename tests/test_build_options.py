@@ -92,4 +92,3 @@ def test_published_package_is_readable_by_other_users(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert oct(stat.S_IMODE(package.stat().st_mode)) == oct(0o755)
-

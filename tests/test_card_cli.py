@@ -162,4 +162,3 @@ def test_templates_ship_in_the_wheel(linear_package: PackageInfo, tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "<!DOCTYPE html>"
-

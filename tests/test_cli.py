@@ -174,5 +174,7 @@ def test_target_knobs_without_ctx_compute_are_refused(variants_copy, tmp_path) -
     )
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "variants.gpu: sets device, xla, which apply to ctx.compute(...), but the model " \
+    assert (
+        "variants.gpu: sets device, xla, which apply to ctx.compute(...), but the model "
         "function never calls it" in result.stderr
+    )

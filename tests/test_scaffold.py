@@ -116,7 +116,7 @@ def test_init_needs_a_name_python_can_import(tmp_path: Path) -> None:
 def test_bundled_schema_file_is_current(schema: Any) -> None:
     # The examples' `$schema` line points at this file; it must describe this smpack.
     published = json.loads((VARIANTS / "manifest.schema.json").read_text())
-    assert published == schema, "run: smpack schema > variants/manifest.schema.json"
+    assert published == schema, "run: smpack schema --out variants/manifest.schema.json"
     for name in ("linear.yaml", "text_classifier.yaml"):
         first_line = (VARIANTS / name).read_text().splitlines()[0]
         assert first_line == "# yaml-language-server: $schema=manifest.schema.json"
