@@ -33,8 +33,8 @@ def build(
     loaded = load_manifest(manifest)
     destination = join(out, loaded.spec.name, str(loaded.spec.version))
     remote_source = loaded.model_url or loaded.checkpoint_url
-    # TF import, each variant, writing, cards, and fetching / uploading for URLs.
-    total = 3 + len(loaded.spec.variants) + bool(remote_source) + is_url(destination)
+    # TF import, each variant, writing, hashing, cards, and fetching / uploading for URLs.
+    total = 4 + len(loaded.spec.variants) + bool(remote_source) + is_url(destination)
     step = Steps(total, on_step)
     if exists(destination) and not force:
         msg = (
@@ -74,6 +74,7 @@ def build(
         copy_assets(loaded, staging)
         if warmup:
             write_warmup_file(staging, warmup)
+        step("hashing every file for smpack.json")
         write_provenance(staging, loaded)
         # Last, so the cards describe (and hash) every other file of the finished package.
         step("writing model cards")
