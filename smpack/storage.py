@@ -109,7 +109,7 @@ def _upload(local: Path, url: str) -> None:
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging, old = f"{parent}/.{name}.smpack-tmp-{tag}", f"{parent}/.{name}.smpack-old-{tag}"
     replacing = gfile.exists(url)
-    moved_aside = moving_in = False
+    moved_aside = moving_in = keep_old = False
     try:
         with _remote_errors(url, "write", "; the package was not written"):
             _upload_tree(gfile, local, staging)
@@ -119,16 +119,20 @@ def _upload(local: Path, url: str) -> None:
             moving_in = True
             _move_tree(gfile, staging, url, graph_first=False)
     except PackageError:
-        # Put the destination back as it was; what failed once may fail again, so say where
-        # the previous package is if that fails too.
-        with _remote_errors(url, "restore", f"; the previous package is in {old}"):
-            if moving_in and gfile.exists(url):
-                _remove_tree(gfile, url)
-            if moved_aside:
-                _move_tree(gfile, old, url, graph_first=False)
+        # Put the destination back as it was. What failed once may fail again: then the
+        # previous package stays where the error says it is.
+        try:
+            with _remote_errors(url, "restore", f"; the previous package is in {old}"):
+                if moving_in and gfile.exists(url):
+                    _remove_tree(gfile, url)
+                if moved_aside:
+                    _move_tree(gfile, old, url, graph_first=False)
+        except PackageError:
+            keep_old = True
+            raise
         raise
     finally:
-        for leftover in (staging, old):
+        for leftover in (staging,) if keep_old else (staging, old):
             with contextlib.suppress(Exception):
                 if gfile.exists(leftover):
                     _remove_tree(gfile, leftover)

@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from typer.testing import CliRunner
 
 import smpack
 from smpack.cli import app
-from smpack.errors import ManifestError
+from smpack.errors import ManifestError, PackageError
 from smpack.package_info import PackageInfo
 
 runner = CliRunner()
@@ -221,3 +222,61 @@ def test_an_unknown_url_scheme_is_one_line(remote: str) -> None:
     assert result.stderr.startswith("error: cannot read nosuchfs://bucket/models/linear/1: ")
     assert "nosuchfs" in result.stderr.splitlines()[0]
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.fixture
+def failing_moves(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """{destination: n}: the next n moves of a folder into destination fail, as a dropped
+    connection would make them; every other move is real."""
+    from smpack import storage
+
+    real_move = storage._move_tree
+    failures: dict[str, int] = {}
+
+    def move(gfile: Any, source: str, target: str, *, graph_first: bool) -> None:
+        if failures.get(target, 0) > 0:
+            failures[target] -= 1
+            raise tf.errors.UnavailableError(None, None, "connection reset")
+        real_move(gfile, source, target, graph_first=graph_first)
+
+    monkeypatch.setattr(storage, "_move_tree", move)
+    return failures
+
+
+def test_a_failed_swap_puts_the_previous_package_back(
+    failing_moves: dict[str, int], remote: str
+) -> None:
+    package = f"{remote}/linear/1"
+    smpack.build(LINEAR, remote)
+    before = remote_digests(package)
+    failing_moves[package] = 1  # moving the new package in; putting the old back works
+
+    with pytest.raises(PackageError) as caught:
+        smpack.build(LINEAR, remote, force=True)
+    assert (
+        str(caught.value)
+        == f"cannot write {package}: connection reset; the package was not written"
+    )
+    assert remote_digests(package) == before
+    assert tf.io.gfile.listdir(f"{remote}/linear") == ["1"]
+
+
+def test_when_the_old_package_cannot_go_back_the_error_says_where_it_is(
+    failing_moves: dict[str, int], remote: str
+) -> None:
+    package = f"{remote}/linear/1"
+    smpack.build(LINEAR, remote)
+    before = remote_digests(package)
+    failing_moves[package] = 2  # moving the new package in, and putting the old one back
+
+    with pytest.raises(PackageError) as caught:
+        smpack.build(LINEAR, remote, force=True)
+    message = str(caught.value)
+    assert message.startswith(
+        f"cannot restore {package}: connection reset; the previous package is in "
+    )
+    kept = message.rpartition(" is in ")[2]
+    assert kept.startswith(f"{remote}/linear/.1.smpack-old-")
+    assert remote_digests(kept) == before
+    # Nothing else is left: the uploaded copy of the new package is gone.
+    assert sorted(tf.io.gfile.listdir(f"{remote}/linear")) == [kept.rpartition("/")[2]]
