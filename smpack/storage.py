@@ -2,7 +2,7 @@
 
 smpack itself works on local folders (it hard-links shards, renames atomically, hashes with
 plain reads), so a remote source or package is first fetched into a temporary folder, and a
-package bound for a remote location is built locally, checked, then uploaded. Local paths
+package bound for a remote location is built locally, then uploaded. Local paths
 never touch `tf.io.gfile`, so they pay no TensorFlow import.
 
 Object stores cannot rename a folder in one step (TensorFlow's `ram://` cannot rename one at
@@ -44,6 +44,7 @@ def join(location: str | Path, *parts: str) -> str | Path:
 
 
 def exists(location: str | Path) -> bool:
+    """Whether a file or folder is at `location`; remote errors become `PackageError`."""
     if not is_url(location):
         return Path(location).exists()
     with _remote_errors(str(location), "read"):
