@@ -243,11 +243,15 @@ def failing_moves(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return failures
 
 
+@pytest.fixture
+def remote_package(remote: str) -> str:
+    return smpack.build(LINEAR, remote).location
+
+
 def test_a_failed_swap_puts_the_previous_package_back(
-    failing_moves: dict[str, int], remote: str
+    failing_moves: dict[str, int], remote: str, remote_package: str
 ) -> None:
-    package = f"{remote}/linear/1"
-    smpack.build(LINEAR, remote)
+    package = remote_package
     before = remote_digests(package)
     failing_moves[package] = 1  # moving the new package in; putting the old back works
 
@@ -262,10 +266,9 @@ def test_a_failed_swap_puts_the_previous_package_back(
 
 
 def test_when_the_old_package_cannot_go_back_the_error_says_where_it_is(
-    failing_moves: dict[str, int], remote: str
+    failing_moves: dict[str, int], remote: str, remote_package: str
 ) -> None:
-    package = f"{remote}/linear/1"
-    smpack.build(LINEAR, remote)
+    package = remote_package
     before = remote_digests(package)
     failing_moves[package] = 2  # moving the new package in, and putting the old one back
 
