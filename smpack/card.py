@@ -32,10 +32,6 @@ from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, read_package
 from smpack.protos import read_saved_model
 from smpack.storage import fetched, is_url
 
-# The names a build writes cards under in assets.extra/. A card leaves them out of its asset
-# and file lists: it cannot hold its own hash, and a card rendered before or after the cards
-# are written must come out the same.
-
 # Jinja2 names the frames it fakes for template code like this; other frames are Python.
 _TEMPLATE_FRAMES = re.compile(r"^(top-level template code|template|block '.*')$")
 
@@ -228,6 +224,8 @@ def card_context(
                 {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)} for v in info.variables
             ],
             "assets": list(info.assets),
+            # No card lists the cards: it cannot hold its own hash, and a card rendered
+            # before or after they are written must come out the same.
             "assets_extra": [a for a in info.assets_extra if a not in CARD_FILES],
             "files": _files(info.path),
         },

@@ -61,7 +61,6 @@ class SourceTensor:
 class ImportedModel:
     """A source signature ready to be replayed in any variant's graph."""
 
-    path: Path
     checkpoint: Path
     inputs: list[SourceTensor]
     outputs: list[SourceTensor]
@@ -116,7 +115,6 @@ def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> Impor
             )
         )
     return ImportedModel(
-        path=path,
         checkpoint=path / "variables" / "variables",
         inputs=inputs,
         outputs=outputs,

@@ -253,8 +253,7 @@ class Source(_Strict):
         return (self.python or "").rpartition(":")[2]
 
 
-# TF Serving's warmup file in assets.extra/, and how many records it reads at most.
-# Files every build writes into assets.extra/ (provenance.py, card.py).
+# How many records TF Serving reads from a warmup file at most.
 MAX_WARMUP_RECORDS = 1000
 
 

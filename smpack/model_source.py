@@ -53,14 +53,14 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
 
 
 def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource:
-    from smpack.imported_source import load_saved_model, model_function
+    from smpack.imported_source import load_saved_model, model_function, restore_map
 
     kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
     where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
     imported = load_saved_model(path, signature, where)
     return ModelSource(
         model_function(imported, _loss(loaded), loaded),
-        checkpoint_keys={v.name: v.checkpoint_key for v in imported.variables},
+        checkpoint_keys=restore_map(imported),
         checkpoint=imported.checkpoint,
     )
 

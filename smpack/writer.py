@@ -29,13 +29,12 @@ def write_saved_model(
     graphs: list[VariantGraph],
     loaded: LoadedManifest,
     as_text: bool,
-    source: ModelSource | None = None,
+    source: ModelSource,
 ) -> None:
     """Write `graphs` as the MetaGraphs of the SavedModel at `export_dir`.
 
-    Model variables start from `source.checkpoint` (default: the manifest's checkpoint).
+    Model variables start from `source.checkpoint`, or from their initializers without one.
     """
-    source = source or ModelSource(model_fn=lambda ctx: None, checkpoint=loaded.checkpoint)
     first = graph_holding_all_variables(graphs, loaded.path)
     ordered = [first] + [g for g in graphs if g is not first]
     # The builder tf.estimator used: it stores the init op as the __saved_model_init_op
