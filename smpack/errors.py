@@ -38,6 +38,12 @@ class SmpackError(Exception):
         return where + self.message
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message: TF and Keras errors run on over several lines
+    (NodeDef, op signature, stack), and the first says what failed."""
+    return next(iter(str(error).strip().splitlines()), "")
+
+
 class ManifestError(SmpackError):
     """The manifest cannot be read or says something invalid (YAML, schema, paths)."""
 

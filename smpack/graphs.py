@@ -10,7 +10,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from smpack.errors import GraphError, ModelError, SmpackError
+from smpack.errors import GraphError, ModelError, SmpackError, first_line
 from smpack.manifest import LoadedManifest, Signature, Variant
 from smpack.model import ModelContext, ModelSpec
 from smpack.signatures import build_signature_def
@@ -158,9 +158,9 @@ def _call_model(
         raise
     except Exception as e:
         model = f"model function {loaded.function_name!r}" if loaded.python_file else "importing"
-        # TF errors run over several lines (NodeDef, op signature); the first says what failed.
-        first = next(iter(str(e).strip().splitlines()), "")
-        msg = f"{model} raised {type(e).__name__}: {first} (building variant {ctx.variant!r})"
+        msg = (
+            f"{model} raised {type(e).__name__}: {first_line(e)} (building variant {ctx.variant!r})"
+        )
         raise ModelError(
             msg,
             file=loaded.python_file or loaded.path,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from smpack.errors import ModelError
+from smpack.errors import ModelError, first_line
 
 
 def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
@@ -22,17 +22,12 @@ def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
         # safe_mode (the default) refuses lambda layers and other arbitrary code in the file.
         model = keras.saving.load_model(path)
     except Exception as e:
-        msg = f"cannot load {path.name} with Keras: {type(e).__name__}: {_first_line(e)}"
+        msg = f"cannot load {path.name} with Keras: {type(e).__name__}: {first_line(e)}"
         raise ModelError(msg, **where) from e
     exported = folder / "savedmodel"
     try:
         model.export(str(exported), format="tf_saved_model", verbose=False)
     except Exception as e:
-        msg = f"cannot export {path.name} as a SavedModel: {type(e).__name__}: {_first_line(e)}"
+        msg = f"cannot export {path.name} as a SavedModel: {type(e).__name__}: {first_line(e)}"
         raise ModelError(msg, **where) from e
     return exported
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
