@@ -13,9 +13,6 @@ weight twice) is not linked: the needed byte ranges are copied into a new shard 
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +23,7 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from smpack.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
 from smpack.errors import PackageError
+from smpack.staging import link_or_copy
 from smpack.wire import encode_varint
 
 # Link a shard whole only if the package uses most of it; else copy what it uses.
@@ -146,7 +144,7 @@ def write_variables(
     for shard_id, (data, copied) in enumerate(shards):
         target = _shard_path(prefix, shard_id, total)
         if copied is None:
-            _link_or_copy(data, target)
+            link_or_copy(data, target)
         else:
             _copy_ranges(data, target, [entries[n] for n in copied])
     for shard_id, data in enumerate(extra_shards, start=len(shards)):
@@ -161,15 +159,6 @@ def write_variables(
 
 def _shard_path(prefix: Path, shard: int, num_shards: int) -> Path:
     return Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        shutil.copyfile(source, target)
 
 
 def _copy_ranges(

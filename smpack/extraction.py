@@ -7,13 +7,13 @@ shared by hard link where the filesystem allows, so extracting costs no extra sp
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from smpack.errors import PackageError
 from smpack.inspection import no_such_tag_set
 from smpack.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
+from smpack.staging import link_or_copy
 from smpack.storage import fetched, is_url, published_directory
 
 
@@ -82,13 +82,6 @@ def _extract(
                 shutil.copytree(
                     export_dir / folder,
                     staging / folder,
-                    copy_function=_link_or_copy,
+                    copy_function=link_or_copy,
                     ignore=descriptions,
                 )
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
