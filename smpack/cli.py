@@ -357,11 +357,9 @@ def schema(
     quiet: QuietOption = False,
 ) -> None:
     """Print the manifest's JSON Schema (editors complete and check manifests with it)."""
-    import json
-
     from smpack.manifest import manifest_json_schema
 
-    text = json.dumps(manifest_json_schema(), indent=2) + "\n"
+    text = manifest_json_schema()
     if out is not None:
         write_atomically(out, text)
         if as_json:

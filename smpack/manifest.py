@@ -8,6 +8,7 @@ folder, never the working directory.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -388,14 +389,16 @@ class Manifest(_Strict):
         return dict(variant.signatures) if variant.signatures is not None else dict(self.signatures)
 
 
-def manifest_json_schema() -> dict[str, Any]:
-    """The manifest format as JSON Schema, for editors (yaml-language-server) and scripts."""
+def manifest_json_schema() -> str:
+    """The manifest format as a JSON Schema document, for editors (yaml-language-server) and
+    scripts: the text `smpack schema` prints and `smpack init` writes beside a manifest."""
     schema = Manifest.model_json_schema(by_alias=True)
-    return {
+    document = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"smpack variant manifest, schema {SCHEMA_VERSION}",
         **{key: value for key, value in schema.items() if key != "title"},
     }
+    return json.dumps(document, indent=2) + "\n"
 
 
 class LoadedManifest(BaseModel):

@@ -6,7 +6,6 @@ and the optional ones sit commented out with their defaults.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from string import Template
@@ -106,5 +105,5 @@ def write_starter(manifest: Path) -> list[Path]:
         encoding="utf-8",
     )
     schema = manifest.parent / SCHEMA_FILE
-    schema.write_text(json.dumps(manifest_json_schema(), indent=2) + "\n", encoding="utf-8")
+    schema.write_text(manifest_json_schema(), encoding="utf-8")
     return [manifest, model, schema]
