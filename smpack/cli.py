@@ -272,11 +272,10 @@ def extract(
     import_tensorflow_quietly()
     from smpack.extraction import extract_graph
 
-    written = extract_graph(
-        package, parse_tags(tags), out, clear_devices=clear_devices, force=force
-    )
+    tag_set = parse_tags(tags)
+    written = extract_graph(package, tag_set, out, clear_devices=clear_devices, force=force)
     if as_json:
-        _print_json({"path": str(written), "tags": ["serve"], "from": sorted(parse_tags(tags))})
+        _print_json({"path": str(written), "tags": ["serve"], "from": sorted(tag_set)})
     elif not quiet:
         stdout.print(f"wrote {written} (tag set serve, from {tags})", highlight=False)
 
