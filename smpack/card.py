@@ -8,7 +8,6 @@ with smpack's own protobuf messages, and from the files themselves.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import importlib.resources
 import json
@@ -28,9 +27,8 @@ from smpack.digests import file_sha256, tree_files
 from smpack.errors import ManifestError
 from smpack.layout import ASSETS_EXTRA, CARD_FILES
 from smpack.manifest import card_format
-from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, read_package
+from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, package_at, read_package
 from smpack.protos import read_saved_model
-from smpack.storage import fetched, is_url
 
 # Jinja2 names the frames it fakes for template code like this; other frames are Python.
 _TEMPLATE_FRAMES = re.compile(r"^(top-level template code|template|block '.*')$")
@@ -166,10 +164,7 @@ def card_for_package(
     rendered: Literal["md", "html"] = fmt or chosen_format or "md"
     if template is None and chosen_format != rendered:
         chosen = None
-    with fetched(export_dir) as local:
-        info = read_package(local)
-        if is_url(export_dir):
-            info = dataclasses.replace(info, url=str(export_dir).rstrip("/"))
+    with package_at(export_dir) as info:
         return render_card(info, spec, fmt=rendered, template=chosen, name=name, version=version)
 
 

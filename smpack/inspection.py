@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from smpack.errors import PackageError
-from smpack.package_info import GraphInfo, PackageInfo, read_package
-from smpack.storage import fetched, is_url
+from smpack.package_info import GraphInfo, PackageInfo, package_at
+from smpack.storage import is_url
 
 JSON_SCHEMA_VERSION = 1
 
@@ -44,16 +44,13 @@ def inspect_package(location: str | Path, tags: frozenset[str] | None = None) ->
 
     Raises `PackageError` if no graph has exactly that tag set.
     """
-    with fetched(location) as export_dir:
-        info = read_package(export_dir)
-    if is_url(location):
-        info = dataclasses.replace(info, url=str(location).rstrip("/"))
-    if tags is None:
-        return info
-    chosen = tuple(g for g in info.graphs if frozenset(g.tags) == tags)
-    if not chosen:
-        raise no_such_tag_set(info.location, tags, [g.tag_set for g in info.graphs])
-    return dataclasses.replace(info, graphs=chosen)
+    with package_at(location) as info:
+        if tags is None:
+            return info
+        chosen = tuple(g for g in info.graphs if frozenset(g.tags) == tags)
+        if not chosen:
+            raise no_such_tag_set(info.location, tags, [g.tag_set for g in info.graphs])
+        return dataclasses.replace(info, graphs=chosen)
 
 
 def no_such_tag_set(

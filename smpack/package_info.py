@@ -6,7 +6,10 @@ by construction.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from smpack.checkpoint_index import read_checkpoint_index
 from smpack.errors import PackageError
 from smpack.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
 from smpack.protos import DTYPES, FingerprintDef, read_saved_model
+from smpack.storage import fetched, is_url
 
 _HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}  # DataType enum values
 _FLOATS = {1: "float32", 2: "float64", 14: "bfloat16", 19: "float16"}
@@ -98,6 +102,15 @@ class PackageInfo:
 
     def graph(self, *tags: str) -> GraphInfo:
         return next(g for g in self.graphs if set(g.tags) == set(tags))
+
+
+@contextlib.contextmanager
+def package_at(location: str | Path) -> Iterator[PackageInfo]:
+    """The package at `location`, a folder or a URL, with its files readable inside the block
+    (a remote package is fetched into a temporary copy, removed on leaving)."""
+    with fetched(location) as export_dir:
+        info = read_package(export_dir)
+        yield dataclasses.replace(info, url=str(location).rstrip("/")) if is_url(location) else info
 
 
 def read_package(export_dir: str | Path) -> PackageInfo:
