@@ -186,12 +186,8 @@ def _run_graph(
         if not report.checks[-1].passed:
             return results
         with _check(report, "signature tensors resolve"):
-            for key, signature in meta_graph.signature_def.items():
-                # __saved_model_init_op and __saved_model_train_op name operations.
-                if key.startswith("__saved_model"):
-                    continue
-                for info in [*signature.inputs.values(), *signature.outputs.values()]:
-                    session.graph.get_tensor_by_name(info.name)
+            for _, name in _signature_tensors(meta_graph):
+                session.graph.get_tensor_by_name(name)
         for key, signature in sorted(signatures.items()):
             with _check(report, f"signature {key} runs{_replaying(warmup, key)}"):
                 fetches = {k: v.name for k, v in signature.outputs.items()}
@@ -201,14 +197,22 @@ def _run_graph(
     return results
 
 
+def _signature_tensors(meta_graph: Any) -> Iterator[tuple[str, str]]:
+    """(signature key, tensor name) of every signature input and output."""
+    for key, signature in meta_graph.signature_def.items():
+        # __saved_model_init_op and __saved_model_train_op name operations, not tensors.
+        if key.startswith("__saved_model"):
+            continue
+        for info in [*signature.inputs.values(), *signature.outputs.values()]:
+            yield key, info.name
+
+
 def _signature_nodes_check(meta_graph: Any) -> Check:
     nodes = {node.name for node in meta_graph.graph_def.node}
     missing = sorted(
-        f"{key}: {info.name}"
-        for key, signature in meta_graph.signature_def.items()
-        if not key.startswith("__saved_model")  # these name operations, not tensors
-        for info in [*signature.inputs.values(), *signature.outputs.values()]
-        if info.name.rpartition(":")[0] not in nodes
+        f"{key}: {name}"
+        for key, name in _signature_tensors(meta_graph)
+        if name.rpartition(":")[0] not in nodes
     )
     return Check(
         "signature tensors resolve (in the GraphDef)",
