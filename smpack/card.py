@@ -286,18 +286,12 @@ def _device(graph: GraphInfo) -> str:
 
 
 def _tensor(tensor: TensorInfo) -> dict[str, Any]:
-    if tensor.shape is None:
-        shape_text = "unknown rank"
-    elif not tensor.shape:
-        shape_text = "scalar"
-    else:
-        shape_text = "[" + ", ".join("?" if d is None else str(d) for d in tensor.shape) + "]"
     return {
         "key": tensor.key,
         "name": tensor.name,
         "dtype": tensor.dtype,
         "shape": None if tensor.shape is None else list(tensor.shape),
-        "shape_text": shape_text,
+        "shape_text": "scalar" if tensor.shape == () else tensor.shape_text,
     }
 
 

@@ -97,7 +97,5 @@ def _signature_change(old: SignatureInfo, new: SignatureInfo) -> str:
 
 
 def _tensor(tensor: TensorInfo) -> str:
-    if tensor.shape is None:
-        return f"{tensor.name} {tensor.dtype}[unknown rank]"
-    shape = ", ".join("?" if d is None else str(d) for d in tensor.shape)
-    return f"{tensor.name} {tensor.dtype}[{shape}]"
+    shape = "[unknown rank]" if tensor.shape is None else tensor.shape_text
+    return f"{tensor.name} {tensor.dtype}{shape}"

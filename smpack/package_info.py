@@ -33,6 +33,13 @@ class TensorInfo:
     dtype: str
     shape: tuple[int | None, ...] | None
 
+    @property
+    def shape_text(self) -> str:
+        """`[?, 3]` (? for a size known only at run time), or `unknown rank`."""
+        if self.shape is None:
+            return "unknown rank"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
 
 @dataclass(frozen=True)
 class SignatureInfo:

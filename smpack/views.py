@@ -145,11 +145,7 @@ def _graph_facts(graph: GraphInfo) -> str:
 
 
 def _tensor_text(tensor: TensorInfo) -> str:
-    if tensor.shape is None:
-        shape = "unknown rank"
-    else:
-        shape = "[" + ", ".join("?" if d is None else str(d) for d in tensor.shape) + "]"
-    return f"{tensor.key}: {tensor.name} {tensor.dtype} {shape}"
+    return f"{tensor.key}: {tensor.name} {tensor.dtype} {tensor.shape_text}"
 
 
 def _fingerprint_text(info: PackageInfo) -> str:
