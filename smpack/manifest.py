@@ -411,6 +411,7 @@ class LoadedManifest(BaseModel):
     python_file: Path | None
     function_name: str
     model_path: Path | None = None  # the savedmodel folder or .keras file
+    loss_file: Path | None = None  # the Python file of a `file.py:function` loss
     checkpoint: Path | None
     # Sources named by URL (gs://, ...), fetched into local temporary copies before a build.
     model_url: str | None = None
@@ -545,6 +546,9 @@ def _line_of(text: str, loc: list[str]) -> int | None:
 def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     folder = path.parent
     python_file, model_path, model_url = _resolve_source(spec, folder, path)
+    loss, loss_file = spec.source.loss, None
+    if loss is not None and loss not in LOSSES:
+        loss_file = _existing(folder, loss.rpartition(":")[0], path, "source.loss")
     checkpoint, checkpoint_url = None, None
     if spec.source.checkpoint is not None and storage.is_url(spec.source.checkpoint):
         checkpoint_url = spec.source.checkpoint
@@ -596,6 +600,7 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         python_file=python_file,
         function_name=spec.source.function_name,
         model_path=model_path,
+        loss_file=loss_file,
         checkpoint=checkpoint,
         model_url=model_url,
         checkpoint_url=checkpoint_url,

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smpack.errors import ManifestError
 from smpack.manifest import LoadedManifest
 
 
@@ -76,9 +75,8 @@ def _loss(loaded: LoadedManifest) -> Any:
         return None
     if name in LOSSES:
         return builtin_loss(name, where)
-    file, _, function = name.rpartition(":")
-    path = (loaded.folder / file).resolve()
-    if not path.is_file():
-        msg = f"{file!r} does not exist in {loaded.folder}"
-        raise ManifestError(msg, **where)
-    return python_loss(import_function(path, function, loaded.path, "source.loss"), where)
+    assert loaded.loss_file is not None  # resolved with the manifest for a file.py:function loss
+    function = import_function(
+        loaded.loss_file, name.rpartition(":")[2], loaded.path, "source.loss"
+    )
+    return python_loss(function, where)

@@ -425,6 +425,14 @@ def test_keras_train_step_learns_class_ids(keras_package: PackageInfo) -> None:
             "give exactly one of python, savedmodel or keras",
         ),
         ({"savedmodel": "two_layers"}, "source.loss: a train variant of a savedmodel"),
+        (
+            {"savedmodel": "two_layers", "loss": "missing.py:fn"},
+            "source.loss: 'missing.py' does not exist in",
+        ),
+        (
+            {"savedmodel": "two_layers", "loss": "../outside.py:mean_abs"},
+            "source.loss: '../outside.py' points outside the manifest's folder",
+        ),
     ],
 )
 def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -> None:
@@ -434,6 +442,7 @@ def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -
     shutil.copytree(tf_source / "two_layers", folder / "two_layers")
     shutil.copytree(tf_source / "vocabulary", folder / "vocabulary")
     (folder / "broken.keras").write_bytes(b"not a zip file")
+    (tmp_path / "outside.py").write_text("def mean_abs(output, labels):\n    return 0.0\n")
     manifest = write_manifest(folder, source, variants=VARIANTS if "loss" in message else SERVING)
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
