@@ -32,9 +32,9 @@ def build(
     """
     loaded = load_manifest(manifest)
     destination = join(out, loaded.spec.name, str(loaded.spec.version))
-    remote_source = loaded.model_url or loaded.checkpoint_url
+    remote_source, remote_destination = loaded.model_url or loaded.checkpoint_url, is_url(out)
     # TF import, each variant, writing, hashing, cards, and fetching / uploading for URLs.
-    total = 4 + len(loaded.spec.variants) + bool(remote_source) + is_url(destination)
+    total = 4 + len(loaded.spec.variants) + bool(remote_source) + remote_destination
     step = Steps(total, on_step)
     if exists(destination) and not force:
         msg = (
@@ -87,9 +87,9 @@ def build(
         )
         # Read now: a remote package's local copy is gone once it has been uploaded.
         info = read_package(staging)
-        if is_url(destination):
+        if remote_destination:
             step(f"uploading to {destination}")
-    if is_url(destination):
+    if remote_destination:
         return dataclasses.replace(info, url=str(destination))
     return dataclasses.replace(info, path=Path(destination))
 
