@@ -10,8 +10,8 @@ from smpack.errors import SmpackError
 from smpack.model import ModelContext, ModelSpec
 
 if TYPE_CHECKING:
+    from smpack.builder.packager import build
     from smpack.manifest import load_manifest
-    from smpack.packager import build
 
 __version__ = "0.1.0"
 
@@ -21,7 +21,7 @@ __all__ = ["ModelContext", "ModelSpec", "SmpackError", "__version__", "build", "
 def __getattr__(name: str) -> Any:
     # Imported on first use: `smpack inspect` must not pay for pydantic and the manifest schema.
     if name == "build":
-        from smpack.packager import build
+        from smpack.builder.packager import build
 
         return build
     if name == "load_manifest":

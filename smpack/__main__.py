@@ -1,3 +1,3 @@
-from smpack.cli import main
+from smpack.cli.commands import main
 
 main()

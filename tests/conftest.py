@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import smpack
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ROOT / "variants"

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from smpack import cli
+from smpack.cli import commands as cli
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 # SMPACK_UPDATE_GOLDEN=1 rewrites the golden files instead of comparing; read the diff after.

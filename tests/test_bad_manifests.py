@@ -18,9 +18,9 @@ import pytest
 from tree_state import tree_state
 from typer.testing import CliRunner
 
-from smpack.cli import app
+from smpack.cli.commands import app
 from smpack.errors import ModelError
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 CORPUS = Path(__file__).resolve().parent / "bad_manifests"
 CASES = sorted(p.stem for p in CORPUS.glob("*.expected"))

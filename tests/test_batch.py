@@ -8,8 +8,8 @@ from pathlib import Path
 from conftest import VARIANTS
 from typer.testing import CliRunner
 
-from smpack.cli import app
-from smpack.package_info import PackageInfo
+from smpack.cli.commands import app
+from smpack.package.info import PackageInfo
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 SOURCE = Path(__file__).parent / "c_api" / "run_saved_model.c"
 

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from smpack.card import CardTemplateError, card_context, render_card
-from smpack.card_spec import CardSpec
 from smpack.errors import ManifestError
 from smpack.manifest import load_manifest
-from smpack.package_info import PackageInfo
+from smpack.manifest.card_spec import CardSpec
+from smpack.package.card import CardTemplateError, card_context, render_card
+from smpack.package.info import PackageInfo
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 # SMPACK_UPDATE_GOLDEN=1 rewrites the golden cards instead of comparing; read the diff after.
@@ -329,7 +329,7 @@ def test_rendering_does_not_import_tensorflow(linear_package: PackageInfo, tmp_p
     pickled.write_bytes(pickle.dumps(linear_package))
     script = (
         "import pickle, sys\n"
-        "from smpack.card import render_card\n"
+        "from smpack.package.card import render_card\n"
         f"info = pickle.loads(open({str(pickled)!r}, 'rb').read())\n"
         "render_card(info, None)\n"
         "render_card(info, None, fmt='html')\n"

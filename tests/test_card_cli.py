@@ -16,8 +16,8 @@ from test_card import _check_golden, _front_matter, _normalise, _Page
 from test_cli import tree_digest
 from typer.testing import CliRunner
 
-from smpack.cli import app
-from smpack.package_info import PackageInfo
+from smpack.cli.commands import app
+from smpack.package.info import PackageInfo
 
 runner = CliRunner()
 
@@ -145,11 +145,11 @@ def test_templates_ship_in_the_wheel(linear_package: PackageInfo, tmp_path: Path
     package = tmp_path / "linear" / "1"
     shutil.copytree(linear_package.path, package)
     script = (
-        "import smpack, smpack.card\n"
-        "from smpack.package_info import read_package\n"
+        "import smpack, smpack.package.card\n"
+        "from smpack.package.info import read_package\n"
         f"assert smpack.__file__.startswith({str(installed)!r}), smpack.__file__\n"
         f"info = read_package({str(package)!r})\n"
-        "print(smpack.card.render_card(info, None, fmt='html')[:15])\n"
+        "print(smpack.package.card.render_card(info, None, fmt='html')[:15])\n"
     )
     # Run away from the checkout, so only the installed wheel can supply the templates.
     result = subprocess.run(

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from smpack.checkpoint_index import CheckpointIndex, _entry, crc32c, read_checkpoint_index
 from smpack.errors import PackageError
+from smpack.package.checkpoint_index import CheckpointIndex, _entry, crc32c, read_checkpoint_index
 
 v1 = tf.compat.v1
 
@@ -174,7 +174,7 @@ def test_crc32c_check_value() -> None:
 def test_import_and_read_without_tensorflow(v1_prefix: str) -> None:
     script = (
         "import sys\n"
-        "from smpack.checkpoint_index import read_checkpoint_index\n"
+        "from smpack.package.checkpoint_index import read_checkpoint_index\n"
         f"print(len(read_checkpoint_index({v1_prefix!r}).entries))\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
     )

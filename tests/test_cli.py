@@ -12,7 +12,7 @@ from conftest import VARIANTS
 from tf_helpers import run_v1
 from typer.testing import CliRunner
 
-from smpack.cli import app
+from smpack.cli.commands import app
 
 runner = CliRunner()
 
@@ -136,7 +136,7 @@ def test_debug_variable_brings_back_the_traceback(variants_copy: Path, tmp_path:
 
 def test_help_does_not_import_tensorflow() -> None:
     code = (
-        "import sys; from smpack.cli import app; from typer.testing import CliRunner;"
+        "import sys; from smpack.cli.commands import app; from typer.testing import CliRunner;"
         "CliRunner().invoke(app, ['--help']); print('tensorflow' in sys.modules)"
     )
     result = subprocess.run(

@@ -10,7 +10,7 @@ from conftest import VARIANTS
 from rich_golden import check_golden, invoke
 
 import smpack
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 
 def test_two_builds_of_one_manifest_are_the_same(

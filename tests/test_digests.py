@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from smpack.digests import file_sha256
+from smpack.package.digests import file_sha256
 
 
 def test_digest_is_the_files_sha256_and_links_share_it(tmp_path: Path) -> None:

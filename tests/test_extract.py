@@ -11,8 +11,8 @@ import tensorflow as tf
 from rich_golden import invoke
 from tf_helpers import run_v1
 
-from smpack.package_info import PackageInfo, read_package
-from smpack.verification import verify_package
+from smpack.checks.verify import verify_package
+from smpack.package.info import PackageInfo, read_package
 
 
 def test_serve_variant_round_trips_through_tflite(

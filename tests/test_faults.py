@@ -24,7 +24,7 @@ import pytest
 from tree_state import tree_state
 
 import smpack
-from smpack.staging import _exchange
+from smpack.io.staging import _exchange
 
 FAULTS = Path(__file__).resolve().parent / "faults"
 # Nested loops in Jinja2's sandbox (range is capped at 100000): 10^10 iterations.

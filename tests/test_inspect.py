@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from rich_golden import check_golden, invoke
 from tensorflow.core.protobuf import saved_model_pb2
 
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 
 def inspect_json(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
@@ -110,7 +110,7 @@ def test_does_not_import_tensorflow(linear_package: PackageInfo) -> None:
     script = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from smpack.cli import app\n"
+        "from smpack.cli.commands import app\n"
         f"for extra in ([], ['--json']):\n"
         f"    result = CliRunner().invoke(app, ['inspect', {str(linear_package.path)!r}, *extra])\n"
         "    assert result.exit_code == 0, result.output\n"

@@ -12,7 +12,7 @@ import pytest
 from tf_helpers import meta_graph, run_v1, run_v2
 
 import smpack
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 SERVE_TAG_SETS = [("serve",), ("serve", "gpu"), ("train",)]
 ALL_TAG_SETS = {"serve", "train", "serve,gpu", "serve,tpu"}
@@ -177,7 +177,7 @@ def test_saved_model_cli_lists_and_runs_every_tag_set(linear_package: PackageInf
 
 @pytest.mark.parametrize("package", ["linear_package", "text_package"])
 def test_tpu_computation_compiles_with_xla_on_cpu_and_matches(package, request) -> None:
-    from smpack.xla_check import run_tpu_graph_on_cpu
+    from smpack.checks.xla_check import run_tpu_graph_on_cpu
 
     info = request.getfixturevalue(package)
     feeds = (

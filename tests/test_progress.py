@@ -12,11 +12,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import smpack
-from smpack import cli
-from smpack.batch import build_many
-from smpack.package_info import PackageInfo
+from smpack.builder.batch import build_many
+from smpack.checks.verify import verify_package
+from smpack.cli import commands as cli
+from smpack.package.info import PackageInfo
 from smpack.progress import Step
-from smpack.verification import verify_package
 
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

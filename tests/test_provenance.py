@@ -14,8 +14,8 @@ from tensorflow.core.protobuf import fingerprint_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
 import smpack
-from smpack.package_info import PackageInfo
-from smpack.provenance import check_provenance
+from smpack.builder.provenance import check_provenance
+from smpack.package.info import PackageInfo
 
 
 def sha256(path: Path) -> str:

@@ -24,9 +24,9 @@ from tf_helpers import run_v1, run_v2
 from typer.testing import CliRunner
 
 import smpack
-from smpack.cli import app
+from smpack.cli.commands import app
 from smpack.errors import ManifestError, PackageError
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 runner = CliRunner()
 LINEAR = str(VARIANTS / "linear.yaml")
@@ -228,7 +228,7 @@ def test_an_unknown_url_scheme_is_one_line(remote: str) -> None:
 def failing_moves(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """{destination: n}: the next n moves of a folder into destination fail, as a dropped
     connection would make them; every other move is real."""
-    from smpack import storage
+    from smpack.io import storage
 
     real_move = storage._move_tree
     failures: dict[str, int] = {}

@@ -10,7 +10,7 @@ import pytest
 from conftest import VARIANTS
 
 import smpack
-from smpack.package_info import PackageInfo
+from smpack.package.info import PackageInfo
 
 
 def file_digests(package: Path) -> dict[str, str]:

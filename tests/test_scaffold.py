@@ -16,7 +16,7 @@ from conftest import ROOT, VARIANTS
 from tf_helpers import run_v1
 from typer.testing import CliRunner
 
-from smpack.cli import app
+from smpack.cli.commands import app
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_schema_refuses_what_smpack_refuses(
 
 def test_schema_command_does_not_import_tensorflow() -> None:
     script = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom smpack.cli import app\n"
+        "import sys\nfrom typer.testing import CliRunner\nfrom smpack.cli.commands import app\n"
         "assert CliRunner().invoke(app, ['schema']).exit_code == 0\n"
         "print(any(m.split('.')[0] == 'tensorflow' for m in sys.modules))\n"
     )

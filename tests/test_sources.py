@@ -16,8 +16,8 @@ from tf_helpers import meta_graph, run_v1, run_v2
 from typer.testing import CliRunner
 
 import smpack
-from smpack.cli import app
-from smpack.package_info import PackageInfo
+from smpack.cli.commands import app
+from smpack.package.info import PackageInfo
 
 VARIANTS = {
     "cpu": {"tags": ["serve"]},
@@ -202,7 +202,7 @@ def test_gpu_variant_computes_in_half_on_the_device(tf_source, tf_package) -> No
 
 
 def test_tpu_variant_is_a_tpu_rewrite_matching_the_source(tf_source, tf_package) -> None:
-    from smpack.xla_check import run_tpu_graph_on_cpu
+    from smpack.checks.xla_check import run_tpu_graph_on_cpu
 
     graph = meta_graph(tf_package.path, ["serve", "tpu"])
     replicated = [n for n in graph.graph_def.node if "_tpu_replicate" in n.attr]
@@ -285,7 +285,7 @@ def test_loops_refuse_training_and_tpu_in_one_line(tf_source, tmp_path, variant,
 
 
 def test_fused_batch_norm_keeps_float32_statistics(tf_source: Path, tmp_path: Path) -> None:
-    from smpack.xla_check import run_tpu_graph_on_cpu
+    from smpack.checks.xla_check import run_tpu_graph_on_cpu
 
     manifest = write_manifest(tf_source, {"savedmodel": "normalized"}, variants=SERVING)
     package = smpack.build(manifest, tmp_path)
@@ -345,7 +345,7 @@ def test_keras_variants_match_the_keras_model(keras_source, keras_package) -> No
 
 
 def test_keras_tpu_variant_compiles_with_xla_and_matches(keras_source, keras_package) -> None:
-    from smpack.xla_check import run_tpu_graph_on_cpu
+    from smpack.checks.xla_check import run_tpu_graph_on_cpu
 
     expected = keras_predictions(keras_source)
     feeds = {"features": FEATURES}
@@ -358,7 +358,7 @@ def test_keras_tpu_variant_compiles_with_xla_and_matches(keras_source, keras_pac
 def test_keras_convolution_batch_norm_dropout_embedding(tmp_path: Path) -> None:
     import keras
 
-    from smpack.xla_check import run_tpu_graph_on_cpu
+    from smpack.checks.xla_check import run_tpu_graph_on_cpu
 
     keras.utils.set_random_seed(1)
     image = keras.Input((8, 8, 3), name="image")
@@ -537,7 +537,7 @@ def test_train_signature_computes_the_named_loss(keras_source, tmp_path, loss) -
 
 @pytest.mark.parametrize("package", ["tf_package", "keras_package"])
 def test_imported_packages_pass_smpack_verify(package, request) -> None:
-    from smpack.verification import verify_package
+    from smpack.checks.verify import verify_package
 
     report = verify_package(request.getfixturevalue(package).path)
     assert report.passed, report
@@ -562,10 +562,10 @@ def test_saved_model_cli_runs_the_imported_gpu_graph(tf_package: PackageInfo) ->
 def test_slots_are_saved_a_batch_at_a_time_in_shards_of_their_own(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    import smpack.bundle
+    import smpack.builder.checkpoint_bundle
 
     # One variable per batch: the slots (m, v), beta powers and global step, five shards.
-    monkeypatch.setattr(smpack.bundle, "_EXTRA_BATCH_BYTES", 1)
+    monkeypatch.setattr(smpack.builder.checkpoint_bundle, "_EXTRA_BATCH_BYTES", 1)
     save_wide_model(tmp_path / "wide")
     adam = {"name": "adam", "learning_rate": 0.01}
     variants = {"cpu": VARIANTS["cpu"], "train": {**VARIANTS["train"], "optimizer": adam}}

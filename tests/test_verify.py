@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from rich_golden import check_golden, invoke
 
-from smpack.package_info import PackageInfo
-from smpack.verification import verify_package
+from smpack.checks.verify import verify_package
+from smpack.package.info import PackageInfo
 
 
 def _linear_graph(variables: list[str]) -> tuple[tf.Tensor, tf.Tensor]:

@@ -17,8 +17,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tf_helpers import run_v1
 from typer.testing import CliRunner
 
-from smpack.cli import app
-from smpack.verification import verify_package
+from smpack.checks.verify import verify_package
+from smpack.cli.commands import app
 
 runner = CliRunner()
 EIGHT = [float(x) for x in range(8)]  # the linear example's TPU variant takes batches of 8

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from tf_helpers import meta_graph, run_v1
 
+from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.errors import SmpackError
-from smpack.xla_check import run_tpu_graph_on_cpu
 
 v1 = tf.compat.v1
 TPU = ("serve", "tpu")

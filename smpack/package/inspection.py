@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from smpack.errors import PackageError
-from smpack.package_info import GraphInfo, PackageInfo, package_at
-from smpack.storage import is_url
+from smpack.io.storage import is_url
+from smpack.package.info import GraphInfo, PackageInfo, package_at
 
 JSON_SCHEMA_VERSION = 1
 

@@ -70,8 +70,8 @@ def build_and_verify(
     manifest: Path, out: str | Path, force: bool, as_text: bool, verify: bool
 ) -> BuildOutcome:
     """One manifest's build and verification, with user errors turned into the outcome."""
-    from smpack.packager import build
-    from smpack.tf_quietly import import_tensorflow_quietly
+    from smpack.builder.packager import build
+    from smpack.io.tf_quietly import import_tensorflow_quietly
 
     try:
         info = build(manifest, out, force=force, as_text=as_text)
@@ -81,7 +81,7 @@ def build_and_verify(
     if not verify:
         return BuildOutcome(manifest, package=info.location, tag_sets=tag_sets)
     import_tensorflow_quietly()
-    from smpack.verification import verify_package
+    from smpack.checks.verify import verify_package
 
     report = verify_package(info.location)
     failed = [f"{label}: {c.name}: {c.detail}" for label, c in report.rows() if not c.passed]

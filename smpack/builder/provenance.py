@@ -18,11 +18,16 @@ import os
 from pathlib import Path
 
 from smpack import __version__
-from smpack.digests import file_sha256, tree_files
 from smpack.errors import PackageError
-from smpack.layout import ASSETS_EXTRA, FINGERPRINT_FILE, PACKAGE_DESCRIPTIONS, PROVENANCE_FILE
+from smpack.io.tf_quietly import stderr_kept_unless_failing
 from smpack.manifest import LoadedManifest
-from smpack.tf_quietly import stderr_kept_unless_failing
+from smpack.package.digests import file_sha256, tree_files
+from smpack.package.layout import (
+    ASSETS_EXTRA,
+    FINGERPRINT_FILE,
+    PACKAGE_DESCRIPTIONS,
+    PROVENANCE_FILE,
+)
 
 RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
 # The record cannot hash itself, and the cards, written after it, embed every other hash.

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from smpack.builder.provenance import RECORD_PATH, check_provenance
+from smpack.builder.warmup import read_warmup_requests
+from smpack.checks.xla_check import run_tpu_graph_on_cpu
+from smpack.io.storage import fetched, is_url
 from smpack.manifest import EXAMPLE_METHODS, METHODS
-from smpack.package_info import read_package
+from smpack.package.info import read_package
+from smpack.package.protos import DTYPES, read_saved_model
 from smpack.progress import StepCallback, Steps
-from smpack.protos import DTYPES, read_saved_model
-from smpack.provenance import RECORD_PATH, check_provenance
-from smpack.storage import fetched, is_url
-from smpack.warmup import read_warmup_requests
-from smpack.xla_check import run_tpu_graph_on_cpu
 
 # How far a lower-precision variant's outputs may stray from the float32 graph's.
 TOLERANCES = {"float32": (1e-5, 1e-6), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)}

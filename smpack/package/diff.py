@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from smpack.package_info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo
+from smpack.package.info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo
 
 Kind = Literal["added", "removed", "changed"]
 T = TypeVar("T")

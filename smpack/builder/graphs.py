@@ -10,12 +10,12 @@ from typing import Any
 
 import tensorflow as tf
 
+from smpack.builder.signatures import build_signature_def
+from smpack.builder.targets import compute_for
+from smpack.builder.training import TRAIN_METHOD, build_train_op, loss_after_step
 from smpack.errors import GraphError, ModelError, SmpackError, first_line
 from smpack.manifest import LoadedManifest, Signature, Variant
 from smpack.model import ModelContext, ModelSpec
-from smpack.signatures import build_signature_def
-from smpack.targets import compute_for
-from smpack.training import TRAIN_METHOD, build_train_op, loss_after_step
 
 TRAIN_SIGNATURE_KEY = "train"
 

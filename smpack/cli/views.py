@@ -9,12 +9,12 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from smpack.batch import BuildOutcome
-from smpack.package_info import GraphInfo, PackageInfo, TensorInfo
+from smpack.builder.batch import BuildOutcome
+from smpack.package.info import GraphInfo, PackageInfo, TensorInfo
 
 if TYPE_CHECKING:  # verification imports TensorFlow; its records are only annotations here
-    from smpack.diff import Change
-    from smpack.verification import VerifyReport
+    from smpack.checks.verify import VerifyReport
+    from smpack.package.diff import Change
 
 
 def build_summary(info: PackageInfo) -> Group:
@@ -51,7 +51,7 @@ def print_build_summary(info: PackageInfo, console: Console) -> None:
 
 def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     """Tag sets -> signatures -> tensors, variables, files and fingerprint; load commands."""
-    from smpack.inspection import load_commands
+    from smpack.package.inspection import load_commands
 
     graphs = _count(len(info.graphs), "graph")
     tree = Tree(Text(f"{info.location} ({info.saved_model_file}, {graphs})"))

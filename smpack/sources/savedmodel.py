@@ -29,11 +29,10 @@ from tensorflow.core.protobuf import (
 from smpack.errors import ModelError
 from smpack.manifest import LoadedManifest
 from smpack.model import ModelContext, ModelSpec
+from smpack.sources.graph_def import node_name
+from smpack.sources.precision import retyped
 
 _RESOURCE = types_pb2.DT_RESOURCE
-# Ops whose output is (part of) a variable's value, in the variable's own dtype.
-_VARIABLE_READS = ("ReadVariableOp", "ResourceGather", "ResourceGatherNd")
-_READ_CAST = "/smpack_cast"  # suffix of the cast following a variable read
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
 
 
@@ -74,7 +73,7 @@ class ImportedModel:
         if dtype == tf.float32:
             return self.graph_def
         if dtype.name not in self._retyped:
-            self._retyped[dtype.name] = _retype(self.graph_def, dtype)
+            self._retyped[dtype.name] = retyped(self.graph_def, dtype)
         return self._retyped[dtype.name]
 
 
@@ -94,11 +93,11 @@ def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> Impor
     fetches += [restore_op] if restore_op else []
     flat = _inlined(meta_graph, fetches)
     keys = _restored_keys(flat)
-    output_nodes = sorted({_node(t.name) for t in signature_def.outputs.values()})
+    output_nodes = sorted({node_name(t.name) for t in signature_def.outputs.values()})
     graph_def = tf.compat.v1.graph_util.extract_sub_graph(flat, output_nodes)
     inputs = [_tensor(k, v) for k, v in sorted(signature_def.inputs.items())]
     outputs = [_tensor(k, v) for k, v in sorted(signature_def.outputs.items())]
-    graph_def, handles = _cut_variables(graph_def, {_node(t.tensor) for t in inputs}, where)
+    graph_def, handles = _cut_variables(graph_def, {node_name(t.tensor) for t in inputs}, where)
     in_source = {_shared_name(n) for n in meta_graph.graph_def.node if n.op == "VarHandleOp"}
     names = _readable_names({h: _shared_name(node) for h, node in handles.items()}, in_source)
     variables = []
@@ -224,14 +223,14 @@ def _restored_keys(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
         value = _through_identities(nodes, node.input[1])
         if handle is None or value is None:
             continue
-        restore = nodes.get(_node(value))
+        restore = nodes.get(node_name(value))
         if restore is None or restore.op != "RestoreV2":
             continue
-        if nodes[_node(handle)].op != "VarHandleOp":
+        if nodes[node_name(handle)].op != "VarHandleOp":
             continue
-        names = tf.make_ndarray(nodes[_node(restore.input[1])].attr["value"].tensor)
+        names = tf.make_ndarray(nodes[node_name(restore.input[1])].attr["value"].tensor)
         index = int(value.partition(":")[2] or 0)
-        keys[_node(handle)] = names.flat[index].decode()
+        keys[node_name(handle)] = names.flat[index].decode()
     return keys
 
 
@@ -284,7 +283,7 @@ def _creates_resource(node: Any) -> bool:
 def _through_identities(nodes: dict[str, Any], tensor: str) -> str | None:
     """The tensor `tensor` forwards, following Identity ops."""
     while True:
-        node = nodes.get(_node(tensor))
+        node = nodes.get(node_name(tensor))
         if node is None:
             return None
         if node.op != "Identity":
@@ -310,103 +309,6 @@ def _readable_names(shared_names: dict[str, str], in_source: set[str]) -> dict[s
         free = base not in shared_names.values() and base not in names.values()
         names[handle] = base if base is not None and base in in_source and free else name
     return names
-
-
-def _retype(graph_def: graph_pb2.GraphDef, dtype: tf.DType) -> graph_pb2.GraphDef:
-    """The graph computing in `dtype` where it computed in float32: attrs and constants.
-
-    Variables stay float32 (one checkpoint for every variant): what is read from them is
-    cast right after the read, as smpack's float32-storage getter does for Python models.
-    """
-    retyped = graph_pb2.GraphDef()
-    retyped.CopyFrom(graph_def)
-    target = dtype.as_datatype_enum
-    reads = {
-        n.name
-        for n in retyped.node
-        if n.op in _VARIABLE_READS and n.attr["dtype"].type == types_pb2.DT_FLOAT
-    }
-    for node in retyped.node:
-        node.input[:] = [_cast_read(i, reads) for i in node.input]
-        if node.name in reads:
-            continue
-        for attr in node.attr.values():
-            if attr.WhichOneof("value") == "type" and attr.type == types_pb2.DT_FLOAT:
-                attr.type = target
-            elif attr.WhichOneof("value") == "list":
-                types = [target if t == types_pb2.DT_FLOAT else t for t in attr.list.type]
-                del attr.list.type[:]
-                attr.list.type.extend(types)
-            elif attr.WhichOneof("value") == "tensor" and attr.tensor.dtype == types_pb2.DT_FLOAT:
-                value = tf.make_ndarray(attr.tensor).astype(dtype.as_numpy_dtype)
-                attr.tensor.CopyFrom(tf.make_tensor_proto(value, dtype))
-    for name in sorted(reads):
-        _add_cast(retyped, name, f"{name}{_READ_CAST}", types_pb2.DT_FLOAT, target)
-    for node in list(retyped.node):
-        _keep_float32_where_required(retyped, node, target)
-    return retyped
-
-
-def _keep_float32_where_required(graph_def: graph_pb2.GraphDef, node: Any, target: int) -> None:
-    """Undo the retyping of a type attr that the op does not allow in `target`.
-
-    FusedBatchNorm, for one, takes half-precision `x` but float32 scale, offset and
-    statistics: those inputs are cast back to float32, and its float32 outputs forward.
-    """
-    from tensorflow.python.framework import op_def_registry
-
-    op_def = op_def_registry.get(node.op)
-    args = [*op_def.input_arg, *op_def.output_arg] if op_def is not None else []
-    if op_def is None or any(a.number_attr or a.type_list_attr for a in args):
-        return
-    for attr_def in op_def.attr:
-        allowed = attr_def.allowed_values.list.type
-        if attr_def.type != "type" or not allowed or target in allowed:
-            continue
-        if attr_def.name not in node.attr or node.attr[attr_def.name].type != target:
-            continue
-        node.attr[attr_def.name].type = types_pb2.DT_FLOAT
-        for i, arg in enumerate(op_def.input_arg):
-            if arg.type_attr != attr_def.name:
-                continue
-            if node.input[i].endswith(_READ_CAST):  # the float32 read itself, uncast
-                node.input[i] = node.input[i].removesuffix(_READ_CAST)
-            else:
-                cast = f"{node.name}/smpack_in_{i}"
-                _add_cast(graph_def, node.input[i], cast, target, types_pb2.DT_FLOAT)
-                node.input[i] = cast
-        for j, arg in enumerate(op_def.output_arg):
-            if arg.type_attr == attr_def.name:
-                _recast_output(graph_def, node.name, j, target)
-
-
-def _recast_output(graph_def: graph_pb2.GraphDef, name: str, index: int, target: int) -> None:
-    """Make the consumers of float32 output `index` of `name` read it cast to `target`."""
-    output = {f"{name}:{index}"} | ({name} if index == 0 else set())
-    consumers = [n for n in graph_def.node if any(i in output for i in n.input)]
-    if not consumers:
-        return
-    cast = f"{name}/smpack_out_{index}"
-    _add_cast(graph_def, f"{name}:{index}", cast, types_pb2.DT_FLOAT, target)
-    for consumer in consumers:
-        consumer.input[:] = [cast if i in output else i for i in consumer.input]
-
-
-def _add_cast(graph_def: graph_pb2.GraphDef, tensor: str, name: str, src: int, dst: int) -> None:
-    cast = graph_def.node.add()
-    cast.name, cast.op = name, "Cast"
-    cast.input.append(tensor)
-    cast.attr["SrcT"].type = src
-    cast.attr["DstT"].type = dst
-
-
-def _cast_read(tensor: str, reads: set[str]) -> str:
-    """`tensor`, or the cast of it if it is a float read of a variable."""
-    if tensor.startswith("^") or _node(tensor) not in reads:
-        return tensor
-    if tensor.partition(":")[2] not in ("", "0"):
-        return tensor
-    return f"{_node(tensor)}{_READ_CAST}"
 
 
 def _variable(variable: SourceVariable) -> Any:
@@ -438,9 +340,6 @@ def _tensor(key: str, info: Any) -> SourceTensor:
     )
     return SourceTensor(key, info.name, tf.as_dtype(info.dtype).name, shape)
 
-
-def _node(tensor: str) -> str:
-    return tensor.lstrip("^").partition(":")[0]
 
 
 def restore_map(imported: ImportedModel) -> dict[str, str]:

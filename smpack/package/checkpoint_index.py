@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smpack.errors import PackageError
-from smpack.wire import decode_varint, message_fields
+from smpack.package.wire import decode_varint, message_fields
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of every LevelDB-format table
 _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic

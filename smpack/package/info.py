@@ -16,11 +16,11 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from smpack.checkpoint_index import read_checkpoint_index
 from smpack.errors import PackageError
-from smpack.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
-from smpack.protos import DTYPES, FingerprintDef, read_saved_model
-from smpack.storage import fetched, is_url
+from smpack.io.storage import fetched, is_url
+from smpack.package.checkpoint_index import read_checkpoint_index
+from smpack.package.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
+from smpack.package.protos import DTYPES, FingerprintDef, read_saved_model
 
 _HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}  # DataType enum values
 _FLOATS = {1: "float32", 2: "float64", 14: "bfloat16", 19: "float16"}

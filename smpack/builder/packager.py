@@ -8,11 +8,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from smpack.errors import PackageError
+from smpack.io.storage import exists, fetched, fetched_checkpoint, is_url, join, published_directory
+from smpack.io.tf_quietly import import_tensorflow_quietly
 from smpack.manifest import LoadedManifest, load_manifest
-from smpack.package_info import PackageInfo, read_package
+from smpack.package.info import PackageInfo, read_package
 from smpack.progress import StepCallback, Steps
-from smpack.storage import exists, fetched, fetched_checkpoint, is_url, join, published_directory
-from smpack.tf_quietly import import_tensorflow_quietly
 
 
 def build(
@@ -46,13 +46,13 @@ def build(
     step("importing TensorFlow")
     import_tensorflow_quietly()
     # Imported here, not at module level: validating a manifest must not cost a TF import.
-    from smpack.assets import copy_assets
-    from smpack.card import write_cards
-    from smpack.graphs import build_variant_graph
-    from smpack.model_source import open_source
-    from smpack.provenance import write_provenance
-    from smpack.warmup import warmup_records, write_warmup_file
-    from smpack.writer import write_saved_model
+    from smpack.builder.assets import copy_assets
+    from smpack.builder.graphs import build_variant_graph
+    from smpack.builder.provenance import write_provenance
+    from smpack.builder.warmup import warmup_records, write_warmup_file
+    from smpack.builder.writer import write_saved_model
+    from smpack.package.card import write_cards
+    from smpack.sources.model_source import open_source
 
     if remote_source:
         step(f"fetching {remote_source}")

@@ -17,11 +17,11 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from smpack.bundle import StreamingSaver, read_bundle
+from smpack.builder.checkpoint_bundle import StreamingSaver, read_bundle
+from smpack.builder.graphs import VariableSpec, VariantGraph
 from smpack.errors import GraphError, ManifestError, PackageError
-from smpack.graphs import VariableSpec, VariantGraph
 from smpack.manifest import LoadedManifest
-from smpack.model_source import ModelSource
+from smpack.sources.model_source import ModelSource
 
 
 def write_saved_model(

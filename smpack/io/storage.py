@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from smpack.errors import PackageError
-from smpack.staging import staged_directory
+from smpack.io.staging import staged_directory
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Moved last into place, first out of it: without it no loader sees a package at all.
@@ -212,7 +212,7 @@ def _remote_errors(url: str, action: str, consequence: str = "") -> Iterator[Non
 
 
 def _gfile() -> Any:
-    from smpack.tf_quietly import import_tensorflow_quietly
+    from smpack.io.tf_quietly import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import tensorflow as tf

@@ -22,13 +22,13 @@ import jinja2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from jinja2.sandbox import SandboxedEnvironment
 
-from smpack.card_spec import CardSpec
-from smpack.digests import file_sha256, tree_files
 from smpack.errors import ManifestError
-from smpack.layout import ASSETS_EXTRA, CARD_FILES
 from smpack.manifest import card_format
-from smpack.package_info import GraphInfo, PackageInfo, TensorInfo, package_at, read_package
-from smpack.protos import read_saved_model
+from smpack.manifest.card_spec import CardSpec
+from smpack.package.digests import file_sha256, tree_files
+from smpack.package.info import GraphInfo, PackageInfo, TensorInfo, package_at, read_package
+from smpack.package.layout import ASSETS_EXTRA, CARD_FILES
+from smpack.package.protos import read_saved_model
 
 # Jinja2 names the frames it fakes for template code like this; other frames are Python.
 _TEMPLATE_FRAMES = re.compile(r"^(top-level template code|template|block '.*')$")
@@ -47,7 +47,7 @@ class CardTemplateError(ManifestError):
 
 def _variable_def_class() -> Any:
     # VariableDef (tensorflow/core/framework/variable.proto) is declared here rather than in
-    # smpack.protos because only the card reads it, and only its first field.
+    # smpack.package.protos because only the card reads it, and only its first field.
     file = descriptor_pb2.FileDescriptorProto(
         name="smpack/variable_def.proto", package="smpack.card", syntax="proto3"
     )

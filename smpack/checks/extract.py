@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 from smpack.errors import PackageError
-from smpack.inspection import no_such_tag_set
-from smpack.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
-from smpack.staging import link_or_copy
-from smpack.storage import fetched, is_url, published_directory
+from smpack.io.staging import link_or_copy
+from smpack.io.storage import fetched, is_url, published_directory
+from smpack.package.inspection import no_such_tag_set
+from smpack.package.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
 
 
 def extract_graph(
@@ -41,7 +41,7 @@ def _extract(
     from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
-    # TF's own message class, not smpack.protos: every field must survive the copy.
+    # TF's own message class, not smpack.package.protos: every field must survive the copy.
     saved_model = saved_model_pb2.SavedModel()
     if (export_dir / "saved_model.pb").is_file():
         saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())

@@ -16,8 +16,8 @@ from typer.core import TyperGroup
 
 from smpack import __version__
 from smpack.errors import SmpackError
+from smpack.io.staging import write_atomically
 from smpack.progress import Step, StepCallback
-from smpack.staging import write_atomically
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -107,7 +107,7 @@ def build(
     if len(manifests) == 1 and not as_json:
         _build_one(manifests[0], out, force, as_text, not no_verify, quiet)
         return
-    from smpack.batch import build_and_verify, build_many
+    from smpack.builder.batch import build_and_verify, build_many
 
     if len(manifests) == 1:
         outcomes = [build_and_verify(manifests[0], out, force, as_text, not no_verify)]
@@ -134,7 +134,7 @@ def build(
 
         _print_json([{**dataclasses.asdict(o), "manifest": str(o.manifest)} for o in outcomes])
     elif not quiet:
-        from smpack.views import batch_view
+        from smpack.cli.views import batch_view
 
         stdout.print(batch_view(outcomes))
     if any(outcome.error is not None for outcome in outcomes):
@@ -180,8 +180,8 @@ def _print_json(document: object) -> None:
 def _build_one(
     manifest: Path, out: str, force: bool, as_text: bool, verify: bool, quiet: bool
 ) -> None:
-    from smpack.packager import build as build_package
-    from smpack.views import print_build_summary
+    from smpack.builder.packager import build as build_package
+    from smpack.cli.views import print_build_summary
 
     with _progress_bar(quiet, "reading the manifest") as show:
         info = build_package(manifest, out, force=force, as_text=as_text, on_step=show)
@@ -205,8 +205,8 @@ def inspect(
     With --quiet, only the exit code says whether it is a readable SavedModel (holding
     the --tags graph, if given).
     """
-    from smpack.inspection import inspect_package, inspection_document, parse_tags
-    from smpack.views import print_inspect
+    from smpack.cli.views import print_inspect
+    from smpack.package.inspection import inspect_package, inspection_document, parse_tags
 
     info = inspect_package(package, parse_tags(tags) if tags is not None else None)
     if as_json:
@@ -228,12 +228,12 @@ def verify(
 def _verify_or_exit(
     package: str, *, after_build: bool, quiet: bool = False, as_json: bool = False
 ) -> None:
-    from smpack.tf_quietly import import_tensorflow_quietly
-    from smpack.views import verify_view
+    from smpack.cli.views import verify_view
+    from smpack.io.tf_quietly import import_tensorflow_quietly
 
     with _progress_bar(quiet or as_json, "importing TensorFlow") as show:
         import_tensorflow_quietly()
-        from smpack.verification import verify_package
+        from smpack.checks.verify import verify_package
 
         report = verify_package(package, on_step=show)
     if as_json:
@@ -266,11 +266,11 @@ def extract(
     quiet: QuietOption = False,
 ) -> None:
     """Write one graph as a standalone SavedModel tagged `serve`, weights hard-linked."""
-    from smpack.inspection import parse_tags
-    from smpack.tf_quietly import import_tensorflow_quietly
+    from smpack.io.tf_quietly import import_tensorflow_quietly
+    from smpack.package.inspection import parse_tags
 
     import_tensorflow_quietly()
-    from smpack.extraction import extract_graph
+    from smpack.checks.extract import extract_graph
 
     tag_set = parse_tags(tags)
     written = extract_graph(package, tag_set, out, clear_devices=clear_devices, force=force)
@@ -290,9 +290,9 @@ def diff(
     """What changed between two packages; exit 1 when they differ, like `diff`."""
     import dataclasses
 
-    from smpack.diff import diff_packages
-    from smpack.inspection import inspect_package
-    from smpack.views import diff_view
+    from smpack.cli.views import diff_view
+    from smpack.package.diff import diff_packages
+    from smpack.package.inspection import inspect_package
 
     changes = diff_packages(inspect_package(old), inspect_package(new))
     if as_json:
@@ -332,7 +332,7 @@ def card(
     quiet: QuietOption = False,
 ) -> None:
     """Render a package's model card from its own files and an optional manifest."""
-    from smpack.card import card_for_package
+    from smpack.package.card import card_for_package
 
     text = card_for_package(
         package, manifest=manifest, template=template, fmt=fmt.value if fmt else None
@@ -377,7 +377,7 @@ def init(
     quiet: QuietOption = False,
 ) -> None:
     """Write a commented starter manifest and model function that build as they are."""
-    from smpack.scaffold import write_starter
+    from smpack.manifest.scaffold import write_starter
 
     written = write_starter(manifest)
     if as_json:

@@ -1,7 +1,7 @@
 """Turning the manifest's `source:` into a model function, whichever kind of source it is.
 
 A `python:` source is the user's function. A `savedmodel:` or `keras:` source becomes a
-model function replaying the source's own graph (smpack/imported_source.py); its weights
+model function replaying the source's own graph (smpack/sources/savedmodel.py); its weights
 come from the source's checkpoint, under the keys the source stored them with.
 """
 
@@ -34,7 +34,7 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
 
     A Keras model is exported to a temporary TF2 SavedModel, removed on leaving.
     """
-    from smpack.source import load_model_function
+    from smpack.sources.python import load_model_function
 
     source = loaded.spec.source
     if source.python is not None:
@@ -44,7 +44,7 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
     if source.savedmodel is not None:
         yield _imported(loaded, loaded.model_path, source.signature or "serving_default")
         return
-    from smpack.keras_source import export_keras
+    from smpack.sources.keras import export_keras
 
     with tempfile.TemporaryDirectory(prefix="smpack-keras-") as folder:
         exported = export_keras(loaded.model_path, Path(folder), loaded.path)
@@ -52,7 +52,7 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
 
 
 def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource:
-    from smpack.imported_source import load_saved_model, model_function, restore_map
+    from smpack.sources.savedmodel import load_saved_model, model_function, restore_map
 
     kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
     where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
@@ -65,9 +65,9 @@ def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource
 
 
 def _loss(loaded: LoadedManifest) -> Any:
-    from smpack.losses import builtin_loss, python_loss
     from smpack.manifest import LOSSES
-    from smpack.source import import_function
+    from smpack.sources.losses import builtin_loss, python_loss
+    from smpack.sources.python import import_function
 
     name = loaded.spec.source.loss
     where: dict[str, Any] = {"file": loaded.path, "field": "source.loss"}

@@ -24,9 +24,9 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
 from smpack.errors import ManifestError
-from smpack.layout import ASSETS_EXTRA, WARMUP_FILE
 from smpack.manifest import EXAMPLE_METHODS, METHODS, LoadedManifest, WarmupRequest
-from smpack.wire import length_delimited, message_fields
+from smpack.package.layout import ASSETS_EXTRA, WARMUP_FILE
+from smpack.package.wire import length_delimited, message_fields
 
 _CLASSIFY_LOG, _REGRESS_LOG, _PREDICT_LOG = 2, 3, 6  # PredictionLog oneof fields
 

@@ -21,10 +21,10 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-from smpack.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
 from smpack.errors import PackageError
-from smpack.staging import link_or_copy
-from smpack.wire import encode_varint
+from smpack.io.staging import link_or_copy
+from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
+from smpack.package.wire import encode_varint
 
 # Link a shard whole only if the package uses most of it; else copy what it uses.
 _LINK_WHEN_USED = 0.9

@@ -1,0 +1,304 @@
+"""Loading a manifest: YAML in, a validated `LoadedManifest` out, every path resolved.
+
+Everything downstream sees only `Manifest` objects whose paths are absolute and exist, so
+the rest of smpack never re-checks user input. Paths resolve against the manifest's own
+folder, never the working directory.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+)
+
+from smpack.errors import ManifestError, SmpackError
+from smpack.io import storage
+from smpack.manifest.card_spec import CardSpec
+from smpack.manifest.schema import LOSSES, Manifest
+from smpack.package.layout import PACKAGE_DESCRIPTIONS
+
+
+class LoadedManifest(BaseModel):
+    """A validated manifest with every path resolved against the manifest's folder."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    spec: Manifest
+    python_file: Path | None
+    function_name: str
+    model_path: Path | None = None  # the savedmodel folder or .keras file
+    loss_file: Path | None = None  # the Python file of a `file.py:function` loss
+    checkpoint: Path | None
+    # Sources named by URL (gs://, ...), fetched into local temporary copies before a build.
+    model_url: str | None = None
+    checkpoint_url: str | None = None
+    assets: list[Path]
+    assets_extra: dict[str, Path]
+    card: CardSpec
+    card_template: Path | None
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def load_manifest(path: str | Path) -> LoadedManifest:
+    """Read, validate and resolve a manifest; raise `ManifestError` naming file, line and field."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        msg = f"cannot read manifest: {e.strerror}"
+        raise ManifestError(msg, file=path) from e
+    try:
+        data = yaml.load(text, Loader=_SafeUniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        msg = f"invalid YAML: {problem}"
+        raise ManifestError(msg, file=path, line=mark.line + 1 if mark else None) from e
+    if not isinstance(data, dict):
+        msg = f"the top level must be a mapping of fields, not {type(data).__name__}"
+        raise ManifestError(msg, file=path)
+    try:
+        spec = Manifest.model_validate(data)
+    except ValidationError as e:
+        raise _manifest_error(e, path, text) from e
+    try:
+        return _resolve(spec, path)
+    except ManifestError as e:
+        if e.line is None and e.field:
+            e.line = _line_of(text, e.field.split("."))
+        raise
+
+
+class _SafeUniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key written twice in one mapping.
+
+    PyYAML silently keeps the last of two equal keys, so a second `version:` further down
+    would quietly override the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key; SafeLoader reports it itself
+            if duplicate:
+                problem = f"key {key!r} appears twice in one mapping; YAML would keep only the last"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _manifest_error(error: ValidationError, path: Path, text: str) -> ManifestError:
+    errors = error.errors()
+    # A misspelt key also makes the field it meant "missing"; the typo is the better report.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown field {loc[-1]!r}" + _suggestion(loc[-1], _fields_at(loc[:-1]))
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    field = ".".join(loc) or None
+    return ManifestError(message, file=path, field=field, line=_line_of(text, loc))
+
+
+def _suggestion(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(choices)}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    """The valid field names of the model found at `loc` in the manifest schema."""
+    model: type[BaseModel] = Manifest
+    for part in loc:
+        annotation = model.model_fields.get(part) or model.model_fields.get(part + "_")
+        if annotation is None:
+            continue  # a dict key such as a variant name
+        nested = _model_in(annotation.annotation)
+        if nested is None:
+            return []
+        model = nested
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """The 1-based line of the deepest YAML node on the path `loc`."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
+    folder = path.parent
+    python_file, model_path, model_url = _resolve_source(spec, folder, path)
+    loss, loss_file = spec.source.loss, None
+    if loss is not None and loss not in LOSSES:
+        loss_file = _existing(folder, loss.rpartition(":")[0], path, "source.loss")
+    checkpoint, checkpoint_url = None, None
+    if spec.source.checkpoint is not None and storage.is_url(spec.source.checkpoint):
+        checkpoint_url = spec.source.checkpoint
+        _remote_exists(f"{checkpoint_url}.index", path, "source.checkpoint", "no TF checkpoint at")
+    elif spec.source.checkpoint is not None:
+        checkpoint = folder / spec.source.checkpoint
+        if not Path(f"{checkpoint}.index").is_file():
+            msg = f"no TF checkpoint at {checkpoint} (expected {checkpoint.name}.index)"
+            raise ManifestError(
+                msg,
+                file=path,
+                field="source.checkpoint",
+            )
+    assets = [_existing(folder, entry, path, f"assets.{i}") for i, entry in enumerate(spec.assets)]
+    names: dict[str, int] = {}
+    for i, asset in enumerate(assets):
+        if asset.name in names:
+            msg = (
+                f"{spec.assets[names[asset.name]]!r} and {spec.assets[i]!r} would both be "
+                f"assets/{asset.name}; rename one"
+            )
+            raise ManifestError(
+                msg,
+                file=path,
+                field=f"assets.{i}",
+            )
+        names[asset.name] = i
+    extras = {}
+    for target, source in spec.assets_extra.items():
+        if Path(target).is_absolute() or ".." in Path(target).parts:
+            msg = f"{target!r} must be a relative path inside assets.extra/"
+            raise ManifestError(
+                msg,
+                file=path,
+                field=f"assets_extra.{target}",
+            )
+        if Path(target).as_posix() in PACKAGE_DESCRIPTIONS:
+            msg = f"smpack writes assets.extra/{target} itself; give this file another name"
+            raise ManifestError(msg, file=path, field=f"assets_extra.{target}")
+        extras[target] = _existing(folder, source, path, f"assets_extra.{target}")
+    for index, request in enumerate(spec.warmup):
+        for key, file in request.files.items():
+            _existing(folder, file, path, f"warmup.{index}.files.{key}")
+    template = spec.card.template
+    card_template = None if template is None else _existing(folder, template, path, "card.template")
+    return LoadedManifest(
+        path=path,
+        spec=spec,
+        python_file=python_file,
+        function_name=spec.source.function_name,
+        model_path=model_path,
+        loss_file=loss_file,
+        checkpoint=checkpoint,
+        model_url=model_url,
+        checkpoint_url=checkpoint_url,
+        assets=assets,
+        assets_extra=extras,
+        card=CardSpec.model_validate(spec.card.model_dump(exclude={"template"})),
+        card_template=card_template,
+    )
+
+
+def _resolve_source(
+    spec: Manifest, folder: Path, path: Path
+) -> tuple[Path | None, Path | None, str | None]:
+    """The python file, or the savedmodel folder / keras file (local, or its URL)."""
+    source = spec.source
+    if source.python is not None:
+        return _existing(folder, source.python_file, path, "source.python"), None, None
+    if source.loss is None and any(v.is_training for v in spec.variants.values()):
+        msg = f"a train variant of a savedmodel or keras source needs a loss: {', '.join(LOSSES)}"
+        raise ManifestError(msg, file=path, field="source.loss")
+    if source.savedmodel is not None:
+        if storage.is_url(source.savedmodel):
+            url = source.savedmodel.rstrip("/")
+            _remote_exists(f"{url}/saved_model.pb", path, "source.savedmodel", "no SavedModel at")
+            return None, None, url
+        model = _existing(folder, source.savedmodel, path, "source.savedmodel")
+        if not (model / "saved_model.pb").is_file():
+            msg = f"{source.savedmodel!r} is not a SavedModel folder (no saved_model.pb in it)"
+            raise ManifestError(msg, file=path, field="source.savedmodel")
+        return None, model, None
+    assert source.keras is not None  # Source allows exactly one kind
+    if not source.keras.endswith(".keras"):
+        msg = f"{source.keras!r} is not a Keras 3 .keras file"
+        raise ManifestError(msg, file=path, field="source.keras")
+    if storage.is_url(source.keras):
+        _remote_exists(source.keras, path, "source.keras", "no Keras file at")
+        return None, None, source.keras
+    model = _existing(folder, source.keras, path, "source.keras")
+    if not model.is_file():
+        msg = f"{source.keras!r} is not a Keras 3 .keras file"
+        raise ManifestError(msg, file=path, field="source.keras")
+    return None, model, None
+
+
+def _remote_exists(url: str, manifest: Path, field: str, problem: str) -> None:
+    """Refuse a source URL that names nothing, before any TensorFlow work starts."""
+    try:
+        found = storage.exists(url)
+    except SmpackError as e:
+        raise ManifestError(e.message, file=manifest, field=field) from e
+    if not found:
+        msg = f"{problem} {url}"
+        raise ManifestError(msg, file=manifest, field=field)
+
+
+def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:
+    """Resolve `relative` inside `folder`, refusing paths (or symlinks) that leave it."""
+    if storage.is_url(relative):
+        msg = (
+            "only source.savedmodel, source.keras and source.checkpoint may be URLs; "
+            "copy this file next to the manifest"
+        )
+        raise ManifestError(msg, file=manifest, field=field)
+    candidate = (folder / relative).resolve()
+    if not candidate.is_relative_to(folder.resolve()):
+        msg = (
+            f"{relative!r} points outside the manifest's folder {folder}; "
+            "copy the file next to the manifest"
+        )
+        raise ManifestError(
+            msg,
+            file=manifest,
+            field=field,
+        )
+    if not candidate.exists():
+        msg = f"{relative!r} does not exist in {folder}"
+        raise ManifestError(msg, file=manifest, field=field)
+    return candidate
