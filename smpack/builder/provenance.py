@@ -26,10 +26,9 @@ from smpack.package.layout import (
     ASSETS_EXTRA,
     FINGERPRINT_FILE,
     PACKAGE_DESCRIPTIONS,
-    PROVENANCE_FILE,
+    RECORD_PATH,
 )
 
-RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
 # The record cannot hash itself, and the cards, written after it, embed every other hash.
 _UNLISTED = tuple(f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS)
 
@@ -50,6 +49,8 @@ def write_provenance(export_dir: Path, loaded: LoadedManifest) -> None:
             loaded.python_file or loaded.model_path, loaded.folder, loaded.model_url
         ),
         "checkpoint": _checkpoint(loaded),
+        # The card: block, so `smpack card PKG` renders the same card without the manifest.
+        "card": loaded.card.model_dump(mode="json"),
         "files": package_files(export_dir),
     }
     target = export_dir / RECORD_PATH

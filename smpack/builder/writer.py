@@ -21,6 +21,7 @@ from smpack.builder.checkpoint_bundle import StreamingSaver, read_bundle
 from smpack.builder.graphs import VariableSpec, VariantGraph
 from smpack.errors import GraphError, ManifestError, PackageError
 from smpack.manifest import LoadedManifest
+from smpack.package.protos import read_saved_model
 from smpack.sources.model_source import ModelSource
 
 
@@ -158,11 +159,7 @@ def _register_assets(export_dir: Path, ordered: list[VariantGraph], as_text: boo
     if not any(g.asset_files for g in ordered):
         return
     path = export_dir / ("saved_model.pbtxt" if as_text else "saved_model.pb")
-    saved_model = saved_model_pb2.SavedModel()
-    if as_text:
-        text_format.Parse(path.read_text(), saved_model)
-    else:
-        saved_model.ParseFromString(path.read_bytes())
+    saved_model = read_saved_model(export_dir, saved_model_pb2.SavedModel)
     for meta_graph, variant_graph in zip(saved_model.meta_graphs, ordered, strict=True):
         constants = {node.name: node for node in meta_graph.graph_def.node if node.op == "Const"}
         for tensor_name, filename in sorted(variant_graph.asset_files.items()):

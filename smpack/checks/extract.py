@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from smpack.errors import PackageError
 from smpack.io.staging import link_or_copy
 from smpack.io.storage import fetched, is_url, published_directory
 from smpack.package.inspection import no_such_tag_set
 from smpack.package.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
+from smpack.package.protos import read_saved_model
 
 
 def extract_graph(
@@ -38,18 +38,10 @@ def extract_graph(
 def _extract(
     export_dir: Path, tags: frozenset[str], out: str | Path, *, clear_devices: bool, force: bool
 ) -> None:
-    from google.protobuf import text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     # TF's own message class, not smpack.package.protos: every field must survive the copy.
-    saved_model = saved_model_pb2.SavedModel()
-    if (export_dir / "saved_model.pb").is_file():
-        saved_model.ParseFromString((export_dir / "saved_model.pb").read_bytes())
-    elif (export_dir / "saved_model.pbtxt").is_file():
-        text_format.Parse((export_dir / "saved_model.pbtxt").read_text(), saved_model)
-    else:
-        message = f"no saved_model.pb or saved_model.pbtxt in {export_dir}"
-        raise PackageError(message, file=export_dir)
+    saved_model = read_saved_model(export_dir, saved_model_pb2.SavedModel)
     chosen = [m for m in saved_model.meta_graphs if frozenset(m.meta_info_def.tags) == tags]
     if not chosen:
         available = [",".join(m.meta_info_def.tags) for m in saved_model.meta_graphs]

@@ -17,20 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smpack.errors import PackageError
+from smpack.package.dtypes import dtype_name
 from smpack.package.wire import decode_varint, message_fields
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of every LevelDB-format table
 _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic
 _TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _NO_COMPRESSION, _SNAPPY = 0, 1
-
-# `tf.DType.name` of DataType enum values 1, 2, ... (tensorflow/core/framework/types.proto).
-_DTYPE_NAMES = """float32 float64 int32 uint8 int16 int8 string complex64 int64 bool qint8 quint8
-    qint32 bfloat16 qint16 quint16 uint16 complex128 float16 resource variant uint32 uint64
-    float8_e5m2 float8_e4m3fn float8_e4m3fnuz float8_e4m3b11fnuz float8_e5m2fnuz int4 uint4
-    int2 uint2 float4_e2m1fn"""
-_DTYPES = dict(enumerate(_DTYPE_NAMES.split(), start=1))
-
 
 def _crc32c_table() -> list[int]:
     table = []
@@ -118,7 +111,7 @@ def _entry(name: str, value: bytes) -> CheckpointEntry:
     dtype = _int(fields, 1)
     return CheckpointEntry(
         name=name,
-        dtype=_DTYPES.get(dtype, f"dtype_{dtype}"),
+        dtype=dtype_name(dtype),
         shape=tuple(_int(dim, 1) for dim in dims),
         shard_id=_int(fields, 3),
         offset=_int(fields, 4),

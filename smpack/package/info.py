@@ -19,11 +19,9 @@ from google.protobuf.message import DecodeError
 from smpack.errors import PackageError
 from smpack.io.storage import fetched, is_url
 from smpack.package.checkpoint_index import read_checkpoint_index
+from smpack.package.dtypes import FLOATS, HALF_PRECISIONS, dtype_name
 from smpack.package.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
-from smpack.package.protos import DTYPES, FingerprintDef, read_saved_model
-
-_HALF_PRECISIONS = {19: "float16", 14: "bfloat16"}  # DataType enum values
-_FLOATS = {1: "float32", 2: "float64", 14: "bfloat16", 19: "float16"}
+from smpack.package.protos import FingerprintDef, read_saved_model
 
 
 @dataclass(frozen=True)
@@ -192,14 +190,11 @@ def _fingerprint(path: Path) -> Fingerprint | None:
 def _graph_info(meta_graph: Any) -> GraphInfo:
     nodes = meta_graph.graph_def.node
     half = {
-        _HALF_PRECISIONS[value.type]
-        for node in nodes
-        for value in node.attr.values()
-        if value.type in _HALF_PRECISIONS
-    }
+        dtype_name(value.type) for node in nodes for value in node.attr.values() if value.type
+    } & HALF_PRECISIONS
     computed = {
-        node.attr["T"].type for node in _all_nodes(meta_graph) if "T" in node.attr
-    } & _FLOATS.keys()
+        dtype_name(node.attr["T"].type) for node in _all_nodes(meta_graph) if "T" in node.attr
+    } & FLOATS
     return GraphInfo(
         tags=tuple(meta_graph.meta_info_def.tags),
         signatures=tuple(
@@ -214,7 +209,7 @@ def _graph_info(meta_graph: Any) -> GraphInfo:
         tpu=any(node.op == "TPUReplicateMetadata" for node in nodes),
         has_train_op="__saved_model_train_op" in meta_graph.signature_def
         or "saved_model_train_op" in meta_graph.collection_def,
-        compute_dtypes=tuple(sorted((_FLOATS[t] for t in computed), key=_width)),
+        compute_dtypes=tuple(sorted(computed, key=_width)),
     )
 
 
@@ -247,7 +242,7 @@ def _tensor_info(key: str, info: Any) -> TensorInfo:
     shape = None
     if not info.tensor_shape.unknown_rank:
         shape = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
-    return TensorInfo(key, info.name, DTYPES.get(info.dtype, f"dtype_{info.dtype}"), shape)
+    return TensorInfo(key, info.name, dtype_name(info.dtype), shape)
 
 
 def _files(folder: Path) -> tuple[str, ...]:

@@ -8,5 +8,6 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 PROVENANCE_FILE = "smpack.json"
 CARD_FILES = ("model_card.md", "model_card.html")
 PACKAGE_DESCRIPTIONS = (PROVENANCE_FILE, *CARD_FILES)
+RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
 # At the package's top level, as TF 2.x writes it.
 FINGERPRINT_FILE = "fingerprint.pb"

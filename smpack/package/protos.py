@@ -15,60 +15,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from smpack.errors import PackageError
+from smpack.package.dtypes import ENUM_NAMES
 
 _PACKAGE = "smpack.tf"
-
-# DataType enum (types.proto); reference types are the value types plus 100.
-DTYPES = {
-    1: "float32",
-    2: "float64",
-    3: "int32",
-    4: "uint8",
-    5: "int16",
-    6: "int8",
-    7: "string",
-    8: "complex64",
-    9: "int64",
-    10: "bool",
-    11: "qint8",
-    12: "quint8",
-    13: "qint32",
-    14: "bfloat16",
-    15: "qint16",
-    16: "quint16",
-    17: "uint16",
-    18: "complex128",
-    19: "float16",
-    20: "resource",
-    21: "variant",
-    22: "uint32",
-    23: "uint64",
-}
-_DTYPE_ENUM_NAMES = {
-    1: "DT_FLOAT",
-    2: "DT_DOUBLE",
-    3: "DT_INT32",
-    4: "DT_UINT8",
-    5: "DT_INT16",
-    6: "DT_INT8",
-    7: "DT_STRING",
-    8: "DT_COMPLEX64",
-    9: "DT_INT64",
-    10: "DT_BOOL",
-    11: "DT_QINT8",
-    12: "DT_QUINT8",
-    13: "DT_QINT32",
-    14: "DT_BFLOAT16",
-    15: "DT_QINT16",
-    16: "DT_QUINT16",
-    17: "DT_UINT16",
-    18: "DT_COMPLEX128",
-    19: "DT_HALF",
-    20: "DT_RESOURCE",
-    21: "DT_VARIANT",
-    22: "DT_UINT32",
-    23: "DT_UINT64",
-}
 
 # message name -> [(field name, number, type)]; type is a scalar type name, a message name,
 # "repeated X" or "map X" (map<string, X>).
@@ -143,6 +92,8 @@ _MESSAGES: dict[str, list[tuple[str, int, str]]] = {
     "NodeList": [("value", 1, "repeated string")],
     "BytesList": [("value", 1, "repeated bytes")],
     "AssetFileDef": [("tensor_info", 1, "TensorInfo"), ("filename", 2, "string")],
+    # The entries of a graph's `trainable_variables` collection; only the name is read.
+    "VariableDef": [("variable_name", 1, "string")],
     # fingerprint.proto: the hashes TF writes to fingerprint.pb beside saved_model.pb.
     "FingerprintDef": [
         ("saved_model_checksum", 1, "uint64"),
@@ -171,9 +122,9 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     )
     enum = file.enum_type.add(name="DataType")
     enum.value.add(name="DT_INVALID", number=0)
-    for number, name in _DTYPE_ENUM_NAMES.items():
+    for number, name in ENUM_NAMES.items():
         enum.value.add(name=name, number=number)
-    for number, name in _DTYPE_ENUM_NAMES.items():
+    for number, name in ENUM_NAMES.items():
         enum.value.add(name=name + "_REF", number=number + 100)
     for message_name, fields in _MESSAGES.items():
         message = file.message_type.add(name=message_name)
@@ -220,12 +171,19 @@ SavedModel: Any = message_factory.GetMessageClass(
 FingerprintDef: Any = message_factory.GetMessageClass(
     _pool.FindMessageTypeByName(f"{_PACKAGE}.FingerprintDef")
 )
+VariableDef: Any = message_factory.GetMessageClass(
+    _pool.FindMessageTypeByName(f"{_PACKAGE}.VariableDef")
+)
 
 
-def read_saved_model(export_dir: str | Path) -> Any:
-    """Parse `saved_model.pb` (or `saved_model.pbtxt`) in `export_dir`."""
+def read_saved_model(export_dir: str | Path, message: Any = None) -> Any:
+    """Parse `saved_model.pb` (or `saved_model.pbtxt`) in `export_dir`.
+
+    Into smpack's own `SavedModel` message (no TensorFlow) unless `message` is another class,
+    such as TensorFlow's own, for readers that must keep every field. Raises `PackageError`.
+    """
     export_dir = Path(export_dir)
-    saved_model = SavedModel()
+    saved_model = (message or SavedModel)()
     binary, text = export_dir / "saved_model.pb", export_dir / "saved_model.pbtxt"
     try:
         if binary.is_file():

@@ -26,9 +26,10 @@ from tensorflow.core.protobuf import (
     saved_model_pb2,
 )
 
-from smpack.errors import ModelError
+from smpack.errors import ModelError, PackageError
 from smpack.manifest import LoadedManifest
 from smpack.model import ModelContext, ModelSpec
+from smpack.package.protos import read_saved_model
 from smpack.sources.graph_def import node_name
 from smpack.sources.precision import retyped
 
@@ -173,11 +174,10 @@ def model_function(
 
 
 def _serve_meta_graph(path: Path, where: dict[str, Any]) -> meta_graph_pb2.MetaGraphDef:
-    saved_model = saved_model_pb2.SavedModel()
     try:
-        saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
-    except Exception as e:
-        msg = f"{path / 'saved_model.pb'} is not a SavedModel: {e}"
+        saved_model = read_saved_model(path, saved_model_pb2.SavedModel)
+    except PackageError as e:
+        msg = f"{path}: {e.message}"
         raise ModelError(msg, **where) from e
     candidates = [m for m in saved_model.meta_graphs if set(m.meta_info_def.tags) == {"serve"}]
     if len(saved_model.meta_graphs) == 1:
