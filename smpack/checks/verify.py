@@ -16,13 +16,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from smpack.builder.provenance import RECORD_PATH, check_provenance
+from smpack.builder.provenance import check_provenance
 from smpack.builder.warmup import read_warmup_requests
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
+from smpack.errors import SmpackError
 from smpack.io.storage import fetched, is_url
 from smpack.manifest import EXAMPLE_METHODS, METHODS
+from smpack.package.dtypes import dtype_name
 from smpack.package.info import read_package
-from smpack.package.protos import DTYPES, read_saved_model
+from smpack.package.layout import RECORD_PATH
+from smpack.package.protos import read_saved_model
 from smpack.progress import StepCallback, Steps
 
 # How far a lower-precision variant's outputs may stray from the float32 graph's.
@@ -130,7 +133,7 @@ def _variables_check(meta_graph: Any, checkpoint: dict[str, tuple[str, tuple[int
     for node in meta_graph.graph_def.node:
         if node.op not in ("VarHandleOp", "VariableV2", "Variable"):
             continue
-        dtype = DTYPES.get(node.attr["dtype"].type, "?")
+        dtype = dtype_name(node.attr["dtype"].type)
         shape = tuple(d.size for d in node.attr["shape"].shape.dim)
         if node.name not in checkpoint:
             problems.append(f"{node.name} missing from the checkpoint")
@@ -241,7 +244,10 @@ def _replaying(warmup: Mapping[str, list[Any]], key: str) -> str:
 def _check(report: GraphReport, name: str) -> Iterator[None]:
     try:
         yield
-    except Exception as e:  # any failure is this graph's verdict, not a crash of verify
+    # What a broken graph raises: TF's runtime errors, a tensor name the graph lacks
+    # (KeyError, ValueError), a feed its dtype refuses (TypeError), the XLA check's verdict.
+    # Anything else is a bug in verify and surfaces as one.
+    except (tf.errors.OpError, KeyError, ValueError, TypeError, SmpackError) as e:
         report.checks.append(Check(name, False, _reason(e)[:300]))
     else:
         report.checks.append(Check(name, True))
@@ -254,7 +260,7 @@ def _inputs(signature: Any) -> dict[str, np.ndarray]:
     for key in sorted(signature.inputs):
         info = signature.inputs[key]
         shape = tuple(d.size if d.size >= 0 else 8 for d in info.tensor_shape.dim)
-        dtype = DTYPES.get(info.dtype, "float32")
+        dtype = dtype_name(info.dtype)
         if dtype == "string" and signature.method_name in EXAMPLE_METHODS:
             # Serialized tf.Examples; the empty string is a valid empty one.
             inputs[key] = np.full(shape, b"", dtype=object)

@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+import smpack
 from smpack import __version__
-from smpack.errors import SmpackError
+from smpack.errors import PackageError, SmpackError
 from smpack.io.staging import write_atomically
 from smpack.progress import Step, StepCallback
 
@@ -72,6 +73,18 @@ PackageArgument = Annotated[
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing but errors; the exit code tells.")
 ]
+ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Replace OUT atomically.")]
+# Every --json document has this envelope, so scripts read any command's output one way.
+JSON_SCHEMA_VERSION = 1
+
+
+def parse_tags(text: str) -> frozenset[str]:
+    """`serve,gpu` -> {"serve", "gpu"}, as TF Serving and saved_model_cli spell tag sets."""
+    tags = [tag.strip() for tag in text.split(",")]
+    if not all(tags):
+        msg = f"tag set {text!r} has an empty tag; write tags like serve,gpu"
+        raise PackageError(msg, field="--tags")
+    return frozenset(tags)
 
 
 @app.command()
@@ -84,7 +97,7 @@ def build(
         ),
     ] = "build",
     force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing version atomically.")
+        bool, typer.Option("--force", "-f", help="Replace an existing version atomically.")
     ] = False,
     as_text: Annotated[
         bool, typer.Option("--as-text", help="Write saved_model.pbtxt instead of .pb.")
@@ -95,6 +108,9 @@ def build(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Manifests built at once, one per process.")
     ] = 1,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every verify check, not only failures.")
+    ] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -105,24 +121,19 @@ def build(
     verification, else 0.
     """
     if len(manifests) == 1 and not as_json:
-        _build_one(manifests[0], out, force, as_text, not no_verify, quiet)
+        _build_one(manifests[0], out, force, as_text, not no_verify, quiet, verbose)
         return
-    from smpack.builder.batch import build_and_verify, build_many
-
-    if len(manifests) == 1:
-        outcomes = [build_and_verify(manifests[0], out, force, as_text, not no_verify)]
-    else:
-        first = f"building {len(manifests)} manifests, {jobs} at a time"
-        with _progress_bar(quiet or as_json, first) as show:
-            outcomes = build_many(
-                manifests,
-                out,
-                jobs=jobs,
-                force=force,
-                as_text=as_text,
-                verify=not no_verify,
-                on_step=show,
-            )
+    first = f"building {len(manifests)} manifests, {jobs} at a time"
+    with _progress_bar(quiet or as_json or len(manifests) == 1, first) as show:
+        outcomes = smpack.build_many(
+            manifests,
+            out,
+            jobs=jobs,
+            force=force,
+            as_text=as_text,
+            verify=not no_verify,
+            on_step=show,
+        )
     for outcome in outcomes:
         if outcome.error is not None:
             stderr.print(f"error: {outcome.error}", markup=False, highlight=False, soft_wrap=True)
@@ -132,7 +143,10 @@ def build(
     if as_json:
         import dataclasses
 
-        _print_json([{**dataclasses.asdict(o), "manifest": str(o.manifest)} for o in outcomes])
+        _print_json(
+            "build",
+            [{**dataclasses.asdict(o), "manifest": str(o.manifest)} for o in outcomes],
+        )
     elif not quiet:
         from smpack.cli.views import batch_view
 
@@ -171,24 +185,35 @@ def _progress_bar(quiet: bool, first: str) -> Iterator[StepCallback]:
         yield show
 
 
-def _print_json(document: object) -> None:
+def _print_json(command: str, result: object) -> None:
     import json
 
+    document = {
+        "schema": JSON_SCHEMA_VERSION,
+        "smpack": __version__,
+        "command": command,
+        "result": result,
+    }
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 def _build_one(
-    manifest: Path, out: str, force: bool, as_text: bool, verify: bool, quiet: bool
+    manifest: Path,
+    out: str,
+    force: bool,
+    as_text: bool,
+    verify: bool,
+    quiet: bool,
+    verbose: bool,
 ) -> None:
-    from smpack.builder.packager import build as build_package
-    from smpack.cli.views import print_build_summary
+    from smpack.cli.views import build_summary
 
     with _progress_bar(quiet, "reading the manifest") as show:
-        info = build_package(manifest, out, force=force, as_text=as_text, on_step=show)
+        info = smpack.build(manifest, out, force=force, as_text=as_text, on_step=show)
     if not quiet:
-        print_build_summary(info, stdout)
+        stdout.print(build_summary(info))
     if verify:
-        _verify_or_exit(info.location, after_build=True, quiet=quiet)
+        _verify_or_exit(info.location, after_build=True, quiet=quiet, verbose=verbose)
 
 
 @app.command()
@@ -205,12 +230,11 @@ def inspect(
     With --quiet, only the exit code says whether it is a readable SavedModel (holding
     the --tags graph, if given).
     """
-    from smpack.cli.views import print_inspect
-    from smpack.package.inspection import inspect_package, inspection_document, parse_tags
+    from smpack.cli.views import inspection_document, print_inspect
 
-    info = inspect_package(package, parse_tags(tags) if tags is not None else None)
+    info = smpack.inspect(package, parse_tags(tags) if tags is not None else None)
     if as_json:
-        _print_json(inspection_document(info))
+        _print_json("inspect", inspection_document(info))
     elif not quiet:
         print_inspect(info, stdout)
 
@@ -226,29 +250,34 @@ def verify(
 
 
 def _verify_or_exit(
-    package: str, *, after_build: bool, quiet: bool = False, as_json: bool = False
+    package: str,
+    *,
+    after_build: bool,
+    quiet: bool = False,
+    as_json: bool = False,
+    verbose: bool = True,
 ) -> None:
-    from smpack.cli.views import verify_view
-    from smpack.io.tf_quietly import import_tensorflow_quietly
+    from smpack.cli.views import verify_verdict, verify_view
 
     with _progress_bar(quiet or as_json, "importing TensorFlow") as show:
-        import_tensorflow_quietly()
-        from smpack.checks.verify import verify_package
-
-        report = verify_package(package, on_step=show)
+        report = smpack.verify(package, on_step=show)
     if as_json:
         import dataclasses
 
         _print_json(
-            {**dataclasses.asdict(report), "path": report.location, "passed": report.passed}
+            "verify",
+            {**dataclasses.asdict(report), "path": report.location, "passed": report.passed},
         )
     elif not quiet:
-        stdout.print(verify_view(report))
+        # After a build the summary was the package; its checks matter only when one failed.
+        shown = verify_view(report) if verbose or not report.passed else verify_verdict(report)
+        stdout.print(shown)
     if not report.passed:
         if after_build:
             stderr.print(
                 f"verify failed: {package} was written but did not pass its checks",
                 highlight=False,
+                soft_wrap=True,
             )
         raise typer.Exit(1)
 
@@ -261,21 +290,15 @@ def extract(
     clear_devices: Annotated[
         bool, typer.Option("--clear-devices", help="Drop device placements from the graph.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT atomically.")] = False,
+    force: ForceOption = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Write one graph as a standalone SavedModel tagged `serve`, weights hard-linked."""
-    from smpack.io.tf_quietly import import_tensorflow_quietly
-    from smpack.package.inspection import parse_tags
-
-    import_tensorflow_quietly()
-    from smpack.checks.extract import extract_graph
-
     tag_set = parse_tags(tags)
-    written = extract_graph(package, tag_set, out, clear_devices=clear_devices, force=force)
+    written = smpack.extract(package, tag_set, out, clear_devices=clear_devices, force=force)
     if as_json:
-        _print_json({"path": str(written), "tags": ["serve"], "from": sorted(tag_set)})
+        _print_json("extract", {"path": str(written), "tags": ["serve"], "from": sorted(tag_set)})
     elif not quiet:
         stdout.print(f"wrote {written} (tag set serve, from {tags})", highlight=False)
 
@@ -284,19 +307,17 @@ def extract(
 def diff(
     old: Annotated[str, typer.Argument(help="First SavedModel folder or URL.")],
     new: Annotated[str, typer.Argument(help="Second SavedModel folder or URL.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of changes.")] = False,
+    as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """What changed between two packages; exit 1 when they differ, like `diff`."""
     import dataclasses
 
     from smpack.cli.views import diff_view
-    from smpack.package.diff import diff_packages
-    from smpack.package.inspection import inspect_package
 
-    changes = diff_packages(inspect_package(old), inspect_package(new))
+    changes = smpack.diff(old, new)
     if as_json:
-        _print_json([dataclasses.asdict(change) for change in changes])
+        _print_json("diff", [dataclasses.asdict(change) for change in changes])
     elif not quiet:
         stdout.print(diff_view(changes))
     if changes:
@@ -321,7 +342,8 @@ def card(
     ] = None,
     fmt: Annotated[
         CardFormat | None,
-        typer.Option("--format", "-f", help="Card format [default: the template's, else md]."),
+        # Said in words: Rich would take "[default: ...]" for markup and drop it from --help.
+        typer.Option("--format", help="Card format; by default the template's, else md."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the card here instead of stdout.")
@@ -331,16 +353,15 @@ def card(
     ] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Render a package's model card from its own files and an optional manifest."""
-    from smpack.package.card import card_for_package
-
-    text = card_for_package(
+    """Render a package's model card from its own files; the card: block comes from the
+    manifest if given, else from the one the package recorded when it was built."""
+    text = smpack.render_card(
         package, manifest=manifest, template=template, fmt=fmt.value if fmt else None
     )
     if out is not None:
         write_atomically(out, text)
     if as_json:
-        _print_json({"card": text} if out is None else {"path": str(out.absolute())})
+        _print_json("card", {"card": text} if out is None else {"path": str(out.absolute())})
     elif out is None and not quiet:
         sys.stdout.write(text)
 
@@ -356,15 +377,16 @@ def schema(
     quiet: QuietOption = False,
 ) -> None:
     """Print the manifest's JSON Schema (editors complete and check manifests with it)."""
-    from smpack.manifest import manifest_json_schema
-
-    text = manifest_json_schema()
+    text = smpack.manifest_schema()
     if out is not None:
         write_atomically(out, text)
         if as_json:
-            _print_json({"path": str(out.absolute())})
+            _print_json("schema", {"path": str(out.absolute())})
+    elif as_json:
+        import json
+
+        _print_json("schema", json.loads(text))
     elif not quiet:
-        # Already a JSON document, so --json changes nothing here.
         sys.stdout.write(text)
 
 
@@ -377,11 +399,9 @@ def init(
     quiet: QuietOption = False,
 ) -> None:
     """Write a commented starter manifest and model function that build as they are."""
-    from smpack.manifest.scaffold import write_starter
-
-    written = write_starter(manifest)
+    written = smpack.init(manifest)
     if as_json:
-        _print_json([str(path) for path in written])
+        _print_json("init", [str(path) for path in written])
     elif not quiet:
         for path in written:
             stdout.print(f"wrote {path}", highlight=False)

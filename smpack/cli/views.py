@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from smpack.builder.batch import BuildOutcome
 from smpack.package.info import GraphInfo, PackageInfo, TensorInfo
+from smpack.package.load_commands import load_commands, serving_base_at
 
 if TYPE_CHECKING:  # verification imports TensorFlow; its records are only annotations here
+    from smpack.builder.batch import BuildOutcome
     from smpack.checks.verify import VerifyReport
     from smpack.package.diff import Change
 
@@ -45,14 +47,8 @@ def build_summary(info: PackageInfo) -> Group:
     return Group(table, variables, assets)
 
 
-def print_build_summary(info: PackageInfo, console: Console) -> None:
-    console.print(build_summary(info))
-
-
 def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     """Tag sets -> signatures -> tensors, variables, files and fingerprint; load commands."""
-    from smpack.package.inspection import load_commands
-
     graphs = _count(len(info.graphs), "graph")
     tree = Tree(Text(f"{info.location} ({info.saved_model_file}, {graphs})"))
     for graph in info.graphs:
@@ -84,7 +80,7 @@ def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     )
     commands = [Text("load commands:")]
     for graph in info.graphs:
-        load = load_commands(info.location, graph)
+        load = load_commands(graph, info.location, serving_base_at(info.location))
         commands.append(Text(f"  {graph.tag_set}"))
         for command in (
             load.tf_serving or "(TF Serving: not servable, train op or no version folder)",
@@ -118,6 +114,13 @@ def verify_view(report: VerifyReport) -> Group:
         else Text(f"FAILED: {'; '.join(failed)}")
     )
     return Group(table, verdict)
+
+
+def verify_verdict(report: VerifyReport) -> Text:
+    """The verdict alone: what a build prints when every check passed."""
+    if report.passed:
+        return Text(f"verified: all checks of {_count(len(report.graphs), 'graph')} pass")
+    return Text("FAILED")
 
 
 def diff_view(changes: list[Change]) -> Group:
@@ -195,3 +198,29 @@ def batch_view(outcomes: list[BuildOutcome]) -> Table:
             result,
         )
     return table
+
+
+def inspection_document(info: PackageInfo) -> dict[str, Any]:
+    """The facts `smpack inspect` shows, as plain JSON-ready data."""
+    graphs = []
+    for graph in info.graphs:
+        record = dataclasses.asdict(graph)
+        record["tag_set"] = graph.tag_set
+        commands = load_commands(graph, info.location, serving_base_at(info.location))
+        record["load"] = dataclasses.asdict(commands)
+        graphs.append(record)
+    return {
+        "path": info.location,
+        "saved_model_file": info.saved_model_file,
+        "graphs": graphs,
+        "variables": [dataclasses.asdict(v) for v in info.variables],
+        "variables_total": {
+            "count": len(info.variables),
+            "tensor_bytes": sum(v.size for v in info.variables),
+            "disk_bytes": info.variables_bytes,
+        },
+        "assets": list(info.assets),
+        "assets_extra": list(info.assets_extra),
+        "warmup_requests": info.warmup_requests,
+        "fingerprint": dataclasses.asdict(info.fingerprint) if info.fingerprint else None,
+    }

@@ -1,12 +1,20 @@
-"""What changed between two packages, as plain records (no TensorFlow)."""
+"""What changed between two packages, as plain records (no TensorFlow).
+
+Structure (tag sets, signatures, variables, each graph's precision, placement, compiler marks
+and op count) and content: every file's sha256, so two packages that differ only in their
+weights' bytes are told apart.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
-from smpack.package.info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo
+from smpack.package.digests import file_sha256, tree_files
+from smpack.package.info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo, package_at
+from smpack.package.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
 
 Kind = Literal["added", "removed", "changed"]
 T = TypeVar("T")
@@ -15,16 +23,35 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Change:
     kind: Kind
-    subject: str  # "tag set", "signature", "variable", "size"
+    subject: str  # "tag set", "graph", "signature", "variable", "size", "file"
     name: str
     detail: str = ""
 
 
-def diff_packages(old: PackageInfo, new: PackageInfo) -> list[Change]:
-    """Tag sets, signatures (per tag set), variables and checkpoint size that differ."""
+def diff_locations(old: str | Path, new: str | Path) -> list[Change]:
+    """`diff_packages` of the packages at two folders or URLs, their files' contents included."""
+    with package_at(old) as old_info, package_at(new) as new_info:
+        return diff_packages(
+            old_info, new_info, _content_digests(old_info.path), _content_digests(new_info.path)
+        )
+
+
+def diff_packages(
+    old: PackageInfo,
+    new: PackageInfo,
+    old_files: Mapping[str, str] | None = None,
+    new_files: Mapping[str, str] | None = None,
+) -> list[Change]:
+    """Tag sets, graphs, signatures (per tag set), variables, checkpoint size and, given
+    each package's file digests (relative path -> sha256), files that differ."""
     changes: list[Change] = []
     old_graphs, new_graphs = _by_tag_set(old, new)
     changes += _keyed("tag set", old_graphs, new_graphs, lambda a, b: "")
+    changes += [
+        c
+        for c in _keyed("graph", old_graphs, new_graphs, _graph_change)
+        if c.kind == "changed"  # an added or removed graph is its tag set, listed above
+    ]
     for tag_set in [t for t in old_graphs if t in new_graphs]:
         old_signatures = {s.key: s for s in old_graphs[tag_set].signatures}
         new_signatures = {s.key: s for s in new_graphs[tag_set].signatures}
@@ -53,7 +80,36 @@ def diff_packages(old: PackageInfo, new: PackageInfo) -> list[Change]:
                 f"{old.variables_bytes:,} -> {new.variables_bytes:,} bytes",
             )
         )
+    if old_files is not None and new_files is not None:
+        changes += _keyed(
+            "file",
+            old_files,
+            new_files,
+            lambda a, b: f"content differs (sha256 {a[:12]}… -> {b[:12]}…)" if a != b else "",
+        )
     return changes
+
+
+def _content_digests(export_dir: Path) -> dict[str, str]:
+    # smpack.json and the cards describe the other files: when those differ, so do they.
+    descriptions = {f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS}
+    return {
+        relative: file_sha256(path)
+        for relative, path in tree_files(export_dir)
+        if relative not in descriptions
+    }
+
+
+def _graph_change(old: GraphInfo, new: GraphInfo) -> str:
+    facts = {
+        "precision": (old.precision, new.precision),
+        "devices": (", ".join(old.devices) or "none", ", ".join(new.devices) or "none"),
+        "XLA": (old.xla, new.xla),
+        "TPU": (old.tpu, new.tpu),
+        "train op": (old.has_train_op, new.has_train_op),
+        "ops": (old.op_count, new.op_count),
+    }
+    return "; ".join(f"{name} {a} -> {b}" for name, (a, b) in facts.items() if a != b)
 
 
 def _by_tag_set(

@@ -1,0 +1,153 @@
+"""The public Python API: what `import smpack` offers, and all that the CLI calls.
+
+Each function imports what it needs when called, so `import smpack` stays cheap and
+`smpack.inspect` never imports TensorFlow. Every problem the caller can fix is raised as an
+`SmpackError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from smpack.progress import StepCallback
+
+if TYPE_CHECKING:
+    from smpack.builder.batch import BuildOutcome
+    from smpack.checks.verify import VerifyReport
+    from smpack.manifest import LoadedManifest
+    from smpack.package.diff import Change
+    from smpack.package.info import PackageInfo
+
+
+def build(
+    manifest: str | Path,
+    out: str | Path = "build",
+    *,
+    force: bool = False,
+    as_text: bool = False,
+    on_step: StepCallback | None = None,
+) -> PackageInfo:
+    """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
+
+    `out` may be a URL (gs://, ram://, ...). The destination is untouched unless the whole
+    package was written. Verification is separate: call `verify` on the result.
+    """
+    from smpack.builder.packager import build as build_package
+
+    return build_package(manifest, out, force=force, as_text=as_text, on_step=on_step)
+
+
+def build_many(
+    manifests: Sequence[Path],
+    out: str | Path = "build",
+    *,
+    jobs: int = 1,
+    force: bool = False,
+    as_text: bool = False,
+    verify: bool = True,
+    on_step: StepCallback | None = None,
+) -> list[BuildOutcome]:
+    """Build (and verify) several manifests, `jobs` at a time, each in its own process.
+
+    One failing does not stop the others: each outcome holds its error or failed checks.
+    """
+    from smpack.builder.batch import build_and_verify
+    from smpack.builder.batch import build_many as build_in_processes
+
+    if len(manifests) == 1:
+        return [build_and_verify(manifests[0], out, force, as_text, verify)]
+    return build_in_processes(
+        list(manifests),
+        out,
+        jobs=jobs,
+        force=force,
+        as_text=as_text,
+        verify=verify,
+        on_step=on_step,
+    )
+
+
+def inspect(location: str | Path, tags: Iterable[str] | None = None) -> PackageInfo:
+    """Describe the SavedModel at `location` (any, not only smpack's), without TensorFlow.
+
+    With `tags`, only the graph with exactly that tag set is kept; none is an error.
+    """
+    from smpack.package.inspection import inspect_package
+
+    return inspect_package(location, frozenset(tags) if tags is not None else None)
+
+
+def verify(location: str | Path, on_step: StepCallback | None = None) -> VerifyReport:
+    """Load every graph of the SavedModel at `location` through TensorFlow and check it.
+
+    Never raises for a failed check: the report says which failed.
+    """
+    from smpack.io.tf_quietly import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from smpack.checks.verify import verify_package
+
+    return verify_package(location, on_step=on_step)
+
+
+def extract(
+    location: str | Path,
+    tags: Iterable[str],
+    out: str | Path,
+    *,
+    clear_devices: bool = False,
+    force: bool = False,
+) -> str | Path:
+    """Write the graph tagged exactly `tags` as a standalone SavedModel tagged `serve`."""
+    from smpack.io.tf_quietly import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from smpack.checks.extract import extract_graph
+
+    return extract_graph(location, frozenset(tags), out, clear_devices=clear_devices, force=force)
+
+
+def diff(old: str | Path, new: str | Path) -> list[Change]:
+    """What differs between two packages: graphs, signatures, variables and file contents."""
+    from smpack.package.diff import diff_locations
+
+    return diff_locations(old, new)
+
+
+def render_card(
+    location: str | Path,
+    *,
+    manifest: str | Path | None = None,
+    template: str | Path | None = None,
+    fmt: Literal["md", "html"] | None = None,
+) -> str:
+    """The model card of any SavedModel, from its own files.
+
+    The `card:` block comes from `manifest` if given, else from the package's smpack.json.
+    """
+    from smpack.package.card import card_for_package
+
+    return card_for_package(location, manifest=manifest, template=template, fmt=fmt)
+
+
+def load_manifest(path: str | Path) -> LoadedManifest:
+    """Read, validate and resolve a manifest."""
+    from smpack.manifest import load_manifest as load
+
+    return load(path)
+
+
+def manifest_schema() -> str:
+    """The manifest format as a JSON Schema document."""
+    from smpack.manifest import manifest_json_schema
+
+    return manifest_json_schema()
+
+
+def init(manifest: str | Path) -> list[Path]:
+    """Write a starter manifest and model function that build as they are; returns them."""
+    from smpack.manifest.scaffold import write_starter
+
+    return write_starter(Path(manifest))
