@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def build_many(
             manifest = manifests[futures[future]]
             try:
                 outcome = future.result()
-            except Exception as e:  # the worker died or hit a bug: that build failed, not all
+            except BrokenProcessPool as e:  # a worker was killed: that build failed, not all
                 outcome = BuildOutcome(manifest, error=f"{type(e).__name__}: {e}")
             outcomes[futures[future]] = outcome
             if on_step is not None:

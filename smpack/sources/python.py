@@ -29,11 +29,15 @@ def import_function(path: Path, name: str, manifest: Path, field: str) -> Callab
         msg = f"cannot import {path}"
         raise ModelError(msg, file=manifest, field=field)
     module = importlib.util.module_from_spec(spec)
+    # Registered while it runs, as `import` does: `@dataclass` under `from __future__ import
+    # annotations` looks its module up in sys.modules.
+    sys.modules[module_name] = module
     # The model file may import its own helpers from beside itself.
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except Exception as e:  # the user's code may raise anything; it is the user's to fix
+        del sys.modules[module_name]
         msg = f"importing {path.name} raised {type(e).__name__}: {e}"
         raise ModelError(
             msg,
