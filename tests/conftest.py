@@ -1,13 +1,28 @@
-"""Shared fixtures: the bundled examples, built once per test session with real TensorFlow."""
+"""What several test files share: the bundled examples built once per session with real
+TensorFlow, the C loader, running the CLI like golden files see it, JSON envelopes, tree and
+card helpers. (TF models and manifests the tests build from live in tf_helpers.py.)"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import shutil
+import stat
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner, Result
 
 import smpack
+from smpack.cli import commands as cli
+from smpack.package.card_context import card_context
 from smpack.package.info import PackageInfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,3 +45,166 @@ def variants_copy(tmp_path: Path) -> Path:
     target = tmp_path / "variants"
     shutil.copytree(VARIANTS, target)
     return target
+
+
+def json_result(stdout: str, command: str) -> Any:
+    """The `result` of a `--json` document, after checking the envelope every command shares."""
+    document = json.loads(stdout)
+    assert document.keys() == {"schema", "smpack", "command", "result"}
+    assert (document["schema"], document["smpack"], document["command"]) == (
+        1,
+        smpack.__version__,
+        command,
+    )
+    return document["result"]
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+# SMPACK_UPDATE_GOLDEN=1 rewrites the golden files instead of comparing; read the diff after.
+UPDATE_GOLDEN = os.environ.get("SMPACK_UPDATE_GOLDEN") == "1"
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> Result:
+    """Invoke `smpack ARGS` with a fixed-width, colourless console on stdout."""
+    monkeypatch.setattr(cli, "stdout", Console(width=100, color_system=None))
+    return CliRunner().invoke(cli.app, args)
+
+
+def check_golden(name: str, text: str) -> None:
+    """`text` must equal tests/golden/NAME (SMPACK_UPDATE_GOLDEN=1 rewrites it instead)."""
+    golden = GOLDEN / name
+    if UPDATE_GOLDEN:
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def tree_state(folder: Path) -> dict[str, str]:
+    """Every path under `folder` mapped to its kind, mode and content (or link) hash.
+
+    Directory timestamps are left out: creating and removing a staging folder must
+    change a parent's mtime, and readers never look at it.
+    """
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        info = path.lstat()
+        mode = stat.S_IMODE(info.st_mode)
+        relative = str(path.relative_to(folder))
+        if path.is_symlink():
+            state[relative] = f"link {path.readlink()}"
+        elif path.is_dir():
+            state[relative] = f"dir {mode:o}"
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            state[relative] = f"file {mode:o} {digest}"
+    return state
+
+
+def file_digests(package: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(package)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(package.rglob("*"))
+        if path.is_file()
+    }
+
+
+C_LOADER_SOURCE = Path(__file__).parent / "c_api" / "run_saved_model.c"
+
+
+@pytest.fixture(scope="session")
+def c_loader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A C program that loads a SavedModel with TF_LoadSessionFromSavedModel (see run_c)."""
+    import tensorflow as tf
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler on this machine")
+    wheel = Path(tf.__file__).parent
+    binary = tmp_path_factory.mktemp("c_api") / "run_saved_model"
+    subprocess.run(
+        [
+            compiler,
+            str(C_LOADER_SOURCE),
+            f"-I{wheel / 'include'}",
+            f"-L{wheel}",
+            "-l:libtensorflow_cc.so.2",
+            "-l:libtensorflow_framework.so.2",
+            f"-Wl,-rpath,{wheel}",
+            "-o",
+            str(binary),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return binary
+
+
+def run_c(loader: Path, export_dir: Path, tag_set: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(loader), str(export_dir), tag_set, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def normalise_card(text: str, info: PackageInfo) -> str:
+    """Blank out what depends on the installed TensorFlow and smpack, not on smpack's code."""
+    package = card_context(info, None)["package"]
+    text = text.replace(f"TensorFlow {package['tensorflow_version']}", "TensorFlow TF_VERSION")
+    text = text.replace(f"smpack {package['smpack_version']}", "smpack SMPACK_VERSION")
+    text = re.sub(r"\b[0-9a-f]{64}\b", "SHA256", text)
+    # saved_model.pb and smpack.json record the versions, and fingerprint.pb holds varint
+    # hashes of the rest, so their sizes move with them.
+    lines = text.split("\n")
+    for name, placeholder in (
+        ("saved_model.pb", "PB_BYTES"),
+        ("assets.extra/smpack.json", "JSON_BYTES"),
+        ("fingerprint.pb", "FINGERPRINT_BYTES"),
+    ):
+        if (info.path / name).is_file():
+            size = str((info.path / name).stat().st_size)
+            lines = [line.replace(size, placeholder) if name in line else line for line in lines]
+    return "\n".join(lines)
+
+
+def front_matter(card: str) -> Any:
+    assert card.startswith("---\n")
+    front, separator, _ = card[4:].partition("\n---\n")
+    assert separator, "the front matter is never closed"
+    return yaml.safe_load(front)
+
+
+class HtmlTables(HTMLParser):
+    """Each table's rows as lists of cell texts, keyed by the table's id, plus the tags seen."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.tags: list[str] = []
+        self._rows: list[list[str]] | None = None
+        self._cell: list[str] | None = None
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "table":
+            key = dict(attrs).get("id") or f"table {len(self.tables)}"
+            self._rows = self.tables.setdefault(key, [])
+        elif tag == "tr" and self._rows is not None:
+            self._rows.append([])
+        elif tag in {"td", "th"}:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in {"td", "th"} and self._cell is not None and self._rows:
+            self._rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._rows = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from tree_state import tree_state
+from conftest import tree_state
 from typer.testing import CliRunner
 
 from smpack.cli.commands import app
@@ -67,6 +67,7 @@ def test_bad_manifest_fails_with_one_line_and_touches_nothing(
     assert tree_state(out) == before
 
 
+@pytest.mark.slow
 def test_a_late_failure_is_one_line_in_a_real_terminal_session(tmp_path: Path) -> None:
     # CliRunner cannot see what TF's C++ code writes to file descriptor 2; a subprocess
     # can. This case fails after TensorFlow has run sessions and written the graphs.

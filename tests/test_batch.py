@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import VARIANTS
+import pytest
+from conftest import VARIANTS, json_result
 from typer.testing import CliRunner
 
 from smpack.cli.commands import app
@@ -14,6 +15,7 @@ from smpack.package.info import PackageInfo
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_one_failure_does_not_stop_the_others(variants_copy: Path, tmp_path: Path) -> None:
     bad = variants_copy / "bad.yaml"
     bad.write_text(
@@ -28,7 +30,7 @@ def test_one_failure_does_not_stop_the_others(variants_copy: Path, tmp_path: Pat
     assert result.stderr.splitlines() == [
         f"error: {bad}:3: version: Input should be greater than 0"
     ]
-    outcomes = json.loads(result.stdout)
+    outcomes = json_result(result.stdout, "build")
     # In the order given, whatever order the processes finished in.
     assert [o["manifest"] for o in outcomes] == [str(m) for m in manifests]
     linear, failed, text = outcomes
@@ -54,7 +56,7 @@ def test_quiet_build_prints_nothing_and_the_exit_code_tells(tmp_path: Path) -> N
 def test_verify_json_and_quiet(linear_package: PackageInfo) -> None:
     result = runner.invoke(app, ["verify", str(linear_package.path), "--json"])
     assert result.exit_code == 0, result.output
-    document = json.loads(result.stdout)
+    document = json_result(result.stdout, "verify")
     assert document["passed"] is True
     assert [g["tag_set"] for g in document["graphs"]] == [
         "train",
@@ -86,20 +88,23 @@ def test_inspect_quiet_answers_with_its_exit_code(linear_package: PackageInfo) -
 def test_card_json_and_quiet(linear_package: PackageInfo, tmp_path: Path) -> None:
     package = str(linear_package.path)
     printed = runner.invoke(app, ["card", package]).stdout
-    assert json.loads(runner.invoke(app, ["card", package, "--json"]).stdout) == {"card": printed}
+    card_json = runner.invoke(app, ["card", package, "--json"]).stdout
+    assert json_result(card_json, "card") == {"card": printed}
     out = tmp_path / "card.md"
     written = runner.invoke(app, ["card", package, "--out", str(out), "--json"])
-    assert json.loads(written.stdout) == {"path": str(out)}
+    assert json_result(written.stdout, "card") == {"path": str(out)}
     assert out.read_text() == printed
     assert runner.invoke(app, ["card", package, "--quiet"]).stdout == ""
 
 
 def test_schema_out_json_and_quiet(tmp_path: Path) -> None:
     printed = runner.invoke(app, ["schema"]).stdout
-    assert runner.invoke(app, ["schema", "--json"]).stdout == printed
+    assert json_result(runner.invoke(app, ["schema", "--json"]).stdout, "schema") == json.loads(
+        printed
+    )
     assert runner.invoke(app, ["schema", "--quiet"]).stdout == ""
     out = tmp_path / "manifest.schema.json"
     written = runner.invoke(app, ["schema", "--out", str(out), "--json"])
-    assert json.loads(written.stdout) == {"path": str(out)}
+    assert json_result(written.stdout, "schema") == {"path": str(out)}
     # What the examples' `$schema` line points at is exactly this output.
     assert out.read_text() == printed == (VARIANTS / "manifest.schema.json").read_text()

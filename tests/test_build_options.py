@@ -9,36 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import VARIANTS
-from tf_helpers import meta_graph, run_v1, run_v2
+from tf_helpers import CUSTOM, meta_graph, run_v1, run_v2, save_checkpoint
 
 import smpack
 from smpack.errors import ManifestError
-
-CUSTOM = """\
-schema: 1
-name: linear
-version: 3
-source:
-  python: models/linear.py:model_fn
-  {checkpoint}
-variants:
-  plain:    {{tags: [serve]}}
-  cpu_xla:  {{tags: [serve, cpu, xla], xla: true, precision: bfloat16}}
-  half:     {{tags: [serve, half], precision: float16}}
-  momentum: {{tags: [train, momentum], optimizer: {{name: momentum, learning_rate: 0.1}}}}
-"""
-
-
-def save_checkpoint(prefix: Path, var_1: float, var_2: list[float] | float) -> None:
-    import tensorflow as tf
-
-    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        variables = [
-            tf.compat.v1.get_variable("var_1", initializer=tf.constant(var_1)),
-            tf.compat.v1.get_variable("var_2", initializer=tf.constant(var_2)),
-        ]
-        session.run(tf.compat.v1.global_variables_initializer())
-        tf.compat.v1.train.Saver(variables).save(session, str(prefix))
 
 
 def test_custom_tag_sets_and_knob_combinations(variants_copy: Path, tmp_path: Path) -> None:
@@ -92,3 +66,18 @@ def test_published_package_is_readable_by_other_users(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert oct(stat.S_IMODE(package.stat().st_mode)) == oct(0o755)
+
+
+def test_a_model_file_may_use_dataclasses_with_postponed_annotations(
+    variants_copy: Path, tmp_path: Path
+) -> None:
+    # @dataclass resolves its module through sys.modules while the file runs, as `import` does.
+    model = variants_copy / "models" / "linear.py"
+    model.write_text(
+        "from __future__ import annotations\n\nimport dataclasses\n\n"
+        + model.read_text().replace('"""The classic', '"""Was the classic', 1)
+        + "\n\n@dataclasses.dataclass\nclass Settings:\n    scale: float = 0.5\n"
+    )
+    package = smpack.build(variants_copy / "linear.yaml", tmp_path)
+    x = {"input": np.array([2.0], np.float32)}
+    np.testing.assert_allclose(run_v1(package.path, ["serve"], x)["output"], [3.0])

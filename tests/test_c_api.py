@@ -6,51 +6,15 @@ TensorFlow wheel, so the check needs nothing beyond the wheel and a C compiler.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import tensorflow as tf
+from conftest import run_c
 
 from smpack.package.info import PackageInfo
 
-SOURCE = Path(__file__).parent / "c_api" / "run_saved_model.c"
-
-
-@pytest.fixture(scope="module")
-def c_loader(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler on this machine")
-    wheel = Path(tf.__file__).parent
-    binary = tmp_path_factory.mktemp("c_api") / "run_saved_model"
-    subprocess.run(
-        [
-            compiler,
-            str(SOURCE),
-            f"-I{wheel / 'include'}",
-            f"-L{wheel}",
-            "-l:libtensorflow_cc.so.2",
-            "-l:libtensorflow_framework.so.2",
-            f"-Wl,-rpath,{wheel}",
-            "-o",
-            str(binary),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return binary
-
-
-def run_c(loader: Path, export_dir: Path, tag_set: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(loader), str(export_dir), tag_set, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+# A C compiler run and subprocesses per tag set.
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("tag_set", ["serve", "serve,gpu"])

@@ -4,19 +4,16 @@ template errors, hostile manifest text, the sandbox, and rendering without Tenso
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 import pickle
 import re
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+from conftest import HtmlTables, check_golden, front_matter, normalise_card
 from pydantic import ValidationError
 
 from smpack.errors import ManifestError
@@ -35,88 +32,20 @@ SPEC = load_manifest(Path(__file__).resolve().parent.parent / "variants" / "line
 HOSTILE = "</script><script>alert(1)</script>\n---\n{{ 7*7 }}\nkey: value \"quoted\" 'too'"
 
 
-def _normalise(text: str, info: PackageInfo) -> str:
-    """Blank out what depends on the installed TensorFlow and smpack, not on smpack's code."""
-    package = card_context(info, None)["package"]
-    text = text.replace(f"TensorFlow {package['tensorflow_version']}", "TensorFlow TF_VERSION")
-    text = text.replace(f"smpack {package['smpack_version']}", "smpack SMPACK_VERSION")
-    text = re.sub(r"\b[0-9a-f]{64}\b", "SHA256", text)
-    # saved_model.pb and smpack.json record the versions, and fingerprint.pb holds varint
-    # hashes of the rest, so their sizes move with them.
-    lines = text.split("\n")
-    for name, placeholder in (
-        ("saved_model.pb", "PB_BYTES"),
-        ("assets.extra/smpack.json", "JSON_BYTES"),
-        ("fingerprint.pb", "FINGERPRINT_BYTES"),
-    ):
-        if (info.path / name).is_file():
-            size = str((info.path / name).stat().st_size)
-            lines = [line.replace(size, placeholder) if name in line else line for line in lines]
-    return "\n".join(lines)
-
-
-def _check_golden(name: str, text: str) -> None:
-    golden = GOLDEN / name
-    if UPDATE_GOLDEN:
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(text, encoding="utf-8")
-    assert text == golden.read_text(encoding="utf-8")
-
-
-def _front_matter(card: str) -> Any:
-    assert card.startswith("---\n")
-    front, separator, _ = card[4:].partition("\n---\n")
-    assert separator, "the front matter is never closed"
-    return yaml.safe_load(front)
-
-
-class _Page(HTMLParser):
-    """Each table's rows as lists of cell texts, keyed by the table's id, plus the tags seen."""
-
-    def __init__(self, page: str) -> None:
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self.tags: list[str] = []
-        self._rows: list[list[str]] | None = None
-        self._cell: list[str] | None = None
-        self.feed(page)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        if tag == "table":
-            key = dict(attrs).get("id") or f"table {len(self.tables)}"
-            self._rows = self.tables.setdefault(key, [])
-        elif tag == "tr" and self._rows is not None:
-            self._rows.append([])
-        elif tag in {"td", "th"}:
-            self._cell = []
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in {"td", "th"} and self._cell is not None and self._rows:
-            self._rows[-1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "table":
-            self._rows = None
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-
 def test_markdown_card_matches_golden(linear_package: PackageInfo) -> None:
-    _check_golden("linear_card.md", _normalise(render_card(linear_package, SPEC), linear_package))
+    card = render_card(linear_package, SPEC)
+    check_golden("linear_card.md", normalise_card(card, linear_package))
 
 
 def test_html_card_matches_golden(linear_package: PackageInfo) -> None:
     card = render_card(linear_package, SPEC, fmt="html")
-    _check_golden("linear_card.html", _normalise(card, linear_package))
+    check_golden("linear_card.html", normalise_card(card, linear_package))
     # Self-contained: nothing a browser would fetch.
     assert not re.search(r"<script|<link|<img|src=|url\(|@import", card)
 
 
 def test_front_matter_is_hugging_face_metadata(linear_package: PackageInfo) -> None:
-    meta = _front_matter(render_card(linear_package, SPEC))
+    meta = front_matter(render_card(linear_package, SPEC))
     assert meta["license"] == "apache-2.0"
     assert meta["library_name"] == "tensorflow"
     assert meta["pipeline_tag"] == "tabular-regression"
@@ -140,7 +69,7 @@ def test_front_matter_is_hugging_face_metadata(linear_package: PackageInfo) -> N
 
 def test_card_without_a_card_block_holds_the_package_facts(linear_package: PackageInfo) -> None:
     card = render_card(linear_package, None)
-    assert _front_matter(card) == {
+    assert front_matter(card) == {
         "library_name": "tensorflow",
         "tags": ["savedmodel", "smpack", "train", "serve", "serve,gpu", "serve,tpu"],
     }
@@ -149,7 +78,7 @@ def test_card_without_a_card_block_holds_the_package_facts(linear_package: Packa
 
 
 def test_html_tables_list_variants_and_metrics(linear_package: PackageInfo) -> None:
-    page = _Page(render_card(linear_package, SPEC, fmt="html"))
+    page = HtmlTables(render_card(linear_package, SPEC, fmt="html"))
     assert page.tables["variants"] == [
         ["Tag set", "Signatures", "Device", "Precision", "XLA", "TPU"],
         ["train", "serving_default, train", "unpinned", "float32", "no", "no"],
@@ -286,7 +215,7 @@ def _hostile_spec() -> CardSpec:
 
 def test_hostile_text_cannot_break_the_markdown_card(linear_package: PackageInfo) -> None:
     card = render_card(linear_package, _hostile_spec())
-    meta = _front_matter(card)
+    meta = front_matter(card)
     assert set(meta) == {"license", "library_name", "tags", "pipeline_tag", "model-index"}
     assert meta["license"] == HOSTILE.lower()
     assert meta["pipeline_tag"] == HOSTILE
@@ -303,7 +232,7 @@ def test_hostile_text_cannot_break_the_markdown_card(linear_package: PackageInfo
 
 def test_hostile_text_is_escaped_in_the_html_card(linear_package: PackageInfo) -> None:
     card = render_card(linear_package, _hostile_spec(), fmt="html")
-    page = _Page(card)
+    page = HtmlTables(card)
     assert "script" not in page.tags
     assert "a" not in page.tags  # the javascript: link is shown as text, not linked
     assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in card
@@ -339,10 +268,3 @@ def test_rendering_does_not_import_tensorflow(linear_package: PackageInfo, tmp_p
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == "[]"
-
-
-def test_smpack_version_comes_from_the_installed_distribution(
-    linear_package: PackageInfo,
-) -> None:
-    package = card_context(linear_package, None)["package"]
-    assert package["smpack_version"] == importlib.metadata.version("smpack")

@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import ROOT, VARIANTS
-from test_card import _check_golden, _front_matter, _normalise, _Page
-from test_cli import tree_digest
+from conftest import (
+    ROOT,
+    VARIANTS,
+    HtmlTables,
+    check_golden,
+    front_matter,
+    normalise_card,
+    tree_state,
+)
 from typer.testing import CliRunner
 
 from smpack.cli.commands import app
@@ -27,15 +33,18 @@ def test_build_writes_both_cards_into_assets_extra(linear_package: PackageInfo) 
     # The golden files are the cards of the linear example, exactly as its build writes them.
     for fmt in ("md", "html"):
         card = (cards / f"model_card.{fmt}").read_text()
-        _check_golden(f"linear_card.{fmt}", _normalise(card, linear_package))
+        check_golden(f"linear_card.{fmt}", normalise_card(card, linear_package))
 
 
-def test_card_command_prints_markdown_by_default(linear_package: PackageInfo) -> None:
+def test_card_command_renders_the_card_block_the_package_recorded(
+    linear_package: PackageInfo,
+) -> None:
     result = runner.invoke(app, ["card", str(linear_package.path)])
     assert result.exit_code == 0, result.output
-    meta = _front_matter(result.stdout)
-    assert meta["library_name"] == "tensorflow"
-    assert "license" not in meta  # no manifest given: only what the package itself says
+    # No manifest: the card: block comes from smpack.json, so the card is the built one.
+    assert result.stdout == (linear_package.path / "assets.extra" / "model_card.md").read_text()
+    meta = front_matter(result.stdout)
+    assert (meta["library_name"], meta["license"]) == ("tensorflow", "apache-2.0")
 
 
 def test_card_command_with_the_manifest_matches_the_built_card(
@@ -60,7 +69,7 @@ def test_card_for_a_savedmodel_smpack_did_not_build(tmp_path: Path) -> None:
     tf.saved_model.save(module, str(export), signatures={"serving_default": module.__call__})
     result = runner.invoke(app, ["card", str(export), "--format", "html"])
     assert result.exit_code == 0, result.output
-    page = _Page(result.stdout)
+    page = HtmlTables(result.stdout)
     variants = page.tables["variants"]
     assert [row[0] for row in variants[1:]] == ["serve"]
     assert "doubler/7" in result.stdout
@@ -118,7 +127,7 @@ def test_bad_card_template_leaves_an_existing_package_intact(
 ) -> None:
     manifest, out = variants_copy / "linear.yaml", tmp_path / "out"
     assert runner.invoke(app, ["build", str(manifest), "--out", str(out)]).exit_code == 0
-    before = tree_digest(out)
+    before = tree_state(out)
     (variants_copy / "typo.html.j2").write_text("<p>{{ nothing }}</p>\n")
     data = yaml.safe_load(manifest.read_text())
     data["card"]["template"] = "typo.html.j2"
@@ -126,13 +135,23 @@ def test_bad_card_template_leaves_an_existing_package_intact(
     result = runner.invoke(app, ["build", str(manifest), "--out", str(out), "--force"])
     assert result.exit_code == 2
     assert "typo.html.j2:1: card.template: 'nothing' is undefined" in result.stderr
-    assert tree_digest(out) == before
+    assert tree_state(out) == before
 
 
+@pytest.mark.slow
 def test_templates_ship_in_the_wheel(linear_package: PackageInfo, tmp_path: Path) -> None:
+    # Built from a copy of what the wheel is made of: building in the checkout would leave
+    # build/ and *.egg-info behind in it.
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("smpack", "templates"):
+        ignored = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignored)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path / "dist"), str(ROOT)],
+         "-w", str(tmp_path / "dist"), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     [wheel] = (tmp_path / "dist").glob("smpack-*.whl")

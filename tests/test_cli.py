@@ -17,7 +17,7 @@ from smpack.cli.commands import app
 runner = CliRunner()
 
 
-def tree_digest(folder: Path) -> str:
+def tree_state(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         digest.update(str(path.relative_to(folder)).encode())
@@ -38,14 +38,15 @@ def test_build_prints_one_row_per_tag_set(tmp_path: Path) -> None:
 def test_existing_version_is_kept_without_force(tmp_path: Path) -> None:
     args = ["build", str(VARIANTS / "linear.yaml"), "--out", str(tmp_path)]
     assert runner.invoke(app, args).exit_code == 0
-    before = tree_digest(tmp_path)
+    before = tree_state(tmp_path)
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert result.stdout == ""
     assert "already exists; pass --force" in result.stderr
-    assert tree_digest(tmp_path) == before
+    assert tree_state(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_force_replaces_and_as_text_writes_pbtxt(tmp_path: Path) -> None:
     args = ["build", str(VARIANTS / "linear.yaml"), "--out", str(tmp_path)]
     assert runner.invoke(app, args).exit_code == 0
@@ -112,6 +113,7 @@ def test_variables_that_differ_between_variants_are_refused(variants_copy, tmp_p
     assert "every variant restores the same checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 def test_debug_variable_brings_back_the_traceback(variants_copy: Path, tmp_path: Path) -> None:
     (variants_copy / "models" / "linear.py").write_text("def model_fn(ctx):\n    1 / 0\n")
     command = [

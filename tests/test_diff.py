@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import VARIANTS
-from rich_golden import check_golden, invoke
+from conftest import VARIANTS, check_golden, invoke, json_result
 
 import smpack
 from smpack.package.info import PackageInfo
@@ -21,7 +20,7 @@ def test_two_builds_of_one_manifest_are_the_same(
     assert result.exit_code == 0, result.output
     assert result.stdout == "no differences\n"
     result = invoke(monkeypatch, ["diff", str(linear_package.path), str(again.path), "--json"])
-    assert (result.exit_code, json.loads(result.stdout)) == (0, [])
+    assert (result.exit_code, json_result(result.stdout, "diff")) == (0, [])
 
 
 def test_golden_linear_to_text_classifier(
@@ -40,9 +39,33 @@ def test_json_names_each_change(
     assert invoke(monkeypatch, args).exit_code == 0
     result = invoke(monkeypatch, ["diff", str(linear_package.path), str(extracted), "--json"])
     assert result.exit_code == 1
-    changes = json.loads(result.stdout)
-    # Same weights (hard-linked), same serve graph: only the other tag sets are gone.
-    assert changes == [
+    changes = json_result(result.stdout, "diff")
+    # Same weights (hard-linked), same serve graph: the other tag sets are gone, and with
+    # them the graph file's bytes; extract writes no fingerprint.pb.
+    assert [c for c in changes if c["subject"] != "file"] == [
         {"kind": "removed", "subject": "tag set", "name": name, "detail": ""}
         for name in ("serve,gpu", "serve,tpu", "train")
     ]
+    assert {(c["kind"], c["name"]) for c in changes if c["subject"] == "file"} == {
+        ("removed", "fingerprint.pb"),
+        ("changed", "saved_model.pb"),
+    }
+
+
+def test_weights_that_differ_only_in_their_bytes_are_a_difference(
+    linear_package: PackageInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "linear" / "1"
+    shutil.copytree(linear_package.path, copy)
+    data = copy / "variables" / "variables.data-00000-of-00001"
+    weights = bytearray(data.read_bytes())
+    weights[-1] ^= 0xFF  # same shapes, same size, one weight changed
+    data.write_bytes(bytes(weights))
+    result = invoke(monkeypatch, ["diff", str(linear_package.path), str(copy), "--json"])
+    assert result.exit_code == 1
+    [change] = json_result(result.stdout, "diff")
+    assert (change["kind"], change["subject"], change["name"]) == (
+        "changed",
+        "file",
+        "variables/variables.data-00000-of-00001",
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from rich_golden import invoke
+from conftest import invoke
 from tf_helpers import run_v1
 
 from smpack.checks.verify import verify_package

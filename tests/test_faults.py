@@ -21,10 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tree_state import tree_state
+from conftest import tree_state
 
 import smpack
 from smpack.io.staging import _exchange
+
+# Real builds in subprocesses, stopped at chosen moments: slow by nature.
+pytestmark = pytest.mark.slow
 
 FAULTS = Path(__file__).resolve().parent / "faults"
 # Nested loops in Jinja2's sandbox (range is capped at 100000): 10^10 iterations.
@@ -64,18 +67,38 @@ def out(previous: Path, tmp_path: Path) -> Path:
     return target
 
 
-def start_build(manifest: Path, out: Path, **popen: object) -> subprocess.Popen[str]:
+def start_build(
+    manifest: Path, out: Path, limits: Callable[[], None] | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what users see, TF's C++ logging included
     command = [sys.executable, "-m", "smpack", "build", str(manifest), "--out", str(out)]
+
+    def as_a_user_starts_it() -> None:
+        # A test runner's workers may ignore SIGINT, and children inherit that: a Ctrl-C
+        # test would then test nothing.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if limits is not None:
+            limits()
+
     return subprocess.Popen(
         [*command, "--force"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **popen,  # type: ignore[call-overload]
+        preexec_fn=as_a_user_starts_it,
     )
+
+
+def finish(build: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The build's stdout and stderr once it ends; killed, and the test failed, if it hangs."""
+    try:
+        return build.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        build.kill()
+        build.communicate()
+        pytest.fail(f"the build did not end within {timeout} s")
 
 
 def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
@@ -167,7 +190,7 @@ def test_ctrl_c_says_the_package_was_not_written(moment: str, out: Path, tmp_pat
         wait_until(lambda: staged(out, "assets.extra"), build)
         time.sleep(0.5)
     build.send_signal(signal.SIGINT)
-    stdout, stderr = build.communicate(timeout=60)
+    stdout, stderr = finish(build, timeout=60)
 
     assert build.returncode == 130
     assert stderr.splitlines() == ["interrupted: the package was not written"]
@@ -200,8 +223,8 @@ def test_file_size_limit_is_one_clear_line(what: str, message: str, out: Path, t
         (src / "big.bin").write_bytes(bytes(300_000))
     before = tree_state(out)
 
-    build = start_build(manifest, out, preexec_fn=_file_size_limit(200_000))
-    stdout, stderr = build.communicate(timeout=120)
+    build = start_build(manifest, out, limits=_file_size_limit(200_000))
+    stdout, stderr = finish(build, timeout=120)
 
     package = out / "faulty" / "1"
     expected = message.format(package=package) + "; the package was not written"
@@ -229,7 +252,9 @@ def _digests(folder: Path | int) -> tuple[str, ...]:
     return tuple(digests)
 
 
-def test_force_swaps_packages_so_readers_never_see_a_mix(tmp_path: Path) -> None:
+def test_force_swaps_packages_so_readers_never_see_a_mix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
@@ -261,7 +286,14 @@ def test_force_swaps_packages_so_readers_never_see_a_mix(tmp_path: Path) -> None
                 os.close(descriptor)
 
     reader = threading.Thread(target=read_continuously)
-    _RENAMES.clear()
+    renames: list[tuple[str, str]] = []
+    rename = os.rename
+
+    def recorded_rename(source: str | Path, target: str | Path) -> None:
+        renames.append((os.fspath(source), os.fspath(target)))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", recorded_rename)
     reader.start()
     try:
         for i in range(6):
@@ -274,15 +306,6 @@ def test_force_swaps_packages_so_readers_never_see_a_mix(tmp_path: Path) -> None
     assert set(seen) == set(references)
     # The reader can miss a short gap, so also check how the swap was made: moving the old
     # package away and the new one in (two renames) would leave one; renameat2 does not.
-    assert not [pair for pair in _RENAMES if str(package) in pair]
+    assert not [pair for pair in renames if str(package) in pair]
 
 
-_RENAMES: list[tuple[str, ...]] = []
-
-
-def _record_renames(event: str, args: tuple[object, ...]) -> None:
-    if event == "os.rename":
-        _RENAMES.append(tuple(os.fsdecode(path) for path in args[:2]))  # type: ignore[arg-type]
-
-
-sys.addaudithook(_record_renames)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -13,8 +12,8 @@ from typing import Any
 import keras
 import pytest
 import tensorflow as tf
+from conftest import check_golden, invoke, json_result
 from google.protobuf import text_format
-from rich_golden import check_golden, invoke
 from tensorflow.core.protobuf import saved_model_pb2
 
 from smpack.package.info import PackageInfo
@@ -23,7 +22,7 @@ from smpack.package.info import PackageInfo
 def inspect_json(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
     result = invoke(monkeypatch, ["inspect", *args, "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return json_result(result.stdout, "inspect")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +77,6 @@ def test_golden_text_classifier_one_tag_set(
 
 def test_json_holds_the_facts(linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch) -> None:
     document = inspect_json(monkeypatch, str(linear_package.path))
-    assert document["schema"] == 1
     graphs = {g["tag_set"]: g for g in document["graphs"]}
     assert list(graphs) == ["train", "serve", "serve,gpu", "serve,tpu"]
     gpu = graphs["serve,gpu"]

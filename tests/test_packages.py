@@ -139,6 +139,7 @@ def test_moved_package_reads_its_own_vocabulary(variants_copy: Path, tmp_path: P
     assert not np.allclose(before["scores"][0], before["scores"][2])
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_and_runs_every_tag_set(linear_package: PackageInfo) -> None:
     cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
     shown = subprocess.run(

@@ -58,6 +58,7 @@ def test_verification_reports_each_graph(linear_package: PackageInfo) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_a_batch_reports_each_manifest_as_it_finishes(variants_copy: Path, tmp_path: Path) -> None:
     steps: list[Step] = []
     manifests = [variants_copy / "linear.yaml", variants_copy / "missing.yaml"]

@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import VARIANTS
-from test_reproducible import file_digests
-from test_sources import X, make_tf_module, source_outputs, write_manifest
-from tf_helpers import run_v1, run_v2
+from conftest import VARIANTS, file_digests, json_result
+from tf_helpers import X, make_tf_module, run_v1, run_v2, source_outputs, write_manifest
 from typer.testing import CliRunner
 
 import smpack
@@ -78,7 +76,7 @@ def test_build_verify_inspect_extract_and_diff_take_urls(
 ) -> None:
     built = runner.invoke(app, ["build", LINEAR, "--out", remote, "--json"])
     assert built.exit_code == 0, built.output
-    (outcome,) = json.loads(built.stdout)
+    (outcome,) = json_result(built.stdout, "build")
     package = f"{remote}/linear/1"
     assert (outcome["package"], outcome["verified"], outcome["failed_checks"]) == (
         package,
@@ -88,9 +86,9 @@ def test_build_verify_inspect_extract_and_diff_take_urls(
 
     verified = runner.invoke(app, ["verify", package, "--json"])
     assert verified.exit_code == 0, verified.output
-    assert json.loads(verified.stdout)["path"] == package
+    assert json_result(verified.stdout, "verify")["path"] == package
 
-    inspected = json.loads(runner.invoke(app, ["inspect", package, "--json"]).stdout)
+    inspected = json_result(runner.invoke(app, ["inspect", package, "--json"]).stdout, "inspect")
     assert inspected["path"] == package
     serve = next(g for g in inspected["graphs"] if g["tag_set"] == "serve")
     assert f"--model_base_path={remote}/linear " in serve["load"]["tf_serving"]
@@ -178,7 +176,7 @@ def test_savedmodel_keras_and_checkpoint_sources_can_be_urls(tmp_path: Path, rem
 
 
 def test_a_python_sources_checkpoint_can_be_a_url(variants_copy: Path, remote: str) -> None:
-    from test_build_options import CUSTOM, save_checkpoint
+    from tf_helpers import CUSTOM, save_checkpoint
 
     save_checkpoint(variants_copy / "ckpt" / "model", 3.0, 1.0)
     upload(variants_copy / "ckpt", f"{remote}/ckpt")

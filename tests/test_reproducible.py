@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import VARIANTS
+from conftest import VARIANTS, file_digests
 
 import smpack
 from smpack.package.info import PackageInfo
-
-
-def file_digests(package: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(package)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(package.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.mark.parametrize("example", ["linear", "text_classifier"])

@@ -76,6 +76,7 @@ def test_schema_command_does_not_import_tensorflow() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.slow
 def test_init_writes_a_starter_that_builds_and_serves(schema: Any, tmp_path: Path) -> None:
     manifest = tmp_path / "variants" / "demo.yaml"
     result = runner.invoke(app, ["init", str(manifest)])

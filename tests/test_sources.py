@@ -10,145 +10,29 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
-from test_c_api import c_loader, run_c  # noqa: F401 (c_loader is a fixture)
-from tf_helpers import meta_graph, run_v1, run_v2
+from conftest import run_c
+from tf_helpers import (
+    SERVING,
+    SOURCE_VARIANTS,
+    X,
+    make_batch_norm_module,
+    make_looping_module,
+    make_table_module,
+    make_tf_module,
+    meta_graph,
+    run_v1,
+    run_v2,
+    source_outputs,
+    write_manifest,
+)
 from typer.testing import CliRunner
 
 import smpack
 from smpack.cli.commands import app
 from smpack.package.info import PackageInfo
 
-VARIANTS = {
-    "cpu": {"tags": ["serve"]},
-    "train": {"tags": ["train"], "optimizer": {"name": "momentum", "learning_rate": 0.05}},
-    "gpu": {
-        "tags": ["serve", "gpu"],
-        "device": "/device:GPU:0",
-        "precision": "float16",
-        "xla": True,
-    },
-    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 4},
-}
-SERVING = {k: v for k, v in VARIANTS.items() if k != "train"}
-X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
 FEATURES = np.linspace(-2, 2, 20, dtype=np.float32).reshape(4, 5)
 runner = CliRunner()
-
-
-def write_manifest(folder: Path, source: dict[str, Any], **extra: Any) -> Path:
-    manifest = {"schema": 1, "name": "imported", "version": 1, "source": source, **extra}
-    manifest.setdefault("variants", VARIANTS)
-    path = folder / "smpack.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
-
-
-def make_tf_module(folder: Path) -> Path:
-    """A two-layer TF2 model with a second, variable-less signature."""
-    import tensorflow as tf
-
-    class TwoLayers(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            init = tf.random.stateless_normal
-            self.hidden = tf.Variable(init([3, 8], seed=[1, 2]), name="hidden/kernel")
-            # A name ending like TF's de-duplication suffix, which smpack must keep.
-            self.bias = tf.Variable(tf.fill([8], 0.1), name="hidden/bias_2")
-            self.out = tf.Variable(init([8, 2], seed=[3, 4]), name="out/kernel")
-            self.table = tf.Variable(init([10, 4], seed=[7, 8]), name="embedding/table")
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            hidden = tf.nn.relu(tf.matmul(x, self.hidden) + self.bias)
-            return {"y": tf.matmul(hidden, self.out)}
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        def scaled(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"doubled": 2.0 * x + 1.0}
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32)])
-        def lookup(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
-            # A gather straight from the variable: a ResourceGather op, not a read.
-            return {"vectors": tf.nn.embedding_lookup(self.table, ids)}
-
-    module = TwoLayers()
-    path = folder / "two_layers"
-    signatures = {
-        "serving_default": module.predict,
-        "scaled": module.scaled,
-        "lookup": module.lookup,
-    }
-    tf.saved_model.save(module, str(path), signatures=signatures)
-    return path
-
-
-def make_looping_module(folder: Path) -> Path:
-    """A TF2 model whose function has a tf.cond and a tf.while_loop reading a variable."""
-    import tensorflow as tf
-
-    class Looping(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = tf.Variable(tf.random.stateless_normal([3, 3], seed=[9, 9]), name="w")
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            y = tf.cond(tf.reduce_sum(x) > 0, lambda: tf.matmul(x, self.w), lambda: x - 1.0)
-            _, y = tf.while_loop(
-                lambda i, y: i < 3, lambda i, y: (i + 1, tf.tanh(tf.matmul(y, self.w))), [0, y]
-            )
-            return {"y": y}
-
-    module = Looping()
-    path = folder / "looping"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
-    return path
-
-
-def make_table_module(folder: Path) -> Path:
-    """A TF2 model whose signature looks words up in a hash table."""
-    import tensorflow as tf
-
-    class Vocabulary(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            init = tf.lookup.KeyValueTensorInitializer(["a", "b"], [0, 1], tf.string, tf.int64)
-            self.table = tf.lookup.StaticHashTable(init, default_value=-1)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def predict(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"ids": self.table.lookup(words)}
-
-    module = Vocabulary()
-    path = folder / "vocabulary"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
-    return path
-
-
-def make_batch_norm_module(folder: Path) -> Path:
-    """A TF2 model with a fused batch norm, an op whose statistics must stay float32."""
-    import tensorflow as tf
-
-    class Normalized(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gamma = tf.Variable([1.5, 0.5, 2.0], name="bn/gamma")
-            self.beta = tf.Variable([0.1, 0.2, 0.3], name="bn/beta")
-            self.mean = tf.Variable([0.5, -0.5, 0.0], name="bn/moving_mean")
-            self.variance = tf.Variable([2.0, 0.5, 1.0], name="bn/moving_variance")
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 2, 2, 3], tf.float32)])
-        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x, self.gamma, self.beta, self.mean, self.variance, is_training=False
-            )
-            return {"y": y}
-
-    module = Normalized()
-    path = folder / "normalized"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +49,6 @@ def tf_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tf_package(tf_source: Path) -> PackageInfo:
     manifest = write_manifest(tf_source, {"savedmodel": "two_layers", "loss": "mse"})
     return smpack.build(manifest, tf_source / "out")
-
-
-def source_outputs(path: Path, signature: str, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
-    outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feeds.items()})
-    return {k: v.numpy() for k, v in outputs.items()}
 
 
 @pytest.mark.parametrize("run", [run_v1, run_v2], ids=["v1-loader", "tf.saved_model.load"])
@@ -257,7 +133,7 @@ def test_gathers_straight_from_a_variable(tf_source, tmp_path) -> None:
 
 
 def test_control_flow_serves_on_cpu_and_gpu(tf_source: Path, tmp_path: Path) -> None:
-    variants = {"cpu": VARIANTS["cpu"], "gpu": VARIANTS["gpu"]}
+    variants = {"cpu": SOURCE_VARIANTS["cpu"], "gpu": SOURCE_VARIANTS["gpu"]}
     manifest = write_manifest(tf_source, {"savedmodel": "looping"}, variants=variants)
     package = smpack.build(manifest, tmp_path)
     for x in (X + 0.5, X - 0.5):  # both branches of the tf.cond
@@ -276,7 +152,7 @@ def test_control_flow_serves_on_cpu_and_gpu(tf_source: Path, tmp_path: Path) -> 
 )
 def test_loops_refuse_training_and_tpu_in_one_line(tf_source, tmp_path, variant, message) -> None:
     source = {"savedmodel": "looping", "loss": "mse"}
-    manifest = write_manifest(tmp_path, source, variants={variant: VARIANTS[variant]})
+    manifest = write_manifest(tmp_path, source, variants={variant: SOURCE_VARIANTS[variant]})
     shutil.copytree(tf_source / "looping", tmp_path / "looping")
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
@@ -443,7 +319,8 @@ def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -
     shutil.copytree(tf_source / "vocabulary", folder / "vocabulary")
     (folder / "broken.keras").write_bytes(b"not a zip file")
     (tmp_path / "outside.py").write_text("def mean_abs(output, labels):\n    return 0.0\n")
-    manifest = write_manifest(folder, source, variants=VARIANTS if "loss" in message else SERVING)
+    variants = SOURCE_VARIANTS if "loss" in message else SERVING
+    manifest = write_manifest(folder, source, variants=variants)
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert message in result.stderr
@@ -471,8 +348,8 @@ def save_wide_model(path: Path) -> Any:
 def test_weights_are_linked_from_the_source_not_rewritten(tmp_path: Path) -> None:
     wide = save_wide_model(tmp_path / "wide")
     variants = {
-        "cpu": VARIANTS["cpu"],
-        "train": {**VARIANTS["train"], "optimizer": {"name": "adam", "learning_rate": 0.01}},
+        "cpu": SOURCE_VARIANTS["cpu"],
+        "train": {**SOURCE_VARIANTS["train"], "optimizer": {"name": "adam", "learning_rate": 0.01}},
     }
     manifest = write_manifest(tmp_path, {"savedmodel": "wide", "loss": "mse"}, variants=variants)
     package = smpack.build(manifest, tmp_path / "out")
@@ -492,8 +369,9 @@ def test_weights_are_linked_from_the_source_not_rewritten(tmp_path: Path) -> Non
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", ["tf_package", "keras_package"])
-def test_c_api_loads_every_cpu_graph(c_loader, package, request) -> None:  # noqa: F811
+def test_c_api_loads_every_cpu_graph(c_loader, package, request) -> None:
     info: PackageInfo = request.getfixturevalue(package)
     for tag_set in (g.tag_set for g in info.graphs if not g.tpu):
         result = run_c(c_loader, info.path, tag_set)
@@ -516,7 +394,7 @@ def test_train_signature_computes_the_named_loss(keras_source, tmp_path, loss) -
     )
     name = "losses.py:mean_abs" if loss == "python" else loss
     source = {"keras": "classifier.keras", "loss": name}
-    manifest = write_manifest(folder, source, variants={"train": VARIANTS["train"]})
+    manifest = write_manifest(folder, source, variants={"train": SOURCE_VARIANTS["train"]})
     package = smpack.build(manifest, tmp_path / "out")
 
     probabilities = keras_predictions(keras_source)
@@ -543,6 +421,7 @@ def test_imported_packages_pass_smpack_verify(package, request) -> None:
     assert report.passed, report
 
 
+@pytest.mark.slow
 def test_saved_model_cli_runs_the_imported_gpu_graph(tf_package: PackageInfo) -> None:
     cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run"]
     ran = subprocess.run(
@@ -568,7 +447,8 @@ def test_slots_are_saved_a_batch_at_a_time_in_shards_of_their_own(tmp_path, monk
     monkeypatch.setattr(smpack.builder.checkpoint_bundle, "_EXTRA_BATCH_BYTES", 1)
     save_wide_model(tmp_path / "wide")
     adam = {"name": "adam", "learning_rate": 0.01}
-    variants = {"cpu": VARIANTS["cpu"], "train": {**VARIANTS["train"], "optimizer": adam}}
+    train = {**SOURCE_VARIANTS["train"], "optimizer": adam}
+    variants = {"cpu": SOURCE_VARIANTS["cpu"], "train": train}
     manifest = write_manifest(tmp_path, {"savedmodel": "wide", "loss": "mse"}, variants=variants)
     package = smpack.build(manifest, tmp_path / "out")
     shards = sorted((package.path / "variables").glob("variables.data-*"))

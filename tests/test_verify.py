@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from rich_golden import check_golden, invoke
+from conftest import check_golden, invoke
 
 from smpack.checks.verify import verify_package
 from smpack.package.info import PackageInfo

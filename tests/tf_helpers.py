@@ -1,4 +1,5 @@
-"""Running packages through TensorFlow's own loaders, the way serving systems do."""
+"""Running packages through TensorFlow's own loaders, the way serving systems do, and the
+small TF2 / TF1 models and manifests that several test files build from."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+import yaml
 
 
 def run_v1(
@@ -44,3 +46,172 @@ def meta_graph(export_dir: Path, tags: Sequence[str]) -> Any:
 
     saved_model = loader_impl.parse_saved_model(str(export_dir))
     return next(m for m in saved_model.meta_graphs if set(m.meta_info_def.tags) == set(tags))
+
+
+SOURCE_VARIANTS = {
+    "cpu": {"tags": ["serve"]},
+    "train": {"tags": ["train"], "optimizer": {"name": "momentum", "learning_rate": 0.05}},
+    "gpu": {
+        "tags": ["serve", "gpu"],
+        "device": "/device:GPU:0",
+        "precision": "float16",
+        "xla": True,
+    },
+    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 4},
+}
+
+
+SERVING = {k: v for k, v in SOURCE_VARIANTS.items() if k != "train"}
+
+
+X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+
+
+def write_manifest(folder: Path, source: dict[str, Any], **extra: Any) -> Path:
+    manifest = {"schema": 1, "name": "imported", "version": 1, "source": source, **extra}
+    manifest.setdefault("variants", SOURCE_VARIANTS)
+    path = folder / "smpack.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def make_tf_module(folder: Path) -> Path:
+    """A two-layer TF2 model with a second, variable-less signature."""
+    import tensorflow as tf
+
+    class TwoLayers(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            init = tf.random.stateless_normal
+            self.hidden = tf.Variable(init([3, 8], seed=[1, 2]), name="hidden/kernel")
+            # A name ending like TF's de-duplication suffix, which smpack must keep.
+            self.bias = tf.Variable(tf.fill([8], 0.1), name="hidden/bias_2")
+            self.out = tf.Variable(init([8, 2], seed=[3, 4]), name="out/kernel")
+            self.table = tf.Variable(init([10, 4], seed=[7, 8]), name="embedding/table")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            hidden = tf.nn.relu(tf.matmul(x, self.hidden) + self.bias)
+            return {"y": tf.matmul(hidden, self.out)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def scaled(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"doubled": 2.0 * x + 1.0}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32)])
+        def lookup(self, ids: tf.Tensor) -> dict[str, tf.Tensor]:
+            # A gather straight from the variable: a ResourceGather op, not a read.
+            return {"vectors": tf.nn.embedding_lookup(self.table, ids)}
+
+    module = TwoLayers()
+    path = folder / "two_layers"
+    signatures = {
+        "serving_default": module.predict,
+        "scaled": module.scaled,
+        "lookup": module.lookup,
+    }
+    tf.saved_model.save(module, str(path), signatures=signatures)
+    return path
+
+
+def make_looping_module(folder: Path) -> Path:
+    """A TF2 model whose function has a tf.cond and a tf.while_loop reading a variable."""
+    import tensorflow as tf
+
+    class Looping(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([3, 3], seed=[9, 9]), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y = tf.cond(tf.reduce_sum(x) > 0, lambda: tf.matmul(x, self.w), lambda: x - 1.0)
+            _, y = tf.while_loop(
+                lambda i, y: i < 3, lambda i, y: (i + 1, tf.tanh(tf.matmul(y, self.w))), [0, y]
+            )
+            return {"y": y}
+
+    module = Looping()
+    path = folder / "looping"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+def make_table_module(folder: Path) -> Path:
+    """A TF2 model whose signature looks words up in a hash table."""
+    import tensorflow as tf
+
+    class Vocabulary(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            init = tf.lookup.KeyValueTensorInitializer(["a", "b"], [0, 1], tf.string, tf.int64)
+            self.table = tf.lookup.StaticHashTable(init, default_value=-1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def predict(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"ids": self.table.lookup(words)}
+
+    module = Vocabulary()
+    path = folder / "vocabulary"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+def make_batch_norm_module(folder: Path) -> Path:
+    """A TF2 model with a fused batch norm, an op whose statistics must stay float32."""
+    import tensorflow as tf
+
+    class Normalized(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gamma = tf.Variable([1.5, 0.5, 2.0], name="bn/gamma")
+            self.beta = tf.Variable([0.1, 0.2, 0.3], name="bn/beta")
+            self.mean = tf.Variable([0.5, -0.5, 0.0], name="bn/moving_mean")
+            self.variance = tf.Variable([2.0, 0.5, 1.0], name="bn/moving_variance")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2, 2, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, self.mean, self.variance, is_training=False
+            )
+            return {"y": y}
+
+    module = Normalized()
+    path = folder / "normalized"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+def source_outputs(path: Path, signature: str, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feeds.items()})
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+CUSTOM = """\
+schema: 1
+name: linear
+version: 3
+source:
+  python: models/linear.py:model_fn
+  {checkpoint}
+variants:
+  plain:    {{tags: [serve]}}
+  cpu_xla:  {{tags: [serve, cpu, xla], xla: true, precision: bfloat16}}
+  half:     {{tags: [serve, half], precision: float16}}
+  momentum: {{tags: [train, momentum], optimizer: {{name: momentum, learning_rate: 0.1}}}}
+"""
+
+
+def save_checkpoint(prefix: Path, var_1: float, var_2: list[float] | float) -> None:
+    import tensorflow as tf
+
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        variables = [
+            tf.compat.v1.get_variable("var_1", initializer=tf.constant(var_1)),
+            tf.compat.v1.get_variable("var_2", initializer=tf.constant(var_2)),
+        ]
+        session.run(tf.compat.v1.global_variables_initializer())
+        tf.compat.v1.train.Saver(variables).save(session, str(prefix))
