@@ -1,8 +1,9 @@
 """smpack: one manifest in, one SavedModel out, with every variant sharing one checkpoint.
 
 The library API is `build`, `build_many`, `inspect`, `verify`, `extract`, `diff`,
-`render_card`, `load_manifest`, `manifest_schema` and `init` (smpack/api.py); model authors
-use `ModelContext` and `ModelSpec`. TensorFlow is imported only when a call needs it.
+`render_card`, `serving_config`, `load_manifest`, `manifest_schema` and `init`
+(smpack/api.py); model authors use `ModelContext` and `ModelSpec`. TensorFlow is imported
+only when a call needs it.
 """
 
 from smpack.api import (
@@ -15,6 +16,7 @@ from smpack.api import (
     load_manifest,
     manifest_schema,
     render_card,
+    serving_config,
     verify,
 )
 from smpack.errors import SmpackError
@@ -37,5 +39,6 @@ __all__ = [
     "load_manifest",
     "manifest_schema",
     "render_card",
+    "serving_config",
     "verify",
 ]

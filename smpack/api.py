@@ -15,6 +15,7 @@ from smpack.progress import StepCallback
 
 if TYPE_CHECKING:
     from smpack.builder.batch import BuildOutcome
+    from smpack.builder.serving import WrittenServingConfig
     from smpack.checks.verify import VerifyReport
     from smpack.manifest import LoadedManifest
     from smpack.package.diff import Change
@@ -107,6 +108,27 @@ def extract(
     from smpack.checks.extract import extract_graph
 
     return extract_graph(location, frozenset(tags), out, clear_devices=clear_devices, force=force)
+
+
+def serving_config(
+    location: str | Path,
+    target: Literal["triton", "tfserving"],
+    out: str | Path,
+    *,
+    tags: Iterable[str] | None = None,
+    force: bool = False,
+) -> WrittenServingConfig:
+    """Write `target`'s config of every serving variant of the package at `location` into
+    `out`, naming the package where it is.
+
+    triton: a model repository, each model's config.pbtxt and version folder (the variant
+    alone, tagged serve, weights hard-linked). tfserving: per variant its models.config, the
+    tensorflow_model_server command line and, for a static batch size, batching parameters.
+    """
+    from smpack.builder.serving import write_serving_config
+
+    chosen = frozenset(tags) if tags is not None else None
+    return write_serving_config(location, target, out, tags=chosen, force=force)
 
 
 def diff(old: str | Path, new: str | Path) -> list[Change]:

@@ -70,7 +70,7 @@ def test_verify_json_and_quiet(linear_package: PackageInfo) -> None:
 
 def test_every_command_takes_json_and_quiet() -> None:
     commands = [command.name or command.callback.__name__ for command in app.registered_commands]
-    assert len(commands) == 8
+    assert len(commands) == 9
     for command in commands:
         help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).stdout
         assert "--json" in help_text and "--quiet" in help_text, command

@@ -55,7 +55,9 @@ def _blanked(text: str) -> str:
     """Blank the lines other build features own: assets.extra (cards, provenance) and the
     fingerprint, whose hashes move with every byte of saved_model.pb. The JSON, warmup and
     TF2/Keras tests below check those facts."""
-    text = re.sub(r"(?m)^assets\.extra: .*$", "assets.extra: ASSETS_EXTRA", text)
+    text = re.sub(
+        r"(?ms)^assets\.extra: .*?(?=^fingerprint: )", "assets.extra: ASSETS_EXTRA\n", text
+    )
     return re.sub(r"(?m)^fingerprint: .*$", "fingerprint: FINGERPRINT", text)
 
 

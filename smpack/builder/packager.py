@@ -49,6 +49,7 @@ def build(
     from smpack.builder.assets import copy_assets
     from smpack.builder.graphs import build_variant_graph
     from smpack.builder.provenance import write_provenance
+    from smpack.builder.serving import write_package_serving_configs
     from smpack.builder.warmup import warmup_records, write_warmup_file
     from smpack.builder.writer import write_saved_model
     from smpack.package.card import write_cards
@@ -74,8 +75,19 @@ def build(
         copy_assets(loaded, staging)
         if warmup:
             write_warmup_file(staging, warmup)
+        written = read_package(staging)
+        names = {
+            graph.tag_set: name
+            for name, variant in loaded.spec.variants.items()
+            for graph in written.graphs
+            if frozenset(graph.tags) == variant.tag_set
+        }
+        write_package_serving_configs(
+            staging, written, name=loaded.spec.name, version=loaded.spec.version, names=names
+        )
+        variants = {tag_set: {"name": name} for tag_set, name in names.items()}
         step("hashing every file for smpack.json")
-        write_provenance(staging, loaded)
+        write_provenance(staging, loaded, variants)
         # Last, so the cards describe (and hash) every other file of the finished package.
         step("writing model cards")
         write_cards(

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from smpack import __version__
 from smpack.errors import PackageError
@@ -33,10 +34,14 @@ from smpack.package.layout import (
 _UNLISTED = tuple(f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS)
 
 
-def write_provenance(export_dir: Path, loaded: LoadedManifest) -> None:
+def write_provenance(
+    export_dir: Path, loaded: LoadedManifest, variants: dict[str, dict[str, Any]]
+) -> None:
     """Write `fingerprint.pb` and `assets.extra/smpack.json` into the staged package.
 
-    Call after every file but the model cards is written: smpack.json lists them all.
+    `variants` is what smpack.json records per MetaGraph, by tag set (the manifest's name for
+    it, its fingerprint, what was measured). Call after every file but the model cards is
+    written: smpack.json lists them all.
     """
     import tensorflow as tf
 
@@ -52,6 +57,7 @@ def write_provenance(export_dir: Path, loaded: LoadedManifest) -> None:
         # The card: block, so `smpack card PKG` renders the same card without the manifest.
         "card": loaded.card.model_dump(mode="json"),
         "files": package_files(export_dir),
+        "variants": variants,
     }
     target = export_dir / RECORD_PATH
     target.parent.mkdir(exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from smpack.io.staging import link_or_copy
 from smpack.io.storage import fetched, is_url, published_directory
 from smpack.package.inspection import no_such_tag_set
-from smpack.package.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
+from smpack.package.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS, SERVING_FOLDER
 from smpack.package.protos import read_saved_model
 
 
@@ -62,12 +62,13 @@ def _extract(
 
     with published_directory(out, force) as staging:
         (staging / "saved_model.pb").write_bytes(standalone.SerializeToString(deterministic=True))
-        # The cards and smpack.json describe the whole package (all its graphs, its own
-        # saved_model.pb), so a single extracted graph does not carry them.
+        # The cards, smpack.json and the serving configs describe the whole package (all
+        # its graphs, its own saved_model.pb), so a single extracted graph does not carry them.
         extra = export_dir / ASSETS_EXTRA
+        whole_package = {*PACKAGE_DESCRIPTIONS, SERVING_FOLDER}
 
         def descriptions(folder: str, names: list[str]) -> list[str]:
-            return [n for n in names if Path(folder) == extra and n in PACKAGE_DESCRIPTIONS]
+            return [n for n in names if Path(folder) == extra and n in whole_package]
 
         for folder in ("variables", "assets", ASSETS_EXTRA):
             if (export_dir / folder).is_dir():

@@ -303,6 +303,54 @@ def extract(
         stdout.print(f"wrote {written} (tag set serve, from {tags})", highlight=False)
 
 
+class ServingTarget(StrEnum):
+    triton = "triton"
+    tfserving = "tfserving"
+
+
+@app.command("serving-config")
+def serving_config(
+    package: PackageArgument,
+    target: Annotated[
+        ServingTarget, typer.Option("--target", help="Triton model repository or TF Serving.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the config into.")],
+    tags: Annotated[
+        str | None, typer.Option("--tags", help="Only this variant's tag set, e.g. serve,gpu.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace files that exist.")
+    ] = False,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Write serving configs for every serving variant, naming the package where it is.
+
+    triton: OUT becomes a model repository, one model per variant (config.pbtxt, and the
+    variant alone in its version folder, weights hard-linked). tfserving: per variant, its
+    models.config, the tensorflow_model_server command, and batching parameters for a
+    static batch size.
+    """
+    written = smpack.serving_config(
+        package,
+        target.value,
+        out,
+        tags=parse_tags(tags) if tags is not None else None,
+        force=force,
+    )
+    skipped = [{"tag_set": s.tag_set, "reason": s.reason} for s in written.config.skipped]
+    if as_json:
+        files = [str(path) for path in written.written]
+        document = {"target": target.value, "out": str(written.out), "files": files}
+        _print_json("serving-config", {**document, "skipped": skipped})
+        return
+    for skip in skipped:
+        stderr.print(f"skipped {skip['tag_set']}: {skip['reason']}", highlight=False)
+    if not quiet:
+        for path in written.written:
+            stdout.print(f"wrote {path}", highlight=False)
+
+
 @app.command()
 def diff(
     old: Annotated[str, typer.Argument(help="First SavedModel folder or URL.")],

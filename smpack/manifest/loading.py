@@ -21,7 +21,7 @@ from smpack.errors import ManifestError, SmpackError
 from smpack.io import storage
 from smpack.manifest.card_spec import CardSpec
 from smpack.manifest.schema import LOSSES, Manifest
-from smpack.package.layout import PACKAGE_DESCRIPTIONS
+from smpack.package.layout import PACKAGE_DESCRIPTIONS, SERVING_FOLDER
 
 
 class LoadedManifest(BaseModel):
@@ -208,7 +208,8 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
                 file=path,
                 field=f"assets_extra.{target}",
             )
-        if Path(target).as_posix() in PACKAGE_DESCRIPTIONS:
+        written_by_smpack = Path(target).parts[0] == SERVING_FOLDER
+        if Path(target).as_posix() in PACKAGE_DESCRIPTIONS or written_by_smpack:
             msg = f"smpack writes assets.extra/{target} itself; give this file another name"
             raise ManifestError(msg, file=path, field=f"assets_extra.{target}")
         extras[target] = _existing(folder, source, path, f"assets_extra.{target}")

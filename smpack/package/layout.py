@@ -9,5 +9,8 @@ PROVENANCE_FILE = "smpack.json"
 CARD_FILES = ("model_card.md", "model_card.html")
 PACKAGE_DESCRIPTIONS = (PROVENANCE_FILE, *CARD_FILES)
 RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
+# In assets.extra/: the Triton and TF Serving configs of every serving variant, one folder
+# per target (see smpack/package/serving_config.py).
+SERVING_FOLDER = "serving"
 # At the package's top level, as TF 2.x writes it.
 FINGERPRINT_FILE = "fingerprint.pb"

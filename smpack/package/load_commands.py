@@ -41,13 +41,7 @@ def load_commands(graph: GraphInfo, directory: str, serving: ServingBase | None)
     `serving` is None where TF Serving cannot find the package (no numbered version folder);
     a graph with a train op gets no TF Serving command either, since TF Serving never runs it.
     """
-    tf_serving = None
-    if serving is not None and not graph.has_train_op:
-        tf_serving = (
-            f"tensorflow_model_server --model_name={shlex.quote(serving.name)} "
-            f"--model_base_path={_shell_path(serving.base_path)} "
-            f"--saved_model_tags={shlex.quote(graph.tag_set)}"
-        )
+    tf_serving = None if serving is None else tf_serving_command(graph, serving)
     # JSON string literals are valid Python and C string literals.
     quoted_tags = ", ".join(json.dumps(tag) for tag in graph.tags)
     return LoadCommands(
@@ -64,6 +58,34 @@ def load_commands(graph: GraphInfo, directory: str, serving: ServingBase | None)
             "graph, NULL, status);"
         ),
     )
+
+
+def tf_serving_command(
+    graph: GraphInfo,
+    serving: ServingBase,
+    *,
+    model_config_file: str | None = None,
+    batching_parameters_file: str | None = None,
+) -> str | None:
+    """The `tensorflow_model_server` command line serving `graph`; None for a graph with a
+    train op, which TF Serving never runs.
+
+    With `model_config_file` the model is named there (models.config) instead of by flags.
+    The tag set is a server flag either way: without it TF Serving loads the `serve` graph.
+    """
+    if graph.has_train_op:
+        return None
+    words = ["tensorflow_model_server"]
+    if model_config_file is not None:
+        words.append(f"--model_config_file={_shell_path(model_config_file)}")
+    else:
+        words.append(f"--model_name={shlex.quote(serving.name)}")
+        words.append(f"--model_base_path={_shell_path(serving.base_path)}")
+    words.append(f"--saved_model_tags={shlex.quote(graph.tag_set)}")
+    if batching_parameters_file is not None:
+        words.append("--enable_batching=true")
+        words.append(f"--batching_parameters_file={_shell_path(batching_parameters_file)}")
+    return " ".join(words)
 
 
 def serving_base_at(location: str) -> ServingBase | None:
