@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from conftest import VARIANTS, check_golden, invoke, json_result
+from typer.testing import Result
 
 import smpack
 from smpack.package.info import PackageInfo
@@ -69,3 +71,54 @@ def test_weights_that_differ_only_in_their_bytes_are_a_difference(
         "file",
         "variables/variables.data-00000-of-00001",
     )
+
+
+def _graph_changes(result: Result) -> dict[str, str]:
+    return {
+        change["name"]: change["detail"]
+        for change in json_result(result.stdout, "diff")
+        if change["subject"] == "graph"
+    }
+
+
+def test_diff_names_the_variants_whose_graph_changed(
+    linear_package: PackageInfo, variants_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = variants_copy / "linear.yaml"
+    text = manifest.read_text()
+    manifest.write_text(
+        text.replace(
+            "device: /device:GPU:0, precision: float16",
+            "device: /device:GPU:0, precision: bfloat16",
+        )
+    )
+    rebuilt = smpack.build(manifest, variants_copy / "out")
+    result = invoke(monkeypatch, ["diff", str(linear_package.path), str(rebuilt.path), "--json"])
+    assert result.exit_code == 1
+    # Same tag sets, signatures and weights: only the GPU variant changed, in its graph.
+    changed = _graph_changes(result)
+    assert list(changed) == ["serve,gpu"]
+    assert changed["serve,gpu"].startswith("precision float16 -> bfloat16")
+    assert changed["serve,gpu"].endswith("fingerprint: graph changed")
+
+
+def test_diff_names_the_variants_that_read_changed_weights(
+    linear_package: PackageInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retrained = tmp_path / "linear" / "1"
+    shutil.copytree(linear_package.path, retrained)
+    prefix = retrained / "variables" / "variables"
+    for path in prefix.parent.iterdir():
+        path.unlink()  # hard links to the fixture's shards; write new files instead
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        tf.compat.v1.saved_model.loader.load(session, ["train"], str(linear_package.path))
+        var_1 = next(v for v in tf.compat.v1.global_variables() if v.op.name == "var_1")
+        session.run(var_1.assign(0.75))
+        saver = tf.compat.v1.train.Saver()
+        saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
+    result = invoke(monkeypatch, ["diff", str(linear_package.path), str(retrained), "--json"])
+    # Same graphs; every variant reads var_1, and the checkpoint's crc32c of it tells.
+    assert _graph_changes(result) == {
+        name: "fingerprint: variables changed"
+        for name in ("serve", "serve,gpu", "serve,tpu", "train")
+    }

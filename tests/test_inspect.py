@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from smpack.package.info import PackageInfo
+from smpack.package.record import read_record
 
 
 def inspect_json(monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
@@ -53,12 +54,17 @@ def keras_exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _blanked(text: str) -> str:
     """Blank the lines other build features own: assets.extra (cards, provenance) and the
-    fingerprint, whose hashes move with every byte of saved_model.pb. The JSON, warmup and
+    fingerprints, whose hashes move with every byte of saved_model.pb. The JSON, warmup and
     TF2/Keras tests below check those facts."""
     text = re.sub(
         r"(?ms)^assets\.extra: .*?(?=^fingerprint: )", "assets.extra: ASSETS_EXTRA\n", text
     )
-    return re.sub(r"(?m)^fingerprint: .*$", "fingerprint: FINGERPRINT", text)
+    text = re.sub(r"(?m)^fingerprint: .*$", "fingerprint: FINGERPRINT", text)
+    return re.sub(
+        r"(?ms)^variant fingerprints: .*?(?=^load commands:)",
+        "variant fingerprints: VARIANT_FINGERPRINTS\n",
+        text,
+    )
 
 
 def test_golden_linear(linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,7 +173,10 @@ def test_pbtxt_reads_like_pb(
         k: v for k, v in as_binary.items() if k not in strip
     }
     for text_graph, binary_graph in zip(as_text["graphs"], as_binary["graphs"], strict=True):
-        assert {**text_graph, "load": None} == {**binary_graph, "load": None}
+        # The text form keeps only the fields smpack declares, so its graphs hash apart.
+        same = {"load": None, "fingerprint": None}
+        assert {**text_graph, **same} == {**binary_graph, **same}
+        assert text_graph["fingerprint"]["signatures"] == binary_graph["fingerprint"]["signatures"]
 
 
 def test_counts_warmup_requests(
@@ -203,3 +212,21 @@ def test_not_a_saved_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     result = invoke(monkeypatch, ["inspect", str(tmp_path)])
     assert result.exit_code == 2
     assert "no saved_model.pb or saved_model.pbtxt" in result.stderr
+
+
+def test_json_fingerprints_each_variant_as_smpack_json_records(
+    linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = invoke(monkeypatch, ["inspect", str(linear_package.path), "--json"])
+    graphs = {g["tag_set"]: g for g in json_result(result.stdout, "inspect")["graphs"]}
+    record = read_record(linear_package.path)
+    assert record is not None
+    for tag_set, graph in graphs.items():
+        assert graph["fingerprint"] == record["variants"][tag_set]["fingerprint"]
+        assert set(graph["fingerprint"]) == {"digest", "graph", "signatures", "variables"}
+    digests = [g["fingerprint"]["digest"] for g in graphs.values()]
+    assert len(set(digests)) == 4  # one per MetaGraph, unlike TF's fingerprint.pb
+    # serve and serve,gpu read the same weights and take the same signature.
+    serve, gpu = graphs["serve"]["fingerprint"], graphs["serve,gpu"]["fingerprint"]
+    assert (serve["variables"], serve["signatures"]) == (gpu["variables"], gpu["signatures"])
+    assert serve["graph"] != gpu["graph"]

@@ -85,7 +85,13 @@ def build(
         write_package_serving_configs(
             staging, written, name=loaded.spec.name, version=loaded.spec.version, names=names
         )
-        variants = {tag_set: {"name": name} for tag_set, name in names.items()}
+        variants = {
+            graph.tag_set: {
+                "name": names.get(graph.tag_set),
+                "fingerprint": dataclasses.asdict(graph.fingerprint) if graph.fingerprint else None,
+            }
+            for graph in written.graphs
+        }
         step("hashing every file for smpack.json")
         write_provenance(staging, loaded, variants)
         # Last, so the cards describe (and hash) every other file of the finished package.

@@ -11,6 +11,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from smpack.package.info import GraphInfo, PackageInfo, TensorInfo
+from smpack.package.layout import SERVING_FOLDER
 from smpack.package.load_commands import load_commands, serving_base_at
 
 if TYPE_CHECKING:  # verification imports TensorFlow; its records are only annotations here
@@ -42,7 +43,7 @@ def build_summary(info: PackageInfo) -> Group:
     )
     assets = Text(
         f"assets: {', '.join(info.assets) or 'none'}; "
-        f"assets.extra: {', '.join(info.assets_extra) or 'none'}"
+        f"assets.extra: {_extra_files(info)}"
     )
     return Group(table, variables, assets)
 
@@ -75,8 +76,9 @@ def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     )
     files = Text(
         f"assets: {', '.join(info.assets) or 'none'}\n"
-        f"assets.extra: {', '.join(info.assets_extra) or 'none'}{warmup}\n"
-        f"fingerprint: {_fingerprint_text(info)}"
+        f"assets.extra: {_extra_files(info)}{warmup}\n"
+        f"fingerprint: {_fingerprint_text(info)}\n"
+        f"variant fingerprints: {_variant_fingerprints(info)}"
     )
     commands = [Text("load commands:")]
     for graph in info.graphs:
@@ -133,6 +135,27 @@ def diff_view(changes: list[Change]) -> Group:
     for change in changes:
         table.add_row(change.kind, change.subject, change.name, change.detail)
     return Group(table, Text(_count(len(changes), "difference")))
+
+
+def _extra_files(info: PackageInfo) -> str:
+    """assets.extra's files, the serving configs counted as one folder (inspect lists them
+    all with --json)."""
+    folder = f"{SERVING_FOLDER}/"
+    serving = [name for name in info.assets_extra if name.startswith(folder)]
+    shown = [name for name in info.assets_extra if not name.startswith(folder)]
+    if serving:
+        shown = sorted([*shown, f"{folder} ({_count(len(serving), 'file')})"])
+    return ", ".join(shown) or "none"
+
+
+def _variant_fingerprints(info: PackageInfo) -> str:
+    """Each graph's fingerprint, shortened: 12 hex digits tell packages apart by eye."""
+    shown = [
+        f"{graph.tag_set} {graph.fingerprint.digest[:12]}"
+        for graph in info.graphs
+        if graph.fingerprint is not None
+    ]
+    return ", ".join(shown) or "none"
 
 
 def _graph_facts(graph: GraphInfo) -> str:

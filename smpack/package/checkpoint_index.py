@@ -51,6 +51,7 @@ class CheckpointEntry:
     shard_id: int
     offset: int
     size: int
+    crc32c: int = 0  # masked crc32c of the tensor's bytes, as TF wrote it (0 if absent)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def _entry(name: str, value: bytes) -> CheckpointEntry:
         shard_id=_int(fields, 3),
         offset=_int(fields, 4),
         size=_int(fields, 5),
+        crc32c=_int(fields, 6),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 
 from smpack.package.digests import file_sha256, tree_files
 from smpack.package.info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo, package_at
-from smpack.package.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS
+from smpack.package.layout import ASSETS_EXTRA, PACKAGE_DESCRIPTIONS, SERVING_FOLDER
 
 Kind = Literal["added", "removed", "changed"]
 T = TypeVar("T")
@@ -91,12 +91,14 @@ def diff_packages(
 
 
 def _content_digests(export_dir: Path) -> dict[str, str]:
-    # smpack.json and the cards describe the other files: when those differ, so do they.
+    # smpack.json, the cards and the serving configs describe the other files: when those
+    # differ, so do they.
     descriptions = {f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS}
+    serving = f"{ASSETS_EXTRA}/{SERVING_FOLDER}/"
     return {
         relative: file_sha256(path)
         for relative, path in tree_files(export_dir)
-        if relative not in descriptions
+        if relative not in descriptions and not relative.startswith(serving)
     }
 
 
@@ -109,7 +111,14 @@ def _graph_change(old: GraphInfo, new: GraphInfo) -> str:
         "train op": (old.has_train_op, new.has_train_op),
         "ops": (old.op_count, new.op_count),
     }
-    return "; ".join(f"{name} {a} -> {b}" for name, (a, b) in facts.items() if a != b)
+    details = [f"{name} {a} -> {b}" for name, (a, b) in facts.items() if a != b]
+    if old.fingerprint is not None and new.fingerprint is not None:
+        # The fingerprint also sees what the facts above summarise away: any other change
+        # to the graph, its signatures, or the bytes of a variable it reads.
+        parts = old.fingerprint.changed_parts(new.fingerprint)
+        if parts:
+            details.append(f"fingerprint: {', '.join(parts)} changed")
+    return "; ".join(details)
 
 
 def _by_tag_set(

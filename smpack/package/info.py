@@ -18,8 +18,9 @@ from google.protobuf.message import DecodeError
 
 from smpack.errors import PackageError
 from smpack.io.storage import fetched, is_url
-from smpack.package.checkpoint_index import read_checkpoint_index
+from smpack.package.checkpoint_index import CheckpointEntry, read_checkpoint_index
 from smpack.package.dtypes import FLOATS, HALF_PRECISIONS, dtype_name
+from smpack.package.fingerprints import VariantFingerprint, variant_fingerprint
 from smpack.package.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
 from smpack.package.protos import FingerprintDef, read_saved_model
 
@@ -59,6 +60,8 @@ class GraphInfo:
     has_train_op: bool
     # Floating dtypes the graph's ops compute in (their `T` attributes), widest last.
     compute_dtypes: tuple[str, ...] = ()
+    # This graph's own hash (TF's fingerprint.pb covers the first graph only).
+    fingerprint: VariantFingerprint | None = None
 
     @property
     def tag_set(self) -> str:
@@ -127,16 +130,22 @@ def read_package(export_dir: str | Path) -> PackageInfo:
     export_dir = Path(export_dir)
     saved_model = read_saved_model(export_dir)
     variables_prefix = export_dir / "variables" / "variables"
-    variables: tuple[VariableInfo, ...] = ()
+    entries: dict[str, CheckpointEntry] = {}
     if Path(f"{variables_prefix}.index").exists():
-        variables = tuple(
-            VariableInfo(entry.name, entry.shape, entry.dtype, entry.size)
-            for entry in read_checkpoint_index(variables_prefix).entries
-        )
+        entries = {e.name: e for e in read_checkpoint_index(variables_prefix).entries}
+    variables = tuple(
+        VariableInfo(entry.name, entry.shape, entry.dtype, entry.size)
+        for entry in entries.values()
+    )
     warmup = export_dir / ASSETS_EXTRA / WARMUP_FILE
     return PackageInfo(
         path=export_dir,
-        graphs=tuple(_graph_info(meta_graph) for meta_graph in saved_model.meta_graphs),
+        graphs=tuple(
+            dataclasses.replace(
+                _graph_info(meta_graph), fingerprint=variant_fingerprint(meta_graph, entries)
+            )
+            for meta_graph in saved_model.meta_graphs
+        ),
         variables=variables,
         variables_bytes=_size(export_dir / "variables"),
         assets=_files(export_dir / "assets"),
