@@ -1,7 +1,7 @@
 """smpack: one manifest in, one SavedModel out, with every variant sharing one checkpoint.
 
 The library API is `build`, `build_many`, `inspect`, `verify`, `extract`, `diff`,
-`render_card`, `serving_config`, `load_manifest`, `manifest_schema` and `init`
+`render_card`, `measure`, `serving_config`, `load_manifest`, `manifest_schema` and `init`
 (smpack/api.py); model authors use `ModelContext` and `ModelSpec`. TensorFlow is imported
 only when a call needs it.
 """
@@ -15,6 +15,7 @@ from smpack.api import (
     inspect,
     load_manifest,
     manifest_schema,
+    measure,
     render_card,
     serving_config,
     verify,
@@ -38,6 +39,7 @@ __all__ = [
     "inspect",
     "load_manifest",
     "manifest_schema",
+    "measure",
     "render_card",
     "serving_config",
     "verify",

@@ -7,9 +7,9 @@ Each function imports what it needs when called, so `import smpack` stays cheap 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from smpack.progress import StepCallback
 
@@ -28,16 +28,20 @@ def build(
     *,
     force: bool = False,
     as_text: bool = False,
+    measure: bool = True,
     on_step: StepCallback | None = None,
 ) -> PackageInfo:
     """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
 
     `out` may be a URL (gs://, ram://, ...). The destination is untouched unless the whole
-    package was written. Verification is separate: call `verify` on the result.
+    package was written. Verification is separate: call `verify` on the result. `measure`
+    times (and evaluates) every variant this host can run, for the cards and smpack.json.
     """
     from smpack.builder.packager import build as build_package
 
-    return build_package(manifest, out, force=force, as_text=as_text, on_step=on_step)
+    return build_package(
+        manifest, out, force=force, as_text=as_text, measure=measure, on_step=on_step
+    )
 
 
 def build_many(
@@ -48,6 +52,7 @@ def build_many(
     force: bool = False,
     as_text: bool = False,
     verify: bool = True,
+    measure: bool = True,
     on_step: StepCallback | None = None,
 ) -> list[BuildOutcome]:
     """Build (and verify) several manifests, `jobs` at a time, each in its own process.
@@ -58,7 +63,7 @@ def build_many(
     from smpack.builder.batch import build_many as build_in_processes
 
     if len(manifests) == 1:
-        return [build_and_verify(manifests[0], out, force, as_text, verify)]
+        return [build_and_verify(manifests[0], out, force, as_text, verify, measure)]
     return build_in_processes(
         list(manifests),
         out,
@@ -66,6 +71,7 @@ def build_many(
         force=force,
         as_text=as_text,
         verify=verify,
+        measure=measure,
         on_step=on_step,
     )
 
@@ -144,14 +150,37 @@ def render_card(
     manifest: str | Path | None = None,
     template: str | Path | None = None,
     fmt: Literal["md", "html"] | None = None,
+    measurements: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> str:
     """The model card of any SavedModel, from its own files.
 
-    The `card:` block comes from `manifest` if given, else from the package's smpack.json.
+    The `card:` block comes from `manifest` if given, else from the package's smpack.json;
+    so do the measured numbers, unless `measurements` (from `measure`) are given.
     """
     from smpack.package.card import card_for_package
 
-    return card_for_package(location, manifest=manifest, template=template, fmt=fmt)
+    return card_for_package(
+        location, manifest=manifest, template=template, fmt=fmt, measurements=measurements
+    )
+
+
+def measure(
+    location: str | Path,
+    *,
+    manifest: str | Path | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Measure every variant of the package at `location` that this host can run: load
+    time, warm latency p50/p99 and agreement with the float32 variant, plus the metrics of
+    `manifest`'s `evaluate:` block. By tag set; a variant it cannot run says why instead.
+    """
+    from smpack.io.tf_quietly import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from smpack.checks.measure import Evaluation, measure_location
+
+    evaluation = Evaluation.from_manifest(load_manifest(manifest)) if manifest else None
+    return measure_location(location, evaluation=evaluation, on_step=on_step)
 
 
 def load_manifest(path: str | Path) -> LoadedManifest:

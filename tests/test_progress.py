@@ -33,17 +33,21 @@ def test_a_build_reports_each_step_before_it_starts(tmp_path: Path) -> None:
         "building variant gpu (serve,gpu)",
         "building variant tpu (serve,tpu)",
         "writing variables and graphs",
+        "measuring train",
+        "measuring serve",
+        "measuring serve,gpu",
+        "measuring serve,tpu",
         "hashing every file for smpack.json",
         "writing model cards",
     ]
-    assert [step.done for step in steps] == list(range(8))
-    assert {step.total for step in steps} == {8}
+    assert [step.done for step in steps] == list(range(12))
+    assert {step.total for step in steps} == {12}
 
 
 def test_a_remote_build_counts_its_upload(tmp_path: Path) -> None:
     steps: list[Step] = []
     smpack.build(VARIANTS / "linear.yaml", "ram://progress/out", on_step=steps.append)
-    assert steps[-1] == Step("uploading to ram://progress/out/linear/1", 8, 9)
+    assert steps[-1] == Step("uploading to ram://progress/out/linear/1", 12, 13)
 
 
 def test_verification_reports_each_graph(linear_package: PackageInfo) -> None:
@@ -83,7 +87,7 @@ def test_a_terminal_sees_a_bar_that_ends_full(terminal: io.StringIO, tmp_path: P
     assert result.exit_code == 0, result.output
     shown = ANSI.sub("", terminal.getvalue())
     assert "importing TensorFlow" in shown
-    assert re.search(r"writing model cards .* 7/8", shown)
+    assert re.search(r"writing model cards .* 11/12", shown)
     assert re.search(r"loading and running serve,tpu .* 4/5", shown)
 
 

@@ -41,6 +41,7 @@ def build_many(
     force: bool = False,
     as_text: bool = False,
     verify: bool = True,
+    measure: bool = True,
     on_step: StepCallback | None = None,
 ) -> list[BuildOutcome]:
     """Build (and verify) each manifest in its own process, `jobs` at a time.
@@ -52,7 +53,7 @@ def build_many(
     outcomes: dict[int, BuildOutcome] = {}
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {
-            pool.submit(build_and_verify, manifest, out, force, as_text, verify): index
+            pool.submit(build_and_verify, manifest, out, force, as_text, verify, measure): index
             for index, manifest in enumerate(manifests)
         }
         for future in concurrent.futures.as_completed(futures):
@@ -68,14 +69,14 @@ def build_many(
 
 
 def build_and_verify(
-    manifest: Path, out: str | Path, force: bool, as_text: bool, verify: bool
+    manifest: Path, out: str | Path, force: bool, as_text: bool, verify: bool, measure: bool = True
 ) -> BuildOutcome:
     """One manifest's build and verification, with user errors turned into the outcome."""
     from smpack.builder.packager import build
     from smpack.io.tf_quietly import import_tensorflow_quietly
 
     try:
-        info = build(manifest, out, force=force, as_text=as_text)
+        info = build(manifest, out, force=force, as_text=as_text, measure=measure)
     except SmpackError as e:
         return BuildOutcome(manifest, error=str(e))
     tag_sets = tuple(graph.tag_set for graph in info.graphs)

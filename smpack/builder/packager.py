@@ -12,7 +12,7 @@ from smpack.io.storage import exists, fetched, fetched_checkpoint, is_url, join,
 from smpack.io.tf_quietly import import_tensorflow_quietly
 from smpack.manifest import LoadedManifest, load_manifest
 from smpack.package.info import PackageInfo, read_package
-from smpack.progress import StepCallback, Steps
+from smpack.progress import Step, StepCallback, Steps
 
 
 def build(
@@ -21,6 +21,7 @@ def build(
     *,
     force: bool = False,
     as_text: bool = False,
+    measure: bool = True,
     on_step: StepCallback | None = None,
 ) -> PackageInfo:
     """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
@@ -28,13 +29,15 @@ def build(
     `out` may be a URL (gs://, ram://, s3:// with tensorflow-io): the package is then built
     in a local temporary folder and uploaded. Raises `SmpackError` (with file and field) for
     anything the user can fix; the destination is untouched unless the whole package was
-    written.
+    written. `measure` times every variant the host can run and evaluates it (see
+    smpack.checks.measure) for the cards and smpack.json.
     """
     loaded = load_manifest(manifest)
     destination = join(out, loaded.spec.name, str(loaded.spec.version))
     remote_source, remote_destination = loaded.model_url or loaded.checkpoint_url, is_url(out)
     # TF import, each variant, writing, hashing, cards, and fetching / uploading for URLs.
     total = 4 + len(loaded.spec.variants) + bool(remote_source) + remote_destination
+    total += len(loaded.spec.variants) if measure else 0
     step = Steps(total, on_step)
     if exists(destination) and not force:
         msg = (
@@ -85,10 +88,22 @@ def build(
         write_package_serving_configs(
             staging, written, name=loaded.spec.name, version=loaded.spec.version, names=names
         )
+        measured = {}
+        if measure:
+            from smpack.checks.measure import Evaluation, measure_package
+
+            evaluation = Evaluation.from_manifest(loaded)
+
+            def progress(measuring: Step) -> None:
+                step(measuring.description)
+
+            for measurement in measure_package(staging, evaluation=evaluation, on_step=progress):
+                measured[measurement.tag_set] = measurement.record()
         variants = {
             graph.tag_set: {
                 "name": names.get(graph.tag_set),
                 "fingerprint": dataclasses.asdict(graph.fingerprint) if graph.fingerprint else None,
+                "measured": measured.get(graph.tag_set),
             }
             for graph in written.graphs
         }

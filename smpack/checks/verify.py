@@ -178,7 +178,7 @@ def _run_graph(
         for key, signature in sorted(signatures.items()):
             name = f"signature {key} runs{_replaying(warmup, key)} (TPU computation on XLA:CPU)"
             with _check(report, name):
-                for inputs in warmup.get(key) or [_inputs(signature)]:
+                for inputs in warmup.get(key) or [spec_inputs(signature)]:
                     result = run_tpu_graph_on_cpu(export_dir, tags, key, inputs)
                     results.setdefault(key, result)
         return results
@@ -194,7 +194,7 @@ def _run_graph(
         for key, signature in sorted(signatures.items()):
             with _check(report, f"signature {key} runs{_replaying(warmup, key)}"):
                 fetches = {k: v.name for k, v in signature.outputs.items()}
-                for inputs in warmup.get(key) or [_inputs(signature)]:
+                for inputs in warmup.get(key) or [spec_inputs(signature)]:
                     feeds = {signature.inputs[k].name: v for k, v in inputs.items()}
                     results.setdefault(key, session.run(fetches, feeds))
     return results
@@ -253,7 +253,7 @@ def _check(report: GraphReport, name: str) -> Iterator[None]:
         report.checks.append(Check(name, True))
 
 
-def _inputs(signature: Any) -> dict[str, np.ndarray]:
+def spec_inputs(signature: Any) -> dict[str, np.ndarray]:
     """Deterministic inputs matching each input's dtype and shape (unknown sizes become 8)."""
     rng = np.random.default_rng(0)
     inputs = {}

@@ -105,6 +105,10 @@ def build(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip `smpack verify` on the written package.")
     ] = False,
+    no_measure: Annotated[
+        bool,
+        typer.Option("--no-measure", help="Skip timing and evaluating the variants for the card."),
+    ] = False,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Manifests built at once, one per process.")
     ] = 1,
@@ -121,7 +125,9 @@ def build(
     verification, else 0.
     """
     if len(manifests) == 1 and not as_json:
-        _build_one(manifests[0], out, force, as_text, not no_verify, quiet, verbose)
+        _build_one(
+            manifests[0], out, force, as_text, not no_verify, not no_measure, quiet, verbose
+        )
         return
     first = f"building {len(manifests)} manifests, {jobs} at a time"
     with _progress_bar(quiet or as_json or len(manifests) == 1, first) as show:
@@ -132,6 +138,7 @@ def build(
             force=force,
             as_text=as_text,
             verify=not no_verify,
+            measure=not no_measure,
             on_step=show,
         )
     for outcome in outcomes:
@@ -203,13 +210,16 @@ def _build_one(
     force: bool,
     as_text: bool,
     verify: bool,
+    measure: bool,
     quiet: bool,
     verbose: bool,
 ) -> None:
     from smpack.cli.views import build_summary
 
     with _progress_bar(quiet, "reading the manifest") as show:
-        info = smpack.build(manifest, out, force=force, as_text=as_text, on_step=show)
+        info = smpack.build(
+            manifest, out, force=force, as_text=as_text, measure=measure, on_step=show
+        )
     if not quiet:
         stdout.print(build_summary(info))
     if verify:
@@ -396,15 +406,33 @@ def card(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the card here instead of stdout.")
     ] = None,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure",
+            help="Time (and, with --manifest, evaluate) every variant this host can run now.",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"card": text}, or {"path": OUT} with --out.')
     ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Render a package's model card from its own files; the card: block comes from the
-    manifest if given, else from the one the package recorded when it was built."""
+    manifest if given, else from the one the package recorded when it was built.
+
+    Its numbers are those measured at build time (smpack.json), or with --measure, now.
+    """
+    measurements = None
+    if measure:
+        with _progress_bar(quiet or as_json, "importing TensorFlow") as show:
+            measurements = smpack.measure(package, manifest=manifest, on_step=show)
     text = smpack.render_card(
-        package, manifest=manifest, template=template, fmt=fmt.value if fmt else None
+        package,
+        manifest=manifest,
+        template=template,
+        fmt=fmt.value if fmt else None,
+        measurements=measurements,
     )
     if out is not None:
         write_atomically(out, text)

@@ -43,6 +43,7 @@ class LoadedManifest(BaseModel):
     assets_extra: dict[str, Path]
     card: CardSpec
     card_template: Path | None
+    evaluate_data: Path | None = None  # the `evaluate:` block's .npz file
 
     @property
     def folder(self) -> Path:
@@ -218,6 +219,9 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
             _existing(folder, file, path, f"warmup.{index}.files.{key}")
     template = spec.card.template
     card_template = None if template is None else _existing(folder, template, path, "card.template")
+    evaluate_data = None
+    if spec.evaluate is not None:
+        evaluate_data = _existing(folder, spec.evaluate.data, path, "evaluate.data")
     return LoadedManifest(
         path=path,
         spec=spec,
@@ -232,6 +236,7 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         assets_extra=extras,
         card=CardSpec.model_validate(spec.card.model_dump(exclude={"template"})),
         card_template=card_template,
+        evaluate_data=evaluate_data,
     )
 
 

@@ -307,6 +307,31 @@ def card_format(template: str | Path) -> Literal["md", "html"] | None:
     return "html" if name.endswith(".html") else "md" if name.endswith(".md") else None
 
 
+# What `evaluate:` can compute per variant, comparing an output with the labels.
+EvaluationMetric = Literal["accuracy", "mse", "mae"]
+
+
+class Evaluate(_Strict):
+    """Evaluation data the build measures every variant on (see smpack/checks/measure.py).
+
+    `data` is a .npz file holding one array per input of `signature` and the labels under
+    `labels`; `output` is the output compared with them (needed when there are several).
+    """
+
+    data: str
+    metrics: list[EvaluationMetric] = Field(min_length=1)
+    signature: str = "serving_default"
+    output: str | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _npz(cls, value: str) -> str:
+        if not value.endswith(".npz"):
+            msg = f"{value!r} must be a .npz file: input arrays by key, and labels"
+            raise ValueError(msg)
+        return value
+
+
 class Manifest(_Strict):
     """A whole variant manifest, as written in YAML (paths still relative)."""
 
@@ -324,6 +349,7 @@ class Manifest(_Strict):
     assets_extra: dict[str, str] = Field(default_factory=dict)
     card: ManifestCard = Field(default_factory=ManifestCard)
     warmup: list[WarmupRequest] = Field(default_factory=list, max_length=MAX_WARMUP_RECORDS)
+    evaluate: Evaluate | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

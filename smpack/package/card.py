@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.resources
 import re
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ def render_card(
     template: Path | None = None,
     name: str | None = None,
     version: int | None = None,
+    measurements: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> str:
     """Render the model card of the package `info` describes, as Markdown or HTML.
 
@@ -57,7 +59,7 @@ def render_card(
     Raises `CardTemplateError` naming the template file and line, and `PackageError` when
     `info.path` holds no readable saved_model.pb.
     """
-    context = card_context(info, spec, name=name, version=version)
+    context = card_context(info, spec, name=name, version=version, measurements=measurements)
     environment: jinja2.Environment
     if template is None:
         environment = _environment(jinja2.Environment, jinja2.FunctionLoader(_builtin), fmt)
@@ -117,12 +119,14 @@ def card_for_package(
     manifest: str | Path | None = None,
     template: str | Path | None = None,
     fmt: Literal["md", "html"] | None = None,
+    measurements: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> str:
     """The card of any SavedModel, smpack's or not, as `smpack card` prints it.
 
     `manifest` supplies the `card:` block, its template, and the package name and version;
     `template` overrides the manifest's. The format is `fmt`, else the template's (from its
     name), else Markdown. A manifest template of the other format is not used.
+    `measurements` (see `card_context`) replace what smpack.json recorded at build time.
     """
     spec, name, version, chosen = None, None, None, None
     if manifest is not None:
@@ -140,7 +144,15 @@ def card_for_package(
     with package_at(export_dir) as info:
         if spec is None:
             spec = _recorded_card(info)
-        return render_card(info, spec, fmt=rendered, template=chosen, name=name, version=version)
+        return render_card(
+            info,
+            spec,
+            fmt=rendered,
+            template=chosen,
+            name=name,
+            version=version,
+            measurements=measurements,
+        )
 
 
 def _recorded_card(info: PackageInfo) -> CardSpec | None:

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from smpack import __version__
 from smpack.manifest.card_spec import CardSpec
+from smpack.package.card_measured import (
+    measured_cells,
+    measured_hub_results,
+    measured_summary,
+)
 from smpack.package.digests import file_sha256, tree_files
 from smpack.package.info import GraphInfo, PackageInfo, TensorInfo
 from smpack.package.layout import ASSETS_EXTRA, CARD_FILES
 from smpack.package.load_commands import ServingBase, load_commands
 from smpack.package.protos import VariableDef, read_saved_model
+from smpack.package.record import variant_records
 
 
 def card_context(
@@ -28,6 +35,7 @@ def card_context(
     *,
     name: str | None = None,
     version: int | None = None,
+    measurements: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """The plain data (dicts, lists, strings, numbers) a card template renders.
 
@@ -37,7 +45,11 @@ def card_context(
       variables, assets, and every file with its size and sha256. No absolute path: the card
       travels with the package, and where it was built says nothing true about where it is.
     - `variants`: one per MetaGraph, in file order: tag set, device, precision, XLA, TPU,
-      signatures with their tensors, and the commands that load it.
+      signatures with their tensors, the commands that load it, `measured` (what was
+      measured on a host, see smpack.checks.measure.Measurement, or None) and
+      `measured_cells` (the variants table's load, p50, p99 and agreement cells).
+      `measurements` gives the records by tag set; without it they come from smpack.json.
+    - `measured`: the hosts, warm runs and batch sizes of the measurements, or None.
     - `metrics`: the card's metrics, each with the name of the dataset it was measured on.
     - `hub`: the Hugging Face hub metadata for the Markdown front matter.
     """
@@ -53,7 +65,19 @@ def card_context(
     tf_versions = {graph.meta_info_def.tensorflow_version for graph in saved_model.meta_graphs}
     # Where TF Serving's documentation mounts models; the card travels with the package.
     serving = ServingBase(name=name, base_path=f"/models/{name}")
-    variants = [_variant(graph, directory, serving) for graph in info.graphs]
+    if measurements is None:
+        measurements = {k: v.get("measured") for k, v in variant_records(info.path).items()}
+    variants = [
+        {**_variant(graph, directory, serving), "measured": measurements.get(graph.tag_set)}
+        for graph in info.graphs
+    ]
+    references = {
+        v["measured"]["agreement"]["reference"]
+        for v in variants
+        if v["measured"] and v["measured"].get("agreement")
+    }
+    for variant in variants:
+        variant["measured_cells"] = measured_cells(variant, variant["tag_set"] in references)
     metrics = [
         {
             **metric.model_dump(mode="json", exclude={"dataset"}),
@@ -83,6 +107,7 @@ def card_context(
         "variants": variants,
         "metrics": metrics,
         "hub": _hub_metadata(spec, name, variants, metrics),
+        "measured": measured_summary(variants),
     }
 
 
@@ -180,19 +205,23 @@ def _hub_metadata(
     task = spec.model_parameters.task
     if task is not None:
         hub["pipeline_tag"] = task
-    if metrics:
-        # The hub groups metrics by task and dataset; smpack's cards have one task.
-        results: dict[str | None, dict[str, Any]] = {}
-        for metric in metrics:
-            dataset = metric["dataset"]
-            if dataset not in results:
-                result: dict[str, Any] = {"task": {"type": task or "other"}}
-                if dataset is not None:
-                    result["dataset"] = {"type": dataset, "name": dataset}
-                results[dataset] = {**result, "metrics": []}
-            label = metric["type"] + (f" ({metric['slice']})" if metric["slice"] else "")
-            results[dataset]["metrics"].append(
-                {"type": metric["type"], "value": metric["value"], "name": label}
-            )
-        hub["model-index"] = [{"name": name, "results": list(results.values())}]
+    # The hub groups metrics by task and dataset; smpack's cards have one task.
+    results: dict[str | None, dict[str, Any]] = {}
+    for metric in metrics:
+        dataset = metric["dataset"]
+        if dataset not in results:
+            # The hub requires a dataset for every result.
+            named = dataset or "not stated in the card"
+            results[dataset] = {
+                "task": {"type": task or "other"},
+                "dataset": {"type": named, "name": named},
+                "metrics": [],
+            }
+        label = metric["type"] + (f" ({metric['slice']})" if metric["slice"] else "")
+        results[dataset]["metrics"].append(
+            {"type": metric["type"], "value": metric["value"], "name": label}
+        )
+    measured = [result for variant in variants for result in measured_hub_results(variant, task)]
+    if results or measured:
+        hub["model-index"] = [{"name": name, "results": [*results.values(), *measured]}]
     return hub

@@ -1,4 +1,9 @@
-"""Reading `assets.extra/smpack.json`, the record a build leaves of what it was built from."""
+"""Reading `assets.extra/smpack.json`, the record a build leaves of what it was built from.
+
+It also records, by tag set, each variant's manifest name, fingerprint and what was
+measured on the build host; a package built elsewhere simply has no such records, and
+readers fall back to what the graphs themselves say.
+"""
 
 from __future__ import annotations
 
@@ -24,3 +29,11 @@ def read_record(export_dir: str | Path) -> dict[str, Any] | None:
         msg = f"{RECORD_PATH} is not a JSON object"
         raise PackageError(msg, file=export_dir)
     return record
+
+
+def variant_records(export_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """smpack.json's record of each variant, by tag set ({} for a package without them)."""
+    variants = (read_record(export_dir) or {}).get("variants")
+    if not isinstance(variants, dict):
+        return {}
+    return {key: value for key, value in variants.items() if isinstance(value, dict)}

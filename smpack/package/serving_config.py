@@ -23,7 +23,7 @@ from google.protobuf import text_encoding
 
 from smpack.package.info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo
 from smpack.package.load_commands import ServingBase, tf_serving_command
-from smpack.package.record import read_record
+from smpack.package.record import variant_records
 
 Target = Literal["triton", "tfserving"]
 TARGETS: tuple[Target, ...] = ("triton", "tfserving")
@@ -90,13 +90,10 @@ class ServingConfig:
 
 def variant_names(export_dir: Path) -> dict[str, str]:
     """The manifest's variant names by tag set, as `smpack.json` records them ({} if not)."""
-    variants = (read_record(export_dir) or {}).get("variants")
-    if not isinstance(variants, dict):
-        return {}
     return {
-        tag_set: entry["name"]
-        for tag_set, entry in variants.items()
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+        tag_set: record["name"]
+        for tag_set, record in variant_records(export_dir).items()
+        if isinstance(record.get("name"), str)
     }
 
 

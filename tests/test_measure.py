@@ -1,0 +1,175 @@
+"""Measured cards: load time, warm latency and agreement per variant the host can run, the
+evaluation metrics, "not measured here" for the others, in smpack.json, the cards' variants
+tables and the hub's model-index; a float16 graph that rounds its answer away shows it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from conftest import VARIANTS
+from typer.testing import CliRunner
+
+import smpack
+from smpack.cli.commands import app
+from smpack.package.info import PackageInfo
+
+runner = CliRunner()
+
+# (x + 4096) - 4096 is x in float32 (to 2**-11), but float16 spaces numbers near 4096 four
+# apart, so in float16 it rounds every |x| < 2 to 0 or a multiple of 4: the wrong answer.
+ROUNDING_MODEL = '''
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [None], name="input")
+
+    def shifted(x):
+        offset = tf.compat.v1.get_variable(
+            "offset", [], ctx.dtype, initializer=tf.compat.v1.constant_initializer(4096.0)
+        )
+        return (x + offset) - offset
+
+    out = tf.identity(ctx.compute(shifted, x), name="output")
+    return ModelSpec(inputs={"input": x}, outputs={"output": out})
+'''
+
+ROUNDING_MANIFEST = """
+schema: 1
+name: rounding
+version: 1
+source: {python: model.py:model_fn}
+variants:
+  cpu:  {tags: [serve]}
+  half: {tags: [serve, half], precision: float16}
+  gpu:  {tags: [serve, gpu], device: /device:GPU:0}
+evaluate: {data: eval.npz, metrics: [mse, mae]}
+"""
+
+
+def _front_matter(card: str) -> Any:
+    front, _, _ = card.removeprefix("---\n").partition("\n---\n")
+    return yaml.safe_load(front)
+
+
+def _variants_table(card: str) -> list[list[str]]:
+    section = card.partition("## Variants")[2].partition("## Signatures")[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+@pytest.fixture(scope="module")
+def rounding(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A measured package whose float16 variant is wrong by construction."""
+    folder = tmp_path_factory.mktemp("rounding")
+    (folder / "model.py").write_text(ROUNDING_MODEL)
+    (folder / "rounding.yaml").write_text(ROUNDING_MANIFEST)
+    values = np.linspace(-1, 1, 16, dtype=np.float32)
+    np.savez(folder / "eval.npz", input=values, labels=values)
+    return smpack.build(folder / "rounding.yaml", folder / "out").path
+
+
+def _record(package: Path) -> dict[str, Any]:
+    return json.loads((package / "assets.extra" / "smpack.json").read_text())["variants"]
+
+
+def test_smpack_json_records_what_was_measured_and_what_was_not(rounding: Path) -> None:
+    variants = _record(rounding)
+    serve, half, gpu = (variants[t]["measured"] for t in ("serve", "serve,half", "serve,gpu"))
+    for measured in (serve, half):
+        assert measured["reason"] == ""
+        assert measured["load_seconds"] > 0
+        assert 0 < measured["latency_p50_ms"] <= measured["latency_p99_ms"]
+        assert measured["warm_runs"] == 30
+        assert measured["batch_size"] == 8  # inputs made from the spec: free sizes become 8
+        assert "CPUs" in measured["host"] and "TensorFlow" in measured["host"]
+    # No GPU here: no number, not even a guess.
+    assert gpu["reason"] == "not measured here: needs a GPU"
+    assert [gpu[k] for k in ("load_seconds", "latency_p50_ms", "agreement")] == [None] * 3
+    assert serve["agreement"] is None  # it is the float32 reference
+    # The rounding float16 graph answers 0 for every |x| < 2: wrong by its whole scale.
+    assert half["agreement"]["reference"] == "serve"
+    assert half["agreement"]["max_relative_error"] > 0.5
+    assert serve["metrics"]["mse"] < 1e-6
+    assert half["metrics"]["mse"] > 0.1 and half["metrics"]["mae"] > 0.3
+    assert half["evaluation_data"] == "eval.npz"
+
+
+def test_cards_show_the_measured_numbers(rounding: Path) -> None:
+    card = (rounding / "assets.extra" / "model_card.md").read_text()
+    measured = _record(rounding)["serve,half"]["measured"]
+    rows = {row[0].strip("`"): row for row in _variants_table(card)}
+    assert rows["serve,half"][6:9] == [
+        f"{measured['load_seconds']:.3g} s",
+        f"{measured['latency_p50_ms']:.3g} ms",
+        f"{measured['latency_p99_ms']:.3g} ms",
+    ]
+    assert rows["serve,half"][9].startswith("max rel. error ")
+    assert float(rows["serve,half"][9].removeprefix("max rel. error ")) > 0.5
+    assert rows["serve"][9] == "reference"
+    assert rows["serve,gpu"][6] == "not measured here: needs a GPU"
+    assert f"of {measured['warm_runs']} warm runs of one request of 8 rows" in " ".join(
+        card.split()
+    )
+    html = (rounding / "assets.extra" / "model_card.html").read_text()
+    assert "<th>p50</th>" in html and "not measured here: needs a GPU" in html
+
+
+def test_model_index_labels_each_number_with_variant_and_host(rounding: Path) -> None:
+    card = (rounding / "assets.extra" / "model_card.md").read_text()
+    measured = _record(rounding)["serve,half"]["measured"]
+    [index] = _front_matter(card)["model-index"]
+    metrics = {
+        (metric["config"], metric["type"]): (result["dataset"], metric)
+        for result in index["results"]
+        for metric in result["metrics"]
+    }
+    dataset, p50 = metrics[("serve,half", "latency_p50_ms")]
+    assert p50["value"] == measured["latency_p50_ms"]
+    assert p50["name"] == f"warm latency p50 (ms), serve,half on {measured['host']}"
+    assert dataset["type"] == "smpack-measurement"
+    dataset, mse = metrics[("serve,half", "mse")]
+    assert (dataset["name"], mse["value"]) == ("eval.npz", measured["metrics"]["mse"])
+    assert metrics[("serve,half", "max_relative_error")][1]["value"] > 0.5
+    # Nothing for the variant that was not measured.
+    assert not [key for key in metrics if key[0] == "serve,gpu"]
+
+
+def test_card_measure_re_measures_any_package(text_package: PackageInfo) -> None:
+    # The fixture was built with measure=False: its card has no numbers ...
+    assert "| Load |" not in (text_package.path / "assets.extra" / "model_card.md").read_text()
+    result = runner.invoke(app, ["card", str(text_package.path), "--measure"])
+    assert result.exit_code == 0, result.output
+    rows = {row[0].strip("`"): row for row in _variants_table(result.stdout)}
+    # ... and now has them. The train graph computes what serve does, class for class.
+    assert rows["train"][9] == "max rel. error 0, top-1 100%"
+    assert re.fullmatch(r"[0-9.e+-]+ ms", rows["serve"][7])
+    assert rows["serve,tpu"][6] == "not measured here: needs a TPU"
+
+
+def test_no_measure_leaves_the_numbers_out(tmp_path: Path) -> None:
+    args = ["build", str(VARIANTS / "linear.yaml"), "--out", str(tmp_path), "--no-measure"]
+    result = runner.invoke(app, [*args, "--no-verify", "--quiet"])
+    assert result.exit_code == 0, result.output
+    package = tmp_path / "linear" / "1"
+    assert all(v["measured"] is None for v in _record(package).values())
+    card = (package / "assets.extra" / "model_card.md").read_text()
+    assert "| Load |" not in card and "Measured on" not in card
+
+
+def test_evaluation_data_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(ROUNDING_MODEL)
+    (tmp_path / "rounding.yaml").write_text(ROUNDING_MANIFEST)
+    np.savez(tmp_path / "eval.npz", features=np.zeros(4, np.float32), labels=np.zeros(4))
+    result = runner.invoke(app, ["build", str(tmp_path / "rounding.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'rounding.yaml'}: evaluate.data: ")
+    assert "must hold arrays ['input'] and labels" in result.stderr
+    assert not (tmp_path / "rounding").exists()
