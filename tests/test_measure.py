@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from card_formats import hub_card_data, mct_problems
 from conftest import VARIANTS
 from typer.testing import CliRunner
 
@@ -23,7 +24,7 @@ runner = CliRunner()
 
 # (x + 4096) - 4096 is x in float32 (to 2**-11), but float16 spaces numbers near 4096 four
 # apart, so in float16 it rounds every |x| < 2 to 0 or a multiple of 4: the wrong answer.
-ROUNDING_MODEL = '''
+ROUNDING_MODEL = """
 import tensorflow as tf
 from smpack import ModelContext, ModelSpec
 
@@ -39,7 +40,7 @@ def model_fn(ctx: ModelContext) -> ModelSpec:
 
     out = tf.identity(ctx.compute(shifted, x), name="output")
     return ModelSpec(inputs={"input": x}, outputs={"output": out})
-'''
+"""
 
 ROUNDING_MANIFEST = """
 schema: 1
@@ -173,3 +174,24 @@ def test_evaluation_data_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"error: {tmp_path / 'rounding.yaml'}: evaluate.data: ")
     assert "must hold arrays ['input'] and labels" in result.stderr
     assert not (tmp_path / "rounding").exists()
+
+
+def test_measured_cards_pass_the_hub_and_model_card_toolkit_rules(rounding: Path) -> None:
+    extra = rounding / "assets.extra"
+    data = hub_card_data((extra / "model_card.md").read_text())
+    measured = _record(rounding)["serve,half"]["measured"]
+    p50 = next(
+        r
+        for r in data.eval_results
+        if (r.metric_config, r.metric_type) == ("serve,half", "latency_p50_ms")
+    )
+    assert p50.metric_value == measured["latency_p50_ms"]
+    assert measured["host"] in p50.dataset_name
+    document = (extra / "model_card.json").read_text()
+    assert mct_problems(document) == []
+    metrics = json.loads(document)["quantitative_analysis"]["performance_metrics"]
+    where = f"serve,half on {measured['host']}"
+    assert {"type": "mse", "value": f"{measured['metrics']['mse']:.6g}"} | {
+        "slice": f"{where}, eval.npz"
+    } in metrics
+    assert any(m["type"] == "latency_p99_ms" and m["slice"] == where for m in metrics)

@@ -38,7 +38,7 @@ def test_smpack_json_records_versions_inputs_and_every_other_file(
         "path": "models/text_classifier.py",
         "sha256": sha256(VARIANTS / "models" / "text_classifier.py"),
     }
-    cards = {"assets.extra/model_card.md", "assets.extra/model_card.html"}
+    cards = {f"assets.extra/model_card.{kind}" for kind in ("md", "html", "json")}
     on_disk = {
         p.relative_to(package).as_posix(): sha256(p) for p in package.rglob("*") if p.is_file()
     }

@@ -24,6 +24,7 @@ from smpack.errors import ManifestError, PackageError
 from smpack.manifest import card_format
 from smpack.manifest.card_spec import CardSpec
 from smpack.package.card_context import card_context
+from smpack.package.card_json import model_card_json
 from smpack.package.front_matter import to_yaml
 from smpack.package.info import PackageInfo, package_at, read_package
 from smpack.package.layout import ASSETS_EXTRA, RECORD_PATH
@@ -95,7 +96,8 @@ def write_cards(
     name: str | None = None,
     version: int | None = None,
 ) -> list[Path]:
-    """Render both cards of the package at `export_dir` into its `assets.extra/`.
+    """Render the cards of the package at `export_dir` into its `assets.extra/`: Markdown,
+    HTML, and the Model Card Toolkit's JSON.
 
     `template` replaces the built-in template of the format its name ends in; the other card
     keeps the built-in one. Returns the files written.
@@ -110,7 +112,10 @@ def write_cards(
         target = export_dir / ASSETS_EXTRA / f"model_card.{fmt}"
         target.write_text(text, encoding="utf-8")
         written.append(target)
-    return written
+    context = card_context(info, spec, name=name, version=version)
+    target = export_dir / ASSETS_EXTRA / "model_card.json"
+    target.write_text(model_card_json(context), encoding="utf-8")
+    return [*written, target]
 
 
 def card_for_package(

@@ -6,7 +6,8 @@ ASSETS_EXTRA = "assets.extra"
 # package (an extracted single graph must not carry them).
 WARMUP_FILE = "tf_serving_warmup_requests"
 PROVENANCE_FILE = "smpack.json"
-CARD_FILES = ("model_card.md", "model_card.html")
+# model_card.json is the Model Card Toolkit's JSON form of the card.
+CARD_FILES = ("model_card.md", "model_card.html", "model_card.json")
 PACKAGE_DESCRIPTIONS = (PROVENANCE_FILE, *CARD_FILES)
 RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
 # In assets.extra/: the Triton and TF Serving configs of every serving variant, one folder
