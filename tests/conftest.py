@@ -15,8 +15,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
@@ -211,3 +213,25 @@ class HtmlTables(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
             self._cell.append(data)
+
+
+# The Model Card Toolkit's published schema, vendored (see tests/schemas/README.md).
+MCT_SCHEMA = Path(__file__).resolve().parent / "schemas" / "model_card_toolkit_v0.0.2.schema.json"
+
+
+def hub_card_data(card: str) -> ModelCardData:
+    """The card's front matter as the Hugging Face hub's own classes read it, offline;
+    raises ValueError where the hub would refuse it (a model-index it cannot parse)."""
+    parsed = ModelCard(card, ignore_metadata_errors=False)
+    # ModelCardData validates the model-index into evaluation results, strictly.
+    ModelCardData(**front_matter(card), ignore_metadata_errors=False)
+    return parsed.data
+
+
+def mct_problems(document: str) -> list[str]:
+    """Where `document` breaks the Model Card Toolkit's schema (v0.0.2), formats included."""
+    schema = json.loads(MCT_SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.FormatChecker())
+    data: Any = json.loads(document)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(data)]
+

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from card_formats import hub_card_data, mct_problems
+from conftest import hub_card_data, mct_problems
 
 from smpack.manifest.card_spec import CardSpec
 from smpack.package.card import card_context, render_card

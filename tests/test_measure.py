@@ -11,9 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
-from card_formats import hub_card_data, mct_problems
-from conftest import VARIANTS
+from conftest import VARIANTS, front_matter, hub_card_data, mct_problems
 from typer.testing import CliRunner
 
 import smpack
@@ -53,11 +51,6 @@ variants:
   gpu:  {tags: [serve, gpu], device: /device:GPU:0}
 evaluate: {data: eval.npz, metrics: [mse, mae]}
 """
-
-
-def _front_matter(card: str) -> Any:
-    front, _, _ = card.removeprefix("---\n").partition("\n---\n")
-    return yaml.safe_load(front)
 
 
 def _variants_table(card: str) -> list[list[str]]:
@@ -126,7 +119,7 @@ def test_cards_show_the_measured_numbers(rounding: Path) -> None:
 def test_model_index_labels_each_number_with_variant_and_host(rounding: Path) -> None:
     card = (rounding / "assets.extra" / "model_card.md").read_text()
     measured = _record(rounding)["serve,half"]["measured"]
-    [index] = _front_matter(card)["model-index"]
+    [index] = front_matter(card)["model-index"]
     metrics = {
         (metric["config"], metric["type"]): (result["dataset"], metric)
         for result in index["results"]
