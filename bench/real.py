@@ -3,10 +3,11 @@ four variants by smpack, beside one `tf.saved_model.save` of the same model.
 
 A benchmark, not a test. Each model is made with random weights in a fresh process and
 saved as a `.keras` file; then, each as a fresh process: (1) loading it and
-`tf.saved_model.save` (one variant, what TF users do today), (2) `smpack build --no-verify`
-of serve / train / serve,gpu (float16 + XLA) / serve,tpu (bfloat16), (3) the same build with
-its default verification. Times and peak RSS above a bare `import tensorflow` are reported
-with the ratios to (1); a model smpack refuses is a row saying why, not a crash.
+`tf.saved_model.save` (one variant, what TF users do today), (2) `smpack build --no-verify
+--no-measure` of serve / train / serve,gpu (float16 + XLA) / serve,tpu (bfloat16), (3) the
+same build with its defaults: the card's measurements, then verification. Times and peak
+RSS above a bare `import tensorflow` are reported with the ratios to (1); a model smpack
+refuses is a row saying why, not a crash.
 
     .venv/bin/python bench/real.py [--models mobilenet_v2,resnet50,...] [--keep DIR]
 """
@@ -142,7 +143,8 @@ def main() -> None:
             save = measure([python, "-c", SAVE_BASELINE, str(folder / "model.keras"),
                             str(folder / "saved")])  # fmt: skip
             build_command = [str(BIN / "smpack"), "build", str(folder / "smpack.yaml"), "-f"]
-            build = measure([*build_command, "-o", str(folder / "out"), "--no-verify"])
+            unchecked = ["--no-verify", "--no-measure"]  # the packaging alone
+            build = measure([*build_command, "-o", str(folder / "out"), *unchecked])
             verified = measure([*build_command, "-o", str(folder / "verified")])
             if build.error or verified.error:
                 print(f"{name:20} {params:>10,} {save.seconds:7.1f}s  refused: "
