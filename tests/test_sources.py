@@ -295,7 +295,7 @@ def test_keras_train_step_learns_class_ids(keras_package: PackageInfo) -> None:
             "has no signature 'predict' (signatures: lookup, scaled, serving_default)",
         ),
         ({"keras": "broken.keras"}, "source.keras: cannot load broken.keras with Keras"),
-        ({"savedmodel": "vocabulary"}, "uses a resource other than variables (a lookup table?)"),
+        ({"savedmodel": "vocabulary"}, "(MutableHashTableV2) of the signature is not filled by"),
         (
             {"savedmodel": "two_layers", "python": "model.py:fn"},
             "give exactly one of python, savedmodel or keras",

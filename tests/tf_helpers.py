@@ -138,14 +138,14 @@ def make_looping_module(folder: Path) -> Path:
 
 
 def make_table_module(folder: Path) -> Path:
-    """A TF2 model whose signature looks words up in a hash table."""
+    """A TF2 model whose signature looks words up in a table filled in its checkpoint."""
     import tensorflow as tf
 
     class Vocabulary(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            init = tf.lookup.KeyValueTensorInitializer(["a", "b"], [0, 1], tf.string, tf.int64)
-            self.table = tf.lookup.StaticHashTable(init, default_value=-1)
+            self.table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, -1)
+            self.table.insert(["a", "b"], [0, 1])
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def predict(self, words: tf.Tensor) -> dict[str, tf.Tensor]:

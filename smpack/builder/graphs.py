@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,13 @@ class VariantGraph:
 
 
 def build_variant_graph(
-    loaded: LoadedManifest, model_fn: Callable[..., Any], name: str, variant: Variant
+    loaded: LoadedManifest,
+    model_fn: Callable[..., Any],
+    name: str,
+    variant: Variant,
+    source_assets: Mapping[str, Path] | None = None,
 ) -> VariantGraph:
-    """Build variant `name` in a fresh graph."""
+    """Build variant `name` in a fresh graph; `ctx.asset` also finds `source_assets`."""
     field_path = f"variants.{name}"
     graph = tf.Graph()
     asset_files: dict[str, str] = {}
@@ -71,7 +75,7 @@ def build_variant_graph(
             batch_size=variant.batch_size,
             params={**loaded.spec.source.params, **variant.params},
             _compute=counted_compute,
-            _asset=lambda asset: _asset_tensor(loaded, asset, asset_files),
+            _asset=lambda asset: _asset_tensor(loaded, asset, asset_files, source_assets or {}),
         )
         spec = _call_model(loaded, model_fn, ctx)
         model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
@@ -189,8 +193,13 @@ def _line_in(error: BaseException, python_file: Path | None) -> int | None:
     return line
 
 
-def _asset_tensor(loaded: LoadedManifest, name: str, asset_files: dict[str, str]) -> tf.Tensor:
-    source = _asset_source(loaded, name)
+def _asset_tensor(
+    loaded: LoadedManifest,
+    name: str,
+    asset_files: dict[str, str],
+    source_assets: Mapping[str, Path],
+) -> tf.Tensor:
+    source = source_assets.get(name) or _asset_source(loaded, name)
     if source is None:
         listed = ", ".join(a.name for a in loaded.assets) or "none"
         msg = (
@@ -222,16 +231,7 @@ def _asset_source(loaded: LoadedManifest, name: str) -> Any:
 def _check_targeting_applied(variant: Variant, computed: bool, where: dict[str, Any]) -> None:
     # device, precision, xla and TPU act on ctx.compute; without it they would be
     # silently ignored and the "GPU" graph would be a plain CPU graph.
-    knobs = [
-        knob
-        for knob, used in (
-            ("device", variant.device is not None),
-            ("precision", variant.precision != "float32"),
-            ("xla", variant.xla),
-            ("tpu", variant.on_tpu),
-        )
-        if used
-    ]
+    knobs = variant.device_settings
     if knobs and not computed:
         message = (
             f"sets {', '.join(knobs)}, which apply to ctx.compute(...), but the model "

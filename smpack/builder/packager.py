@@ -68,14 +68,16 @@ def build(
         graphs = []
         for name, variant in loaded.spec.variants.items():
             step(f"building variant {name} ({','.join(variant.tags)})")
-            graphs.append(build_variant_graph(loaded, source.model_fn, name, variant))
+            graphs.append(
+                build_variant_graph(loaded, source.model_fn, name, variant, source.assets)
+            )
         # Checked against every serving graph before any file is written.
         warmup = warmup_records(
             loaded, {g.name: g.signature_defs for g in graphs if not g.variant.is_training}
         )
         step("writing variables and graphs")
         write_saved_model(staging, graphs, loaded, as_text, source)
-        copy_assets(loaded, staging)
+        copy_assets(loaded, staging, source.assets)
         if warmup:
             write_warmup_file(staging, warmup)
         written = read_package(staging)

@@ -182,6 +182,17 @@ class Variant(_Strict):
         return self.tpu if self.tpu is not None else "tpu" in self.tags
 
     @property
+    def device_settings(self) -> list[str]:
+        """The fields set here that act on the device computation (`ctx.compute`)."""
+        settings = (
+            ("device", self.device is not None),
+            ("precision", self.precision != "float32"),
+            ("xla", self.xla),
+            ("tpu", self.on_tpu),
+        )
+        return [name for name, used in settings if used]
+
+    @property
     def tag_set(self) -> frozenset[str]:
         return frozenset(self.tags)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smpack.errors import ManifestError
 from smpack.manifest import LoadedManifest
 
 
@@ -26,6 +27,8 @@ class ModelSource:
     # optional checkpoint uses the package's own names.
     checkpoint_keys: dict[str, str] = field(default_factory=dict)
     checkpoint: Path | None = None
+    # assets/ name -> file: the vocabularies an imported source's tables read.
+    assets: dict[str, Path] = field(default_factory=dict)
 
 
 @contextmanager
@@ -57,10 +60,15 @@ def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource
     kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
     where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
     imported = load_saved_model(path, signature, where)
+    clash = sorted({a.name for a in loaded.assets} & imported.assets.keys())
+    if clash:
+        msg = f"{clash[0]!r} is also an asset of the source, whose tables read it; rename yours"
+        raise ManifestError(msg, file=loaded.path, field="assets")
     return ModelSource(
         model_function(imported, _loss(loaded), loaded),
         checkpoint_keys=restore_map(imported),
         checkpoint=imported.checkpoint,
+        assets=imported.assets,
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, types_pb2
+from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import (
     config_pb2,
     meta_graph_pb2,
@@ -30,10 +30,10 @@ from smpack.errors import ModelError, PackageError
 from smpack.manifest import LoadedManifest
 from smpack.model import ModelContext, ModelSpec
 from smpack.package.protos import read_saved_model
-from smpack.sources.graph_def import node_name
+from smpack.sources.graph_def import node_name, through_identities
+from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.precision import retyped
 
-_RESOURCE = types_pb2.DT_RESOURCE
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
 
 
@@ -66,7 +66,11 @@ class ImportedModel:
     outputs: list[SourceTensor]
     variables: list[SourceVariable]
     handles: dict[str, str]  # variable handle in the flat graph -> package variable name
-    graph_def: graph_pb2.GraphDef
+    graph_def: graph_pb2.GraphDef  # what runs in ctx.compute: all of it, or the device part
+    device_inputs: list[str]  # the flat graph's tensors graph_def reads, in order
+    host: HostPart | None = None  # string parsing and tables, kept out of ctx.compute
+    host_outputs: set[str] = field(default_factory=set)  # outputs the host part computes
+    assets: dict[str, Path] = field(default_factory=dict)  # assets/ name -> the source's file
     _retyped: dict[str, graph_pb2.GraphDef] = field(default_factory=dict)
 
     def graph_def_for(self, dtype: tf.DType) -> graph_pb2.GraphDef:
@@ -90,15 +94,21 @@ def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> Impor
         raise ModelError(msg, **where)
     signature_def = signatures[signature]
     restore_op = meta_graph.saver_def.restore_op_name
+    init_op = _init_op(meta_graph)
     fetches = [t.name for t in signature_def.outputs.values()]
-    fetches += [restore_op] if restore_op else []
+    fetches += [op for op in (restore_op, init_op) if op]
     flat = _inlined(meta_graph, fetches)
     keys = _restored_keys(flat)
     output_nodes = sorted({node_name(t.name) for t in signature_def.outputs.values()})
     graph_def = tf.compat.v1.graph_util.extract_sub_graph(flat, output_nodes)
     inputs = [_tensor(k, v) for k, v in sorted(signature_def.inputs.items())]
     outputs = [_tensor(k, v) for k, v in sorted(signature_def.outputs.items())]
-    graph_def, handles = _cut_variables(graph_def, {node_name(t.tensor) for t in inputs}, where)
+    input_nodes = {node_name(t.tensor) for t in inputs}
+    external = input_nodes | {n.name for n in graph_def.node if n.op == "VarHandleOp"}
+    assets = {node_name(a.tensor_info.name): a.filename for a in meta_graph.asset_file_def}
+    init_node = node_name(init_op) if init_op else None
+    split = split_host(flat, graph_def, external, init_node, assets, where)
+    graph_def, handles = _cut_variables(split.device, input_nodes)
     in_source = {_shared_name(n) for n in meta_graph.graph_def.node if n.op == "VarHandleOp"}
     names = _readable_names({h: _shared_name(node) for h, node in handles.items()}, in_source)
     variables = []
@@ -121,7 +131,24 @@ def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> Impor
         variables=variables,
         handles={f"{handle}:0": names[handle] for handle in handles},
         graph_def=graph_def,
+        device_inputs=split.device_inputs if split.host else [t.tensor for t in inputs],
+        host=split.host,
+        host_outputs={t.tensor for t in outputs if split.host and split.host.computes(t.tensor)},
+        assets={name: path / "assets" / name for name in split.host.assets.values()}
+        if split.host
+        else {},
     )
+
+
+def _init_op(meta_graph: meta_graph_pb2.MetaGraphDef) -> str | None:
+    """The source's init op: TF2's `__saved_model_init_op` signature, or TF1's main op."""
+    init = meta_graph.signature_def.get("__saved_model_init_op")
+    if init is not None:
+        return str(init.outputs["__saved_model_init_op"].name)
+    for key in ("saved_model_main_op", "legacy_init_op"):
+        if key in meta_graph.collection_def:
+            return str(meta_graph.collection_def[key].node_list.value[0])
+    return None
 
 
 def model_function(
@@ -149,28 +176,61 @@ def model_function(
             for t in imported.inputs
         }
 
-        def compute(*tensors: tf.Tensor) -> list[tf.Tensor]:
+        tensors = {t.tensor: placeholders[t.key] for t in imported.inputs}
+        on_device = [t.tensor for t in imported.outputs if t.tensor not in imported.host_outputs]
+        if imported.host is not None:
+            wanted = [t for t in imported.device_inputs if t not in tensors]
+            wanted += [t.tensor for t in imported.outputs if t.tensor in imported.host_outputs]
+            tensors.update(_host_tensors(imported.host, wanted, tensors, ctx))
+
+        def compute(*device_inputs: tf.Tensor) -> list[tf.Tensor]:
             variables = {v.name: _variable(v) for v in imported.variables}
-            input_map = {t.tensor: x for t, x in zip(imported.inputs, tensors, strict=True)}
+            input_map = dict(zip(imported.device_inputs, device_inputs, strict=True))
             input_map.update({h: variables[name].handle for h, name in imported.handles.items()})
             return tf.graph_util.import_graph_def(
                 imported.graph_def_for(ctx.dtype),
                 input_map=input_map,
-                return_elements=[t.tensor for t in imported.outputs],
+                return_elements=on_device,
                 name="model",
             )
 
-        results = ctx.compute(compute, *placeholders.values())
-        outputs = {
-            t.key: tf.identity(r, name=t.key)
-            for t, r in zip(imported.outputs, results, strict=True)
-        }
+        if on_device:
+            results = ctx.compute(compute, *(tensors[t] for t in imported.device_inputs))
+            tensors.update(zip(on_device, results, strict=True))
+        elif settings := loaded.spec.variants[ctx.variant].device_settings:
+            msg = (
+                "every output of the signature is computed on the host (strings, tables), so "
+                f"this variant's {', '.join(settings)} has nothing to act on"
+            )
+            raise ModelError(msg, **where)
+        outputs = {t.key: tf.identity(tensors[t.tensor], name=t.key) for t in imported.outputs}
         if not ctx.training or loss is None:
             return ModelSpec(inputs=placeholders, outputs=outputs)
         labels, value = loss(outputs)
         return ModelSpec(inputs=placeholders, outputs=outputs, labels=labels, loss=value)
 
     return model_fn
+
+
+def _host_tensors(
+    host: HostPart, wanted: list[str], feeds: dict[str, tf.Tensor], ctx: ModelContext
+) -> dict[str, tf.Tensor]:
+    """Import the host part outside `ctx.compute`, its tables filled by the package's init op.
+
+    Returns the `wanted` tensors of the host part by their name in the flat graph.
+    """
+    input_map = {t: feeds[t] for t in host.inputs}
+    # ctx.asset's tensor is what every loader rewrites to the package's own assets/ copy.
+    input_map.update({t: ctx.asset(name) for t, name in host.assets.items()})
+    results = tf.graph_util.import_graph_def(
+        host.graph_def,
+        input_map=input_map,
+        return_elements=[*wanted, *host.initializers],
+        name="host",
+    )
+    for initializer in results[len(wanted) :]:
+        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS, initializer)
+    return dict(zip(wanted, results[: len(wanted)], strict=True))
 
 
 def _serve_meta_graph(path: Path, where: dict[str, Any]) -> meta_graph_pb2.MetaGraphDef:
@@ -219,8 +279,8 @@ def _restored_keys(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
     for node in graph_def.node:
         if node.op != "AssignVariableOp":
             continue
-        handle = _through_identities(nodes, node.input[0])
-        value = _through_identities(nodes, node.input[1])
+        handle = through_identities(nodes, node.input[0])
+        value = through_identities(nodes, node.input[1])
         if handle is None or value is None:
             continue
         restore = nodes.get(node_name(value))
@@ -235,7 +295,7 @@ def _restored_keys(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
 
 
 def _cut_variables(
-    graph_def: graph_pb2.GraphDef, inputs: set[str], where: dict[str, Any]
+    graph_def: graph_pb2.GraphDef, inputs: set[str]
 ) -> tuple[graph_pb2.GraphDef, dict[str, Any]]:
     """Drop the signature's input placeholders and variable handles; return the handles.
 
@@ -245,13 +305,6 @@ def _cut_variables(
     """
     handles = {n.name: n for n in graph_def.node if n.op == "VarHandleOp"}
     dropped = set(handles) | inputs
-    for node in graph_def.node:
-        if node.name not in dropped and _creates_resource(node):
-            msg = (
-                f"cannot import {node.name!r} ({node.op}): the signature uses a resource other "
-                "than variables (a lookup table?), which smpack does not import"
-            )
-            raise ModelError(msg, **where)
     flat = graph_pb2.GraphDef()
     flat.versions.CopyFrom(graph_def.versions)
     called = set()
@@ -268,27 +321,6 @@ def _cut_variables(
     if any(f.signature.name in called for f in graph_def.library.function):
         flat.library.CopyFrom(graph_def.library)
     return flat, handles
-
-
-def _creates_resource(node: Any) -> bool:
-    """Whether `node` makes a resource (a table, say) rather than passing one on."""
-    from tensorflow.python.framework import op_def_registry
-
-    op_def = op_def_registry.get(node.op)
-    if op_def is None or any(not i.startswith("^") for i in node.input):
-        return False
-    return any(arg.type == _RESOURCE for arg in op_def.output_arg)
-
-
-def _through_identities(nodes: dict[str, Any], tensor: str) -> str | None:
-    """The tensor `tensor` forwards, following Identity ops."""
-    while True:
-        node = nodes.get(node_name(tensor))
-        if node is None:
-            return None
-        if node.op != "Identity":
-            return tensor
-        tensor = node.input[0]
 
 
 def _shared_name(node: Any) -> str:

@@ -1,0 +1,307 @@
+"""An imported signature split into the part that stays on the host and the device part.
+
+String parsing, lookup tables and ops XLA has no kernel for cannot run on a TPU or inside an
+XLA cluster, and a real TPU serving graph keeps them on the host. The host part is every op
+that touches a string or a resource other than a variable (a table, a tokenizer's model),
+everything upstream of those, and every op without an XLA kernel
+computed only from them and constants (the ragged-to-dense step after a tokenizer, say).
+The device part is the rest; the host tensors it reads become the inputs of the variant's
+`ctx.compute`, so device pins, half precision, XLA marks and `tpu.rewrite` reach only it.
+
+The host part carries each of its tables' initialisers, taken from the source's own init
+op, so the package's init op fills them as loading the source would; a vocabulary file the
+source reads is an asset of the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+from smpack.errors import ModelError
+from smpack.sources.graph_def import node_name, tensor_name, through_identities
+
+# Ops reading a checkpoint: a table filled by them holds trained state (a MutableHashTable),
+# which would have to be restored from the source's checkpoint.
+_CHECKPOINT_READS = ("RestoreV2", "RestoreSlice", "Restore")
+
+_Types = tuple[list[tf.DType], list[tf.DType]]  # data input and output dtypes of a node
+
+
+@dataclass
+class HostPart:
+    """The host ops of a signature, with the creation and initialisation of its tables."""
+
+    graph_def: graph_pb2.GraphDef
+    inputs: list[str]  # signature input tensors the host ops read
+    initializers: list[str]  # ops of graph_def the package's init op runs
+    assets: dict[str, str]  # tensor fed an asset's path -> the asset's file name
+    tables: list[str]  # the op type of each table, for the record
+
+    def computes(self, tensor: str) -> bool:
+        """Whether `tensor` is an output of one of the host part's ops."""
+        return any(n.name == node_name(tensor) for n in self.graph_def.node)
+
+
+@dataclass
+class Split:
+    """The device part, the flat graph's tensors it reads (in order), and the host part."""
+
+    device: graph_pb2.GraphDef
+    device_inputs: list[str]
+    host: HostPart | None  # None when every op can go to the device
+
+
+def split_host(
+    flat: graph_pb2.GraphDef,
+    signature_graph: graph_pb2.GraphDef,
+    external: set[str],
+    init_op: str | None,
+    asset_placeholders: Mapping[str, str],
+    where: dict[str, Any],
+) -> Split:
+    """Split `signature_graph`, the signature's ops in the inlined `flat`, at the host's edge.
+
+    `external` names the nodes fed from outside (signature inputs, variable handles); the
+    device part keeps them for the caller to cut. `init_op` is the source's init op in
+    `flat`; `asset_placeholders` maps the nodes its loaders feed asset paths to the files.
+    """
+    nodes = {n.name: n for n in signature_graph.node}
+    types = _tensor_types(signature_graph)
+    tables = _table_tensors(nodes, types)
+    anchors = {
+        name
+        for name, (inputs, outputs) in types.items()
+        if name not in external
+        and (
+            tf.string in inputs
+            or tf.string in outputs
+            or f"{name}:0" in tables
+            or any(tensor_name(i) in tables for i in _data(nodes[name]))
+        )
+    }
+    if not anchors:
+        return Split(signature_graph, [], None)
+    host = _with_ancestors(anchors, nodes, external)
+    handles = {
+        tensor_name(i)
+        for name in nodes
+        for i, dtype in zip(_data(nodes[name]), types[name][0], strict=True)
+        if dtype == tf.resource and tensor_name(i) not in tables
+    }
+    _add_host_only_ops(host, nodes, external, handles)
+    reading = sorted(n for n in host if any(tensor_name(i) in handles for i in _data(nodes[n])))
+    if reading:
+        msg = (
+            f"op {reading[0]!r} reads a variable upstream of the signature's string or table "
+            "ops; smpack keeps those ops on the host and cannot feed them variables"
+        )
+        raise ModelError(msg, **where)
+
+    device = graph_pb2.GraphDef(versions=signature_graph.versions, library=signature_graph.library)
+    read_by_device = {node_name(i) for n in nodes.values() if n.name not in host for i in _data(n)}
+    crossing: list[str] = []
+    for node in signature_graph.node:
+        # Constants the device reads are copied, not fed: XLA needs shapes as constants.
+        if node.name in host and not (node.op == "Const" and node.name in read_by_device):
+            continue
+        kept = device.node.add()
+        kept.CopyFrom(node)
+        del kept.input[:]
+        for i in node.input:
+            from_host = node_name(i) in host and nodes[node_name(i)].op != "Const"
+            if from_host and i.startswith("^"):
+                continue  # the data edges order the device part after the host part
+            if from_host or (node_name(i) in external and tensor_name(i) not in handles):
+                crossing.append(tensor_name(i))
+            kept.input.append(i)
+    host_part = _host_part(flat, nodes, host, external, init_op, asset_placeholders, where)
+    return Split(device, list(dict.fromkeys(crossing)), host_part)
+
+
+def creates_resource(node: Any) -> bool:
+    """Whether `node` makes a resource (a table, a variable) rather than passing one on."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(node.op)
+    if op_def is None or _data(node):
+        return False
+    return any(arg.type == tf.resource.as_datatype_enum for arg in op_def.output_arg)
+
+
+def _host_part(
+    flat: graph_pb2.GraphDef,
+    nodes: dict[str, Any],
+    host: set[str],
+    external: set[str],
+    init_op: str | None,
+    asset_placeholders: Mapping[str, str],
+    where: dict[str, Any],
+) -> HostPart:
+    flat_nodes = _asset_variables_read_directly(
+        {n.name: n for n in flat.node}, set(asset_placeholders)
+    )
+    tables = sorted(n for n in host if creates_resource(nodes[n]))
+    initializers, filled = set(), set()
+    in_init = _with_ancestors({init_op}, flat_nodes, set()) if init_op else set()
+    for name in in_init:
+        node = flat_nodes[name]
+        if node.op == "Identity":
+            continue
+        for i in _data(node):
+            table = through_identities(flat_nodes, i)
+            if table is not None and node_name(table) in tables:
+                initializers.add(name)
+                filled.add(node_name(table))
+    empty = [t for t in tables if t not in filled]
+    if empty:
+        msg = (
+            f"table {empty[0]!r} ({nodes[empty[0]].op}) of the signature is not filled by the "
+            "source's init op (its contents would come from the checkpoint); smpack imports "
+            "tables initialised from constants or vocabulary files"
+        )
+        raise ModelError(msg, **where)
+    initializing = _with_ancestors(initializers, flat_nodes, set(asset_placeholders))
+    for name in sorted(initializing):
+        node = flat_nodes[name]
+        if node.op in _CHECKPOINT_READS or node.op in ("Placeholder", "VarHandleOp"):
+            msg = (
+                f"a table of the signature is initialised from {name!r} ({node.op}), not from "
+                "constants or vocabulary files; smpack cannot import it"
+            )
+            raise ModelError(msg, **where)
+    keep = (host | initializing) - external
+    graph_def = graph_pb2.GraphDef(versions=flat.versions, library=flat.library)
+    for name in (n.name for n in flat.node if n.name in keep):
+        kept = graph_def.node.add()
+        kept.CopyFrom(flat_nodes[name])
+        kept.ClearField("device")
+        del kept.input[:]
+        # Control edges to ops the host part does not hold (the source's init op's other
+        # work, say) would fail the import; data edges to the signature inputs are mapped.
+        kept.input.extend(
+            i for i in flat_nodes[name].input if not i.startswith("^") or node_name(i) in keep
+        )
+    read = {tensor_name(i) for n in graph_def.node for i in _data(n) if node_name(i) not in keep}
+    return HostPart(
+        graph_def=graph_def,
+        inputs=sorted(t for t in read if node_name(t) in external),
+        initializers=sorted(initializers),
+        assets={
+            t: asset_placeholders[node_name(t)]
+            for t in sorted(read)
+            if node_name(t) in asset_placeholders
+        },
+        tables=[nodes[t].op for t in tables],
+    )
+
+
+def _asset_variables_read_directly(
+    nodes: dict[str, Any], asset_placeholders: set[str]
+) -> dict[str, Any]:
+    """`nodes` with each read of a variable holding an asset's path replaced by the path.
+
+    TF2 keeps an asset's path in a string variable its init op assigns from the placeholder
+    the loader feeds; as a package variable it would need a checkpoint entry, so the tables
+    read the (loader-rewritten) path itself.
+    """
+    assigned = {}
+    for node in nodes.values():
+        if node.op == "AssignVariableOp" and node_name(node.input[1]) in asset_placeholders:
+            variable = through_identities(nodes, node.input[0])
+            assigned[variable and node_name(variable)] = tensor_name(node.input[1])
+    rewritten = dict(nodes)
+    for name, node in nodes.items():
+        variable = through_identities(nodes, node.input[0]) if node.input else None
+        if node.op == "ReadVariableOp" and variable and node_name(variable) in assigned:
+            read = node_def_pb2.NodeDef(name=name, op="Identity")
+            read.input.append(assigned[node_name(variable)])
+            read.attr["T"].type = tf.string.as_datatype_enum
+            rewritten[name] = read
+    return rewritten
+
+
+def _add_host_only_ops(
+    host: set[str], nodes: dict[str, Any], external: set[str], handles: set[str]
+) -> None:
+    """Add each op without an XLA kernel computed from host tensors and constants only."""
+    compilable = _xla_compilable_ops()
+    grown = True
+    while grown:
+        grown = False
+        for name, node in nodes.items():
+            if name in host or name in external or node.op in compilable:
+                continue
+            ancestors = _with_ancestors({name}, nodes, external)
+            reads = {tensor_name(i) for a in ancestors for i in _data(nodes[a])}
+            if ancestors & host and not reads & handles:
+                host.update(ancestors)
+                grown = True
+
+
+_XLA_OPS: set[str] = set()
+
+
+def _xla_compilable_ops() -> set[str]:
+    """Op types XLA has a kernel for (XLA registers them when it first compiles something)."""
+    if not _XLA_OPS:
+        from tensorflow.python.framework import kernels
+
+        tf.function(jit_compile=True)(lambda: tf.constant(0) + 1)()
+        _XLA_OPS.update(
+            k.op
+            for k in kernels.get_all_registered_kernels().kernel
+            if k.device_type == "XLA_CPU_JIT"
+        )
+    return _XLA_OPS
+
+
+def _tensor_types(graph_def: graph_pb2.GraphDef) -> dict[str, _Types]:
+    """Node name -> the dtypes of its data inputs and of its outputs."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    return {
+        op.name: ([t.dtype for t in op.inputs], [t.dtype for t in op.outputs])
+        for op in graph.get_operations()
+    }
+
+
+def _table_tensors(nodes: dict[str, Any], types: dict[str, _Types]) -> set[str]:
+    """Resource tensors that are not variables (tables), and every op's output passing one on."""
+    tables = {
+        f"{name}:0"
+        for name, node in nodes.items()
+        if node.op != "VarHandleOp" and creates_resource(node)
+    }
+    grown = True
+    while grown:
+        grown = False
+        for name, node in nodes.items():
+            if not any(tensor_name(i) in tables for i in _data(node)):
+                continue
+            passed = {f"{name}:{k}" for k, d in enumerate(types[name][1]) if d == tf.resource}
+            grown |= not passed <= tables
+            tables |= passed
+    return tables
+
+
+def _with_ancestors(names: set[str], nodes: Mapping[str, Any], stop: set[str]) -> set[str]:
+    """`names` and every node they depend on (data or control), not crossing `stop`."""
+    seen: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in seen or name in stop or name not in nodes:
+            continue
+        seen.add(name)
+        pending.extend(node_name(i) for i in nodes[name].input)
+    return seen
+
+
+def _data(node: Any) -> list[str]:
+    return [i for i in node.input if not i.startswith("^")]
