@@ -56,6 +56,8 @@ def write_provenance(
         "checkpoint": _checkpoint(loaded),
         # The card: block, so `smpack card PKG` renders the same card without the manifest.
         "card": loaded.card.model_dump(mode="json"),
+        # TF Serving, and `smpack verify`, need these modules' ops to load the graphs.
+        "imports": loaded.spec.source.imports,
         "files": package_files(export_dir),
         "variants": variants,
     }

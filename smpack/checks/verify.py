@@ -19,7 +19,7 @@ import tensorflow as tf
 from smpack.builder.provenance import check_provenance
 from smpack.builder.warmup import read_warmup_requests
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
-from smpack.errors import SmpackError
+from smpack.errors import ManifestError, SmpackError
 from smpack.io.storage import fetched, is_url
 from smpack.manifest import EXAMPLE_METHODS, METHODS
 from smpack.package.dtypes import dtype_name
@@ -27,6 +27,7 @@ from smpack.package.info import read_package
 from smpack.package.layout import RECORD_PATH
 from smpack.package.protos import read_saved_model
 from smpack.progress import StepCallback, Steps
+from smpack.sources.op_libraries import import_op_libraries
 
 # How far a lower-precision variant's outputs may stray from the float32 graph's.
 TOLERANCES = {"float32": (1e-5, 1e-6), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)}
@@ -109,6 +110,15 @@ def _verify_local(export_dir: Path, step: Steps) -> VerifyReport:
             Check(f"files match {RECORD_PATH}", not problems, "; ".join(problems[:3]))
         )
     package = read_package(export_dir)
+    if package.op_libraries:
+        # The graphs' custom ops exist only once the modules the build imported are.
+        try:
+            import_op_libraries(package.op_libraries, export_dir / RECORD_PATH, "imports")
+        except ManifestError as e:
+            package_checks.append(Check("op libraries import", False, str(e)))
+        else:
+            libraries = ", ".join(package.op_libraries)
+            package_checks.append(Check("op libraries import", True, libraries))
     checkpoint = {v.name: (v.dtype, v.shape) for v in package.variables}
     warmup = read_warmup_requests(export_dir)
     reports, outputs = [], {}

@@ -54,6 +54,8 @@ def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     tree = Tree(Text(f"{info.location} ({info.saved_model_file}, {graphs})"))
     for graph in info.graphs:
         branch = tree.add(Text(f"{graph.tag_set}  ", style="bold") + Text(_graph_facts(graph)))
+        if graph.custom_ops:
+            branch.add(Text(f"custom ops (not in TensorFlow): {', '.join(graph.custom_ops)}"))
         for signature in graph.signatures:
             node = branch.add(Text(f"{signature.key}  {signature.method}"))
             for tensor in signature.inputs:
@@ -74,8 +76,13 @@ def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
     warmup = (
         f" ({info.warmup_requests} warmup requests)" if info.warmup_requests is not None else ""
     )
+    libraries = (
+        f"op libraries imported by the build: {', '.join(info.op_libraries)}\n"
+        if info.op_libraries
+        else ""
+    )
     files = Text(
-        f"assets: {', '.join(info.assets) or 'none'}\n"
+        libraries + f"assets: {', '.join(info.assets) or 'none'}\n"
         f"assets.extra: {_extra_files(info)}{warmup}\n"
         f"fingerprint: {_fingerprint_text(info)}\n"
         f"variant fingerprints: {_variant_fingerprints(info)}"
@@ -242,6 +249,7 @@ def inspection_document(info: PackageInfo) -> dict[str, Any]:
             "tensor_bytes": sum(v.size for v in info.variables),
             "disk_bytes": info.variables_bytes,
         },
+        "op_libraries": list(info.op_libraries),
         "assets": list(info.assets),
         "assets_extra": list(info.assets_extra),
         "warmup_requests": info.warmup_requests,

@@ -31,6 +31,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _DEVICE = re.compile(
     r"^(/job:[A-Za-z0-9_\-]+)?(/replica:\d+)?(/task:\d+)?/device:(CPU|GPU|TPU|XLA_CPU|XLA_GPU):\d+$"
 )
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _PYTHON_SOURCE = re.compile(r"^(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
 
 Precision = Literal["float32", "float16", "bfloat16"]
@@ -212,6 +213,17 @@ class Source(_Strict):
     loss: str | None = None
     checkpoint: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # Python modules that register the source's custom ops, imported before it is read.
+    imports: list[str] = Field(default_factory=list)
+
+    @field_validator("imports")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _MODULE.match(name):
+                msg = f"{name!r} is not a Python module name (like tensorflow_text)"
+                raise ValueError(msg)
+        return value
 
     @field_validator("python")
     @classmethod

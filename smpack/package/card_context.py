@@ -99,6 +99,8 @@ def card_context(
                 {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)} for v in info.variables
             ],
             "assets": list(info.assets),
+            "op_libraries": list(info.op_libraries),
+            "custom_ops": sorted({op for graph in info.graphs for op in graph.custom_ops}),
             # No card lists the cards: it cannot hold its own hash, and a card rendered
             # before or after they are written must come out the same.
             "assets_extra": [a for a in info.assets_extra if a not in CARD_FILES],
@@ -121,6 +123,7 @@ def _variant(graph: GraphInfo, directory: str, serving: ServingBase) -> dict[str
         "xla": graph.xla,
         "tpu": graph.tpu,
         "training": graph.has_train_op,
+        "custom_ops": list(graph.custom_ops),
         "signatures": [
             {
                 "key": signature.key,

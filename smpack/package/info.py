@@ -19,10 +19,12 @@ from google.protobuf.message import DecodeError
 from smpack.errors import PackageError
 from smpack.io.storage import fetched, is_url
 from smpack.package.checkpoint_index import CheckpointEntry, read_checkpoint_index
+from smpack.package.custom_ops import custom_ops
 from smpack.package.dtypes import FLOATS, HALF_PRECISIONS, dtype_name
 from smpack.package.fingerprints import VariantFingerprint, variant_fingerprint
 from smpack.package.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
 from smpack.package.protos import FingerprintDef, read_saved_model
+from smpack.package.record import read_record
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class GraphInfo:
     compute_dtypes: tuple[str, ...] = ()
     # This graph's own hash (TF's fingerprint.pb covers the first graph only).
     fingerprint: VariantFingerprint | None = None
+    # Op types TensorFlow does not define itself: a loader needs the library registering them.
+    custom_ops: tuple[str, ...] = ()
 
     @property
     def tag_set(self) -> str:
@@ -102,6 +106,8 @@ class PackageInfo:
     # Set for a package read from or written to a URL; `path` is then the temporary local
     # copy it was read from, gone by the time the caller sees it.
     url: str | None = None
+    # The Python modules the build imported for custom ops, as smpack.json records them.
+    op_libraries: tuple[str, ...] = ()
 
     @property
     def location(self) -> str:
@@ -155,7 +161,14 @@ def read_package(export_dir: str | Path) -> PackageInfo:
         saved_model_file="saved_model.pb"
         if (export_dir / "saved_model.pb").is_file()
         else "saved_model.pbtxt",
+        op_libraries=recorded_op_libraries(export_dir),
     )
+
+
+def recorded_op_libraries(export_dir: Path) -> tuple[str, ...]:
+    """The `imports` smpack.json records (none for a package smpack did not build)."""
+    record = read_record(export_dir) or {}
+    return tuple(str(module) for module in record.get("imports", []))
 
 
 def count_tfrecords(path: Path) -> int:
@@ -219,6 +232,7 @@ def _graph_info(meta_graph: Any) -> GraphInfo:
         has_train_op="__saved_model_train_op" in meta_graph.signature_def
         or "saved_model_train_op" in meta_graph.collection_def,
         compute_dtypes=tuple(sorted(computed, key=_width)),
+        custom_ops=custom_ops(meta_graph),
     )
 
 

@@ -37,9 +37,11 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
 
     A Keras model is exported to a temporary TF2 SavedModel, removed on leaving.
     """
+    from smpack.sources.op_libraries import import_op_libraries
     from smpack.sources.python import load_model_function
 
     source = loaded.spec.source
+    import_op_libraries(source.imports, loaded.path)
     if source.python is not None:
         yield ModelSource(load_model_function(loaded), checkpoint=loaded.checkpoint)
         return
@@ -59,7 +61,7 @@ def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource
 
     kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
     where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
-    imported = load_saved_model(path, signature, where)
+    imported = load_saved_model(path, signature, where, loaded.spec.source.imports)
     clash = sorted({a.name for a in loaded.assets} & imported.assets.keys())
     if clash:
         msg = f"{clash[0]!r} is also an asset of the source, whose tables read it; rename yours"

@@ -12,7 +12,7 @@ function, the mapping TF's loaders use.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from smpack.model import ModelContext, ModelSpec
 from smpack.package.protos import read_saved_model
 from smpack.sources.graph_def import node_name, through_identities
 from smpack.sources.host_split import HostPart, split_host
+from smpack.sources.op_libraries import check_ops_registered
 from smpack.sources.precision import retyped
 
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
@@ -82,9 +83,15 @@ class ImportedModel:
         return self._retyped[dtype.name]
 
 
-def load_saved_model(path: Path, signature: str, where: dict[str, Any]) -> ImportedModel:
-    """Read the `serve` MetaGraph of the TF2 SavedModel at `path` and flatten `signature`."""
+def load_saved_model(
+    path: Path, signature: str, where: dict[str, Any], imports: Sequence[str] = ()
+) -> ImportedModel:
+    """Read the `serve` MetaGraph of the TF2 SavedModel at `path` and flatten `signature`.
+
+    `imports` are the modules the manifest imported for the source's custom ops.
+    """
     meta_graph = _serve_meta_graph(path, where)
+    check_ops_registered(meta_graph, imports, where)
     signatures = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
     if signature not in signatures:
         msg = (
