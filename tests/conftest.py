@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -144,13 +145,16 @@ def c_loader(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
-def run_c(loader: Path, export_dir: Path, tag_set: str, *args: str) -> subprocess.CompletedProcess:
+def run_c(
+    loader: Path, export_dir: Path, tag_set: str, *args: str, op_libraries: Sequence[Path] = ()
+) -> subprocess.CompletedProcess:
+    """Run the C loader; `op_libraries` are custom op .so files it loads first."""
     return subprocess.run(
         [str(loader), str(export_dir), tag_set, *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={"TF_CPP_MIN_LOG_LEVEL": "2", "OP_LIBRARIES": ":".join(map(str, op_libraries))},
     )
 
 

@@ -214,6 +214,16 @@ def feeds(built: Built) -> dict[str, np.ndarray]:
     return {built.case.input_key: np.array(built.case.inputs, dtype=object)}
 
 
+def op_libraries(case: Case) -> list[Path]:
+    """The kernel libraries a C program must load for the case's custom ops."""
+    if not case.custom_ops:
+        return []
+    import tensorflow_text
+
+    ops = Path(tensorflow_text.__file__).parent / "python" / "ops"
+    return [ops / "_fast_wordpiece_tokenizer.so"]
+
+
 @pytest.mark.slow
 def test_every_variant_verifies(built: Built) -> None:
     report = verify_package(built.package.path)
@@ -295,10 +305,13 @@ def test_moved_package_fills_its_tables_without_the_source(
         )
         (value,) = built.expected.values()
         np.testing.assert_allclose(next(iter(served.values())), value, rtol=1e-2, atol=1e-2)
-        if not built.case.custom_ops:  # the C loader links no tensorflow_text ops
-            for tag_set in ("serve", "train", "serve,gpu"):
-                result = run_c(c_loader, moved, tag_set)
-                assert result.returncode == 0, f"{tag_set}: {result.stderr}"
+        for tag_set in ("serve", "train", "serve,gpu"):
+            result = run_c(c_loader, moved, tag_set, op_libraries=op_libraries(built.case))
+            assert result.returncode == 0, f"{tag_set}: {result.stderr}"
+        for op in built.case.custom_ops:  # what a server without the library sees
+            result = run_c(c_loader, moved, "serve")
+            assert result.returncode == 1
+            assert f"Op type not registered '{op}'" in result.stderr
     finally:
         shutil.move(hidden, built.source)
 

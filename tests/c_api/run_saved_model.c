@@ -5,6 +5,9 @@
  *
  * Prints "loaded" after a successful load, then one output value per line. Any TensorFlow
  * error is printed to stderr with the step that failed, and the exit code is 1.
+ *
+ * OP_LIBRARIES, if set, is a colon-separated list of custom op libraries (.so) loaded with
+ * TF_LoadLibrary first, as a server must for a graph using ops TensorFlow does not define.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +48,15 @@ int main(int argc, char **argv) {
     tags[tag_count++] = tag;
 
   TF_Status *status = TF_NewStatus();
+  const char *libraries = getenv("OP_LIBRARIES");
+  if (libraries && *libraries) {
+    char *library_list = strdup(libraries);
+    for (char *path = strtok(library_list, ":"); path; path = strtok(NULL, ":")) {
+      TF_LoadLibrary(path, status);
+      if (TF_GetCode(status) != TF_OK) return fail("load library", status);
+    }
+    free(library_list);
+  }
   TF_Graph *graph = TF_NewGraph();
   TF_SessionOptions *options = TF_NewSessionOptions();
   /* ConfigProto{allow_soft_placement: true}: field 7, varint 1. A GPU-pinned graph then runs
