@@ -1,7 +1,8 @@
 """Text models with lookup tables, vocabulary assets and custom ops, through every variant.
 
 Each source is a real model with random weights: a Keras classifier on raw strings with
-TextVectorization, a Keras StringLookup model exported over a vocabulary file, a tf.Module
+TextVectorization, a Keras IntegerLookup model, a Keras StringLookup model exported over a
+vocabulary file, a tf.Module
 whose tf.lookup table reads a tf.saved_model.Asset, and a tensorflow_text tokenizer model
 (its op registered through `source.imports`). Each is built with serve, train, serve,gpu
 (float16 + XLA) and serve,tpu (bfloat16) and verified; its outputs must be the source's, its
@@ -82,6 +83,17 @@ def keras_lookup_over_vocabulary_file(folder: Path) -> dict[str, Any]:
     return {"savedmodel": "lookup", "loss": "mse"}
 
 
+def keras_integer_lookup(folder: Path) -> dict[str, Any]:
+    import keras
+
+    keras.utils.set_random_seed(2)
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    indices = keras.layers.IntegerLookup(vocabulary=[12, 36, 1138, 42])(ids)
+    hidden = keras.layers.Flatten()(keras.layers.Embedding(6, 2)(indices))
+    keras.Model(ids, keras.layers.Dense(1)(hidden)).save(folder / "ids.keras")
+    return {"keras": "ids.keras", "loss": "mse"}
+
+
 def module_with_table_over_asset(folder: Path) -> dict[str, Any]:
     import tensorflow as tf
 
@@ -153,6 +165,12 @@ CASES = {
         ["the cat sat", "a dog ate my homework", "unknown words only", ""],
         np.array([0, 1, 2, 1], np.int64),
     ),
+    "integer_lookup": Case(
+        keras_integer_lookup,
+        "ids",
+        [[12, 36, 7], [1138, 42, 42], [0, 0, 12], [36, 1138, 5]],
+        np.array([[1.0], [-1.0], [0.5], [2.0]], np.float32),
+    ),
     "string_lookup_file": Case(
         keras_lookup_over_vocabulary_file,
         "colors",
@@ -185,6 +203,12 @@ class Built:
     expected: dict[str, np.ndarray]  # the source's own outputs for case.inputs
 
 
+def batch(case: Case) -> np.ndarray:
+    """The case's inputs as the signature takes them: strings, or int64 ids."""
+    values = np.array(case.inputs)
+    return values.astype(object) if values.dtype.kind == "U" else values.astype(np.int64)
+
+
 def source_outputs(source: Path, case: Case) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
@@ -192,9 +216,9 @@ def source_outputs(source: Path, case: Case) -> dict[str, np.ndarray]:
         import keras
 
         model = keras.saving.load_model(source)
-        return {"output_0": np.asarray(model(tf.constant(case.inputs)))}
+        return {"output_0": np.asarray(model(tf.constant(batch(case))))}
     serving = tf.saved_model.load(str(source)).signatures["serving_default"]
-    return {k: v.numpy() for k, v in serving(**{case.input_key: tf.constant(case.inputs)}).items()}
+    return {k: v.numpy() for k, v in serving(**{case.input_key: tf.constant(batch(case))}).items()}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -211,7 +235,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def feeds(built: Built) -> dict[str, np.ndarray]:
-    return {built.case.input_key: np.array(built.case.inputs, dtype=object)}
+    return {built.case.input_key: batch(built.case)}
 
 
 def op_libraries(case: Case) -> list[Path]:
@@ -267,6 +291,15 @@ def test_tpu_computation_holds_no_string_or_table_op(built: Built) -> None:
     assert {n.op for n in outside} & host_ops
     # A string never crosses into the computation.
     assert all(n.attr["T"].type != 7 for n in outside if n.op == "TPUReplicatedInput")
+    # Nor is a host op pinned to the GPU or marked for XLA in the serve,gpu graph.
+    (gpu,) = [
+        m
+        for m in read_saved_model(built.package.path).meta_graphs
+        if set(m.meta_info_def.tags) == {"serve", "gpu"}
+    ]
+    on_host = [n for n in gpu.graph_def.node if n.op in host_ops]
+    assert on_host and not any(n.device or "_XlaCompile" in n.attr for n in on_host)
+    assert any(n.attr["_XlaCompile"].b for n in gpu.graph_def.node if "_XlaCompile" in n.attr)
 
 
 @pytest.mark.slow
@@ -301,7 +334,7 @@ def test_moved_package_fills_its_tables_without_the_source(
             np.testing.assert_allclose(answer[key], value, rtol=1e-6, atol=1e-7)
         loaded = tf.saved_model.load(str(moved), tags=["serve", "gpu"])
         served = loaded.signatures["serving_default"](
-            **{built.case.input_key: tf.constant(built.case.inputs)}
+            **{built.case.input_key: tf.constant(batch(built.case))}
         )
         (value,) = built.expected.values()
         np.testing.assert_allclose(next(iter(served.values())), value, rtol=1e-2, atol=1e-2)
