@@ -114,8 +114,10 @@ def split_host(
         del kept.input[:]
         for i in node.input:
             from_host = node_name(i) in host and nodes[node_name(i)].op != "Const"
-            if from_host and i.startswith("^"):
-                continue  # the data edges order the device part after the host part
+            if i.startswith("^"):
+                if not from_host:  # the data edges order the device part after the host
+                    kept.input.append(i)
+                continue
             if from_host or (node_name(i) in external and tensor_name(i) not in handles):
                 crossing.append(tensor_name(i))
             kept.input.append(i)
