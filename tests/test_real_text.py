@@ -377,6 +377,7 @@ def tokenizer_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("imports", "message"),
     [
@@ -419,6 +420,7 @@ def test_custom_op_mistakes_are_one_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_core_op_list_is_current() -> None:
     # A fresh process: the list is what TensorFlow alone registers.
     result = subprocess.run(
