@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/smpack build variants/linear.yaml --out build --force
 
 lint: $(STAMP)
-	$(BIN)/ruff check smpack tests variants bench tools
+	$(BIN)/ruff check smpack tests variants bench
 	$(BIN)/mypy smpack
 
 # Everything, slow real-model and subprocess tests included.

@@ -424,7 +424,7 @@ def test_custom_op_mistakes_are_one_line(
 def test_core_op_list_is_current() -> None:
     # A fresh process: the list is what TensorFlow alone registers.
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "core_ops.py"), "--check"],
+        [sys.executable, "-m", "smpack.checks.core_op_list", "--check"],
         capture_output=True,
         text=True,
         timeout=300,

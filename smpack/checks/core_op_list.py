@@ -4,8 +4,8 @@
 Serving needs a build with) from core ones by this list. Run it in a fresh process, with
 nothing imported but TensorFlow, after upgrading TensorFlow:
 
-    .venv/bin/python tools/core_ops.py            # rewrite the list
-    .venv/bin/python tools/core_ops.py --check    # exit 1 if the list is not current
+    .venv/bin/python -m smpack.checks.core_op_list            # rewrite the list
+    .venv/bin/python -m smpack.checks.core_op_list --check    # exit 1 if not current
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-CORE_OPS = Path(__file__).resolve().parents[1] / "smpack" / "package" / "core_ops.txt"
+CORE_OPS = Path(__file__).resolve().parents[1] / "package" / "core_ops.txt"
 
 
 def core_ops_text() -> str:
@@ -26,7 +26,7 @@ def core_ops_text() -> str:
         pywrap_tf_session.TF_GetBuffer(pywrap_tf_session.TF_GetAllOpList())
     )
     names = sorted(op.name for op in ops.op)
-    header = f"# Op types registered by TensorFlow {tf.__version__} alone (tools/core_ops.py).\n"
+    header = f"# Op types registered by TensorFlow {tf.__version__} alone (smpack.checks.core_op_list).\n"
     return header + "".join(f"{name}\n" for name in names)
 
 
