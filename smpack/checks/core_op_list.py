@@ -26,7 +26,8 @@ def core_ops_text() -> str:
         pywrap_tf_session.TF_GetBuffer(pywrap_tf_session.TF_GetAllOpList())
     )
     names = sorted(op.name for op in ops.op)
-    header = f"# Op types registered by TensorFlow {tf.__version__} alone (smpack.checks.core_op_list).\n"
+    generator = "smpack.checks.core_op_list"
+    header = f"# Op types registered by TensorFlow {tf.__version__} alone ({generator}).\n"
     return header + "".join(f"{name}\n" for name in names)
 
 
