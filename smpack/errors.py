@@ -44,6 +44,18 @@ def first_line(error: BaseException) -> str:
     return next(iter(str(error).strip().splitlines()), "")
 
 
+# Lines of a TF runtime error that say where, not what ("Graph execution error:", ...).
+_ERROR_PREAMBLE = ("Graph execution error", "Detected at node", "Node:", "Original stack trace")
+
+
+def telling_line(error: BaseException) -> str:
+    """The line of a TF runtime error that says what went wrong, past its preamble ("Graph
+    execution error:") and indented stacks."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith((" ", "\t", *_ERROR_PREAMBLE))]
+    return (telling or lines or [type(error).__name__])[0]
+
+
 class ManifestError(SmpackError):
     """The manifest cannot be read or says something invalid (YAML, schema, paths)."""
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tf_helpers import meta_graph, run_v1
 
-from smpack.checks.xla_check import run_tpu_graph_on_cpu
+from smpack.checks.xla_check import run_tpu_graph_on_cpu, tpu_graph_on_cpu
 from smpack.errors import SmpackError
 
 v1 = tf.compat.v1
@@ -187,3 +187,21 @@ def test_op_without_xla_kernel_is_a_compile_error(tmp_path: Path) -> None:
 
     with pytest.raises(SmpackError, match="XLA cannot compile.*SegmentSum"):
         run_tpu_graph_on_cpu(export_dir, TPU, SIGNATURE, {"input": x})
+
+
+def test_one_load_runs_every_request_on_the_restored_variables(tmp_path: Path) -> None:
+    export_dir = _export(tmp_path / "linear", _linear)
+    requests = [np.full(8, value, dtype=np.float32) for value in (0.0, 1.0, -2.0)]
+
+    with tpu_graph_on_cpu(export_dir, TPU) as graph:
+        results = [graph.run(SIGNATURE, {"input": x})["output"] for x in requests]
+        # The computation is part of the loader's session and reads its variables in
+        # place, not a copy taken at load time: a new value is seen at once.
+        with graph.session.graph.as_default():
+            var_1 = graph.session.graph.get_tensor_by_name("var_1:0")
+            graph.session.run(tf.raw_ops.AssignVariableOp(resource=var_1, value=10.0))
+        after_assign = graph.run(SIGNATURE, {"input": requests[1]})["output"]
+
+    for x, result in zip(requests, results, strict=True):
+        np.testing.assert_allclose(result, 2.0 * x + 3.0, rtol=1e-2)
+    np.testing.assert_allclose(after_assign, 10.0 * requests[1] + 3.0, rtol=1e-2)

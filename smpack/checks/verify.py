@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from smpack.builder.provenance import check_provenance
 from smpack.builder.warmup import read_warmup_requests
-from smpack.checks.xla_check import run_tpu_graph_on_cpu
-from smpack.errors import ManifestError, SmpackError
+from smpack.checks.xla_check import tpu_graph_on_cpu
+from smpack.errors import ManifestError, SmpackError, telling_line
 from smpack.io.storage import fetched, is_url
 from smpack.manifest import EXAMPLE_METHODS, METHODS
 from smpack.package.dtypes import dtype_name
@@ -28,6 +28,11 @@ from smpack.package.layout import RECORD_PATH
 from smpack.package.protos import read_saved_model
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import import_op_libraries
+
+# What a broken graph raises: TF's runtime errors, a tensor name the graph lacks
+# (KeyError, ValueError), a feed its dtype refuses (TypeError), the XLA check's verdict.
+# Anything else is a bug in verify and surfaces as one.
+_GRAPH_FAILURES = (tf.errors.OpError, KeyError, ValueError, TypeError, SmpackError)
 
 # How far a lower-precision variant's outputs may stray from the float32 graph's.
 TOLERANCES = {"float32": (1e-5, 1e-6), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)}
@@ -185,12 +190,21 @@ def _run_graph(
         # No TPU kernels here, so no Session can hold this graph: check the tensor names
         # against the GraphDef, and run the stored computation with XLA on CPU instead.
         report.checks.append(_signature_nodes_check(meta_graph))
-        for key, signature in sorted(signatures.items()):
-            name = f"signature {key} runs{_replaying(warmup, key)} (TPU computation on XLA:CPU)"
-            with _check(report, name):
-                for inputs in warmup.get(key) or [spec_inputs(signature)]:
-                    result = run_tpu_graph_on_cpu(export_dir, tags, key, inputs)
-                    results.setdefault(key, result)
+        with contextlib.ExitStack() as stack:
+            # Loaded once for all signatures and requests; a failure to load is each
+            # signature's failure, as it would be for each request TF Serving gets.
+            try:
+                graph = stack.enter_context(tpu_graph_on_cpu(export_dir, tags))
+                load_error: Exception | None = None
+            except _GRAPH_FAILURES as e:
+                load_error = e
+            for key, signature in sorted(signatures.items()):
+                name = f"signature {key} runs{_replaying(warmup, key)} (TPU computation on XLA:CPU)"
+                with _check(report, name):
+                    if load_error is not None:
+                        raise load_error
+                    for inputs in warmup.get(key) or [spec_inputs(signature)]:
+                        results.setdefault(key, graph.run(key, inputs))
         return results
     config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
     with tf.compat.v1.Session(graph=tf.Graph(), config=config) as session:
@@ -234,17 +248,6 @@ def _signature_nodes_check(meta_graph: Any) -> Check:
     )
 
 
-# Lines of a TF runtime error that say where, not what ("Graph execution error:", ...).
-_ERROR_PREAMBLE = ("Graph execution error", "Detected at node", "Node:", "Original stack trace")
-
-
-def _reason(error: Exception) -> str:
-    """The line of an exception that says what went wrong, past TF's preamble and stacks."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    telling = [line for line in lines if not line.startswith((" ", "\t", *_ERROR_PREAMBLE))]
-    return (telling or lines or [type(error).__name__])[0]
-
-
 def _replaying(warmup: Mapping[str, list[Any]], key: str) -> str:
     count = len(warmup.get(key, []))
     return f" on its {count} warmup request{'s' if count != 1 else ''}" if count else ""
@@ -254,11 +257,8 @@ def _replaying(warmup: Mapping[str, list[Any]], key: str) -> str:
 def _check(report: GraphReport, name: str) -> Iterator[None]:
     try:
         yield
-    # What a broken graph raises: TF's runtime errors, a tensor name the graph lacks
-    # (KeyError, ValueError), a feed its dtype refuses (TypeError), the XLA check's verdict.
-    # Anything else is a bug in verify and surfaces as one.
-    except (tf.errors.OpError, KeyError, ValueError, TypeError, SmpackError) as e:
-        report.checks.append(Check(name, False, _reason(e)[:300]))
+    except _GRAPH_FAILURES as e:
+        report.checks.append(Check(name, False, telling_line(e)[:300]))
     else:
         report.checks.append(Check(name, True))
 

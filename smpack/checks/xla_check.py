@@ -3,16 +3,18 @@
 `tf.compat.v1.tpu.rewrite` leaves the device computation in the graph as ordinary ops tagged
 `_tpu_replicate`, bracketed by TPU-only ops (TPUReplicateMetadata, TPUReplicatedInput/Output)
 that have no CPU kernels. Rather than rebuilding the model, this module cuts those ops out:
-the host part runs in a normal Session, and the tagged ops, exactly as stored, are imported
-into a `tf.function(jit_compile=True)` and run on XLA:CPU, where a failure to compile is an
-error instead of a silent fallback to TensorFlow kernels.
+the host part is loaded by TF's own loader into a Session, and the tagged ops, exactly as
+stored, are imported into a `tf.function(jit_compile=True)` added to that same Session's
+graph. The computation reads the variables the loader restored, in place (a copy of the
+weights would double what verifying a large model costs), and runs on XLA:CPU, where an op
+XLA cannot compile is an error instead of a silent fallback to TensorFlow kernels.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,9 +22,36 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from smpack.errors import SmpackError
+from smpack.errors import SmpackError, telling_line
 
 _CLUSTER = "_tpu_replicate"
+
+
+class TpuGraphOnCpu:
+    """One loaded TPU MetaGraph whose signatures can be run, TPU computations on XLA:CPU."""
+
+    def __init__(
+        self, session: tf.compat.v1.Session, meta_graph: Any, tpu_graph: graph_pb2.GraphDef
+    ) -> None:
+        self.session = session  # the loader's: it holds the restored variables
+        self._meta_graph = meta_graph
+        self._tpu_graph = tpu_graph
+        self._calls: dict[str, _ClusterCall] = {}
+
+    def run(self, signature_key: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one signature on `inputs`; returns its outputs by output key.
+
+        Raises `SmpackError` if XLA cannot compile or run a computation the signature needs.
+        """
+        signature = self._meta_graph.signature_def[signature_key]
+        feeds: dict[str, Any] = {signature.inputs[k].name: v for k, v in inputs.items()}
+        fetches = {key: info.name for key, info in signature.outputs.items()}
+        # Clusters are in creation order, so one that consumes another's output comes after it.
+        for cluster in _clusters_reached(self._tpu_graph, fetches.values()):
+            if cluster not in self._calls:
+                self._calls[cluster] = _ClusterCall(self.session.graph, self._tpu_graph, cluster)
+            feeds.update(self._calls[cluster].run(self.session, feeds))
+        return self.session.run(fetches, feeds)
 
 
 def run_tpu_graph_on_cpu(
@@ -31,35 +60,95 @@ def run_tpu_graph_on_cpu(
     signature_key: str,
     inputs: Mapping[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """Run one signature of the MetaGraph tagged exactly `tags`, with TPU computations on XLA:CPU.
+    """Load the MetaGraph tagged exactly `tags` and run one signature on one set of inputs.
+
+    Raises `SmpackError` if XLA cannot compile or run a computation the signature needs.
+    To run several, load once with `tpu_graph_on_cpu`.
+    """
+    with tpu_graph_on_cpu(export_dir, tags) as graph:
+        return graph.run(signature_key, inputs)
+
+
+@contextlib.contextmanager
+def tpu_graph_on_cpu(
+    export_dir: str | os.PathLike[str], tags: Sequence[str]
+) -> Iterator[TpuGraphOnCpu]:
+    """The MetaGraph tagged exactly `tags`, loaded for running with its TPU parts on XLA:CPU.
 
     Variables are restored from the package's checkpoint and the init op runs with asset paths
-    pointing into `<export_dir>/assets`, as any SavedModel loader does. Each `tpu.rewrite`
-    computation the signature needs is compiled with XLA for CPU and run once (replica 0).
-
-    Returns the signature's outputs by output key. Raises `SmpackError` if XLA cannot compile
-    a computation.
+    pointing into `<export_dir>/assets`, as any SavedModel loader does. The session is closed
+    when the block ends; the restored variables go with it once it is collected.
     """
     loader = loader_impl.SavedModelLoader(os.fspath(export_dir))
     meta_graph = loader.get_meta_graph_def_from_tags(tags)
-    signature = meta_graph.signature_def[signature_key]
     tpu_graph = graph_pb2.GraphDef()
     tpu_graph.CopyFrom(meta_graph.graph_def)
     # A Session places every node of its graph, and the TPU ops have no CPU kernel. Swapping
     # the host part into the loader's parsed copy (the file is untouched) lets the stock
     # loader do the restore, asset rewiring and init op exactly as serving would.
     meta_graph.graph_def.CopyFrom(_host_graph(tpu_graph))
-
-    feeds: dict[str, Any] = {signature.inputs[key].name: value for key, value in inputs.items()}
-    fetches = {key: info.name for key, info in signature.outputs.items()}
-    # closing(), not `with session`: that would make the session's graph the default one, and
-    # the XLA side must run eagerly.
+    # closing(), not `with session`: the graph is made default only while ops are added.
     with contextlib.closing(tf.compat.v1.Session(graph=tf.Graph())) as session:
         loader.load(session, tags)
-        # Clusters are in creation order, so one that consumes another's output comes after it.
-        for cluster in _clusters_reached(tpu_graph, fetches.values()):
-            feeds.update(_run_cluster(session, tpu_graph, cluster, feeds))
-        return session.run(fetches, feeds)
+        yield TpuGraphOnCpu(session, meta_graph, tpu_graph)
+
+
+class _ClusterCall:
+    """One TPU computation as an XLA function call added to the loaded host graph."""
+
+    def __init__(self, graph: tf.Graph, tpu_graph: graph_pb2.GraphDef, cluster: str) -> None:
+        self._cluster = cluster
+        body, boundary = _extract(tpu_graph, cluster)
+        members = {n.name for n in body.node}
+        # host placeholder standing for a TPUReplicatedOutput -> computation tensor
+        outputs = {
+            f"{n.name}:0": _tensor(n.input[0])
+            for n in tpu_graph.node
+            if n.op == "TPUReplicatedOutput" and _node(n.input[0]) in members
+        }
+        self._placeholders = list(outputs)
+        # What crosses into the computation: host tensors, entering through
+        # TPUReplicatedInput (whose first input is replica 0's value), and variables' resource
+        # handles, which the computation reads in place.
+        producers = {n.name: n for n in tpu_graph.node}
+        arguments = {}
+        self._host_tensors: list[str] = []  # by name, the way feeds name them
+        for name in boundary:
+            producer = producers[_node(name)]
+            source = _tensor(producer.input[0] if producer.op == "TPUReplicatedInput" else name)
+            arguments[name] = graph.get_tensor_by_name(source)
+            if producer.op != "VarHandleOp":
+                self._host_tensors.append(source)
+        fetches = list(outputs.values())
+
+        @tf.function(jit_compile=True)
+        def computation(arguments: dict[str, tf.Tensor]) -> list[tf.Tensor]:
+            return tf.graph_util.import_graph_def(
+                body, input_map=arguments, return_elements=fetches, name=cluster
+            )
+
+        with graph.as_default():
+            self._results = computation(arguments)
+
+    def run(self, session: tf.compat.v1.Session, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run the computation; returns feeds for the host placeholders it fills.
+
+        Raises `SmpackError` if XLA cannot compile or run it: marked jit_compile, it has no
+        fallback to TensorFlow kernels.
+        """
+        # The host part first, on its own: its failures are not XLA's.
+        host_values = session.run(self._host_tensors, feeds)
+        # Fed back, so the host part is not run twice.
+        computation_feeds = {**feeds, **dict(zip(self._host_tensors, host_values, strict=True))}
+        try:
+            results = session.run(self._results, computation_feeds)
+        except tf.errors.OpError as error:
+            message = (
+                f"XLA cannot compile or run TPU computation {self._cluster!r} on CPU: "
+                f"{telling_line(error)}"
+            )
+            raise SmpackError(message) from error
+        return dict(zip(self._placeholders, results, strict=True))
 
 
 def _host_graph(tpu_graph: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
@@ -96,49 +185,6 @@ def _clusters_reached(graph: graph_pb2.GraphDef, tensors: Iterable[str]) -> list
     return list(dict.fromkeys(c for c in order if c is not None))
 
 
-def _run_cluster(
-    session: tf.compat.v1.Session,
-    tpu_graph: graph_pb2.GraphDef,
-    cluster: str,
-    feeds: Mapping[str, Any],
-) -> dict[str, np.ndarray]:
-    """Compile and run one TPU computation; returns feeds for the host placeholders it fills."""
-    body, boundary = _extract(tpu_graph, cluster)
-    members = {n.name for n in body.node}
-    outputs = {  # host placeholder standing for a TPUReplicatedOutput -> computation tensor
-        f"{n.name}:0": _tensor(n.input[0])
-        for n in tpu_graph.node
-        if n.op == "TPUReplicatedOutput" and _node(n.input[0]) in members
-    }
-
-    # What crosses into the computation: host tensors, entering through TPUReplicatedInput
-    # (whose first input is replica 0's value), and the resource handles of variables, which
-    # the computation reads in place. Both are taken from the host session.
-    producers = {n.name: n for n in tpu_graph.node}
-    host_tensors, variable_reads = {}, {}
-    for name in boundary:
-        producer = producers[_node(name)]
-        if producer.op == "VarHandleOp":
-            handle = session.graph.get_tensor_by_name(name)
-            with session.graph.as_default():
-                variable_reads[name] = tf.raw_ops.ReadVariableOp(
-                    resource=handle, dtype=handle.op.get_attr("dtype")
-                )
-        else:
-            source = producer.input[0] if producer.op == "TPUReplicatedInput" else name
-            host_tensors[name] = _tensor(source)
-    host_values, variable_values = session.run([host_tensors, variable_reads], feeds)
-
-    results = _compile_and_run(
-        body,
-        cluster,
-        {name: tf.constant(value) for name, value in host_values.items()},
-        {name: tf.Variable(value) for name, value in variable_values.items()},
-        list(outputs.values()),
-    )
-    return {name: result.numpy() for name, result in zip(outputs, results, strict=True)}
-
-
 def _extract(tpu_graph: graph_pb2.GraphDef, cluster: str) -> tuple[graph_pb2.GraphDef, list[str]]:
     """The computation's ops as a standalone GraphDef, and the outside tensors they read."""
     members = [
@@ -165,36 +211,6 @@ def _extract(tpu_graph: graph_pb2.GraphDef, cluster: str) -> tuple[graph_pb2.Gra
                 copy.input.append(name)
                 boundary.append(_tensor(name))
     return body, list(dict.fromkeys(boundary))
-
-
-def _compile_and_run(
-    body: graph_pb2.GraphDef,
-    cluster: str,
-    arguments: dict[str, tf.Tensor],
-    variables: dict[str, tf.Variable],
-    fetches: list[str],
-) -> list[tf.Tensor]:
-    """Run `body` as one XLA computation, with outside tensors mapped to the given values."""
-
-    @tf.function(jit_compile=True)
-    def computation(
-        arguments: dict[str, tf.Tensor], variables: dict[str, tf.Variable]
-    ) -> list[tf.Tensor]:
-        # The identity brings each variable's handle into this function's graph.
-        handles = {name: tf.identity(v.handle) for name, v in variables.items()}
-        return tf.graph_util.import_graph_def(
-            body, input_map={**arguments, **handles}, return_elements=fetches, name=cluster
-        )
-
-    computation.get_concrete_function(arguments, variables)  # tracing errors are not XLA's
-    try:
-        # Lowering to HLO is where XLA rejects ops it has no kernel for; doing it apart from
-        # the call means only compilation failures are reported as such.
-        computation.experimental_get_compiler_ir(arguments, variables)(stage="hlo")
-    except (ValueError, tf.errors.OpError) as error:
-        message = f"XLA cannot compile TPU computation {cluster!r} for CPU: {error}"
-        raise SmpackError(message) from error
-    return computation(arguments, variables)
 
 
 def _cluster_of(node: node_def_pb2.NodeDef) -> str | None:
