@@ -13,6 +13,7 @@ weight twice) is not linked: the needed byte ranges are copied into a new shard 
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 from smpack.errors import PackageError
 from smpack.io.staging import link_or_copy
 from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
+from smpack.package.digests import keep_digest
 from smpack.package.wire import encode_varint
 
 # Link a shard whole only if the package uses most of it; else copy what it uses.
@@ -164,7 +166,11 @@ def _shard_path(prefix: Path, shard: int, num_shards: int) -> Path:
 def _copy_ranges(
     source: Path, target: Path, entries: list[tensor_bundle_pb2.BundleEntryProto]
 ) -> None:
-    """Copy each entry's bytes into `target`, one after another, and point it there."""
+    """Copy each entry's bytes into `target`, one after another, and point it there.
+
+    The bytes are hashed as they are written, so the package's record need not read them.
+    """
+    digest = hashlib.sha256()
     with source.open("rb") as src, target.open("wb") as dst:
         for entry in sorted(entries, key=lambda e: e.offset):
             src.seek(entry.offset)
@@ -176,7 +182,9 @@ def _copy_ranges(
                     msg = f"{source} ends before the tensor at offset {entry.offset}"
                     raise PackageError(msg)
                 dst.write(chunk)
+                digest.update(chunk)
                 left -= len(chunk)
+    keep_digest(target, digest.hexdigest())
 
 
 def table(items: list[tuple[bytes, bytes]]) -> bytes:

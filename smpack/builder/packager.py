@@ -11,6 +11,7 @@ from smpack.errors import PackageError
 from smpack.io.storage import exists, fetched, fetched_checkpoint, is_url, join, published_directory
 from smpack.io.tf_quietly import import_tensorflow_quietly
 from smpack.manifest import LoadedManifest, load_manifest
+from smpack.package.digests import hashing_ahead
 from smpack.package.info import PackageInfo, read_package
 from smpack.progress import Step, StepCallback, Steps
 
@@ -51,7 +52,7 @@ def build(
     # Imported here, not at module level: validating a manifest must not cost a TF import.
     from smpack.builder.assets import copy_assets
     from smpack.builder.graphs import build_variant_graph
-    from smpack.builder.provenance import write_provenance
+    from smpack.builder.provenance import recorded_source_files, write_provenance
     from smpack.builder.serving import write_package_serving_configs
     from smpack.builder.warmup import warmup_records, write_warmup_file
     from smpack.builder.writer import write_saved_model
@@ -62,6 +63,9 @@ def build(
         step(f"fetching {remote_source}")
     with (
         fetched_sources(loaded) as loaded,
+        # smpack.json hashes them, and they are most of the bytes: on another core, while
+        # the source loads and the graphs are built, not after.
+        hashing_ahead(recorded_source_files(loaded)),
         open_source(loaded) as source,
         published_directory(destination, force) as staging,
     ):

@@ -147,14 +147,35 @@ def _described(path: Path | None, folder: Path, url: str | None = None) -> dict[
     return {"path": relative, "sha256": file_sha256(path)}
 
 
-def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
+def recorded_source_files(loaded: LoadedManifest) -> list[Path]:
+    """Every file of the source and checkpoint whose hash smpack.json records.
+
+    A package's weights are usually these very files, hard-linked, so the build hashes them
+    ahead, while it builds the graphs.
+    """
+    source = loaded.python_file or loaded.model_path
+    files = [] if source is None else [source]
+    if source is not None and source.is_dir():
+        files = [path for _, path in tree_files(source)]
+    return files + [path for _, path in _checkpoint_parts(loaded)]
+
+
+def _checkpoint_parts(loaded: LoadedManifest) -> list[tuple[str, Path]]:
+    """The files of the manifest's checkpoint (index and data shards), by name."""
     if loaded.checkpoint is None:
-        return None
+        return []
     prefix = loaded.checkpoint
-    parts = [
+    return [
         (p.name, p)
         for p in prefix.parent.iterdir()
         if p.name.startswith(f"{prefix.name}.") and p.is_file()
     ]
+
+
+def _checkpoint(loaded: LoadedManifest) -> dict[str, str] | None:
+    if loaded.checkpoint is None:
+        return None
+    prefix = loaded.checkpoint
+    parts = _checkpoint_parts(loaded)
     relative = loaded.checkpoint_url or Path(os.path.relpath(prefix, loaded.folder)).as_posix()
     return {"path": relative, "sha256": _tree_sha256(parts)}

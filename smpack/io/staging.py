@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from smpack.errors import PackageError
+from smpack.package.digests import copy_hashing
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -111,13 +112,16 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Hard-link `source` as `target` (the weights then cost no space twice), else copy it
-    where the filesystem cannot link: across devices, or where links are not allowed."""
+    where the filesystem cannot link: across devices, or where links are not allowed.
+
+    A copy is hashed from the bytes it writes, so the package's record need not read it.
+    """
     try:
         os.link(source, target)
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-        shutil.copyfile(source, target)
+        copy_hashing(Path(source), Path(target))
 
 
 def write_atomically(target: Path, text: str) -> None:
