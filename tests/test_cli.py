@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,25 @@ def test_debug_variable_brings_back_the_traceback(variants_copy: Path, tmp_path:
     )
     assert loud.returncode == 1
     assert "Traceback" in loud.stderr
+
+
+@pytest.mark.slow
+def test_a_real_process_flushes_everything_before_it_skips_teardown(tmp_path: Path) -> None:
+    # main() ends the process with os._exit: a pipe's buffered output must get out first.
+    command = [sys.executable, "-m", "smpack", "build", str(VARIANTS / "linear.yaml")]
+    built = subprocess.run(
+        [*command, "--out", str(tmp_path), "--json"], capture_output=True, text=True, timeout=180
+    )
+    assert built.returncode == 0, built.stderr
+    (outcome,) = json.loads(built.stdout)["result"]
+    assert outcome["verified"] and not outcome["failed_checks"]
+    assert Path(outcome["package"], "saved_model.pb").is_file()
+
+    again = subprocess.run(
+        [*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=180
+    )
+    assert again.returncode == 2
+    assert again.stderr.startswith("error: ") and "already exists" in again.stderr
 
 
 def test_help_does_not_import_tensorflow() -> None:
