@@ -13,10 +13,22 @@ wait4's rusage of that process alone) and bytes on disk:
 4. four separate single-variant exports (the status quo for four targets),
 5. `python -c "import tensorflow"` (the fixed cost every TF process pays).
 
-Then a sweep over weight sizes at four variants and over 1..8 variants at fixed weights.
+Then sweeps, each a table of ratios against a baseline measured in the same run:
+
+- weights: build time and memory at four variants, 128 MiB to 2 GiB;
+- variants: 1..8 variants of the `--weights-mib` model;
+- verify: `smpack build --no-measure` (which verifies) against `build --no-verify
+  --no-measure`, 256 MiB to 4 GiB: time ratio and verify's peak RSS above the TF import as
+  a multiple of the weights;
+- variables: 64..2,000 small variables, against `tf.saved_model.save` of the same model,
+  and 1..8 variants of the 1,000-variable one.
+
+"after output" is the time from a command's last byte of output to its exit: teardown.
 
     .venv/bin/python bench/pack.py [--weights-mib 1024] [--sweep-mib 128,512,1024,2048]
-                                   [--sweep-variants 1,2,4,8] [--no-sweep]
+        [--sweep-variants 1,2,4,8] [--verify-mib 256,1024,2048,4096]
+        [--sweep-variables 64,500,1000,2000] [--sections main,weights,variants,verify,variables]
+        [--no-sweep]
 """
 
 from __future__ import annotations
@@ -76,6 +88,7 @@ FOUR = {
 class Run(NamedTuple):
     seconds: float
     peak_rss: int  # bytes
+    after_output: float  # seconds from the last byte written to stdout to the exit
 
 
 class Row(NamedTuple):
@@ -86,19 +99,26 @@ class Row(NamedTuple):
 
 
 def measure(command: list[str]) -> Run:
-    """Wall time and peak RSS of one fresh process (rusage of that child only)."""
+    """Wall time and peak RSS of one fresh process (rusage of that child only), and how long
+    it took to exit after its last output."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        sys.stderr.write(stderr.decode(errors="replace"))
-        msg = f"{command} failed with exit code {process.returncode}"
-        raise SystemExit(msg)
-    return Run(seconds, usage.ru_maxrss * 1024)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+        assert process.stdout is not None
+        last_output = start
+        while os.read(process.stdout.fileno(), 1 << 16):
+            last_output = time.perf_counter()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            sys.stderr.write(errors.read().decode(errors="replace"))
+            msg = f"{command} failed with exit code {process.returncode}"
+            raise SystemExit(msg)
+    # The pipe closes at exit; the last read that returned bytes is the last output.
+    after = max(0.0, start + seconds - last_output) if last_output > start else 0.0
+    return Run(seconds, usage.ru_maxrss * 1024, after)
 
 
 def python(code: str, *args: str) -> list[str]:
@@ -107,7 +127,12 @@ def python(code: str, *args: str) -> list[str]:
 
 def make_model(path: Path, mib: int, copies: int = 1) -> Run:
     layers = max(1, round(mib * 2**20 / (WIDTH * WIDTH * 4)))
-    return measure(python(MAKE_MODEL, str(path), str(layers), str(copies), str(WIDTH)))
+    return make_layers(path, layers, WIDTH, copies)
+
+
+def make_layers(path: Path, layers: int, width: int, copies: int = 1) -> Run:
+    """`tf.saved_model.save` of `layers` width x width float32 kernels, timed."""
+    return measure(python(MAKE_MODEL, str(path), str(layers), str(copies), str(width)))
 
 
 def manifest(folder: Path, model: Path, variants: int) -> Path:
@@ -159,32 +184,53 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+SECTIONS = ("main", "weights", "variants", "verify", "variables")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights-mib", type=int, default=1024)
     parser.add_argument("--sweep-mib", default="128,512,1024,2048")
     parser.add_argument("--sweep-variants", default="1,2,4,8")
-    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--verify-mib", default="256,1024,2048,4096")
+    parser.add_argument("--sweep-variables", default="64,500,1000,2000")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=", ".join(SECTIONS))
+    parser.add_argument("--no-sweep", action="store_true", help="the main table only")
     args = parser.parse_args()
+    sections = ["main"] if args.no_sweep else args.sections.split(",")
 
     with tempfile.TemporaryDirectory(prefix="smpack-bench-") as tmp:
         root = Path(tmp)
-        weights = args.weights_mib * 2**20
-        baseline = measure(python("import tensorflow"))
-        saved = make_model(root / "model", args.weights_mib)
+        # Medians of three: the import's RSS is the baseline every "extra" is above.
+        imports = [measure(python("import tensorflow")) for _ in range(3)]
+        seconds = sorted(r.seconds for r in imports)[1]
+        rss = sorted(r.peak_rss for r in imports)[1]
+        bench = Bench(root, Run(seconds, int(rss), 0.0), args)
+        print(f"python -c 'import tensorflow': {seconds:.2f}s, {mib(rss)}")
+        if "main" in sections or "variants" in sections:
+            bench.saved = make_model(root / "model", args.weights_mib)
+        for section in sections:
+            getattr(bench, f"{section}_section")()
+
+
+class Bench:
+    def __init__(self, root: Path, baseline: Run, args: argparse.Namespace) -> None:
+        self.root, self.baseline, self.args = root, baseline, args
+        self.weights = args.weights_mib * 2**20
+        self.saved = Run(0.0, 0, 0.0)
+
+    def extra(self, run: Run) -> int:
+        return max(0, run.peak_rss - self.baseline.peak_rss)
+
+    def main_section(self) -> None:
+        root, weights, extra = self.root, self.weights, self.extra
         copy = measure(["cp", "-r", str(root / "model" / "variables"), str(root / "copy")])
         build = smpack_build(root, root / "model", 4, root / "out")
-        four = make_model(root / "four", args.weights_mib, copies=4)
+        four = make_model(root / "four", self.args.weights_mib, copies=4)
         timed = smpack_build(root, root / "model", 4, root / "timed", timed=True)
-        verified = smpack_build(
-            root, root / "model", 4, root / "verified", verify=True, timed=True
-        )
-
-        def extra(run: Run) -> int:
-            return max(0, run.peak_rss - baseline.peak_rss)
-
+        verified = smpack_build(root, root / "model", 4, root / "verified", verify=True, timed=True)
         rows = [
-            Row("1 tf.saved_model.save, one variant", saved, *disk_bytes(root / "model")),
+            Row("1 tf.saved_model.save, one variant", self.saved, *disk_bytes(root / "model")),
             Row("2 copy variables/ (the floor)", copy, *disk_bytes(root / "copy")),
             Row(
                 "3 smpack build, four variants",
@@ -192,7 +238,7 @@ def main() -> None:
                 *disk_bytes(root / "out", shared_with=root / "model"),
             ),
             Row("4 four single-variant exports", four, *disk_bytes(root / "four")),
-            Row("5 python -c 'import tensorflow'", baseline, 0, 0),
+            Row("5 python -c 'import tensorflow'", self.baseline, 0, 0),
             Row(
                 "3 + measure",
                 timed,
@@ -224,29 +270,87 @@ def main() -> None:
             extra RSS(3) / weights        = {extra(build) / weights:5.3f}  target <= 0.25
             extra RSS(3 + measure) / weights = {extra(timed) / weights:5.3f}""")
         )
-        if args.no_sweep:
-            return
+        for path in ("copy", "out", "four", "timed", "verified"):
+            subprocess.run(["rm", "-rf", str(root / path)], check=True)
 
+    def weights_section(self) -> None:
         print("\nsweep: weights at four variants")
         print(f"{'weights':>10} {'build':>8} {'extra RSS':>12} {'new bytes':>12}")
-        for size in (int(s) for s in args.sweep_mib.split(",")):
-            folder = root / f"sweep_{size}"
+        for size in (int(s) for s in self.args.sweep_mib.split(",")):
+            folder = self.root / f"sweep_{size}"
             folder.mkdir()
             make_model(folder / "model", size)
             run = smpack_build(folder, folder / "model", 4, folder / "out")
             _, new = disk_bytes(folder / "out", shared_with=folder / "model")
             size_text = mib(size * 2**20)
-            print(f"{size_text:>10} {run.seconds:7.2f}s {mib(extra(run)):>12} {mib(new):>12}")
+            print(f"{size_text:>10} {run.seconds:7.2f}s {mib(self.extra(run)):>12} {mib(new):>12}")
             subprocess.run(["rm", "-rf", str(folder)], check=True)
 
-        print(f"\nsweep: variants at {mib(weights)}")
-        print(f"{'variants':>10} {'build':>8} {'extra RSS':>12}")
+    def variants_section(self) -> None:
+        print(f"\nsweep: variants at {mib(self.weights)}")
+        self._variants(self.root, self.root / "model", target=1.2)
+
+    def _variants(self, folder: Path, model: Path, target: float) -> None:
+        print(f"{'variants':>10} {'build':>8} {'extra RSS':>12} {'/ 1 variant':>12}")
         times = []
-        for count in (int(v) for v in args.sweep_variants.split(",")):
-            run = smpack_build(root, root / "model", count, root / f"variants_{count}")
+        for count in (int(v) for v in self.args.sweep_variants.split(",")):
+            run = smpack_build(folder, model, count, folder / f"variants_{count}")
             times.append(run.seconds)
-            print(f"{count:>10} {run.seconds:7.2f}s {mib(extra(run)):>12}")
-        print(f"\nbuild time, most / fewest variants = {times[-1] / times[0]:4.2f}   target <= 1.2")
+            ratio = run.seconds / times[0]
+            print(f"{count:>10} {run.seconds:7.2f}s {mib(self.extra(run)):>12} {ratio:12.2f}")
+            subprocess.run(["rm", "-rf", str(folder / f"variants_{count}")], check=True)
+        most_fewest = times[-1] / times[0]
+        print(f"build time, most / fewest variants = {most_fewest:4.2f}   target <= {target}")
+
+    def verify_section(self) -> None:
+        print("\nsweep: verify, four variants (`smpack build` against `build --no-verify`)")
+        header = (
+            f"{'weights':>10} {'no-verify':>10} {'build':>8} {'time ×':>7} "
+            f"{'extra RSS':>10} {'+ verify':>10} {'× weights':>10} {'after output':>13}"
+        )
+        print(header)
+        worst_time = worst_memory = 0.0
+        for size in (int(s) for s in self.args.verify_mib.split(",")):
+            folder = self.root / f"verify_{size}"
+            folder.mkdir()
+            make_model(folder / "model", size)
+            plain = smpack_build(folder, folder / "model", 4, folder / "plain")
+            verified = smpack_build(folder, folder / "model", 4, folder / "verified", verify=True)
+            ratio = verified.seconds / plain.seconds
+            memory = self.extra(verified) / (size * 2**20)
+            worst_time, worst_memory = max(worst_time, ratio), max(worst_memory, memory)
+            print(
+                f"{mib(size * 2**20):>10} {plain.seconds:9.2f}s {verified.seconds:7.2f}s "
+                f"{ratio:7.2f} {mib(self.extra(plain)):>10} {mib(self.extra(verified)):>10} "
+                f"{memory:10.2f} {verified.after_output:12.2f}s"
+            )
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+        print(f"build / build --no-verify, worst = {worst_time:4.2f}   target <= 2")
+        print(f"verify's extra RSS / weights, worst = {worst_memory:4.2f}   target <= 2.25")
+
+    def variables_section(self) -> None:
+        width = 128  # 64 KiB a variable: the count, not the bytes, is what varies
+        print(f"\nsweep: variables ({width}x{width} float32 each), four variants")
+        print(
+            f"{'variables':>10} {'save':>8} {'build':>8} {'build / save':>13} {'ms / variable':>14}"
+        )
+        sources = {}
+        for count in (int(v) for v in self.args.sweep_variables.split(",")):
+            folder = self.root / f"variables_{count}"
+            folder.mkdir()
+            saved = make_layers(folder / "model", count, width)
+            run = smpack_build(folder, folder / "model", 4, folder / "out")
+            per_variable = (run.seconds - self.baseline.seconds) / count * 1000
+            print(
+                f"{count:>10} {saved.seconds:7.2f}s {run.seconds:7.2f}s "
+                f"{run.seconds / saved.seconds:13.2f} {per_variable:14.2f}"
+            )
+            subprocess.run(["rm", "-rf", str(folder / "out")], check=True)
+            sources[count] = folder
+        print("target: build / save <= 1.0")
+        if 1000 in sources:
+            print("\nsweep: variants of the 1,000-variable source")
+            self._variants(sources[1000], sources[1000] / "model", target=1.5)
 
 
 if __name__ == "__main__":
