@@ -20,6 +20,8 @@ Then sweeps, each a table of ratios against a baseline measured in the same run:
 - verify: `smpack build --no-measure` (which verifies) against `build --no-verify
   --no-measure`, 256 MiB to 4 GiB: time ratio and verify's peak RSS above the TF import as
   a multiple of the weights;
+- checks: each of verify's steps at `--weights-mib`, timed in one process, with the
+  process's peak RSS during the step;
 - variables: 64..2,000 small variables, against `tf.saved_model.save` of the same model,
   and 1..8 variants of the 1,000-variable one.
 
@@ -27,13 +29,15 @@ Then sweeps, each a table of ratios against a baseline measured in the same run:
 
     .venv/bin/python bench/pack.py [--weights-mib 1024] [--sweep-mib 128,512,1024,2048]
         [--sweep-variants 1,2,4,8] [--verify-mib 256,1024,2048,4096]
-        [--sweep-variables 64,500,1000,2000] [--sections main,weights,variants,verify,variables]
+        [--sweep-variables 64,500,1000,2000]
+        [--sections main,weights,variants,verify,checks,variables]
         [--no-sweep]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -184,7 +188,52 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-SECTIONS = ("main", "weights", "variants", "verify", "variables")
+SECTIONS = ("main", "weights", "variants", "verify", "checks", "variables")
+
+# What each of verify's steps costs, in one process: its seconds, and its peak RSS above the
+# process's once TF is imported (the kernel's high-water mark, reset before each step).
+VERIFY_STEPS = """\
+import json, sys, time
+from pathlib import Path
+from smpack.io.tf_quietly import import_tensorflow_quietly
+import_tensorflow_quietly()
+from smpack.builder.provenance import check_provenance
+from smpack.checks.verify import verify_package
+
+
+def status(field):
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def reset_peak():
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+base = status("VmRSS")
+rows, last = [], [time.perf_counter(), "(start)"]
+
+
+def finish(now):
+    rows.append((last[1], now - last[0], status("VmHWM") - base))
+
+
+def on_step(step):
+    now = time.perf_counter()
+    finish(now)
+    reset_peak()
+    last[:] = [time.perf_counter(), step.description]
+
+
+reset_peak()
+report = verify_package(sys.argv[1], on_step=on_step)
+finish(time.perf_counter())
+reset_peak()
+start = time.perf_counter()
+check_provenance(sys.argv[1])
+rows.append(("(sha256 of every file, alone)", time.perf_counter() - start, status("VmHWM") - base))
+print(json.dumps({"passed": report.passed, "rows": rows[1:]}))
+"""
 
 
 def main() -> None:
@@ -327,6 +376,29 @@ class Bench:
             subprocess.run(["rm", "-rf", str(folder)], check=True)
         print(f"build / build --no-verify, worst = {worst_time:4.2f}   target <= 2")
         print(f"verify's extra RSS / weights, worst = {worst_memory:4.2f}   target <= 2.25")
+
+    def checks_section(self) -> None:
+        size = self.args.weights_mib
+        print(f"\nverify's steps at {mib(size * 2**20)}, four variants, one process")
+        folder = self.root / "checks"
+        folder.mkdir()
+        make_model(folder / "model", size)
+        smpack_build(folder, folder / "model", 4, folder / "out")
+        package = folder / "out" / "bench" / "1"
+        output = subprocess.run(
+            python(VERIFY_STEPS, str(package)), capture_output=True, text=True, check=True
+        ).stdout
+        result = json.loads(output.splitlines()[-1])
+        print(f"{'step':42} {'time':>8} {'peak RSS':>10} {'× weights':>10}")
+        for name, seconds, peak in result["rows"]:
+            ratio = peak / (size * 2**20)
+            print(f"{name:42} {seconds:7.2f}s {mib(peak):>10} {ratio:10.2f}")
+        print(
+            f"passed: {result['passed']}. Peak RSS is the process's during the step, above its "
+            "RSS after importing TF; the sha256 pass (timed alone last) runs alongside the "
+            "graphs' steps in verify"
+        )
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
 
     def variables_section(self) -> None:
         width = 128  # 64 KiB a variable: the count, not the bytes, is what varies
