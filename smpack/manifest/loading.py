@@ -7,6 +7,7 @@ folder, never the working directory.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,22 @@ class LoadedManifest(BaseModel):
         return self.path.parent
 
 
+# Limits on what a manifest may make smpack parse. Real manifests are a few KiB with a few
+# levels of nesting; a hostile one could otherwise cost minutes and gigabytes (a 50 MiB file),
+# overflow the parser's stack (deep nesting) or expand aliases exponentially.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+# Digits of the longest integer a manifest may hold: an int64 has 19.
+_MAX_DIGITS = 30
+
+
 def load_manifest(path: str | Path) -> LoadedManifest:
     """Read, validate and resolve a manifest; raise `ManifestError` naming file, line and field."""
     path = Path(path).absolute()
+    text = _read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        msg = f"cannot read manifest: {e.strerror}"
-        raise ManifestError(msg, file=path) from e
-    try:
+        _check_shape(text)
         data = yaml.load(text, Loader=_SafeUniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -80,7 +88,74 @@ def load_manifest(path: str | Path) -> LoadedManifest:
         raise
 
 
-class _SafeUniqueKeyLoader(yaml.SafeLoader):
+def _read_text(path: Path) -> str:
+    """The manifest's text, refused before parsing if it is too big or not UTF-8."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        msg = f"cannot read manifest: {e.strerror}"
+        raise ManifestError(msg, file=path) from e
+    if len(data) > MAX_MANIFEST_BYTES:
+        msg = f"the manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB; put data in files"
+        raise ManifestError(msg, file=path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        msg = f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}"
+        raise ManifestError(msg, file=path, line=line) from e
+
+
+def _check_shape(text: str) -> None:
+    """Refuse deep nesting, alias bombs, self-referencing aliases and huge integers.
+
+    Walks the parser's events, which use no recursion and build nothing, before anything is
+    composed (PyYAML composes recursively) or constructed (aliases share one object, so a
+    self-referencing one is a cycle that validation would follow for ever).
+    """
+    depth = 0
+    expanded: dict[str, int] = {}  # anchor -> values its node stands for
+    open_nodes: list[list[Any]] = []  # [anchor, values so far] per open collection
+    for event in yaml.parse(text, Loader=_Loader):
+        values = 0
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                _refuse(f"nested deeper than {MAX_DEPTH} levels", event)
+            open_nodes.append([event.anchor, 1])
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            anchor, values = open_nodes.pop()
+            if anchor is not None:
+                expanded[anchor] = values
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in expanded:
+                _refuse(f"alias *{event.anchor} refers to a node that contains it", event)
+            values = expanded[event.anchor]
+        elif isinstance(event, yaml.ScalarEvent):
+            values = 1
+            if event.anchor is not None:
+                expanded[event.anchor] = 1
+            digits = event.value.lstrip("+-").replace("_", "")
+            if not event.style and digits.isdigit() and len(digits) > _MAX_DIGITS:
+                _refuse(f"a number with {len(digits)} digits; smpack's numbers fit 64 bits", event)
+        if open_nodes:
+            open_nodes[-1][1] += values
+            if open_nodes[-1][1] > MAX_VALUES:
+                _refuse(f"the manifest expands to more than {MAX_VALUES:,} values", event)
+
+
+def _refuse(problem: str, event: yaml.Event) -> None:
+    raise yaml.MarkedYAMLError(problem=problem, problem_mark=event.start_mark)
+
+
+# libyaml's parser where PyYAML was built with it: the pure-Python one reads ~100 KiB/s.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _SafeUniqueKeyLoader(_Loader):  # type: ignore[valid-type,misc]
     """`yaml.SafeLoader` that refuses a key written twice in one mapping.
 
     PyYAML silently keeps the last of two equal keys, so a second `version:` further down
@@ -106,7 +181,8 @@ def _manifest_error(error: ValidationError, path: Path, text: str) -> ManifestEr
     errors = error.errors()
     # A misspelt key also makes the field it meant "missing"; the typo is the better report.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = [str(part) for part in first["loc"]]
+    # A key may hold a newline or control character: shown escaped, the error stays one line.
+    loc = [str(part) if str(part).isprintable() else repr(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = f"unknown field {loc[-1]!r}" + _suggestion(loc[-1], _fields_at(loc[:-1]))
@@ -148,7 +224,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def _line_of(text: str, loc: list[str]) -> int | None:
     """The 1-based line of the deepest YAML node on the path `loc`."""
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError:
         return None
     line = None
@@ -178,15 +254,10 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         checkpoint_url = spec.source.checkpoint
         _remote_exists(f"{checkpoint_url}.index", path, "source.checkpoint", "no TF checkpoint at")
     elif spec.source.checkpoint is not None:
-        checkpoint = folder / spec.source.checkpoint
-        if not Path(f"{checkpoint}.index").is_file():
-            msg = f"no TF checkpoint at {checkpoint} (expected {checkpoint.name}.index)"
-            raise ManifestError(
-                msg,
-                file=path,
-                field="source.checkpoint",
-            )
+        checkpoint = _checkpoint_prefix(folder, spec.source.checkpoint, path)
     assets = [_existing(folder, entry, path, f"assets.{i}") for i, entry in enumerate(spec.assets)]
+    for i, asset in enumerate(assets):
+        _check_tree(asset, folder, path, f"assets.{i}")
     names: dict[str, int] = {}
     for i, asset in enumerate(assets):
         if asset.name in names:
@@ -213,7 +284,11 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         if Path(target).as_posix() in PACKAGE_DESCRIPTIONS or written_by_smpack:
             msg = f"smpack writes assets.extra/{target} itself; give this file another name"
             raise ManifestError(msg, file=path, field=f"assets_extra.{target}")
+        if not target or Path(target).name in {"", ".", ".."} or not target.isprintable():
+            msg = f"{target!r} must name a file inside assets.extra/"
+            raise ManifestError(msg, file=path, field=f"assets_extra.{target!r}")
         extras[target] = _existing(folder, source, path, f"assets_extra.{target}")
+        _check_tree(extras[target], folder, path, f"assets_extra.{target}")
     for index, request in enumerate(spec.warmup):
         for key, file in request.files.items():
             _existing(folder, file, path, f"warmup.{index}.files.{key}")
@@ -293,7 +368,14 @@ def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:
             "copy this file next to the manifest"
         )
         raise ManifestError(msg, file=manifest, field=field)
-    candidate = (folder / relative).resolve()
+    if "\0" in relative:
+        msg = f"{relative!r} holds a NUL byte, which no file name can"
+        raise ManifestError(msg, file=manifest, field=field)
+    try:
+        candidate = (folder / relative).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        msg = f"cannot resolve {relative!r}: {getattr(e, 'strerror', None) or e}"
+        raise ManifestError(msg, file=manifest, field=field) from e
     if not candidate.is_relative_to(folder.resolve()):
         msg = (
             f"{relative!r} points outside the manifest's folder {folder}; "
@@ -307,4 +389,45 @@ def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:
     if not candidate.exists():
         msg = f"{relative!r} does not exist in {folder}"
         raise ManifestError(msg, file=manifest, field=field)
+    if not (candidate.is_file() or candidate.is_dir()):
+        # A FIFO or device would block or never end when copied.
+        msg = f"{relative!r} is neither a regular file nor a folder"
+        raise ManifestError(msg, file=manifest, field=field)
     return candidate
+
+
+def _check_tree(root: Path, folder: Path, manifest: Path, field: str) -> None:
+    """Refuse a folder holding a symlink that leaves `folder` (or loops), or a special file:
+    copying it would pull in what the manifest's folder does not hold."""
+    if not root.is_dir():
+        return
+    inside = folder.resolve()
+    for parent, names, files in os.walk(root):
+        for name in [*names, *files]:
+            entry = Path(parent) / name
+            relative = entry.relative_to(root.parent)
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError) as e:
+                msg = f"{relative} cannot be resolved: {getattr(e, 'strerror', None) or e}"
+                raise ManifestError(msg, file=manifest, field=field) from e
+            if not target.is_relative_to(inside):
+                msg = f"{relative} links outside the manifest's folder {folder}"
+                raise ManifestError(msg, file=manifest, field=field)
+            if not (target.is_file() or target.is_dir()):
+                msg = f"{relative} is neither a regular file nor a folder"
+                raise ManifestError(msg, file=manifest, field=field)
+
+
+def _checkpoint_prefix(folder: Path, prefix: str, manifest: Path) -> Path:
+    """The local checkpoint's prefix, every file of it inside the manifest's folder."""
+    field = "source.checkpoint"
+    given = folder / prefix
+    if "\0" not in prefix and not Path(f"{given}.index").is_file():
+        msg = f"no TF checkpoint at {given} (expected {given.name}.index)"
+        raise ManifestError(msg, file=manifest, field=field)
+    index = _existing(folder, f"{prefix}.index", manifest, field)
+    checkpoint = index.with_name(index.name.removesuffix(".index"))
+    for part in checkpoint.parent.glob(f"{checkpoint.name}.*"):
+        _existing(folder, str(part.relative_to(folder.resolve())), manifest, field)
+    return checkpoint

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,18 +27,32 @@ SCHEMA_VERSION = 1
 
 # TF Serving and saved_model_cli take tag sets as comma-separated lists, so a tag
 # holding a comma or white space could never be selected.
-_TAG = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_TAG = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _DEVICE = re.compile(
-    r"^(/job:[A-Za-z0-9_\-]+)?(/replica:\d+)?(/task:\d+)?/device:(CPU|GPU|TPU|XLA_CPU|XLA_GPU):\d+$"
+    r"(/job:[A-Za-z0-9_\-]+)?(/replica:\d+)?(/task:\d+)?/device:(CPU|GPU|TPU|XLA_CPU|XLA_GPU):\d+"
 )
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_PYTHON_SOURCE = re.compile(r"^(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_PYTHON_SOURCE = re.compile(r"(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
+# Keys (variant names, signature keys, tensor keys) end up in folder names, tables, command
+# lines and one-line messages: printable, one line, no path separator.
+_KEY = re.compile(r"[^\x00-\x1f\x7f/\\]{1,128}")
+INT64_MAX = 2**63 - 1
+
+
+def _printable_key(value: str) -> str:
+    if not _KEY.fullmatch(value) or not value.isprintable():
+        msg = f"{value[:40]!r} must be 1 to 128 printable characters, no '/' or backslash"
+        raise ValueError(msg)
+    return value
+
+
+Key = Annotated[str, AfterValidator(_printable_key)]
 
 Precision = Literal["float32", "float16", "bfloat16"]
 # A list of tensor names is shorthand for keys equal to the names (see Signature).
 TensorNames = Annotated[
-    dict[str, str],
+    dict[Key, Key],
     WithJsonSchema(
         {
             "anyOf": [
@@ -60,7 +75,8 @@ EXAMPLE_METHODS = (METHODS["classify"], METHODS["regress"])
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: YAML's .inf and .nan are floats; no learning rate or momentum is either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Optimizer(_Strict):
@@ -129,14 +145,14 @@ class Variant(_Strict):
     xla: bool = False
     tpu: bool | None = None
     batch_size: int | None = Field(default=None, gt=0)
-    signatures: dict[str, Signature] | None = None
+    signatures: dict[Key, Signature] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("tags")
     @classmethod
     def _valid_tags(cls, tags: list[str]) -> list[str]:
         for tag in tags:
-            if not _TAG.match(tag):
+            if not _TAG.fullmatch(tag):
                 msg = (
                     f"tag {tag!r} must be letters, digits, '_', '.' or '-' "
                     "(tag sets are passed comma-separated to TF Serving)"
@@ -150,7 +166,7 @@ class Variant(_Strict):
     @field_validator("device")
     @classmethod
     def _valid_device(cls, device: str | None) -> str | None:
-        if device is not None and not _DEVICE.match(device):
+        if device is not None and not _DEVICE.fullmatch(device):
             msg = f"device {device!r} is not a TensorFlow device name like '/device:GPU:0'"
             raise ValueError(msg)
         return device
@@ -220,7 +236,7 @@ class Source(_Strict):
     @classmethod
     def _module_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _MODULE.match(name):
+            if not _MODULE.fullmatch(name):
                 msg = f"{name!r} is not a Python module name (like tensorflow_text)"
                 raise ValueError(msg)
         return value
@@ -231,7 +247,7 @@ class Source(_Strict):
         if value is not None and storage.is_url(value):
             msg = "model code must be a local file; only savedmodel, keras and checkpoint take URLs"
             raise ValueError(msg)
-        if value is not None and not _PYTHON_SOURCE.match(value):
+        if value is not None and not _PYTHON_SOURCE.fullmatch(value):
             msg = f"{value!r} is not 'path/to/file.py:function_name'"
             raise ValueError(msg)
         return value
@@ -239,7 +255,7 @@ class Source(_Strict):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, value: str | None) -> str | None:
-        if value is not None and value not in LOSSES and not _PYTHON_SOURCE.match(value):
+        if value is not None and value not in LOSSES and not _PYTHON_SOURCE.fullmatch(value):
             msg = f"loss {value!r} is not one of {', '.join(LOSSES)} or 'file.py:function'"
             raise ValueError(msg)
         return value
@@ -360,10 +376,11 @@ class Manifest(_Strict):
 
     schema_: int = Field(alias="schema")
     name: str
-    version: int = Field(gt=0)
+    # TF Serving reads version folder names as int64.
+    version: int = Field(gt=0, le=INT64_MAX)
     source: Source
-    variants: dict[str, Variant] = Field(min_length=1)
-    signatures: dict[str, Signature] = Field(
+    variants: dict[Key, Variant] = Field(min_length=1)
+    signatures: dict[Key, Signature] = Field(
         default_factory=lambda: {
             "serving_default": Signature(inputs={"input": "input"}, outputs={"output": "output"})
         }
@@ -374,7 +391,9 @@ class Manifest(_Strict):
     warmup: list[WarmupRequest] = Field(default_factory=list, max_length=MAX_WARMUP_RECORDS)
     evaluate: Evaluate | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
     @field_validator("schema_")
     @classmethod
@@ -387,7 +406,10 @@ class Manifest(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not _NAME.match(value) or value in {".", ".."}:
+        if len(value) > 100:
+            msg = f"name is {len(value)} characters long; at most 100 make a folder name"
+            raise ValueError(msg)
+        if not _NAME.fullmatch(value) or value in {".", ".."}:
             msg = f"name {value!r} must be a plain directory name (letters, digits, '_', '.', '-')"
             raise ValueError(msg)
         return value
