@@ -5,19 +5,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 import smpack
 from smpack import __version__
-from smpack.errors import PackageError, SmpackError
+from smpack.errors import PackageError, SmpackError, first_line
 from smpack.io.staging import write_atomically
 from smpack.progress import Step, StepCallback
 
@@ -26,22 +28,61 @@ stderr = Console(stderr=True)
 
 
 class _UserErrorsAsOneLine(TyperGroup):
-    """Turns every `SmpackError` into one line on stderr and exit code 2.
+    """The one error boundary of every command: each ends in a result, one line, or a bug.
 
-    Done here rather than in `main()` so that CliRunner tests see exactly what users see.
+    `SmpackError` (the user's to fix) and `OSError` naming a file (the system refused:
+    permissions, a symlink loop, a full disk) become one `error:` line and exit code 2.
+    Anything else is a bug in smpack and is reported as one, exit code 70; `SMPACK_DEBUG=1`
+    lets every exception through with its traceback. Done here rather than in `main()` so
+    that CliRunner tests see exactly what users see.
     """
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        debug = os.environ.get("SMPACK_DEBUG") == "1"
         try:
             return super().invoke(ctx)
         except SmpackError as e:
-            if os.environ.get("SMPACK_DEBUG") == "1":
+            if debug:
                 raise
-            stderr.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+            _one_line(f"error: {e}")
             ctx.exit(2)
-        except KeyboardInterrupt:
-            stderr.print("interrupted: the package was not written", highlight=False)
-            ctx.exit(130)
+        except OSError as e:
+            if debug or e.filename is None:
+                raise
+            _one_line(f"error: {e.filename}: {e.strerror or e}")
+            ctx.exit(2)
+        except KeyboardInterrupt as e:
+            written = "; the package was not written" if ctx.invoked_subcommand == "build" else ""
+            _one_line(f"interrupted{written}")
+            ctx.exit(128 + getattr(e, "signal", signal.SIGINT))
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except Exception as e:
+            if debug:
+                raise
+            _one_line(
+                f"smpack bug: {type(e).__name__}: {first_line(e)}; please report it "
+                "(SMPACK_DEBUG=1 shows the traceback)"
+            )
+            ctx.exit(70)  # EX_SOFTWARE
+
+
+def _one_line(message: str) -> None:
+    # soft_wrap: a long line stays one line however narrow the terminal.
+    stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so staging folders are cleaned up on
+    the way out exactly as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signal = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
 
 
 app = typer.Typer(
@@ -90,7 +131,10 @@ def parse_tags(text: str) -> frozenset[str]:
 
 @app.command()
 def build(
-    manifests: Annotated[list[Path], typer.Argument(help="Variant manifests (YAML).")],
+    # readable=False: an unreadable manifest is reported by smpack in one line, not by Click.
+    manifests: Annotated[
+        list[Path], typer.Argument(help="Variant manifests (YAML).", readable=False)
+    ],
     out: Annotated[
         str,
         typer.Option(
@@ -144,10 +188,10 @@ def build(
         )
     for outcome in outcomes:
         if outcome.error is not None:
-            stderr.print(f"error: {outcome.error}", markup=False, highlight=False, soft_wrap=True)
+            _one_line(f"error: {outcome.error}")
         for failure in outcome.failed_checks:
             message = f"verify failed: {outcome.package}: {failure}"
-            stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+            _one_line(message)
     if as_json:
         import dataclasses
 
@@ -393,11 +437,18 @@ def card(
     package: PackageArgument,
     manifest: Annotated[
         Path | None,
-        typer.Option("--manifest", "-m", help="Manifest whose card: block and template to use."),
+        typer.Option(
+            "--manifest",
+            "-m",
+            help="Manifest whose card: block and template to use.",
+            readable=False,
+        ),
     ] = None,
     template: Annotated[
         Path | None,
-        typer.Option("--template", "-t", help="Jinja2 template (*.md.j2 or *.html.j2)."),
+        typer.Option(
+            "--template", "-t", help="Jinja2 template (*.md.j2 or *.html.j2).", readable=False
+        ),
     ] = None,
     fmt: Annotated[
         CardFormat | None,
@@ -494,6 +545,8 @@ def main() -> None:
     the library: a caller of `smpack.build` keeps its interpreter. An exception that is not
     an exit (a bug, shown with SMPACK_DEBUG=1) takes the ordinary way out, traceback and all.
     """
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_terminated)
     try:
         app(prog_name="smpack")
         code = 0

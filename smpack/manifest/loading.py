@@ -4,6 +4,7 @@ Everything downstream sees only `Manifest` objects whose paths are absolute and 
 the rest of smpack never re-checks user input. Paths resolve against the manifest's own
 folder, never the working directory.
 """
+
 from __future__ import annotations
 
 import difflib

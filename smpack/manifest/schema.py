@@ -2,6 +2,7 @@
 
 Validation happens once, here; everything downstream sees only valid objects.
 """
+
 from __future__ import annotations
 
 import json

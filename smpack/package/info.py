@@ -134,6 +134,14 @@ def read_package(export_dir: str | Path) -> PackageInfo:
     the warmup file cannot be read.
     """
     export_dir = Path(export_dir)
+    try:
+        return _read_package(export_dir)
+    except OSError as e:  # an unreadable folder or file, a symlink loop, a vanished file
+        msg = f"cannot read the package: {e.strerror or e}"
+        raise PackageError(msg, file=e.filename or export_dir) from e
+
+
+def _read_package(export_dir: Path) -> PackageInfo:
     saved_model = read_saved_model(export_dir)
     variables_prefix = export_dir / "variables" / "variables"
     entries: dict[str, CheckpointEntry] = {}

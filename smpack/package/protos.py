@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf.message import DecodeError
 
-from smpack.errors import PackageError
+from smpack.errors import PackageError, first_line
 from smpack.package.dtypes import ENUM_NAMES
 
 _PACKAGE = "smpack.tf"
+MAX_SAVED_MODEL_BYTES = 2**31 - 1
 
 # message name -> [(field name, number, type)]; type is a scalar type name, a message name,
 # "repeated X" or "map X" (map<string, X>).
@@ -180,20 +182,35 @@ def read_saved_model(export_dir: str | Path, message: Any = None) -> Any:
     """Parse `saved_model.pb` (or `saved_model.pbtxt`) in `export_dir`.
 
     Into smpack's own `SavedModel` message (no TensorFlow) unless `message` is another class,
-    such as TensorFlow's own, for readers that must keep every field. Raises `PackageError`.
+    such as TensorFlow's own, for readers that must keep every field. Raises `PackageError`
+    for anything but a SavedModel with at least one MetaGraph.
     """
     export_dir = Path(export_dir)
     saved_model = (message or SavedModel)()
     binary, text = export_dir / "saved_model.pb", export_dir / "saved_model.pbtxt"
     try:
-        if binary.is_file():
+        path = binary if binary.is_file() else text if text.is_file() else None
+        if path is None:
+            msg = f"no saved_model.pb or saved_model.pbtxt in {export_dir}"
+            raise PackageError(msg, file=export_dir)
+        # Protobuf refuses messages over 2 GiB anyway; refusing first costs no read.
+        if path.stat().st_size > MAX_SAVED_MODEL_BYTES:
+            msg = f"{path.name} is larger than protobuf's 2 GiB limit"
+            raise PackageError(msg, file=path)
+        if path is binary:
             saved_model.ParseFromString(binary.read_bytes())
-        elif text.is_file():
-            text_format.Parse(text.read_text(), saved_model, allow_unknown_field=True)
         else:
-            message = f"no saved_model.pb or saved_model.pbtxt in {export_dir}"
-            raise PackageError(message, file=export_dir)
-    except (text_format.ParseError, ValueError) as e:
-        message = f"not a readable SavedModel: {e}"
-        raise PackageError(message, file=export_dir) from e
+            text_format.Parse(
+                text.read_text(encoding="utf-8"), saved_model, allow_unknown_field=True
+            )
+    except OSError as e:
+        msg = f"cannot read the SavedModel: {e.strerror or e}"
+        raise PackageError(msg, file=e.filename or export_dir) from e
+    # RecursionError: the text parser recurses once per nested message.
+    except (text_format.ParseError, DecodeError, ValueError, RecursionError) as e:
+        msg = f"not a readable SavedModel: {first_line(e)}"
+        raise PackageError(msg, file=export_dir) from e
+    if not saved_model.meta_graphs:
+        msg = "not a usable SavedModel: it holds no MetaGraph"
+        raise PackageError(msg, file=export_dir)
     return saved_model
