@@ -7,7 +7,7 @@ Each function imports what it needs when called, so `import smpack` stays cheap 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,17 +30,27 @@ def build(
     as_text: bool = False,
     measure: bool = True,
     on_step: StepCallback | None = None,
+    verify: Callable[[Path], bool] | None = None,
 ) -> PackageInfo:
     """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
 
     `out` may be a URL (gs://, ram://, ...). The destination is untouched unless the whole
-    package was written. Verification is separate: call `verify` on the result. `measure`
-    times (and evaluates) every variant this host can run, for the cards and smpack.json.
+    package was written. `measure` times (and evaluates) every variant this host can run,
+    for the cards and smpack.json. `verify`, if given, is called with the finished
+    package's folder before it is published (e.g. `lambda p: smpack.verify(p).passed`);
+    when it returns False the package is kept as `<version>.failed-verify` beside the
+    destination instead, and the result's `published` is False.
     """
     from smpack.builder.packager import build as build_package
 
     return build_package(
-        manifest, out, force=force, as_text=as_text, measure=measure, on_step=on_step
+        manifest,
+        out,
+        force=force,
+        as_text=as_text,
+        measure=measure,
+        on_step=on_step,
+        verify=verify,
     )
 
 

@@ -24,7 +24,7 @@ import pytest
 from conftest import tree_state
 
 import smpack
-from smpack.io.staging import _exchange
+from smpack.io.staging import _RENAME_EXCHANGE, _rename
 
 # Real builds in subprocesses, stopped at chosen moments: slow by nature.
 pytestmark = pytest.mark.slow
@@ -258,7 +258,7 @@ def test_force_swaps_packages_so_readers_never_see_a_mix(
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
-    if not _exchange(first, second):
+    if not _rename(first, second, _RENAME_EXCHANGE):
         pytest.skip("this kernel has no renameat2(RENAME_EXCHANGE)")
     manifests = [project(tmp_path / "one", "{width: 1}"), project(tmp_path / "two", "{width: 2}")]
     references = []

@@ -73,20 +73,32 @@ def build_and_verify(
 ) -> BuildOutcome:
     """One manifest's build and verification, with user errors turned into the outcome."""
     from smpack.builder.packager import build
-    from smpack.io.tf_quietly import import_tensorflow_quietly
+
+    failed: list[str] = []
+
+    def passes(staging: Path) -> bool:
+        from smpack.checks.verify import verify_package
+
+        report = verify_package(staging)
+        failed.extend(
+            f"{label}: {c.name}: {c.detail}" for label, c in report.rows() if not c.passed
+        )
+        return report.passed
 
     try:
-        info = build(manifest, out, force=force, as_text=as_text, measure=measure)
+        info = build(
+            manifest,
+            out,
+            force=force,
+            as_text=as_text,
+            measure=measure,
+            verify=passes if verify else None,
+        )
     except SmpackError as e:
         return BuildOutcome(manifest, error=str(e))
     tag_sets = tuple(graph.tag_set for graph in info.graphs)
     if not verify:
         return BuildOutcome(manifest, package=info.location, tag_sets=tag_sets)
-    import_tensorflow_quietly()
-    from smpack.checks.verify import verify_package
-
-    report = verify_package(info.location)
-    failed = [f"{label}: {c.name}: {c.detail}" for label, c in report.rows() if not c.passed]
     return BuildOutcome(
         manifest, info.location, tag_sets, failed_checks=tuple(failed), verified=True
     )

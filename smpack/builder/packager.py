@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from smpack.errors import PackageError
+from smpack.io.staging import REJECTED_SUFFIX, keep_rejected
 from smpack.io.storage import exists, fetched, fetched_checkpoint, is_url, join, published_directory
 from smpack.io.tf_quietly import import_tensorflow_quietly
 from smpack.manifest import LoadedManifest, load_manifest
@@ -24,6 +27,7 @@ def build(
     as_text: bool = False,
     measure: bool = True,
     on_step: StepCallback | None = None,
+    verify: Callable[[Path], bool] | None = None,
 ) -> PackageInfo:
     """Build the manifest's package at `<out>/<name>/<version>/` and describe what was written.
 
@@ -32,6 +36,11 @@ def build(
     anything the user can fix; the destination is untouched unless the whole package was
     written. `measure` times every variant the host can run and evaluates it (see
     smpack.checks.measure) for the cards and smpack.json.
+
+    `verify` is called with the finished package's folder before it is published; if it
+    returns False the package is not published but kept beside the destination as
+    `<version>.failed-verify` (for a URL destination, in a local temporary folder), and the
+    returned record has `published` False and that folder as its path.
     """
     loaded = load_manifest(manifest)
     destination = join(out, loaded.spec.name, str(loaded.spec.version))
@@ -49,7 +58,25 @@ def build(
 
     step("importing TensorFlow")
     import_tensorflow_quietly()
-    # Imported here, not at module level: validating a manifest must not cost a TF import.
+    # The builder modules are imported after this: validating a manifest must not cost a
+    # TF import.
+    try:
+        return _build(loaded, destination, force, as_text, measure, step, verify, remote_source)
+    except _Rejected as rejected:
+        return dataclasses.replace(rejected.info, published=False)
+
+
+def _build(
+    loaded: LoadedManifest,
+    destination: str | Path,
+    force: bool,
+    as_text: bool,
+    measure: bool,
+    step: Steps,
+    verify: Callable[[Path], bool] | None,
+    remote_source: str | None,
+) -> PackageInfo:
+    remote_destination = is_url(destination)
     from smpack.builder.assets import copy_assets
     from smpack.builder.graphs import build_variant_graph
     from smpack.builder.provenance import recorded_source_files, write_provenance
@@ -126,11 +153,30 @@ def build(
         )
         # Read now: a remote package's local copy is gone once it has been uploaded.
         info = read_package(staging)
+        if verify is not None and not verify(staging):
+            # Raised to leave the block without publishing; a good package at the
+            # destination, even with --force, is never replaced by a failing one.
+            raise _Rejected(dataclasses.replace(info, path=_keep(staging, destination)))
         if remote_destination:
             step(f"uploading to {destination}")
     if remote_destination:
         return dataclasses.replace(info, url=str(destination))
     return dataclasses.replace(info, path=Path(destination))
+
+
+class _Rejected(Exception):  # noqa: N818 -- control flow, not an error
+    def __init__(self, info: PackageInfo) -> None:
+        super().__init__(str(info.path))
+        self.info = info
+
+
+def _keep(staging: Path, destination: str | Path) -> Path:
+    """Move a package that failed verification out of the staging folder, to be kept."""
+    if is_url(destination):
+        kept = Path(tempfile.mkdtemp(prefix=f"smpack-{REJECTED_SUFFIX}-")) / "package"
+        shutil.move(staging, kept)
+        return kept
+    return keep_rejected(staging, Path(destination))
 
 
 @contextmanager

@@ -21,14 +21,17 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2
 
-from smpack.errors import ManifestError
+from smpack.errors import ManifestError, PackageError, first_line
 from smpack.manifest import EXAMPLE_METHODS, METHODS, LoadedManifest, WarmupRequest
 from smpack.package.layout import ASSETS_EXTRA, WARMUP_FILE
 from smpack.package.wire import length_delimited, message_fields
 
 _CLASSIFY_LOG, _REGRESS_LOG, _PREDICT_LOG = 2, 3, 6  # PredictionLog oneof fields
+# A warmup request is replayed on every model load; one that needs more is a mistake.
+MAX_WARMUP_FILE_BYTES = 64 << 20
 
 
 def warmup_records(
@@ -80,40 +83,95 @@ def read_warmup_requests(export_dir: Path) -> dict[str, list[dict[str, np.ndarra
     requests: dict[str, list[dict[str, np.ndarray]]] = {}
     if not path.is_file():
         return requests
-    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-        [(log_type, log)] = _decoded(raw).items()
-        request = _decoded(log[0])[1][0]
-        fields = _decoded(request)
-        signature = _decoded(fields[1][0]).get(3, [b"serving_default"])[0].decode()
-        if log_type == _PREDICT_LOG:
-            feeds = {}
-            for entry in fields.get(2, []):
-                key_and_tensor = _decoded(entry)
-                tensor = tensor_pb2.TensorProto.FromString(key_and_tensor[2][0])
-                feeds[key_and_tensor[1][0].decode()] = tf.make_ndarray(tensor)
-        else:
-            example_list = _decoded(_decoded(fields[2][0])[1][0])
-            feeds = {"inputs": np.array(example_list.get(1, []), dtype=object)}
-        requests.setdefault(signature, []).append(feeds)
+    try:
+        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            signature, feeds = _request_feeds(raw)
+            requests.setdefault(signature, []).append(feeds)
+    # A file that is not what smpack writes: wrong framing (OpError), wrong messages (the
+    # rest, from decoding fields that are absent or of another type).
+    except (tf.errors.OpError, DecodeError, ValueError, KeyError, IndexError, TypeError) as e:
+        msg = f"not a warmup file TF Serving can replay: {first_line(e)}"
+        raise PackageError(msg, file=path) from e
     return requests
+
+
+def _request_feeds(raw: bytes) -> tuple[str, dict[str, np.ndarray]]:
+    """One PredictionLog's signature key and feeds."""
+    [(log_type, log)] = _decoded(raw).items()
+    request = _decoded(log[0])[1][0]
+    fields = _decoded(request)
+    signature = _decoded(fields[1][0]).get(3, [b"serving_default"])[0].decode()
+    if log_type != _PREDICT_LOG:
+        example_list = _decoded(_decoded(fields[2][0])[1][0])
+        return signature, {"inputs": np.array(example_list.get(1, []), dtype=object)}
+    feeds = {}
+    for entry in fields.get(2, []):
+        key_and_tensor = _decoded(entry)
+        tensor = tensor_pb2.TensorProto.FromString(key_and_tensor[2][0])
+        # A shape is a promise the bytes need not keep; check it before numpy allocates it.
+        elements = int(np.prod([d.size for d in tensor.tensor_shape.dim], dtype=np.float64))
+        if elements > MAX_WARMUP_FILE_BYTES:
+            msg = f"a tensor's shape claims {elements:.0f} elements"
+            raise ValueError(msg)
+        feeds[key_and_tensor[1][0].decode()] = tf.make_ndarray(tensor)
+    return signature, feeds
 
 
 def _request_values(loaded: LoadedManifest, request: WarmupRequest, field: str) -> dict[str, Any]:
     """Inline values and files merged into one numpy array (or Example list) per input."""
     if request.examples is not None:
         return {"inputs": request.examples}
-    values = {key: np.asarray(value) for key, value in request.inputs.items()}
+    values = {}
+    for key, value in request.inputs.items():
+        values[key] = _array(value, loaded.path, f"{field}.inputs.{key}")
     for key, relative in request.files.items():
-        path = loaded.folder / relative
+        path, where = loaded.folder / relative, f"{field}.files.{key}"
         try:
+            size = path.stat().st_size
+            if size > MAX_WARMUP_FILE_BYTES:
+                msg = f"{relative!r} is larger than {MAX_WARMUP_FILE_BYTES >> 20} MiB"
+                raise ManifestError(msg, file=loaded.path, field=where)
             if path.suffix == ".npy":
-                values[key] = np.load(path, allow_pickle=False)
+                values[key] = _load_npy(path, size)
             else:
-                values[key] = np.asarray(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as e:
-            msg = f"cannot read {relative!r}: {e}"
-            raise ManifestError(msg, file=loaded.path, field=f"{field}.files.{key}") from e
+                values[key] = _array(json.loads(path.read_bytes()), loaded.path, where)
+        # RecursionError: JSON nested deeper than the parser's stack.
+        except (OSError, ValueError, RecursionError) as e:
+            msg = f"cannot read {relative!r}: {first_line(e)}"
+            raise ManifestError(msg, file=loaded.path, field=where) from e
     return values
+
+
+def _array(value: Any, manifest: Path, field: str) -> np.ndarray:
+    """`value` (nested lists) as one array; refused if ragged or mixing kinds of value."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, RecursionError) as e:
+        msg = f"not a rectangular array of one type: {first_line(e)}"
+        raise ManifestError(msg, file=manifest, field=field) from e
+    if array.dtype == object:
+        msg = "not a rectangular array of numbers or strings"
+        raise ManifestError(msg, file=manifest, field=field)
+    return array
+
+
+def _load_npy(path: Path, size: int) -> np.ndarray:
+    """A .npy file, its header checked against the file's size before any data is read:
+    a header may claim 10^12 elements in a file of a few bytes."""
+    with path.open("rb") as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        if dtype.hasobject:
+            msg = "holds Python objects, which are only read by unpickling"
+            raise ValueError(msg)
+        expected = stream.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if any(d < 0 for d in shape) or expected != size:
+            msg = f"its header promises {shape} {dtype} ({expected} bytes), the file has {size}"
+            raise ValueError(msg)
+    return np.load(path, allow_pickle=False)
 
 
 def _fitted(

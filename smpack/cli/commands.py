@@ -10,18 +10,21 @@ import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 import smpack
 from smpack import __version__
 from smpack.errors import PackageError, SmpackError, first_line
 from smpack.io.staging import write_atomically
 from smpack.progress import Step, StepCallback
+
+if TYPE_CHECKING:
+    from smpack.checks.verify import VerifyReport
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -52,10 +55,10 @@ class _UserErrorsAsOneLine(TyperGroup):
             _one_line(f"error: {e.filename}: {e.strerror or e}")
             ctx.exit(2)
         except KeyboardInterrupt as e:
-            written = "; the package was not written" if ctx.invoked_subcommand == "build" else ""
+            written = ": the package was not written" if ctx.invoked_subcommand == "build" else ""
             _one_line(f"interrupted{written}")
             ctx.exit(128 + getattr(e, "signal", signal.SIGINT))
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort, TyperException):
             raise
         except Exception as e:
             if debug:
@@ -170,9 +173,7 @@ def build(
     verification, else 0.
     """
     if len(manifests) == 1 and not as_json:
-        _build_one(
-            manifests[0], out, force, as_text, not no_verify, not no_measure, quiet, verbose
-        )
+        _build_one(manifests[0], out, force, as_text, not no_verify, not no_measure, quiet, verbose)
         return
     first = f"building {len(manifests)} manifests, {jobs} at a time"
     with _progress_bar(quiet or as_json or len(manifests) == 1, first) as show:
@@ -261,14 +262,34 @@ def _build_one(
 ) -> None:
     from smpack.cli.views import build_summary
 
+    reports: list[VerifyReport] = []
     with _progress_bar(quiet, "reading the manifest") as show:
+
+        def passes(staging: Path) -> bool:
+            reports.append(smpack.verify(staging, on_step=show))
+            return reports[-1].passed
+
         info = smpack.build(
-            manifest, out, force=force, as_text=as_text, measure=measure, on_step=show
+            manifest,
+            out,
+            force=force,
+            as_text=as_text,
+            measure=measure,
+            on_step=show,
+            verify=passes if verify else None,
         )
     if not quiet:
         stdout.print(build_summary(info))
-    if verify:
-        _verify_or_exit(info.location, after_build=True, quiet=quiet, verbose=verbose)
+    for report in reports:
+        # Checked in its staging folder; named where it now is.
+        report.path, report.url = info.path, info.url
+        _show_report(report, quiet=quiet, as_json=False, verbose=verbose)
+    if not info.published:
+        _one_line(
+            f"verify failed: the package did not pass its checks and was not published; "
+            f"it is kept in {info.location}"
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -301,21 +322,20 @@ def verify(
     quiet: QuietOption = False,
 ) -> None:
     """Load every graph through TensorFlow and check it; exit 1 if any check fails."""
-    _verify_or_exit(package, after_build=False, quiet=quiet, as_json=as_json)
+    _verify_or_exit(package, quiet=quiet, as_json=as_json)
 
 
-def _verify_or_exit(
-    package: str,
-    *,
-    after_build: bool,
-    quiet: bool = False,
-    as_json: bool = False,
-    verbose: bool = True,
-) -> None:
-    from smpack.cli.views import verify_verdict, verify_view
-
+def _verify_or_exit(package: str, *, quiet: bool = False, as_json: bool = False) -> None:
     with _progress_bar(quiet or as_json, "importing TensorFlow") as show:
         report = smpack.verify(package, on_step=show)
+    _show_report(report, quiet=quiet, as_json=as_json)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def _show_report(report: VerifyReport, *, quiet: bool, as_json: bool, verbose: bool = True) -> None:
+    from smpack.cli.views import verify_verdict, verify_view
+
     if as_json:
         import dataclasses
 
@@ -327,14 +347,6 @@ def _verify_or_exit(
         # After a build the summary was the package; its checks matter only when one failed.
         shown = verify_view(report) if verbose or not report.passed else verify_verdict(report)
         stdout.print(shown)
-    if not report.passed:
-        if after_build:
-            stderr.print(
-                f"verify failed: {package} was written but did not pass its checks",
-                highlight=False,
-                soft_wrap=True,
-            )
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -373,9 +385,7 @@ def serving_config(
     tags: Annotated[
         str | None, typer.Option("--tags", help="Only this variant's tag set, e.g. serve,gpu.")
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", "-f", help="Replace files that exist.")
-    ] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace files that exist.")] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 from smpack.errors import PackageError
 from smpack.package.digests import copy_hashing
 
-_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h
+# The folder a package that failed verification is kept in: `<version>.failed-verify`.
+REJECTED_SUFFIX = "failed-verify"
 _AT_FDCWD = -100
 
 
@@ -39,16 +41,20 @@ def staged_directory(destination: Path, force: bool) -> Iterator[Path]:
         message = f"cannot create {parent}: {e.strerror}"
         raise PackageError(message) from e
     remove_stale_staging(parent, destination.name)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{destination.name}.smpack-tmp-{os.getpid()}-", dir=parent)
-    )
+    try:
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{destination.name}.smpack-tmp-{os.getpid()}-", dir=parent)
+        )
+    except OSError as e:  # a read-only output folder
+        msg = f"cannot write in {parent}: {e.strerror or e}; the package was not written"
+        raise PackageError(msg) from e
     published = False
     try:
         yield staging
         # mkdtemp makes the folder private (0700), which would lock out a TF Serving that
         # runs as another user; the published package gets the mode mkdir would give it.
         staging.chmod(0o777 & ~_umask())
-        _publish(staging, destination)
+        _publish(staging, destination, force)
         published = True
     except OSError as e:
         # Disk full, a file-size limit, permissions: the user's to fix, and nothing was lost.
@@ -71,7 +77,11 @@ def _umask() -> int:
 
 def remove_stale_staging(parent: Path, version: str) -> None:
     """Delete staging directories left by builds that were killed."""
-    for leftover in parent.glob(f".{version}.smpack-tmp-*"):
+    try:
+        leftovers = list(parent.glob(f".{version}.smpack-tmp-*"))
+    except OSError:
+        return  # an unlistable output folder; mkdtemp will say what is wrong with it
+    for leftover in leftovers:
         pid = leftover.name.removeprefix(f".{version}.smpack-tmp-").split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -87,13 +97,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _publish(staging: Path, destination: Path) -> None:
-    if not destination.exists():
-        os.rename(staging, destination)
+def _publish(staging: Path, destination: Path, force: bool) -> None:
+    """Move the finished package into place; of two builds racing for one version without
+    `force`, exactly one gets it and the other is told it exists."""
+    if _rename(staging, destination, _RENAME_NOREPLACE):
         return
+    if not force:
+        msg = f"{destination} already exists (another build published it first); nothing replaced"
+        raise PackageError(msg)
     # Swap in one step where the kernel can (renameat2); the old package then sits at
     # the staging path and is removed with it.
-    if _exchange(staging, destination):
+    if _rename(staging, destination, _RENAME_EXCHANGE):
         return
     old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.smpack-old-", dir=destination.parent))
     os.rename(destination, old / "package")
@@ -101,13 +115,40 @@ def _publish(staging: Path, destination: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def keep_rejected(staging: Path, destination: Path) -> Path:
+    """Move a package that failed verification beside `destination`, as `<version>.failed-verify`
+    (TF Serving loads only integer version folders), replacing an earlier rejected one."""
+    kept = destination.with_name(f"{destination.name}.{REJECTED_SUFFIX}")
+    staging.chmod(0o777 & ~_umask())
+    if kept.exists():
+        shutil.rmtree(kept)
+    os.rename(staging, kept)
+    return kept
+
+
+def _rename(source: Path, target: Path, flags: int) -> bool:
+    """renameat2(source, target, flags); False if `target` exists (or, for an exchange, does
+    not) or the kernel cannot. Without renameat2, a no-replace rename claims the target with
+    an atomic mkdir first."""
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
+    if renameat2 is not None:
+        result = renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags)
+        if result == 0:
+            return True
+        error = ctypes.get_errno()
+        if error in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOENT):
+            return False
+        if error not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(error, os.strerror(error), str(target))
+    if flags != _RENAME_NOREPLACE:
         return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return bool(result == 0)
+    try:
+        os.mkdir(target)
+    except FileExistsError:
+        return False
+    os.rename(source, target)  # onto the empty folder this process just claimed
+    return True
 
 
 def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

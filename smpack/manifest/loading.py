@@ -132,9 +132,9 @@ def _check_shape(text: str) -> None:
             if anchor is not None:
                 expanded[anchor] = values
         elif isinstance(event, yaml.AliasEvent):
-            if event.anchor not in expanded:
+            values = expanded.get(event.anchor or "", 0)
+            if not values:
                 _refuse(f"alias *{event.anchor} refers to a node that contains it", event)
-            values = expanded[event.anchor]
         elif isinstance(event, yaml.ScalarEvent):
             values = 1
             if event.anchor is not None:
@@ -149,7 +149,7 @@ def _check_shape(text: str) -> None:
 
 
 def _refuse(problem: str, event: yaml.Event) -> None:
-    raise yaml.MarkedYAMLError(problem=problem, problem_mark=event.start_mark)
+    raise yaml.MarkedYAMLError(problem=problem, problem_mark=event.start_mark)  # type: ignore[arg-type]
 
 
 # libyaml's parser where PyYAML was built with it: the pure-Python one reads ~100 KiB/s.

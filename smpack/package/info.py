@@ -108,6 +108,8 @@ class PackageInfo:
     url: str | None = None
     # The Python modules the build imported for custom ops, as smpack.json records them.
     op_libraries: tuple[str, ...] = ()
+    # False for a build's package that failed verification and was kept, not published.
+    published: bool = True
 
     @property
     def location(self) -> str:
