@@ -8,11 +8,18 @@ with smpack's own protobuf messages, and from the files themselves.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.resources
+import json
+import os
 import re
+import resource
+import select
+import signal
+import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +27,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from smpack.errors import ManifestError, PackageError
+from smpack.errors import ManifestError, PackageError, first_line
 from smpack.manifest import card_format
 from smpack.manifest.card_spec import CardSpec
 from smpack.package.card_context import card_context
@@ -61,31 +68,161 @@ def render_card(
     `info.path` holds no readable saved_model.pb.
     """
     context = card_context(info, spec, name=name, version=version, measurements=measurements)
-    environment: jinja2.Environment
     if template is None:
         environment = _environment(jinja2.Environment, jinja2.FunctionLoader(_builtin), fmt)
-        template_name, field, template_file = f"model_card.{fmt}.j2", None, None
-    else:
-        template_file = Path(template).absolute()
-        loader = jinja2.FileSystemLoader(template_file.parent)
-        environment = _environment(SandboxedEnvironment, loader, fmt)
-        template_name, field = template_file.name, "card.template"
+        return _render(environment, f"model_card.{fmt}.j2", context, None, None)
+    template_file = Path(template).absolute()
+    environment = _environment(_BudgetedSandbox, _FolderLoader(template_file.parent), fmt)
+    return _render_isolated(environment, template_file.name, context, template_file)
+
+
+def _render(
+    environment: jinja2.Environment,
+    template_name: str,
+    context: dict[str, Any],
+    template_file: Path | None,
+    field: str | None,
+) -> str:
     try:
-        return environment.get_template(template_name).render(context)
+        parts, size = [], 0
+        for chunk in environment.get_template(template_name).generate(context):
+            size += len(chunk)
+            if size > MAX_CARD_CHARS:
+                msg = f"the card would be longer than {MAX_CARD_CHARS:,} characters"
+                raise CardTemplateError(msg, file=template_file, field=field)
+            parts.append(chunk)
+        return "".join(parts)
     except jinja2.TemplateNotFound as e:
         msg = f"template {e.name!r} not found; check the path"
         raise CardTemplateError(msg, file=template_file, field=field) from e
     except jinja2.TemplateSyntaxError as e:
         msg = f"template syntax error: {e.message}"
         raise CardTemplateError(msg, file=e.filename, line=e.lineno, field=field) from e
-    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as e:
+    except (
+        jinja2.TemplateError,
+        TypeError,
+        ValueError,
+        ArithmeticError,
+        RecursionError,
+        MemoryError,
+    ) as e:
         file, line = _template_location(e)
-        msg = str(e)
+        msg = first_line(e) or type(e).__name__
         if isinstance(e, jinja2.UndefinedError):
             msg += f"; a card template sees {', '.join(sorted(context))} (see card_context)"
-        elif isinstance(e, jinja2.exceptions.SecurityError):
+        elif isinstance(e, jinja2.exceptions.SecurityError) and not isinstance(e, _OverBudget):
             msg += "; card templates run in Jinja2's sandbox, which hides Python internals"
+        elif isinstance(e, RecursionError):
+            msg = "the template recurses too deeply"
+        elif isinstance(e, MemoryError):
+            msg = f"the template needs more than {_CARD_MEMORY >> 20} MiB of memory"
         raise CardTemplateError(msg, file=file or template_file, line=line, field=field) from e
+
+
+# A user template's budget: its output, CPU seconds and memory beyond the process's own.
+# Jinja2's sandbox caps each range() but not the work (two nested loops are 10^10 steps),
+# and one `'x' * 10**10` allocates 10 GB before any check could run.
+MAX_CARD_CHARS = 16 << 20
+_CARD_SECONDS = 10
+_CARD_MEMORY = 1 << 30
+
+
+class _OverBudget(jinja2.exceptions.SecurityError):
+    pass
+
+
+class _BudgetedSandbox(SandboxedEnvironment):
+    """Refuses, before Python allocates them, repetitions and powers whose result would blow
+    the output budget; the child process's limits catch what slips past."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        sized = [v for v in (left, right) if isinstance(v, str | bytes | list | tuple)]
+        counts = [v for v in (left, right) if isinstance(v, int)]
+        if operator == "*" and sized and counts and len(sized[0]) * counts[0] > MAX_CARD_CHARS:
+            msg = f"a repetition longer than the card's budget of {MAX_CARD_CHARS:,} characters"
+            raise _OverBudget(msg)
+        if operator == "**" and len(counts) == 2 and abs(right) > 4096:
+            msg = f"a power with exponent {right}, beyond what a card needs"
+            raise _OverBudget(msg)
+        return super().call_binop(context, operator, left, right)
+
+
+class _FolderLoader(jinja2.FileSystemLoader):
+    """Templates only from inside one folder, symlinks resolved before the check: an
+    `{% include %}` of a link to a file elsewhere is refused."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        root = Path(self.searchpath[0]).resolve()
+        if not Path(filename).resolve().is_relative_to(root):
+            msg = f"{template!r} leads outside the template's folder {root}"
+            raise jinja2.exceptions.SecurityError(msg)
+        return source, filename, uptodate
+
+
+def _render_isolated(
+    environment: jinja2.Environment, template_name: str, context: dict[str, Any], file: Path
+) -> str:
+    """Render a user's template in a forked child under CPU and memory limits, so a template
+    that loops for ever or allocates gigabytes fails the build with one line."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, send the text or the error, and leave at once
+        os.close(read_end)
+        try:
+            _limit_child()
+            result: tuple[Any, ...] = (
+                "text",
+                _render(environment, template_name, context, file, "card.template"),
+            )
+        except CardTemplateError as e:
+            result = ("error", e.message, e.file and str(e.file), e.line)
+        except BaseException as e:  # noqa: BLE001 -- the parent reports it
+            result = ("error", f"{type(e).__name__}: {first_line(e)}", str(file), None)
+        with os.fdopen(write_end, "wb") as stream:
+            stream.write(json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        # Wall time: CPU seconds on a busy machine, and margin for the child's start.
+        data = _read_within(read_end, _CARD_SECONDS * 2 + 5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    if not data:
+        msg = f"the template ran longer than {_CARD_SECONDS} s of CPU time; make it do less"
+        raise CardTemplateError(msg, file=file, field="card.template")
+    kind, *rest = json.loads(data)
+    if kind == "text":
+        return str(rest[0])
+    message, where, line = rest
+    raise CardTemplateError(message, file=where or file, line=line, field="card.template")
+
+
+def _limit_child() -> None:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + _CARD_MEMORY, resource.RLIM_INFINITY))
+    resource.setrlimit(resource.RLIMIT_CPU, (_CARD_SECONDS, _CARD_SECONDS + 1))
+
+
+def _read_within(descriptor: int, seconds: float) -> bytes:
+    """Everything from `descriptor` until it closes; b"" if that takes longer than `seconds`."""
+    deadline, chunks = time.monotonic() + seconds, list[bytes]()
+    with os.fdopen(descriptor, "rb", buffering=0) as stream:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([stream], [], [], left)[0]:
+                return b""
+            chunk = stream.read(1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
 
 
 def write_cards(
