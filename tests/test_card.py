@@ -96,7 +96,6 @@ def test_html_tables_list_variants_and_metrics(linear_package: PackageInfo) -> N
     assert len(serving) == 9  # triton: cpu, gpu; tfserving: cpu, gpu, tpu (+ batching)
     assert [f for f in files if f not in serving] == [
         "File",
-        "assets.extra/smpack.json",
         "fingerprint.pb",
         "saved_model.pb",
         "variables/variables.data-00000-of-00001",
@@ -109,7 +108,7 @@ def test_parameter_count_covers_trainable_variables_only(linear_package: Package
     assert card_context(linear_package, None)["package"]["parameter_count"] == 2
 
 
-def test_card_leaves_out_earlier_cards(linear_package: PackageInfo, tmp_path: Path) -> None:
+def test_card_leaves_out_earlier_cards_and_the_record_that_hashes_them(linear_package: PackageInfo, tmp_path: Path) -> None:
     copy = tmp_path / "linear" / "1"
     shutil.copytree(linear_package.path, copy)
     (copy / "assets.extra" / "model_card.md").write_text("old card")
@@ -122,7 +121,6 @@ def test_card_leaves_out_earlier_cards(linear_package: PackageInfo, tmp_path: Pa
     serving = "assets.extra/serving/"  # test_serving_config.py checks those files
     assert [f["path"] for f in package["files"] if not f["path"].startswith(serving)] == [
         "assets.extra/notes.txt",
-        "assets.extra/smpack.json",
         "fingerprint.pb",
         "saved_model.pb",
         "variables/variables.data-00000-of-00001",

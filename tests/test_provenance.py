@@ -78,9 +78,28 @@ def package_copy(text_package: PackageInfo, tmp_path: Path) -> Path:
 
 def test_untouched_package_has_no_provenance_problems(package_copy: Path) -> None:
     assert check_provenance(package_copy) == []
-    # The cards are not listed (they embed the other hashes), so rewriting them is allowed.
+
+
+def test_an_edited_card_is_caught_by_its_hash(package_copy: Path) -> None:
     (package_copy / "assets.extra" / "model_card.md").write_text("# edited card\n")
-    assert check_provenance(package_copy) == []
+    assert check_provenance(package_copy) == [
+        "assets.extra/model_card.md was modified (its sha256 differs from assets.extra/smpack.json)"
+    ]
+
+
+@pytest.mark.parametrize("entry", ["smpack", "tensorflow", "manifest", "source"])
+def test_an_edited_record_entry_is_caught_by_the_record_hash(
+    package_copy: Path, entry: str
+) -> None:
+    path = package_copy / "assets.extra" / "smpack.json"
+    record = json.loads(path.read_text())
+    record[entry] = (
+        {"path": "elsewhere.py", "sha256": "0" * 64} if entry in ("manifest", "source") else "9.9"
+    )
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    assert check_provenance(package_copy) == [
+        "assets.extra/smpack.json was edited (its record_sha256 does not match its entries)"
+    ]
 
 
 def test_tampering_is_reported_file_by_file(package_copy: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 from conftest import check_golden, invoke
+from tree_state import tree_state
 
 from smpack.checks.verify import verify_package
 from smpack.package.info import PackageInfo
@@ -125,22 +126,29 @@ signatures:
 """
 
 
-def test_build_fails_when_verify_fails_but_keeps_the_package(
+def test_a_package_failing_verify_is_kept_aside_and_never_replaces_a_good_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "model.py").write_text(OVERFLOWING_MODEL)
     (tmp_path / "overflow.yaml").write_text(textwrap.dedent(OVERFLOWING_MANIFEST))
-    args = ["build", str(tmp_path / "overflow.yaml"), "--out", str(tmp_path / "out")]
-    result = invoke(monkeypatch, args)
+    out = tmp_path / "out"
+    args = ["build", str(tmp_path / "overflow.yaml"), "--out", str(out)]
+    result = invoke(monkeypatch, [*args, "--no-verify"])
+    assert result.exit_code == 0, result.output
+    published = tree_state(out / "overflow" / "1")
+
+    result = invoke(monkeypatch, [*args, "--force"])
     assert result.exit_code == 1
     assert "FAIL: outputs differ: output" in result.stdout
     assert "FAILED: serve,half" in result.stdout
-    assert "verify failed" in result.stderr
-    assert (tmp_path / "out" / "overflow" / "1" / "saved_model.pb").is_file()
-
-    result = invoke(monkeypatch, [*args, "--force", "--no-verify"])
-    assert result.exit_code == 0, result.output
-    assert "check" not in result.stdout.replace("checkpoint", "")  # no verify table
+    kept = out / "overflow" / "1.failed-verify"
+    assert result.stderr.splitlines() == [
+        "verify failed: the package did not pass its checks and was not published; "
+        f"it is kept in {kept}"
+    ]
+    assert (kept / "saved_model.pb").is_file()
+    assert tree_state(out / "overflow" / "1") == published
+    assert sorted(p.name for p in (out / "overflow").iterdir()) == ["1", "1.failed-verify"]
 
 
 def test_verify_reports_files_changed_since_the_build(

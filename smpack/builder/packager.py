@@ -79,7 +79,11 @@ def _build(
     remote_destination = is_url(destination)
     from smpack.builder.assets import copy_assets
     from smpack.builder.graphs import build_variant_graph
-    from smpack.builder.provenance import recorded_source_files, write_provenance
+    from smpack.builder.provenance import (
+        recorded_source_files,
+        seal_provenance,
+        write_provenance,
+    )
     from smpack.builder.serving import write_package_serving_configs
     from smpack.builder.warmup import warmup_records, write_warmup_file
     from smpack.builder.writer import write_saved_model
@@ -151,6 +155,7 @@ def _build(
             name=loaded.spec.name,
             version=loaded.spec.version,
         )
+        seal_provenance(staging)
         # Read now: a remote package's local copy is gone once it has been uploaded.
         info = read_package(staging)
         if verify is not None and not verify(staging):

@@ -25,6 +25,7 @@ from smpack.manifest import LoadedManifest
 from smpack.package.digests import file_sha256, tree_files
 from smpack.package.layout import (
     ASSETS_EXTRA,
+    CARD_FILES,
     FINGERPRINT_FILE,
     PACKAGE_DESCRIPTIONS,
     RECORD_PATH,
@@ -32,6 +33,8 @@ from smpack.package.layout import (
 
 # The record cannot hash itself, and the cards, written after it, embed every other hash.
 _UNLISTED = tuple(f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS)
+# ...so the cards' hashes are added to the record once they are written (seal_provenance).
+_CARDS = tuple(f"{ASSETS_EXTRA}/{name}" for name in CARD_FILES)
 
 
 def write_provenance(
@@ -86,32 +89,62 @@ def write_fingerprint(export_dir: Path) -> None:
     (export_dir / FINGERPRINT_FILE).write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
-def package_files(export_dir: Path, *, cached: bool = True) -> dict[str, str]:
-    """sha256 of every file of the package that smpack.json lists, by relative path."""
+def package_files(export_dir: Path, *, cached: bool = True, cards: bool = False) -> dict[str, str]:
+    """sha256 of every file of the package that smpack.json lists under `files` (and with
+    `cards`, under `cards` too), by relative path."""
+    unlisted = (RECORD_PATH,) if cards else _UNLISTED
     return {
         relative: file_sha256(path, cached=cached)
         for relative, path in tree_files(export_dir)
-        if relative not in _UNLISTED
+        if relative not in unlisted
     }
 
 
-def check_provenance(export_dir: str | Path) -> list[str]:
-    """Problems found comparing the package's files with its `assets.extra/smpack.json`.
+def seal_provenance(export_dir: Path) -> None:
+    """Add the model cards' sha256 and the record's own to `assets.extra/smpack.json`.
 
-    An empty list means every listed file is present and unchanged and no file was added.
-    A package without smpack.json (not built by smpack) yields one problem saying so.
+    Call once the cards are written. The record's own hash covers its versions, source,
+    manifest and checkpoint entries, which name no file of the package.
+    """
+    target = export_dir / RECORD_PATH
+    record = json.loads(target.read_text(encoding="utf-8"))
+    record["cards"] = {
+        relative: file_sha256(path)
+        for relative, path in tree_files(export_dir)
+        if relative in _CARDS
+    }
+    record["record_sha256"] = _record_sha256(record)
+    target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _record_sha256(record: dict[str, Any]) -> str:
+    unsealed = {key: value for key, value in record.items() if key != "record_sha256"}
+    text = json.dumps(unsealed, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_provenance(export_dir: str | Path) -> list[str]:
+    """Problems found comparing the package with its `assets.extra/smpack.json`.
+
+    An empty list means the record is whole (its own hash matches), every file it lists,
+    the model cards included, is present and unchanged, and no file was added. A package
+    whose model cards say smpack built it but which has no smpack.json yields one problem.
     """
     export_dir = Path(export_dir)
     record_path = export_dir / RECORD_PATH
     if not record_path.is_file():
         return [f"no {RECORD_PATH}: the package's files cannot be checked"]
     try:
-        listed = json.loads(record_path.read_text(encoding="utf-8"))["files"]
-        if not isinstance(listed, dict):
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        listed, cards = record["files"], record.get("cards", {})
+        if not isinstance(listed, dict) or not isinstance(cards, dict):
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return [f"{RECORD_PATH} is not a valid smpack provenance record"]
-    found = package_files(export_dir, cached=False)
+    if record.get("record_sha256") != _record_sha256(record):
+        return [f"{RECORD_PATH} was edited (its record_sha256 does not match its entries)"]
+    listed = {**listed, **cards}
+    found = package_files(export_dir, cached=False, cards=True)
     problems = []
     for relative, digest in sorted(listed.items()):
         if relative not in found:
@@ -123,6 +156,11 @@ def check_provenance(export_dir: str | Path) -> list[str]:
         for relative in sorted(found.keys() - listed.keys())
     ]
     return problems
+
+
+def claims_smpack(export_dir: Path) -> bool:
+    """Whether the package says smpack built it: it carries smpack's record or model cards."""
+    return any((export_dir / relative).is_file() for relative in (RECORD_PATH, *_CARDS))
 
 
 def _tree_sha256(paths: list[tuple[str, Path]]) -> str:

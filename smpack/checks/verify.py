@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from smpack.builder.provenance import check_provenance
+from smpack.builder.provenance import check_provenance, claims_smpack
 from smpack.builder.warmup import read_warmup_requests
 from smpack.checks.xla_check import tpu_graph_on_cpu
 from smpack.errors import ManifestError, SmpackError, telling_line
@@ -112,11 +112,12 @@ def _verify_local(export_dir: Path, step: Steps) -> VerifyReport:
             f"repeated: {'; '.join(duplicates)}" if duplicates else "",
         ),
     ]
-    # Only smpack's packages carry the record; any other SavedModel has nothing to match.
-    # Hashing every file reads the weights once more (0.75 s a GiB): it runs on a thread of
-    # its own (hashlib lets go of the GIL) while the graphs load.
+    # Only smpack's packages carry the record and cards; any other SavedModel has nothing to
+    # match, but one whose cards say smpack built it must have its record. Hashing every file
+    # reads the weights once more (0.75 s a GiB): it runs on a thread of its own (hashlib
+    # lets go of the GIL) while the graphs load.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="smpack-verify") as pool:
-        record = (export_dir / RECORD_PATH).is_file()
+        record = claims_smpack(export_dir)
         provenance = pool.submit(check_provenance, export_dir) if record else None
         package = read_package(export_dir)
         libraries = _op_libraries_check(package, export_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,12 @@ def load_manifest(path: str | Path) -> LoadedManifest:
 def _read_text(path: Path) -> str:
     """The manifest's text, refused before parsing if it is too big or not UTF-8."""
     try:
-        with path.open("rb") as stream:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer that never comes.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                msg = "the manifest is not a regular file"
+                raise ManifestError(msg, file=path)
             data = stream.read(MAX_MANIFEST_BYTES + 1)
     except OSError as e:
         msg = f"cannot read manifest: {e.strerror}"

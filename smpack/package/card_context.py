@@ -23,7 +23,7 @@ from smpack.package.card_measured import (
 )
 from smpack.package.digests import file_sha256, tree_files
 from smpack.package.info import GraphInfo, PackageInfo, TensorInfo
-from smpack.package.layout import ASSETS_EXTRA, CARD_FILES
+from smpack.package.layout import ASSETS_EXTRA, CARD_FILES, PACKAGE_DESCRIPTIONS
 from smpack.package.load_commands import ServingBase, load_commands
 from smpack.package.protos import VariableDef, read_saved_model
 from smpack.package.record import variant_records
@@ -181,7 +181,8 @@ def _parameter_count(saved_model: Any, info: PackageInfo) -> int | None:
 
 
 def _files(root: Path) -> list[dict[str, Any]]:
-    cards = {f"{ASSETS_EXTRA}/{card}" for card in CARD_FILES}
+    # smpack.json is left out too: it records the cards' hashes, so it is written after them.
+    cards = {f"{ASSETS_EXTRA}/{card}" for card in PACKAGE_DESCRIPTIONS}
     return [
         {"path": relative, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         for relative, path in tree_files(root)
