@@ -9,9 +9,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -100,6 +103,8 @@ def tree_state(folder: Path) -> dict[str, str]:
             state[relative] = f"link {path.readlink()}"
         elif path.is_dir():
             state[relative] = f"dir {mode:o}"
+        elif not stat.S_ISREG(info.st_mode):  # a FIFO would block a read for ever
+            state[relative] = f"special {stat.S_IFMT(info.st_mode):o} {mode:o}"
         else:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             state[relative] = f"file {mode:o} {digest}"
@@ -239,3 +244,71 @@ def mct_problems(document: str) -> list[str]:
     data: Any = json.loads(document)
     return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(data)]
 
+
+# Real `smpack build` processes stopped at known moments (test_faults, test_hostile_processes).
+FAULTS = Path(__file__).resolve().parent / "faults"
+# Nested loops in Jinja2's sandbox (range is capped at 100000): 10^10 iterations.
+ENDLESS_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
+
+
+def project(folder: Path, params: str = "{}", extra: str = "") -> Path:
+    """A manifest (train + serve variants of the faulty model) in `folder`; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FAULTS / "faulty_model.py", folder)
+    (folder / "endless.md.j2").write_text(ENDLESS_TEMPLATE)
+    manifest = folder / "manifest.yaml"
+    manifest.write_text(
+        "schema: 1\nname: faulty\nversion: 1\n"
+        f"source: {{python: faulty_model.py:model_fn, params: {params}}}\n"
+        "variants:\n"
+        "  train: {tags: [train], optimizer: {name: sgd, learning_rate: 0.1}}\n"
+        "  cpu: {tags: [serve]}\n" + extra
+    )
+    return manifest
+
+
+def start_build(
+    manifest: Path, out: Path, limits: Callable[[], None] | None = None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what users see, TF's C++ logging included
+    command = [sys.executable, "-m", "smpack", "build", str(manifest), "--out", str(out)]
+
+    def as_a_user_starts_it() -> None:
+        # A test runner's workers may ignore SIGINT, and children inherit that: a Ctrl-C
+        # test would then test nothing.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if limits is not None:
+            limits()
+
+    return subprocess.Popen(
+        [*command, "--force"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_a_user_starts_it,
+    )
+
+
+def finish(build: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The build's stdout and stderr once it ends; killed, and the test failed, if it hangs."""
+    try:
+        return build.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        build.kill()
+        build.communicate()
+        pytest.fail(f"the build did not end within {timeout} s")
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the build ended first: {process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the build never reached the moment to interrupt")
+        time.sleep(0.001)

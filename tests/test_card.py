@@ -108,7 +108,9 @@ def test_parameter_count_covers_trainable_variables_only(linear_package: Package
     assert card_context(linear_package, None)["package"]["parameter_count"] == 2
 
 
-def test_card_leaves_out_earlier_cards_and_the_record_that_hashes_them(linear_package: PackageInfo, tmp_path: Path) -> None:
+def test_card_leaves_out_earlier_cards_and_the_record_that_hashes_them(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
     copy = tmp_path / "linear" / "1"
     shutil.copytree(linear_package.path, copy)
     (copy / "assets.extra" / "model_card.md").write_text("old card")

@@ -13,44 +13,19 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
+from conftest import finish, project, start_build, tree_state, wait_until
 
 import smpack
 from smpack.io.staging import _RENAME_EXCHANGE, _rename
 
 # Real builds in subprocesses, stopped at chosen moments: slow by nature.
 pytestmark = pytest.mark.slow
-
-FAULTS = Path(__file__).resolve().parent / "faults"
-# Nested loops in Jinja2's sandbox (range is capped at 100000): 10^10 iterations.
-ENDLESS_TEMPLATE = (
-    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-)
-
-
-def project(folder: Path, params: str = "{}", extra: str = "") -> Path:
-    """A manifest (train + serve variants of the faulty model) in `folder`; returns its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FAULTS / "faulty_model.py", folder)
-    (folder / "endless.md.j2").write_text(ENDLESS_TEMPLATE)
-    manifest = folder / "manifest.yaml"
-    manifest.write_text(
-        "schema: 1\nname: faulty\nversion: 1\n"
-        f"source: {{python: faulty_model.py:model_fn, params: {params}}}\n"
-        "variants:\n"
-        "  train: {tags: [train], optimizer: {name: sgd, learning_rate: 0.1}}\n"
-        "  cpu: {tags: [serve]}\n" + extra
-    )
-    return manifest
-
 
 @pytest.fixture(scope="module")
 def previous(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -65,51 +40,6 @@ def out(previous: Path, tmp_path: Path) -> Path:
     target = tmp_path / "out"
     shutil.copytree(previous, target)
     return target
-
-
-def start_build(
-    manifest: Path, out: Path, limits: Callable[[], None] | None = None
-) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what users see, TF's C++ logging included
-    command = [sys.executable, "-m", "smpack", "build", str(manifest), "--out", str(out)]
-
-    def as_a_user_starts_it() -> None:
-        # A test runner's workers may ignore SIGINT, and children inherit that: a Ctrl-C
-        # test would then test nothing.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if limits is not None:
-            limits()
-
-    return subprocess.Popen(
-        [*command, "--force"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=as_a_user_starts_it,
-    )
-
-
-def finish(build: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
-    """The build's stdout and stderr once it ends; killed, and the test failed, if it hangs."""
-    try:
-        return build.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        build.kill()
-        build.communicate()
-        pytest.fail(f"the build did not end within {timeout} s")
-
-
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"the build ended first: {process.communicate()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the build never reached the moment to interrupt")
-        time.sleep(0.001)
 
 
 def staging_dirs(out: Path) -> list[Path]:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from conftest import check_golden, invoke
-from tree_state import tree_state
+from conftest import check_golden, invoke, tree_state
 
 from smpack.checks.verify import verify_package
 from smpack.package.info import PackageInfo

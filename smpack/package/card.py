@@ -95,6 +95,9 @@ def _render(
     except jinja2.TemplateNotFound as e:
         msg = f"template {e.name!r} not found; check the path"
         raise CardTemplateError(msg, file=template_file, field=field) from e
+    except OSError as e:  # a template or include the system will not let smpack read
+        msg = f"cannot read the template: {e.strerror or e}"
+        raise CardTemplateError(msg, file=e.filename or template_file, field=field) from e
     except jinja2.TemplateSyntaxError as e:
         msg = f"template syntax error: {e.message}"
         raise CardTemplateError(msg, file=e.filename, line=e.lineno, field=field) from e
@@ -110,7 +113,7 @@ def _render(
         msg = first_line(e) or type(e).__name__
         if isinstance(e, jinja2.UndefinedError):
             msg += f"; a card template sees {', '.join(sorted(context))} (see card_context)"
-        elif isinstance(e, jinja2.exceptions.SecurityError) and not isinstance(e, _OverBudget):
+        elif type(e) is jinja2.exceptions.SecurityError:  # not one of smpack's own refusals
             msg += "; card templates run in Jinja2's sandbox, which hides Python internals"
         elif isinstance(e, RecursionError):
             msg = "the template recurses too deeply"
@@ -127,8 +130,8 @@ _CARD_SECONDS = 10
 _CARD_MEMORY = 1 << 30
 
 
-class _OverBudget(jinja2.exceptions.SecurityError):
-    pass
+class _Refused(jinja2.exceptions.SecurityError):
+    """Refused by smpack's own limits rather than by Jinja2's sandbox rules."""
 
 
 class _BudgetedSandbox(SandboxedEnvironment):
@@ -142,10 +145,10 @@ class _BudgetedSandbox(SandboxedEnvironment):
         counts = [v for v in (left, right) if isinstance(v, int)]
         if operator == "*" and sized and counts and len(sized[0]) * counts[0] > MAX_CARD_CHARS:
             msg = f"a repetition longer than the card's budget of {MAX_CARD_CHARS:,} characters"
-            raise _OverBudget(msg)
+            raise _Refused(msg)
         if operator == "**" and len(counts) == 2 and abs(right) > 4096:
             msg = f"a power with exponent {right}, beyond what a card needs"
-            raise _OverBudget(msg)
+            raise _Refused(msg)
         return super().call_binop(context, operator, left, right)
 
 
@@ -160,7 +163,7 @@ class _FolderLoader(jinja2.FileSystemLoader):
         root = Path(self.searchpath[0]).resolve()
         if not Path(filename).resolve().is_relative_to(root):
             msg = f"{template!r} leads outside the template's folder {root}"
-            raise jinja2.exceptions.SecurityError(msg)
+            raise _Refused(msg)
         return source, filename, uptodate
 
 

@@ -52,10 +52,13 @@ def message_fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
         value: int | bytes
         if wire_type == 0:
             value, pos = decode_varint(message, pos)
-        elif wire_type == 1:
-            (value,), pos = struct.unpack_from("<Q", message, pos), pos + 8
-        elif wire_type == 5:
-            (value,), pos = struct.unpack_from("<I", message, pos), pos + 4
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            if pos + size > len(message):
+                msg = "protobuf field runs past its message"
+                raise ValueError(msg)
+            (value,) = struct.unpack_from("<Q" if size == 8 else "<I", message, pos)
+            pos += size
         elif wire_type == 2:
             length, pos = decode_varint(message, pos)
             value, pos = message[pos : pos + length], pos + length
