@@ -25,6 +25,8 @@ from smpack.io.staging import staged_directory
 from smpack.package.info import PackageInfo, read_package
 
 ROOT = Path(__file__).resolve().parent.parent
+# Real builds in subprocesses: slow by nature.
+pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
