@@ -127,7 +127,9 @@ def test_verify_replays_the_warmup_requests_tf_serving_would_replay(tmp_path: Pa
     manifest = classifier_manifest(tmp_path, [{"x": [0, 1]}])
     result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    [graph] = verify_package(tmp_path / "out" / "classifier" / "3").graphs
+    # Not published: kept beside where it would have gone.
+    assert not (tmp_path / "out" / "classifier" / "3").exists()
+    [graph] = verify_package(tmp_path / "out" / "classifier" / "3.failed-verify").graphs
     [failed] = [check for check in graph.checks if not check.passed]
     assert failed.name == "signature classify runs on its 1 warmup request"
     assert "Data type: int64 but expected type: float" in failed.detail
