@@ -117,3 +117,22 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(
     after = {name: readable_state(path) for name, path in folders.items()}
     after["out"] = tree_state(folders["out"])
     assert after == before
+
+
+def test_a_bug_in_smpack_is_reported_as_a_bug_in_one_line(
+    linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        msg = "unsupported operand\nsecond line"
+        raise TypeError(msg)
+
+    monkeypatch.setattr("smpack.inspect", broken)
+    result = runner.invoke(app, ["inspect", str(linear_package.path)], env={"SMPACK_DEBUG": None})
+    assert result.exit_code == 70
+    assert result.stderr.splitlines() == [
+        "smpack bug: TypeError: unsupported operand; please report it "
+        "(SMPACK_DEBUG=1 shows the traceback)"
+    ]
+
+    result = runner.invoke(app, ["inspect", str(linear_package.path)], env={"SMPACK_DEBUG": "1"})
+    assert isinstance(result.exception, TypeError)
