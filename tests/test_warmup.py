@@ -135,7 +135,8 @@ def test_verify_replays_the_warmup_requests_tf_serving_would_replay(tmp_path: Pa
     assert "Data type: int64 but expected type: float" in failed.detail
     # Measuring it failed the same way: a reason in smpack.json, and no number.
     [measured] = [
-        v["measured"] for v in variant_records(tmp_path / "out" / "classifier" / "3").values()
+        v["measured"]
+        for v in variant_records(tmp_path / "out" / "classifier" / "3.failed-verify").values()
     ]
     assert measured["reason"].startswith("could not run classify: ")
     assert measured["latency_p50_ms"] is None

@@ -280,6 +280,9 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         names[asset.name] = i
     extras = {}
     for target, source in spec.assets_extra.items():
+        if not target or Path(target).name in {"", ".", ".."} or not target.isprintable():
+            msg = f"{target!r} must name a file inside assets.extra/"
+            raise ManifestError(msg, file=path, field=f"assets_extra.{target!r}")
         if Path(target).is_absolute() or ".." in Path(target).parts:
             msg = f"{target!r} must be a relative path inside assets.extra/"
             raise ManifestError(
@@ -291,9 +294,6 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         if Path(target).as_posix() in PACKAGE_DESCRIPTIONS or written_by_smpack:
             msg = f"smpack writes assets.extra/{target} itself; give this file another name"
             raise ManifestError(msg, file=path, field=f"assets_extra.{target}")
-        if not target or Path(target).name in {"", ".", ".."} or not target.isprintable():
-            msg = f"{target!r} must name a file inside assets.extra/"
-            raise ManifestError(msg, file=path, field=f"assets_extra.{target!r}")
         extras[target] = _existing(folder, source, path, f"assets_extra.{target}")
         _check_tree(extras[target], folder, path, f"assets_extra.{target}")
     for index, request in enumerate(spec.warmup):
