@@ -149,3 +149,13 @@ def test_checkpoint_source_is_recorded_by_its_files(linear_package: PackageInfo,
         "sha256": hashlib.sha256("".join(lines).encode()).hexdigest(),
     }
     assert check_provenance(package) == []
+
+
+def test_a_record_without_its_own_hash_is_not_trusted(package_copy: Path) -> None:
+    path = package_copy / "assets.extra" / "smpack.json"
+    record = json.loads(path.read_text())
+    del record["record_sha256"]
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    assert check_provenance(package_copy) == [
+        "assets.extra/smpack.json has no record_sha256: it predates sealed records, or was edited"
+    ]

@@ -141,7 +141,10 @@ def check_provenance(export_dir: str | Path) -> list[str]:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return [f"{RECORD_PATH} is not a valid smpack provenance record"]
-    if record.get("record_sha256") != _record_sha256(record):
+    if "record_sha256" not in record:
+        # An older smpack did not seal its record; nothing says its entries are as written.
+        return [f"{RECORD_PATH} has no record_sha256: it predates sealed records, or was edited"]
+    if record["record_sha256"] != _record_sha256(record):
         return [f"{RECORD_PATH} was edited (its record_sha256 does not match its entries)"]
     listed = {**listed, **cards}
     found = package_files(export_dir, cached=False, cards=True)
