@@ -1,115 +1,362 @@
-"""Half precision for an imported graph: the float32 graph retyped to float16 or bfloat16.
+"""Half precision for an imported graph, safe by construction.
 
-Variables stay float32 (one checkpoint for every variant): what is read from them is cast
-right after the read, as smpack's float32-storage getter does for Python models.
+Retyping every float32 attr of a graph breaks real models: a causal mask built with a
+float32 `Range` has no half-precision kernel on XLA, a `-1e9` mask constant becomes `-inf`
+in float16, and sums, softmax and normalisation statistics lose what makes them right. So
+each node computing in float32 gets one of three classes, following TensorFlow's automatic
+mixed precision lists and Keras's mixed-precision layers:
+
+- `half`: the matrix products and convolutions (`HALF_OPS`), and every op that reads a
+  `half` tensor. The variant's floating inputs arrive in half precision.
+- `float32`: softmax, accumulating reductions, exponentials and powers, and the
+  normalisation statistics (`FLOAT32_OPS`; Keras computes its normalisation layers and
+  recommends its softmax outputs in float32); ops the target has no half-precision kernel
+  for (by the op's definition, or the kernel registry of the variant's device or XLA); and
+  every op that reads such a tensor and no `half` one (variance + epsilon, then `Rsqrt`).
+- `free`: constants, variable reads, and arithmetic on nothing but those and integers:
+  index, shape, range and mask arithmetic. It stays float32.
+
+A tensor consumed by an op of another precision is converted at that edge: constants are
+converted in place of the original, anything else is cast. Conversions to float16 saturate
+at its largest finite value (as Keras's float16 masks do), so `-1e9` becomes `-65504`.
+Variables stay float32 (one checkpoint for every variant): a read is cast where a `half` op
+consumes it and used as it is by a float32 op (batch-norm statistics).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, types_pb2
 
+from smpack.manifest import Variant
 from smpack.sources.graph_def import node_name
 
-# Ops whose output is (part of) a variable's value, in the variable's own dtype.
-_VARIABLE_READS = ("ReadVariableOp", "ResourceGather", "ResourceGatherNd")
-_READ_CAST = "/smpack_cast"  # suffix of the cast following a variable read
+_FLOAT = types_pb2.DT_FLOAT
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
-
-def retyped(graph_def: graph_pb2.GraphDef, dtype: tf.DType) -> graph_pb2.GraphDef:
-    """The graph computing in `dtype` where it computed in float32: attrs and constants.
-
-    Variables stay float32 (one checkpoint for every variant): what is read from them is
-    cast right after the read, as smpack's float32-storage getter does for Python models.
-    """
-    retyped = graph_pb2.GraphDef()
-    retyped.CopyFrom(graph_def)
-    target = dtype.as_datatype_enum
-    reads = {
-        n.name
-        for n in retyped.node
-        if n.op in _VARIABLE_READS and n.attr["dtype"].type == types_pb2.DT_FLOAT
+# The compute-heavy ops half precision is for (TensorFlow's mixed-precision allow list).
+HALF_OPS = frozenset(
+    {
+        "BatchMatMul",
+        "BatchMatMulV2",
+        "BatchMatMulV3",
+        "Conv2D",
+        "Conv2DBackpropInput",
+        "Conv3D",
+        "Conv3DBackpropInputV2",
+        "DepthwiseConv2dNative",
+        "Einsum",
+        "MatMul",
     }
-    for node in retyped.node:
-        node.input[:] = [_cast_read(i, reads) for i in node.input]
-        if node.name in reads:
-            continue
-        for attr in node.attr.values():
-            if attr.WhichOneof("value") == "type" and attr.type == types_pb2.DT_FLOAT:
-                attr.type = target
-            elif attr.WhichOneof("value") == "list":
-                types = [target if t == types_pb2.DT_FLOAT else t for t in attr.list.type]
-                del attr.list.type[:]
-                attr.list.type.extend(types)
-            elif attr.WhichOneof("value") == "tensor" and attr.tensor.dtype == types_pb2.DT_FLOAT:
-                value = tf.make_ndarray(attr.tensor).astype(dtype.as_numpy_dtype)
-                attr.tensor.CopyFrom(tf.make_tensor_proto(value, dtype))
-    for name in sorted(reads):
-        _add_cast(retyped, name, f"{name}{_READ_CAST}", types_pb2.DT_FLOAT, target)
-    for node in list(retyped.node):
-        _keep_float32_where_required(retyped, node, target)
-    return retyped
+)
+# Ops kept in float32 whatever they read.
+FLOAT32_OPS = frozenset(
+    {
+        # softmax: the sum over exponentials, and what Keras advises for outputs
+        "Softmax",
+        "LogSoftmax",
+        "SoftmaxCrossEntropyWithLogits",
+        "SparseSoftmaxCrossEntropyWithLogits",
+        # accumulating reductions overflow float16 and lose bfloat16's few mantissa bits
+        "Mean",
+        "Sum",
+        "Prod",
+        "EuclideanNorm",
+        "L2Loss",
+        "Cumsum",
+        "Cumprod",
+        # exponentials and powers overflow float16
+        "Exp",
+        "Expm1",
+        "Log",
+        "Log1p",
+        "Pow",
+        # normalisation statistics: variance and its inverse square root
+        "Square",
+        "SquaredDifference",
+        "Sqrt",
+        "Rsqrt",
+    }
+)
+# Ops whose output is (part of) a variable's value, in the variable's own dtype.
+VARIABLE_READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd"})
+
+_FREE, _FLOAT32, _HALF = 0, 1, 2  # an op reading several classes takes the highest
 
 
-def _keep_float32_where_required(graph_def: graph_pb2.GraphDef, node: Any, target: int) -> None:
-    """Undo the retyping of a type attr that the op does not allow in `target`.
+@dataclass(frozen=True)
+class HalfTarget:
+    """A half-precision dtype and the kernel registries whose kernels will run the graph."""
 
-    FusedBatchNorm, for one, takes half-precision `x` but float32 scale, offset and
-    statistics: those inputs are cast back to float32, and its float32 outputs forward.
+    dtype: int  # types_pb2.DT_HALF or types_pb2.DT_BFLOAT16
+    device_types: tuple[str, ...]
+
+
+def half_target(variant: Variant) -> HalfTarget | None:
+    """What `variant` computes in and on, or None for a float32 variant."""
+    if variant.precision == "float32":
+        return None
+    dtype = tf.as_dtype(variant.precision).as_datatype_enum
+    device = (variant.device or "").rpartition("/device:")[2].partition(":")[0]
+    if variant.on_tpu:
+        # TPU kernels are only registered in TPU builds of TensorFlow; XLA:CPU's stand in,
+        # as they do when verify compiles the TPU computation.
+        devices: tuple[str, ...] = ("XLA_TPU_JIT", "XLA_CPU_JIT")
+    elif variant.xla:
+        devices = (f"XLA_{device}_JIT",) if device else ("XLA_CPU_JIT", "XLA_GPU_JIT")
+    else:
+        devices = (device,) if device else ("CPU", "GPU")
+    return HalfTarget(dtype, devices)
+
+
+def retyped(graph_def: graph_pb2.GraphDef, target: HalfTarget) -> graph_pb2.GraphDef:
+    """`graph_def` computing in `target.dtype` where that is safe (see the module docstring).
+
+    The tensors it reads but does not define are the inputs of the device computation:
+    `ctx.compute` feeds the floating ones in `target.dtype`.
     """
-    from tensorflow.python.framework import op_def_registry
+    graph = graph_pb2.GraphDef()
+    graph.CopyFrom(graph_def)
+    types = _Types(graph, {})
+    for node in graph.node:
+        for _, tensor, wanted in types.data_inputs(node):
+            if node_name(tensor) not in types.nodes and wanted is not None:
+                types.external[tensor] = target.dtype if wanted == _FLOAT else wanted
+    classes = _classes(graph, types, _Kernels(target))
+    for node in graph.node:
+        if classes.get(node.name) == _HALF:
+            _retype_attrs(node, types.op_def(node), target.dtype)
+    _convert_edges(graph, types, target.dtype)
+    return graph
 
-    op_def = op_def_registry.get(node.op)
-    args = [*op_def.input_arg, *op_def.output_arg] if op_def is not None else []
-    if op_def is None or any(a.number_attr or a.type_list_attr for a in args):
-        return
-    for attr_def in op_def.attr:
-        allowed = attr_def.allowed_values.list.type
-        if attr_def.type != "type" or not allowed or target in allowed:
+
+def _classes(graph: graph_pb2.GraphDef, types: _Types, kernels: _Kernels) -> dict[str, int]:
+    """Each node computing in float32 -> its class, to a fixed point (loops are cycles)."""
+    classes: dict[str, int] = {}
+    following: list[Any] = []  # nodes whose class follows their inputs'
+    for node in graph.node:
+        if not _has_float32_attr(node):
             continue
-        if attr_def.name not in node.attr or node.attr[attr_def.name].type != target:
-            continue
-        node.attr[attr_def.name].type = types_pb2.DT_FLOAT
-        for i, arg in enumerate(op_def.input_arg):
-            if arg.type_attr != attr_def.name:
+        op_def = types.op_def(node)
+        if node.op == "Const" or node.op in VARIABLE_READS:
+            classes[node.name] = _FREE
+        elif op_def is None or node.op in FLOAT32_OPS or not kernels.has_half(node, op_def):
+            classes[node.name] = _FLOAT32
+        elif node.op in HALF_OPS:
+            classes[node.name] = _HALF
+        else:
+            classes[node.name] = _FREE
+            following.append(node)
+    changed = True
+    while changed:  # classes only rise, so this ends
+        changed = False
+        for node in following:
+            found = max(
+                (types.class_of(tensor, classes) for tensor in types.float32_inputs(node)),
+                default=_FREE,
+            )
+            if found > classes[node.name]:
+                classes[node.name] = found
+                changed = True
+    return classes
+
+
+def _has_float32_attr(node: Any) -> bool:
+    return any(
+        (attr.WhichOneof("value") == "type" and attr.type == _FLOAT)
+        or (attr.WhichOneof("value") == "list" and _FLOAT in attr.list.type)
+        for attr in node.attr.values()
+    )
+
+
+def _retype_attrs(node: Any, op_def: Any, dtype: int) -> None:
+    """Float32 type attrs of `node` to `dtype`, where its op definition allows `dtype`."""
+    allowed = {a.name: list(a.allowed_values.list.type) for a in op_def.attr}
+    for name, attr in node.attr.items():
+        if allowed.get(name) and dtype not in allowed[name]:
+            continue  # FusedBatchNorm's U: the statistics are float32 by definition
+        if attr.WhichOneof("value") == "type" and attr.type == _FLOAT:
+            attr.type = dtype
+        elif attr.WhichOneof("value") == "list" and _FLOAT in attr.list.type:
+            retyped_list = [dtype if t == _FLOAT else t for t in attr.list.type]
+            del attr.list.type[:]
+            attr.list.type.extend(retyped_list)
+
+
+def _convert_edges(graph: graph_pb2.GraphDef, types: _Types, dtype: int) -> None:
+    """Convert each tensor whose dtype is not the one its consumer now reads."""
+    converted: dict[tuple[str, int], str] = {}
+    for node in list(graph.node):
+        for position, tensor, wanted in types.data_inputs(node):
+            have = types.output_type(tensor)
+            if have == wanted or {have, wanted} != {_FLOAT, dtype}:
+                continue  # the same dtype, or not a difference of precision
+            assert have is not None and wanted is not None  # both are in {_FLOAT, dtype}
+            key = (tensor, wanted)
+            if key not in converted:
+                converted[key] = _converted(graph, types, tensor, have, wanted)
+            node.input[position] = converted[key]
+
+
+def _converted(graph: graph_pb2.GraphDef, types: _Types, tensor: str, src: int, dst: int) -> str:
+    """A tensor holding `tensor` in `dst`: a converted constant, or a cast (saturating)."""
+    name = f"{tensor.replace(':', '/output_')}/smpack_{tf.as_dtype(dst).name}"
+    producer = types.nodes.get(node_name(tensor))
+    if producer is not None and producer.op == "Const":
+        value = tf.make_ndarray(producer.attr["value"].tensor)
+        if dst == types_pb2.DT_HALF:
+            value = np.clip(value, -_FLOAT16_MAX, _FLOAT16_MAX)
+        const = types.add(graph, name, "Const", [f"^{i.lstrip('^')}" for i in producer.input])
+        const.attr["dtype"].type = dst
+        # Control inputs copied: a constant inside a loop stays in the loop's frame.
+        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, tf.as_dtype(dst)))
+        return const.name
+    if dst == types_pb2.DT_HALF:
+        low = _scalar(graph, types, f"{name}/min", -_FLOAT16_MAX, src, tensor)
+        high = _scalar(graph, types, f"{name}/max", _FLOAT16_MAX, src, tensor)
+        clip = types.add(graph, f"{name}/saturated", "ClipByValue", [tensor, low, high])
+        clip.attr["T"].type = src
+        tensor = clip.name
+    cast = types.add(graph, name, "Cast", [tensor])
+    cast.attr["SrcT"].type, cast.attr["DstT"].type = src, dst
+    return cast.name
+
+
+def _scalar(
+    graph: graph_pb2.GraphDef, types: _Types, name: str, value: float, dtype: int, beside: str
+) -> str:
+    # Anchored to the tensor it bounds, so inside a loop it joins the loop's frame.
+    const = types.add(graph, name, "Const", [f"^{node_name(beside)}"])
+    const.attr["dtype"].type = dtype
+    const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, tf.as_dtype(dtype)))
+    return const.name
+
+
+@dataclass
+class _Types:
+    """The dtypes a graph's nodes read and produce, from their op definitions and attrs."""
+
+    graph: graph_pb2.GraphDef
+    external: dict[str, int]
+    nodes: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nodes = {n.name: n for n in self.graph.node}
+
+    def op_def(self, node: Any) -> Any:
+        from tensorflow.python.framework import op_def_registry
+
+        return op_def_registry.get(node.op)
+
+    def add(self, graph: graph_pb2.GraphDef, name: str, op: str, inputs: list[str]) -> Any:
+        node = graph.node.add()
+        node.name, node.op = name, op
+        node.input.extend(inputs)
+        self.nodes[name] = node
+        return node
+
+    def data_inputs(self, node: Any) -> Iterator[tuple[int, str, int | None]]:
+        """(position in node.input, tensor, dtype the node reads it as) of each data input."""
+        op_def = self.op_def(node)
+        wanted = _arg_types(node, op_def.input_arg) if op_def is not None else []
+        index = 0
+        for position, tensor in enumerate(node.input):
+            if tensor.startswith("^"):
                 continue
-            if node.input[i].endswith(_READ_CAST):  # the float32 read itself, uncast
-                node.input[i] = node.input[i].removesuffix(_READ_CAST)
-            else:
-                cast = f"{node.name}/smpack_in_{i}"
-                _add_cast(graph_def, node.input[i], cast, target, types_pb2.DT_FLOAT)
-                node.input[i] = cast
-        for j, arg in enumerate(op_def.output_arg):
-            if arg.type_attr == attr_def.name:
-                _recast_output(graph_def, node.name, j, target)
+            yield position, tensor, wanted[index] if index < len(wanted) else None
+            index += 1
+
+    def float32_inputs(self, node: Any) -> list[str]:
+        return [t for _, t, wanted in self.data_inputs(node) if wanted == _FLOAT]
+
+    def class_of(self, tensor: str, classes: dict[str, int]) -> int:
+        if node_name(tensor) not in self.nodes:  # a signature input, fed in half precision
+            return _HALF if self.output_type(tensor) not in (None, _FLOAT) else _FREE
+        return classes.get(node_name(tensor), _FREE)
+
+    def output_type(self, tensor: str) -> int | None:
+        name, _, index = tensor.partition(":")
+        node = self.nodes.get(name)
+        if node is None:
+            return self.external.get(tensor, self.external.get(f"{tensor}:0"))
+        op_def = self.op_def(node)
+        outputs = _arg_types(node, op_def.output_arg) if op_def is not None else []
+        position = int(index or 0)
+        return outputs[position] if position < len(outputs) else None
 
 
-def _recast_output(graph_def: graph_pb2.GraphDef, name: str, index: int, target: int) -> None:
-    """Make the consumers of float32 output `index` of `name` read it cast to `target`."""
-    output = {f"{name}:{index}"} | ({name} if index == 0 else set())
-    consumers = [n for n in graph_def.node if any(i in output for i in n.input)]
-    if not consumers:
+def _arg_types(node: Any, args: Any) -> list[int]:
+    """The dtypes of a node's inputs or outputs, expanded as its attrs say."""
+    types: list[int] = []
+    for arg in args:
+        if arg.type_list_attr:
+            types.extend(node.attr[arg.type_list_attr].list.type)
+            continue
+        dtype = arg.type or node.attr[arg.type_attr].type
+        count = node.attr[arg.number_attr].i if arg.number_attr else 1
+        types.extend([dtype] * count)
+    return types
+
+
+class _Kernels:
+    """Whether the target's kernel registries hold a half-precision kernel for a node.
+
+    A registry without any kernel for the op says nothing (the op runs elsewhere, or the
+    device is absent from this build); one that has kernels must have a half-precision one.
+    """
+
+    def __init__(self, target: HalfTarget) -> None:
+        self.target = target
+        self._registered: dict[str, dict[str, list[dict[str, list[int]]]]] = {}
+        if any(d.startswith("XLA_") for d in target.device_types):
+            _register_xla_kernels()
+
+    def has_half(self, node: Any, op_def: Any) -> bool:
+        attrs = [
+            a.name
+            for a in op_def.attr
+            if a.type == "type"
+            and a.name in node.attr
+            and node.attr[a.name].type == _FLOAT
+            and (not a.allowed_values.list.type or self.target.dtype in a.allowed_values.list.type)
+        ]
+        if not attrs:
+            return True
+        registered = self._kernels(node.op)
+        for device in self.target.device_types:
+            kernels = registered.get(device)
+            if kernels and not any(
+                all(self.target.dtype in k.get(a, [self.target.dtype]) for a in attrs)
+                for k in kernels
+            ):
+                return False
+        return True
+
+    def _kernels(self, op: str) -> dict[str, list[dict[str, list[int]]]]:
+        if op not in self._registered:
+            from tensorflow.python.framework import kernels
+
+            found: dict[str, list[dict[str, list[int]]]] = {}
+            for kernel in kernels.get_registered_kernels_for_op(op).kernel:
+                constraints = {c.name: list(c.allowed_values.list.type) for c in kernel.constraint}
+                found.setdefault(kernel.device_type, []).append(constraints)
+            self._registered[op] = found
+        return self._registered[op]
+
+
+_xla_registered = False
+
+
+def _register_xla_kernels() -> None:
+    """Make TF register XLA's kernels (it does so the first time something is compiled)."""
+    global _xla_registered
+    if _xla_registered:
         return
-    cast = f"{name}/smpack_out_{index}"
-    _add_cast(graph_def, f"{name}:{index}", cast, types_pb2.DT_FLOAT, target)
-    for consumer in consumers:
-        consumer.input[:] = [cast if i in output else i for i in consumer.input]
-
-
-def _add_cast(graph_def: graph_pb2.GraphDef, tensor: str, name: str, src: int, dst: int) -> None:
-    cast = graph_def.node.add()
-    cast.name, cast.op = name, "Cast"
-    cast.input.append(tensor)
-    cast.attr["SrcT"].type = src
-    cast.attr["DstT"].type = dst
-
-
-def _cast_read(tensor: str, reads: set[str]) -> str:
-    """`tensor`, or the cast of it if it is a float read of a variable."""
-    if tensor.startswith("^") or node_name(tensor) not in reads:
-        return tensor
-    if tensor.partition(":")[2] not in ("", "0"):
-        return tensor
-    return f"{node_name(tensor)}{_READ_CAST}"
+    with tf.init_scope():  # eagerly, outside whatever graph is being built
+        tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0.0))
+    _xla_registered = True

@@ -27,13 +27,13 @@ from tensorflow.core.protobuf import (
 )
 
 from smpack.errors import ModelError, PackageError
-from smpack.manifest import LoadedManifest
+from smpack.manifest import LoadedManifest, Variant
 from smpack.model import ModelContext, ModelSpec
 from smpack.package.protos import read_saved_model
 from smpack.sources.graph_def import node_name, through_identities
 from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.op_libraries import check_ops_registered
-from smpack.sources.precision import retyped
+from smpack.sources.precision import HalfTarget, half_target, retyped
 
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
 
@@ -72,15 +72,16 @@ class ImportedModel:
     host: HostPart | None = None  # string parsing and tables, kept out of ctx.compute
     host_outputs: set[str] = field(default_factory=set)  # outputs the host part computes
     assets: dict[str, Path] = field(default_factory=dict)  # assets/ name -> the source's file
-    _retyped: dict[str, graph_pb2.GraphDef] = field(default_factory=dict)
+    _retyped: dict[HalfTarget, graph_pb2.GraphDef] = field(default_factory=dict)
 
-    def graph_def_for(self, dtype: tf.DType) -> graph_pb2.GraphDef:
-        """The flat graph computing in `dtype` (float32 is the source's own graph)."""
-        if dtype == tf.float32:
+    def graph_def_for(self, variant: Variant) -> graph_pb2.GraphDef:
+        """The flat graph computing in `variant`'s precision (float32: the source's own)."""
+        target = half_target(variant)
+        if target is None:
             return self.graph_def
-        if dtype.name not in self._retyped:
-            self._retyped[dtype.name] = retyped(self.graph_def, dtype)
-        return self._retyped[dtype.name]
+        if target not in self._retyped:
+            self._retyped[target] = retyped(self.graph_def, target)
+        return self._retyped[target]
 
 
 def load_saved_model(
@@ -195,7 +196,7 @@ def model_function(
             input_map = dict(zip(imported.device_inputs, device_inputs, strict=True))
             input_map.update({h: variables[name].handle for h, name in imported.handles.items()})
             return tf.graph_util.import_graph_def(
-                imported.graph_def_for(ctx.dtype),
+                imported.graph_def_for(loaded.spec.variants[ctx.variant]),
                 input_map=input_map,
                 return_elements=on_device,
                 name="model",

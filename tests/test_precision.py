@@ -1,0 +1,110 @@
+"""Half-precision variants of imported graphs: only floating-point compute is retyped.
+
+The source here is the part of a transformer that retyping everything breaks: a causal mask
+built from a float32 `Range` (no half-precision `Range` on XLA), a `-1e9` mask constant
+(`-inf` in float16), softmax and layer-normalisation statistics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_sources import write_manifest
+from tf_helpers import meta_graph, run_v1
+
+import smpack
+from smpack.checks.xla_check import run_tpu_graph_on_cpu
+from smpack.package.info import PackageInfo
+
+SEQUENCE, WIDTH, BATCH = 6, 8, 2
+VARIANTS = {
+    "cpu": {"tags": ["serve"]},
+    "gpu": {
+        "tags": ["serve", "gpu"],
+        "device": "/device:GPU:0",
+        "precision": "float16",
+        "xla": True,
+    },
+    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": BATCH},
+}
+X = np.random.default_rng(0).normal(size=(BATCH, SEQUENCE, WIDTH)).astype(np.float32)
+
+
+class CausalAttention(tf.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        init = tf.random.stateless_normal
+        self.query = tf.Variable(init([WIDTH, WIDTH], seed=[1, 1]) / 3, name="query")
+        self.key = tf.Variable(init([WIDTH, WIDTH], seed=[2, 2]) / 3, name="key")
+        self.gamma = tf.Variable(tf.ones([WIDTH]), name="norm/gamma")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, SEQUENCE, WIDTH], tf.float32)])
+    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        length = tf.cast(tf.shape(x)[1], tf.float32)
+        positions = tf.range(0.0, length, 1.0)  # a float32 Range, as GPT-2's mask has
+        visible = tf.cast(positions[:, None] >= positions[None, :], tf.float32)
+        scores = tf.einsum("bqd,bkd->bqk", x @ self.query, x @ self.key)
+        attention = tf.nn.softmax(scores + (1.0 - visible) * -1e9)
+        mixed = attention @ x
+        mean, variance = tf.nn.moments(mixed, axes=[-1], keepdims=True)
+        return {"y": (mixed - mean) * tf.math.rsqrt(variance + 1e-6) * self.gamma}
+
+
+@pytest.fixture(scope="module")
+def attention_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PackageInfo]:
+    folder = tmp_path_factory.mktemp("precision")
+    module = CausalAttention()
+    tf.saved_model.save(module, str(folder / "attention"), signatures=module.predict)
+    manifest = write_manifest(folder, {"savedmodel": "attention"}, variants=VARIANTS)
+    return folder, smpack.build(manifest, folder / "out")
+
+
+def source_output(folder: Path) -> np.ndarray:
+    loaded = tf.saved_model.load(str(folder / "attention"))
+    return loaded.signatures["serving_default"](x=tf.constant(X))["y"].numpy()
+
+
+def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(value - reference).max() / np.abs(reference).max())
+
+
+def test_masked_attention_runs_in_both_half_precisions(attention_package) -> None:
+    folder, package = attention_package
+    expected = source_output(folder)
+    np.testing.assert_array_equal(run_v1(package.path, ["serve"], {"x": X})["y"], expected)
+    half = run_v1(package.path, ["serve", "gpu"], {"x": X})["y"]
+    assert relative_error(half, expected) < 1e-2
+    tpu = run_tpu_graph_on_cpu(package.path, ["serve", "tpu"], "serving_default", {"x": X})
+    assert relative_error(tpu["y"], expected) < 4e-2
+
+
+def test_only_floating_point_compute_is_retyped(attention_package) -> None:
+    _, package = attention_package
+    nodes = meta_graph(package.path, ["serve", "gpu"]).graph_def.node
+    dtypes: dict[str, set[str]] = {}
+    for node in nodes:
+        attr = "Tidx" if node.op == "Range" else "T"
+        if node.name.startswith("model/") and node.attr[attr].WhichOneof("value") == "type":
+            dtypes.setdefault(node.op, set()).add(tf.as_dtype(node.attr[attr].type).name)
+    assert dtypes["Range"] == {"float32"}  # index arithmetic
+    assert dtypes["Softmax"] == {"float32"}
+    assert dtypes["Mean"] == {"float32"}  # normalisation statistics
+    assert dtypes["Rsqrt"] == {"float32"}
+    assert dtypes["Einsum"] == {"float16"}
+    assert dtypes["BatchMatMulV2"] == {"float16"}
+
+
+def test_float16_mask_constants_saturate_instead_of_becoming_infinite(attention_package) -> None:
+    _, package = attention_package
+    nodes = meta_graph(package.path, ["serve", "gpu"]).graph_def.node
+    half_constants = [
+        tf.make_ndarray(n.attr["value"].tensor)
+        for n in nodes
+        if n.op == "Const" and n.attr["dtype"].type == tf.float16.as_datatype_enum
+    ]
+    assert all(np.isfinite(c).all() for c in half_constants)
+    # The float32 mask meets the half-precision scores through a saturating cast.
+    assert any(n.op == "ClipByValue" for n in nodes)
