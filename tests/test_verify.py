@@ -6,11 +6,12 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import check_golden, invoke, tree_state
 
-from smpack.checks.verify import verify_package
+from smpack.checks.verify import Check, VerifyReport, verify_package
 from smpack.package.info import PackageInfo
 
 
@@ -57,9 +58,9 @@ def test_text_classifier_passes(text_package: PackageInfo) -> None:
     assert report.passed, report
     gpu = next(g for g in report.graphs if g.tag_set == "serve,gpu")
     names = [c.name for c in gpu.checks]
-    assert "serving_default agrees with serve (float16 tolerance)" in names
+    assert "serving_default agrees with serve (float16: within 1% of scale)" in names
     tpu = next(g for g in report.graphs if g.tag_set == "serve,tpu")
-    assert "signature serving_default runs (TPU computation on XLA:CPU)" in [
+    assert "signature serving_default runs on synthetic inputs (TPU computation on XLA:CPU)" in [
         c.name for c in tpu.checks
     ]
 
@@ -91,7 +92,7 @@ def test_tf2_saved_model_passes(tmp_path: Path) -> None:
     report = verify_package(tmp_path)
     assert report.passed, report
     [graph] = report.graphs
-    assert "signature serving_default runs" in [c.name for c in graph.checks]
+    assert "signature serving_default runs on synthetic inputs" in [c.name for c in graph.checks]
 
 
 OVERFLOWING_MODEL = """\
@@ -138,7 +139,7 @@ def test_a_package_failing_verify_is_kept_aside_and_never_replaces_a_good_one(
 
     result = invoke(monkeypatch, [*args, "--force"])
     assert result.exit_code == 1
-    assert "FAIL: outputs differ: output" in result.stdout
+    assert "FAIL: output is inf or NaN where serve" in result.stdout
     assert "FAILED: serve,half" in result.stdout
     kept = out / "overflow" / "1.failed-verify"
     assert result.stderr.splitlines() == [
@@ -176,3 +177,143 @@ def test_packages_smpack_did_not_build_have_nothing_to_match(
 ) -> None:
     names = [check.name for check in verify_package(second_graph_lacks_variable).checks]
     assert names == ["tag sets unique"]
+
+
+# A small CNN whose outputs are about 1e-3, with a half-precision variant that is wrong by
+# 10%: off by ~1e-4, which an absolute tolerance of 1e-2 could never see.
+SMALL_CNN = """\
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 1], name="input")
+
+    def cnn(x):
+        init = tf.compat.v1.random_normal_initializer(stddev=1e-3, seed=1)
+        w = tf.compat.v1.get_variable("w", [3, 3, 1, 4], ctx.dtype, initializer=init)
+        y = tf.reduce_mean(tf.nn.conv2d(x, w, 1, "SAME"), axis=[1, 2])
+        return y * (SCALE if ctx.precision != "float32" else 1.0)
+
+    out = tf.identity(ctx.compute(cnn, x), name="output")
+    return ModelSpec(inputs={"input": x}, outputs={"output": out})
+"""
+
+# Softmax over three clearly separated classes; the wrong variant reverses their order.
+CLASSIFIER = """\
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [4, 3], name="input")
+
+    def classify(x):
+        logits = 10.0 * tf.constant([[1.0, 0.0, 0.0]], x.dtype) + 0.0 * x
+        if ctx.precision != "float32" and REVERSED:
+            logits = tf.reverse(logits, [1])
+        return tf.nn.softmax(logits)
+
+    out = tf.identity(ctx.compute(classify, x), name="output")
+    return ModelSpec(inputs={"input": x}, outputs={"output": out})
+"""
+
+HALF_MANIFEST = """\
+schema: 1
+name: half
+version: 1
+source: {python: model.py:model_fn}
+variants:
+  cpu: {tags: [serve]}
+  gpu: {tags: [serve, gpu], precision: float16, xla: true}
+  tpu: {tags: [serve, tpu], precision: bfloat16, batch_size: 4}
+"""
+
+
+def _half_package(folder: Path, model: str) -> Path:
+    import smpack
+
+    (folder / "model.py").write_text(model)
+    (folder / "smpack.yaml").write_text(HALF_MANIFEST)
+    return smpack.build(folder / "smpack.yaml", folder / "out").path
+
+
+def _agreement(report: VerifyReport, tag_set: str) -> Check:
+    graph = next(g for g in report.graphs if g.tag_set == tag_set)
+    return next(c for c in graph.checks if c.name.startswith("serving_default agrees with"))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.1])
+def test_half_precision_agreement_is_relative_to_the_output_scale(tmp_path, scale) -> None:
+    from tf_helpers import run_v1
+
+    package = _half_package(tmp_path, SMALL_CNN.replace("SCALE", str(scale)))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32)
+    reference = run_v1(package, ["serve"], {"input": x})["output"]
+    half = run_v1(package, ["serve", "gpu"], {"input": x})["output"]
+    assert np.abs(reference).max() < 1e-2
+    assert np.allclose(half, reference, rtol=1e-2, atol=1e-2)  # the old check passed both
+    report = verify_package(package)
+    gpu, tpu = _agreement(report, "serve,gpu"), _agreement(report, "serve,tpu")
+    assert gpu.name == "serving_default agrees with serve (float16: within 1% of scale)"
+    assert tpu.name == "serving_default agrees with serve (bfloat16: within 4% of scale)"
+    if scale == 1.0:
+        assert report.passed, report
+    else:
+        assert not gpu.passed and not tpu.passed
+        assert gpu.detail.startswith("output differs by 9.")  # ~10%: 1/1.1 of its scale
+
+
+@pytest.mark.parametrize("reversed_classes", [False, True])
+def test_classifiers_must_agree_on_the_top_class(tmp_path, reversed_classes) -> None:
+    package = _half_package(tmp_path, CLASSIFIER.replace("REVERSED", str(reversed_classes)))
+    check = _agreement(verify_package(package), "serve,gpu")
+    assert check.passed is not reversed_classes
+    if reversed_classes:
+        assert "output: top-1 differs on 4 of 4 rows" in check.detail
+
+
+# Token ids start at 1 here (0 is not a token), so synthetic zeros index row -1.
+SHIFTED_IDS = """\
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    ids = tf.compat.v1.placeholder(tf.int32, [2], name="input")
+
+    def embed(ids):
+        table = tf.compat.v1.get_variable("table", [3, 2], ctx.dtype)
+        return tf.gather(table, ids - 1)
+
+    out = tf.identity(ctx.compute(embed, ids), name="output")
+    return ModelSpec(inputs={"input": ids}, outputs={"output": out})
+"""
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_failing_on_synthetic_inputs_is_a_warning_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warmup: bool
+) -> None:
+    manifest = "schema: 1\nname: ids\nversion: 1\nsource: {python: model.py:model_fn}\n"
+    manifest += "variants: {cpu: {tags: [serve]}}\n"
+    if warmup:
+        manifest += "warmup: [{inputs: {input: [1, 3]}}]\n"
+    (tmp_path / "model.py").write_text(SHIFTED_IDS)
+    (tmp_path / "smpack.yaml").write_text(manifest)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(monkeypatch, ["build", "smpack.yaml", "--out", "out"])
+    assert result.exit_code == 0, result.output
+    [graph] = verify_package(tmp_path / "out" / "ids" / "1").graphs
+    [run] = [c for c in graph.checks if c.name.startswith("signature serving_default runs")]
+    if warmup:
+        assert (run.name, run.passed, run.warning) == (
+            "signature serving_default runs on its 1 warmup request",
+            True,
+            False,
+        )
+    else:
+        assert (run.name, run.passed, run.warning) == (
+            "signature serving_default runs on synthetic inputs",
+            True,
+            True,
+        )
+        assert run.detail.startswith("failed on inputs verify made up")
+        assert "warn: failed on inputs verify made up" in " ".join(result.stdout.split())

@@ -16,7 +16,7 @@ from smpack.package.load_commands import load_commands, serving_base_at
 
 if TYPE_CHECKING:  # verification imports TensorFlow; its records are only annotations here
     from smpack.builder.batch import BuildOutcome
-    from smpack.checks.verify import VerifyReport
+    from smpack.checks.verify import Check, VerifyReport
     from smpack.package.diff import Change
 
 
@@ -114,7 +114,7 @@ def verify_view(report: VerifyReport) -> Group:
         table.add_column(column, overflow="fold")
     failed: list[str] = []
     for label, check in report.rows():
-        table.add_row(label, check.name, _verdict(check.passed, check.detail))
+        table.add_row(label, check.name, _verdict(check))
         if not check.passed and label not in failed:
             failed.append(label)
     verdict = (
@@ -190,9 +190,14 @@ def _fingerprint_text(info: PackageInfo) -> str:
     )
 
 
-def _verdict(passed: bool, detail: str) -> Text:
-    text = Text("pass" if passed else "FAIL", style="green" if passed else "bold red")
-    return text + Text(f": {detail}") if detail else text
+def _verdict(check: Check) -> Text:
+    if check.warning:
+        text = Text("warn", style="yellow")
+    elif check.passed:
+        text = Text("pass", style="green")
+    else:
+        text = Text("FAIL", style="bold red")
+    return text + Text(f": {check.detail}") if check.detail else text
 
 
 def _count(number: int, noun: str) -> str:
