@@ -16,6 +16,7 @@ from smpack.io.tf_quietly import import_tensorflow_quietly
 from smpack.manifest import LoadedManifest, load_manifest
 from smpack.package.digests import hashing_ahead
 from smpack.package.info import PackageInfo, read_package
+from smpack.package.layout import EXAMPLES_FILE
 from smpack.progress import Step, StepCallback, Steps
 
 
@@ -85,7 +86,7 @@ def _build(
         write_provenance,
     )
     from smpack.builder.serving import write_package_serving_configs
-    from smpack.builder.warmup import warmup_records, write_warmup_file
+    from smpack.builder.warmup import example_records, warmup_records, write_requests
     from smpack.builder.writer import write_saved_model
     from smpack.package.card import write_cards
     from smpack.sources.model_source import open_source
@@ -106,15 +107,18 @@ def _build(
             graphs.append(
                 build_variant_graph(loaded, source.model_fn, name, variant, source.assets)
             )
-        # Checked against every serving graph before any file is written.
-        warmup = warmup_records(
-            loaded, {g.name: g.signature_defs for g in graphs if not g.variant.is_training}
-        )
+        # Checked against every graph they are for before any file is written.
+        serving = {g.name: g.signature_defs for g in graphs if not g.variant.is_training}
+        training = {g.name: g.signature_defs for g in graphs if g.variant.is_training}
+        warmup = warmup_records(loaded, serving)
+        examples = example_records(loaded, serving, training)
         step("writing variables and graphs")
         write_saved_model(staging, graphs, loaded, as_text, source)
         copy_assets(loaded, staging, source.assets)
         if warmup:
-            write_warmup_file(staging, warmup)
+            write_requests(staging, warmup)
+        if examples:
+            write_requests(staging, examples, EXAMPLES_FILE)
         written = read_package(staging)
         names = {
             graph.tag_set: name

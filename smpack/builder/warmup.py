@@ -24,6 +24,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2
 
+from smpack.builder.graphs import TRAIN_SIGNATURE_KEY
 from smpack.errors import ManifestError, PackageError, first_line
 from smpack.manifest import EXAMPLE_METHODS, METHODS, LoadedManifest, WarmupRequest
 from smpack.package.layout import ASSETS_EXTRA, WARMUP_FILE
@@ -42,44 +43,80 @@ def warmup_records(
     `signature_defs` maps each serving variant's name to its SignatureDefs; every request
     must fit each of them. Raises `ManifestError` naming the request that does not.
     """
+    return [
+        _record(loaded, request, f"warmup.{index}", request.signature, signature_defs, {})
+        for index, request in enumerate(loaded.spec.warmup)
+    ]
+
+
+def example_records(
+    loaded: LoadedManifest,
+    serving: Mapping[str, Mapping[str, Any]],
+    training: Mapping[str, Mapping[str, Any]],
+) -> list[bytes]:
+    """The manifest's `examples:` as PredictionLogs, checked like warmup requests: each
+    example's inputs as a request to its signature on every serving variant, and inputs
+    plus labels as a request to the `train` signature of every train variant."""
     records = []
-    for index, request in enumerate(loaded.spec.warmup):
-        field = f"warmup.{index}"
-        where: dict[str, Any] = {"file": loaded.path, "field": field}
-        values = _request_values(loaded, request, field)
-        method = None
-        for variant, signatures in signature_defs.items():
-            if request.signature not in signatures:
-                msg = f"variant {variant!r} has no signature {request.signature!r}"
-                raise ManifestError(msg, **where)
-            signature = signatures[request.signature]
-            if method not in (None, signature.method_name):
-                msg = f"signature {request.signature!r} has different methods across variants"
-                raise ManifestError(msg, **where)
-            method = signature.method_name
-            values = _fitted(signature, values, variant, where, request.examples is not None)
-        assert method is not None  # a manifest with warmup has a serving variant (validated)
-        records.append(_prediction_log(loaded.spec.name, request, method, values))
+    for index, example in enumerate(loaded.spec.examples):
+        field = f"examples.{index}"
+        if not example.has_labels:
+            records.append(_record(loaded, example, field, example.signature, serving, {}))
+            continue
+        names = ("labels", "label_files")
+        labels = _values(loaded, example.labels, example.label_files, field, names)
+        records.append(_record(loaded, example, field, TRAIN_SIGNATURE_KEY, training, labels))
+        if serving:
+            records.append(_record(loaded, example, field, example.signature, serving, {}))
     return records
 
 
-def write_warmup_file(export_dir: Path, records: Iterable[bytes]) -> None:
-    """Write the records as assets.extra/tf_serving_warmup_requests."""
+def _record(
+    loaded: LoadedManifest,
+    request: WarmupRequest,
+    field: str,
+    signature_key: str,
+    signature_defs: Mapping[str, Mapping[str, Any]],
+    labels: dict[str, Any],
+) -> bytes:
+    """One request, fitted to `signature_key` of every variant in `signature_defs`."""
+    where: dict[str, Any] = {"file": loaded.path, "field": field}
+    values = {**_request_values(loaded, request, field), **labels}
+    method = None
+    for variant, signatures in signature_defs.items():
+        if signature_key not in signatures:
+            msg = f"variant {variant!r} has no signature {signature_key!r}"
+            raise ManifestError(msg, **where)
+        signature = signatures[signature_key]
+        if method not in (None, signature.method_name):
+            msg = f"signature {signature_key!r} has different methods across variants"
+            raise ManifestError(msg, **where)
+        method = signature.method_name
+        values = _fitted(signature, values, variant, where, request.examples is not None)
+    assert method is not None  # the manifest schema requires a variant of the needed kind
+    return _prediction_log(loaded.spec.name, signature_key, method, values)
+
+
+def write_requests(export_dir: Path, records: Iterable[bytes], name: str = WARMUP_FILE) -> None:
+    """Write the records as assets.extra/`name` (TF Serving's warmup file by default)."""
     folder = export_dir / ASSETS_EXTRA
     folder.mkdir(exist_ok=True)
-    with tf.io.TFRecordWriter(str(folder / WARMUP_FILE)) as writer:
+    with tf.io.TFRecordWriter(str(folder / name)) as writer:
         for record in records:
             writer.write(record)
 
 
-def read_warmup_requests(export_dir: Path) -> dict[str, list[dict[str, np.ndarray]]]:
-    """The package's warmup requests as feeds, by signature key, in file order.
+def read_requests(
+    export_dir: Path, name: str = WARMUP_FILE
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The requests in assets.extra/`name` (the warmup file by default) as feeds, by
+    signature key, in file order.
 
     Predict requests give their input tensors; classify and regress requests give their
     tf.Examples serialized into the signature's one `inputs` key, as TF Serving feeds them.
-    No warmup file means no requests.
+    No file means no requests.
     """
-    path = export_dir / ASSETS_EXTRA / WARMUP_FILE
+    path = export_dir / ASSETS_EXTRA / name
     requests: dict[str, list[dict[str, np.ndarray]]] = {}
     if not path.is_file():
         return requests
@@ -121,11 +158,23 @@ def _request_values(loaded: LoadedManifest, request: WarmupRequest, field: str) 
     """Inline values and files merged into one numpy array (or Example list) per input."""
     if request.examples is not None:
         return {"inputs": request.examples}
+    return _values(loaded, request.inputs, request.files, field, ("inputs", "files"))
+
+
+def _values(
+    loaded: LoadedManifest,
+    inline: Mapping[str, Any],
+    files: Mapping[str, str],
+    field: str,
+    names: tuple[str, str],
+) -> dict[str, Any]:
+    """Inline values and the `.npy`/`.json` files of others, as numpy arrays by key;
+    `names` are the manifest's fields holding them, for errors."""
     values = {}
-    for key, value in request.inputs.items():
-        values[key] = _array(value, loaded.path, f"{field}.inputs.{key}")
-    for key, relative in request.files.items():
-        path, where = loaded.folder / relative, f"{field}.files.{key}"
+    for key, value in inline.items():
+        values[key] = _array(value, loaded.path, f"{field}.{names[0]}.{key}")
+    for key, relative in files.items():
+        path, where = loaded.folder / relative, f"{field}.{names[1]}.{key}"
         try:
             size = path.stat().st_size
             if size > MAX_WARMUP_FILE_BYTES:
@@ -211,12 +260,8 @@ def _fitted(
     return fitted
 
 
-def _prediction_log(
-    name: str, request: WarmupRequest, method: str, values: Mapping[str, Any]
-) -> bytes:
-    model_spec = length_delimited(1, name.encode()) + length_delimited(
-        3, request.signature.encode()
-    )
+def _prediction_log(name: str, signature: str, method: str, values: Mapping[str, Any]) -> bytes:
+    model_spec = length_delimited(1, name.encode()) + length_delimited(3, signature.encode())
     if method in EXAMPLE_METHODS:
         examples = b"".join(length_delimited(1, example) for example in _examples(values["inputs"]))
         body = length_delimited(1, model_spec) + length_delimited(

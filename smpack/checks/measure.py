@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from smpack.builder.warmup import read_warmup_requests
+from smpack.builder.warmup import read_requests
 from smpack.checks.verify import spec_inputs
 from smpack.errors import ManifestError, first_line
 from smpack.io.storage import fetched
 from smpack.manifest import LoadedManifest
 from smpack.package.info import GraphInfo, read_package
+from smpack.package.layout import EXAMPLES_FILE
 from smpack.package.protos import read_saved_model
 from smpack.progress import StepCallback, Steps
 
@@ -194,7 +195,8 @@ def measure_package(
     step = Steps(len(info.graphs), on_step)
     host = host_description()
     gpus = len(tf.config.list_physical_devices("GPU"))
-    warmup = read_warmup_requests(export_dir)
+    # Valid inputs first: the manifest's examples stored with the package, then warmup.
+    stored = {**read_requests(export_dir), **read_requests(export_dir, EXAMPLES_FILE)}
     measurements: list[Measurement] = []
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for graph, meta_graph in zip(info.graphs, saved_model.meta_graphs, strict=True):
@@ -207,7 +209,7 @@ def measure_package(
             measurements.append(Measurement(graph.tag_set, host, reason))
             continue
         key, signature = chosen
-        request = (examples or {}).get(key) or next(iter(warmup.get(key, [])), None)
+        request = (examples or {}).get(key) or next(iter(stored.get(key, [])), None)
         feeds = dict(request) if request is not None else spec_inputs(signature)
         try:
             timing, metrics, outputs[graph.tag_set] = _run(

@@ -21,14 +21,15 @@ import numpy as np
 import tensorflow as tf
 
 from smpack.builder.provenance import check_provenance, claims_smpack
-from smpack.builder.warmup import read_warmup_requests
+from smpack.builder.training import TRAIN_METHOD
+from smpack.builder.warmup import read_requests
 from smpack.checks.xla_check import tpu_graph_on_cpu
 from smpack.errors import ManifestError, SmpackError, telling_line
 from smpack.io.storage import fetched, is_url
 from smpack.manifest import METHODS
 from smpack.package.dtypes import dtype_name
 from smpack.package.info import PackageInfo, read_package
-from smpack.package.layout import RECORD_PATH
+from smpack.package.layout import EXAMPLES_FILE, RECORD_PATH
 from smpack.package.protos import read_saved_model
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import import_op_libraries
@@ -166,14 +167,14 @@ def _verify_graphs(
     peak is the heaviest graph's rather than the sum of them.
     """
     checkpoint = {v.name: (v.dtype, v.shape) for v in package.variables}
-    warmup = read_warmup_requests(export_dir)
+    requests = _Requests(read_requests(export_dir, EXAMPLES_FILE), read_requests(export_dir))
     reports, outputs = [], {}
     for meta_graph, info in zip(saved_model.meta_graphs, package.graphs, strict=True):
         report = GraphReport(info.tag_set)
         step(f"loading and running {info.tag_set}")
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
-        graph_outputs = _run_graph(export_dir, meta_graph, report, warmup)
+        graph_outputs = _run_graph(export_dir, meta_graph, report, requests)
         outputs[report.tag_set] = (info.precision, graph_outputs)
         reports.append(report)
         _return_freed_memory()
@@ -225,15 +226,13 @@ def _assets_check(meta_graph: Any, export_dir: Path) -> Check:
 
 
 def _run_graph(
-    export_dir: Path,
-    meta_graph: Any,
-    report: GraphReport,
-    warmup: Mapping[str, list[dict[str, np.ndarray]]],
+    export_dir: Path, meta_graph: Any, report: GraphReport, requests: _Requests
 ) -> dict[str, Any]:
-    """Load the graph and run its serving signatures on the package's warmup requests where
-    it has some (TF Serving will replay exactly those), else on synthetic inputs.
+    """Load the graph and run its serving signatures on the package's examples, else its
+    warmup requests (TF Serving will replay exactly those), else on synthetic inputs; and
+    a train signature for one step.
 
-    Returns each signature's outputs for its first input set, for comparing variants.
+    Returns each serving signature's outputs for its first input set, for comparing variants.
     """
     tags = list(meta_graph.meta_info_def.tags)
     signatures = {
@@ -253,7 +252,7 @@ def _run_graph(
             except _GRAPH_FAILURES as e:
                 load_error = e
             for key, signature in sorted(signatures.items()):
-                feeds = _Feeds.of(key, signature, warmup)
+                feeds = requests.feeds(key, signature)
                 name = f"signature {key} runs {feeds.description} (TPU computation on XLA:CPU)"
                 if load_error is not None:  # the graph's failure, whatever the inputs
                     report.checks.append(Check(name, False, telling_line(load_error)[:300]))
@@ -272,13 +271,42 @@ def _run_graph(
             for _, name in _signature_tensors(meta_graph):
                 session.graph.get_tensor_by_name(name)
         for key, signature in sorted(signatures.items()):
-            feeds = _Feeds.of(key, signature, warmup)
+            feeds = requests.feeds(key, signature)
             with _check(report, f"signature {key} runs {feeds.description}", feeds.synthetic):
-                fetches = {k: v.name for k, v in signature.outputs.items()}
                 for inputs in feeds.values:
-                    named = {signature.inputs[k].name: v for k, v in inputs.items()}
-                    results.setdefault(key, session.run(fetches, named))
+                    results.setdefault(key, _run(session, signature, inputs))
+        for key, signature in sorted(meta_graph.signature_def.items()):
+            if signature.method_name != TRAIN_METHOD:
+                continue
+            # Last: the step changes the session's variables (never the package's).
+            feeds = requests.feeds(key, signature)
+            name = f"signature {key} takes a step {feeds.description}"
+            with _check(report, name, feeds.synthetic):
+                for output, value in _run(session, signature, feeds.values[0]).items():
+                    if not np.isfinite(value).all():
+                        msg = f"{output} is {value} after one step"
+                        raise ValueError(msg)
     return results
+
+
+def _run(session: Any, signature: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    fetches = {k: v.name for k, v in signature.outputs.items()}
+    return dict(session.run(fetches, {signature.inputs[k].name: v for k, v in inputs.items()}))
+
+
+@dataclass(frozen=True)
+class _Requests:
+    """The package's stored input sets by signature key: its examples and warmup requests."""
+
+    examples: Mapping[str, list[dict[str, np.ndarray]]]
+    warmup: Mapping[str, list[dict[str, np.ndarray]]]
+
+    def feeds(self, key: str, signature: Any) -> _Feeds:
+        for found, kind in ((self.examples, "example"), (self.warmup, "warmup request")):
+            if found.get(key):
+                count = len(found[key])
+                return _Feeds(found[key], f"on its {count} {kind}{'s' if count > 1 else ''}", False)
+        return _Feeds([spec_inputs(signature)], "on synthetic inputs", True)
 
 
 @dataclass(frozen=True)
@@ -288,16 +316,6 @@ class _Feeds:
     values: list[dict[str, np.ndarray]]
     description: str
     synthetic: bool
-
-    @classmethod
-    def of(
-        cls, key: str, signature: Any, warmup: Mapping[str, list[dict[str, np.ndarray]]]
-    ) -> _Feeds:
-        count = len(warmup.get(key, []))
-        if count:
-            plural = "s" if count != 1 else ""
-            return cls(warmup[key], f"on its {count} warmup request{plural}", False)
-        return cls([spec_inputs(signature)], "on synthetic inputs", True)
 
 
 def _signature_tensors(meta_graph: Any) -> Iterator[tuple[str, str]]:

@@ -299,6 +299,19 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     for index, request in enumerate(spec.warmup):
         for key, file in request.files.items():
             _existing(folder, file, path, f"warmup.{index}.files.{key}")
+    training = any(v.is_training for v in spec.variants.values())
+    serving = any(not v.is_training for v in spec.variants.values())
+    for index, example in enumerate(spec.examples):
+        if example.has_labels and not training:
+            msg = "labels feed a train variant's train signature, and no variant trains"
+            raise ManifestError(msg, file=path, field=f"examples.{index}.labels")
+        if not example.has_labels and not serving:
+            msg = "an example without labels needs a serving variant (one without mode: train)"
+            raise ManifestError(msg, file=path, field=f"examples.{index}")
+        for key, file in example.files.items():
+            _existing(folder, file, path, f"examples.{index}.files.{key}")
+        for key, file in example.label_files.items():
+            _existing(folder, file, path, f"examples.{index}.label_files.{key}")
     template = spec.card.template
     card_template = None if template is None else _existing(folder, template, path, "card.template")
     evaluate_data = None

@@ -22,7 +22,7 @@ from pydantic import (
 
 from smpack.io import storage
 from smpack.manifest.card_spec import CardSpec
-from smpack.package.layout import WARMUP_FILE
+from smpack.package.layout import EXAMPLES_FILE, WARMUP_FILE
 
 SCHEMA_VERSION = 1
 
@@ -323,6 +323,34 @@ class WarmupRequest(_Strict):
         return self
 
 
+class Example(WarmupRequest):
+    """Inputs the model accepts, and optionally the labels a train step learns from.
+
+    Verify runs every variant on them (instead of inputs it makes up), and `labels`, keyed
+    by the train signature's label keys, feed its one-step check of each train variant.
+    Inputs and labels are given like a warmup request's: inline, or `.npy`/`.json` files.
+    """
+
+    labels: dict[str, Any] = Field(default_factory=dict)
+    label_files: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _labels_once(self) -> Example:
+        both = sorted(self.labels.keys() & self.label_files.keys())
+        if both:
+            msg = f"labels {both} are given both inline and as files"
+            raise ValueError(msg)
+        for key, file in self.label_files.items():
+            if Path(file).suffix not in (".npy", ".json"):
+                msg = f"file for label {key!r} must be .npy or .json, not {file!r}"
+                raise ValueError(msg)
+        return self
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.labels or self.label_files)
+
+
 class ManifestCard(CardSpec):
     """The `card:` block: what people write about the model, and optionally their template.
 
@@ -391,6 +419,7 @@ class Manifest(_Strict):
     card: ManifestCard = Field(default_factory=ManifestCard)
     warmup: list[WarmupRequest] = Field(default_factory=list, max_length=MAX_WARMUP_RECORDS)
     evaluate: Evaluate | None = None
+    examples: list[Example] = Field(default_factory=list, max_length=MAX_WARMUP_RECORDS)
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
@@ -447,6 +476,9 @@ class Manifest(_Strict):
             raise ValueError(msg)
         if self.warmup and WARMUP_FILE in self.assets_extra:
             msg = f"warmup: writes assets.extra/{WARMUP_FILE}; remove it from assets_extra"
+            raise ValueError(msg)
+        if self.examples and EXAMPLES_FILE in self.assets_extra:
+            msg = f"examples: writes assets.extra/{EXAMPLES_FILE}; remove it from assets_extra"
             raise ValueError(msg)
         return self
 

@@ -5,6 +5,8 @@ ASSETS_EXTRA = "assets.extra"
 # In assets.extra/: TF Serving's warmup requests, and the files that describe the whole
 # package (an extracted single graph must not carry them).
 WARMUP_FILE = "tf_serving_warmup_requests"
+# The manifest's examples, as the same PredictionLog records (see smpack/builder/warmup.py).
+EXAMPLES_FILE = "smpack_examples"
 PROVENANCE_FILE = "smpack.json"
 # model_card.json is the Model Card Toolkit's JSON form of the card.
 CARD_FILES = ("model_card.md", "model_card.html", "model_card.json")
