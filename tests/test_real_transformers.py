@@ -1,0 +1,172 @@
+"""keras_hub transformers (random weights, tiny configs) through every variant kind.
+
+A BERT encoder classifier (token ids, two segment ids, padding mask) saved as `.keras`, and
+a GPT-2 decoder with a next-token head exported as a TF2 SavedModel, each packaged as
+serve / train / serve,gpu (float16 + XLA) / serve,tpu (bfloat16). The GPT-2 causal mask is
+built with a float32 `Range`, which half precision must leave alone; BERT's segment
+embedding has two rows, which made-up inputs must not index past.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from tf_helpers import run_v1
+from typer.testing import CliRunner
+
+from smpack.checks.verify import TOLERANCES, verify_package
+from smpack.checks.xla_check import run_tpu_graph_on_cpu
+from smpack.cli.commands import app
+
+pytestmark = pytest.mark.slow
+
+SEQUENCE, BATCH, VOCABULARY = 8, 2, 100
+VARIANTS = {
+    "cpu": {"tags": ["serve"]},
+    "train": {"tags": ["train"], "optimizer": {"name": "adam", "learning_rate": 0.001}},
+    "gpu": {
+        "tags": ["serve", "gpu"],
+        "device": "/device:GPU:0",
+        "precision": "float16",
+        "xla": True,
+    },
+    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": BATCH},
+}
+runner = CliRunner()
+
+
+@dataclass
+class Transformer:
+    package: Path
+    feeds: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]  # what the source computes for `feeds`
+
+
+def _feeds(with_segments: bool) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    padding = np.ones((BATCH, SEQUENCE), np.int32)
+    padding[1, 5:] = 0  # the second row is shorter
+    feeds = {
+        "token_ids": rng.integers(1, VOCABULARY, (BATCH, SEQUENCE)).astype(np.int32) * padding,
+        "padding_mask": padding,
+    }
+    if with_segments:
+        feeds["segment_ids"] = np.tile(np.repeat([0, 1], SEQUENCE // 2), (BATCH, 1)).astype(
+            np.int32
+        )
+    return feeds
+
+
+def _build(folder: Path, source: dict[str, str], feeds: dict[str, np.ndarray]) -> Path:
+    labels = {"labels": [1, 2]} if "keras" in source else {"labels": [[3] * SEQUENCE] * BATCH}
+    example = {"inputs": {k: v.tolist() for k, v in feeds.items()}, "labels": labels}
+    manifest = {
+        "schema": 1,
+        "name": "transformer",
+        "version": 1,
+        "source": {**source, "loss": "sparse_categorical_crossentropy"},
+        "variants": VARIANTS,
+        "examples": [example],
+    }
+    (folder / "smpack.yaml").write_text(yaml.safe_dump(manifest))
+    out = folder / "out"
+    result = runner.invoke(app, ["build", str(folder / "smpack.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out / "transformer" / "1"
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Transformer:
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("bert")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=VOCABULARY,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=SEQUENCE,
+        num_segments=2,
+    )
+    inputs = {
+        name: keras.Input((SEQUENCE,), dtype="int32", name=name)
+        for name in ("token_ids", "segment_ids", "padding_mask")
+    }
+    classes = keras.layers.Dense(3, activation="softmax", name="classes")
+    model = keras.Model(inputs, {"classes": classes(backbone(inputs)["pooled_output"])})
+    model.save(folder / "bert.keras")
+    feeds = _feeds(with_segments=True)
+    expected = {k: np.asarray(v) for k, v in model(feeds).items()}
+    return Transformer(_build(folder, {"keras": "bert.keras"}, feeds), feeds, expected)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Transformer:
+    import keras
+    import keras_hub
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2")
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=VOCABULARY,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=SEQUENCE,
+    )
+    inputs = {
+        name: keras.Input((SEQUENCE,), dtype="int32", name=name)
+        for name in ("token_ids", "padding_mask")
+    }
+    next_token = keras.layers.Dense(VOCABULARY, activation="softmax", name="next_token")
+    model = keras.Model(inputs, {"next_token": next_token(backbone(inputs))})
+    model.export(str(folder / "gpt2"), verbose=False)
+    feeds = _feeds(with_segments=False)
+    exported = tf.saved_model.load(str(folder / "gpt2")).signatures["serving_default"]
+    expected = {k: v.numpy() for k, v in exported(**feeds).items()}
+    return Transformer(_build(folder, {"savedmodel": "gpt2"}, feeds), feeds, expected)
+
+
+@pytest.fixture(params=["bert", "gpt2"])
+def transformer(request: pytest.FixtureRequest) -> Transformer:
+    return request.getfixturevalue(request.param)
+
+
+def _relative_error(value: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(value - expected).max() / np.abs(expected).max())
+
+
+def test_every_graph_passes_verify_on_the_examples(transformer: Transformer) -> None:
+    report = verify_package(transformer.package)
+    assert report.passed, report
+    assert not [c for g in report.graphs for c in g.checks if c.warning]
+    names = {(g.tag_set, c.name) for g in report.graphs for c in g.checks}
+    assert ("train", "signature train takes a step on its 1 example") in names
+    agreement = "serving_default agrees with serve (bfloat16: within 4% of scale)"
+    assert ("serve,tpu", agreement) in names
+
+
+def test_float32_graphs_compute_what_the_source_does(transformer: Transformer) -> None:
+    for tags in (["serve"], ["train"]):
+        outputs = run_v1(transformer.package, tags, transformer.feeds)
+        for key, expected in transformer.expected.items():
+            np.testing.assert_allclose(outputs[key], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_half_precision_graphs_agree_within_the_stated_tolerance(transformer) -> None:
+    gpu = run_v1(transformer.package, ["serve", "gpu"], transformer.feeds)
+    tpu = run_tpu_graph_on_cpu(
+        transformer.package, ["serve", "tpu"], "serving_default", transformer.feeds
+    )
+    for key, expected in transformer.expected.items():
+        assert _relative_error(gpu[key], expected) <= TOLERANCES["float16"]
+        assert _relative_error(tpu[key], expected) <= TOLERANCES["bfloat16"]
