@@ -118,7 +118,7 @@ def verify_view(report: VerifyReport) -> Group:
         if not check.passed and label not in failed:
             failed.append(label)
     verdict = (
-        Text(f"pass: all checks of {_count(len(report.graphs), 'graph')}")
+        Text(f"pass: all checks of {_count(len(report.graphs), 'graph')}{_warnings(report)}")
         if report.passed
         else Text(f"FAILED: {'; '.join(failed)}")
     )
@@ -128,8 +128,17 @@ def verify_view(report: VerifyReport) -> Group:
 def verify_verdict(report: VerifyReport) -> Text:
     """The verdict alone: what a build prints when every check passed."""
     if report.passed:
-        return Text(f"verified: all checks of {_count(len(report.graphs), 'graph')} pass")
+        graphs = _count(len(report.graphs), "graph")
+        return Text(f"verified: all checks of {graphs} pass{_warnings(report)}")
     return Text("FAILED")
+
+
+def _warnings(report: VerifyReport) -> str:
+    """", with N warnings (...)" naming the checks that passed but prove nothing."""
+    warned = [f"{label}: {check.name}" for label, check in report.rows() if check.warning]
+    if not warned:
+        return ""
+    return f", with {_count(len(warned), 'warning')} ({'; '.join(warned)}; see smpack verify)"
 
 
 def diff_view(changes: list[Change]) -> Group:
