@@ -103,6 +103,8 @@ def test_examples_travel_with_the_package(tmp_path: Path) -> None:
     np.testing.assert_array_equal(requests["serving_default"][0]["ids"], [1, 3])
     np.testing.assert_array_equal(requests["train"][0]["target"], EXAMPLE["labels"]["target"])
     assert checks(moved)[("serve", "signature serving_default runs on its 1 example")].passed
+    card = (moved / "assets.extra" / "model_card.md").read_text()
+    assert "- Examples: 2 requests in `assets.extra/smpack_examples`" in card
 
 
 def test_examples_read_from_npy_and_json_files(tmp_path: Path) -> None:

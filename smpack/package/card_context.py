@@ -22,8 +22,8 @@ from smpack.package.card_measured import (
     measured_summary,
 )
 from smpack.package.digests import file_sha256, tree_files
-from smpack.package.info import GraphInfo, PackageInfo, TensorInfo
-from smpack.package.layout import ASSETS_EXTRA, CARD_FILES, PACKAGE_DESCRIPTIONS
+from smpack.package.info import GraphInfo, PackageInfo, TensorInfo, count_tfrecords
+from smpack.package.layout import ASSETS_EXTRA, CARD_FILES, EXAMPLES_FILE, PACKAGE_DESCRIPTIONS
 from smpack.package.load_commands import ServingBase, load_commands
 from smpack.package.protos import VariableDef, read_saved_model
 from smpack.package.record import variant_records
@@ -42,8 +42,9 @@ def card_context(
     - `card`: the `card:` block as MCT-shaped dicts, every field present (None or empty).
     - `package`: name, version, directory (`name/version`, as the load commands use it),
       smpack and TensorFlow versions, parameter count (None when unknown), checkpoint bytes,
-      variables, assets, and every file with its size and sha256. No absolute path: the card
-      travels with the package, and where it was built says nothing true about where it is.
+      variables, assets, every file with its size and sha256, and how many example requests
+      verify runs the graphs on. No absolute path: the card travels with the package, and
+      where it was built says nothing true about where it is.
     - `variants`: one per MetaGraph, in file order: tag set, device, precision, XLA, TPU,
       signatures with their tensors, the commands that load it, `measured` (what was
       measured on a host, see smpack.checks.measure.Measurement, or None) and
@@ -105,6 +106,10 @@ def card_context(
             # before or after they are written must come out the same.
             "assets_extra": [a for a in info.assets_extra if a not in CARD_FILES],
             "files": _files(info.path),
+            # Requests in assets.extra/smpack_examples: the inputs verify checks the graphs on.
+            "examples": count_tfrecords(examples)
+            if (examples := info.path / ASSETS_EXTRA / EXAMPLES_FILE).is_file()
+            else 0,
         },
         "variants": variants,
         "metrics": metrics,
