@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_sources import write_manifest
-from tf_helpers import meta_graph, run_v1
+from tf_helpers import meta_graph, run_v1, write_manifest
 
 import smpack
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
