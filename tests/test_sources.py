@@ -121,15 +121,14 @@ def test_gathers_straight_from_a_variable(tf_source, tmp_path) -> None:
     expected = source_outputs(tf_source / "two_layers", "lookup", ids=ids)["vectors"]
     serve = run_v1(package.path, ["serve"], {"ids": ids})["vectors"]
     np.testing.assert_array_equal(serve, expected)
+    # A lookup computes nothing, so half precision leaves it alone: the gathered rows stay
+    # float32, like the checkpoint, and the float16 variant returns them exactly.
     half = run_v1(package.path, ["serve", "gpu"], {"ids": ids})["vectors"]
-    np.testing.assert_allclose(half, expected, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(half, expected)
     nodes = meta_graph(package.path, ["serve", "gpu"]).graph_def.node
     (gather,) = (n for n in nodes if n.op == "ResourceGather")
     assert gather.device == "/device:GPU:0"
-    # The gathered rows, still float32 like the checkpoint, are cast right after the gather.
-    assert any(
-        n.op == "Cast" and n.input[0] == gather.name and n.attr["DstT"].type == 19 for n in nodes
-    )
+    assert not any(n.op == "Cast" and n.input[0] == gather.name for n in nodes)
 
 
 def test_control_flow_serves_on_cpu_and_gpu(tf_source: Path, tmp_path: Path) -> None:
