@@ -131,7 +131,7 @@ def retyped(graph_def: graph_pb2.GraphDef, target: HalfTarget) -> graph_pb2.Grap
     for node in graph.node:
         if classes.get(node.name) == _HALF:
             _retype_attrs(node, types.op_def(node), target.dtype)
-    _convert_edges(graph, types, target.dtype)
+    _convert_edges(types, target.dtype)
     return graph
 
 
@@ -188,10 +188,10 @@ def _retype_attrs(node: Any, op_def: Any, dtype: int) -> None:
             attr.list.type.extend(retyped_list)
 
 
-def _convert_edges(graph: graph_pb2.GraphDef, types: _Types, dtype: int) -> None:
+def _convert_edges(types: _Types, dtype: int) -> None:
     """Convert each tensor whose dtype is not the one its consumer now reads."""
     converted: dict[tuple[str, int], str] = {}
-    for node in list(graph.node):
+    for node in list(types.graph.node):
         for position, tensor, wanted in types.data_inputs(node):
             have = types.output_type(tensor)
             if have == wanted or {have, wanted} != {_FLOAT, dtype}:
@@ -199,11 +199,11 @@ def _convert_edges(graph: graph_pb2.GraphDef, types: _Types, dtype: int) -> None
             assert have is not None and wanted is not None  # both are in {_FLOAT, dtype}
             key = (tensor, wanted)
             if key not in converted:
-                converted[key] = _converted(graph, types, tensor, have, wanted)
+                converted[key] = _converted(types, tensor, have, wanted)
             node.input[position] = converted[key]
 
 
-def _converted(graph: graph_pb2.GraphDef, types: _Types, tensor: str, src: int, dst: int) -> str:
+def _converted(types: _Types, tensor: str, src: int, dst: int) -> str:
     """A tensor holding `tensor` in `dst`: a converted constant, or a cast (saturating)."""
     name = f"{tensor.replace(':', '/output_')}/smpack_{tf.as_dtype(dst).name}"
     producer = types.nodes.get(node_name(tensor))
@@ -211,27 +211,25 @@ def _converted(graph: graph_pb2.GraphDef, types: _Types, tensor: str, src: int, 
         value = tf.make_ndarray(producer.attr["value"].tensor)
         if dst == types_pb2.DT_HALF:
             value = np.clip(value, -_FLOAT16_MAX, _FLOAT16_MAX)
-        const = types.add(graph, name, "Const", [f"^{i.lstrip('^')}" for i in producer.input])
+        const = types.add(name, "Const", [f"^{i.lstrip('^')}" for i in producer.input])
         const.attr["dtype"].type = dst
         # Control inputs copied: a constant inside a loop stays in the loop's frame.
         const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, tf.as_dtype(dst)))
         return const.name
     if dst == types_pb2.DT_HALF:
-        low = _scalar(graph, types, f"{name}/min", -_FLOAT16_MAX, src, tensor)
-        high = _scalar(graph, types, f"{name}/max", _FLOAT16_MAX, src, tensor)
-        clip = types.add(graph, f"{name}/saturated", "ClipByValue", [tensor, low, high])
+        low = _scalar(types, f"{name}/min", -_FLOAT16_MAX, src, tensor)
+        high = _scalar(types, f"{name}/max", _FLOAT16_MAX, src, tensor)
+        clip = types.add(f"{name}/saturated", "ClipByValue", [tensor, low, high])
         clip.attr["T"].type = src
         tensor = clip.name
-    cast = types.add(graph, name, "Cast", [tensor])
+    cast = types.add(name, "Cast", [tensor])
     cast.attr["SrcT"].type, cast.attr["DstT"].type = src, dst
     return cast.name
 
 
-def _scalar(
-    graph: graph_pb2.GraphDef, types: _Types, name: str, value: float, dtype: int, beside: str
-) -> str:
+def _scalar(types: _Types, name: str, value: float, dtype: int, beside: str) -> str:
     # Anchored to the tensor it bounds, so inside a loop it joins the loop's frame.
-    const = types.add(graph, name, "Const", [f"^{node_name(beside)}"])
+    const = types.add(name, "Const", [f"^{node_name(beside)}"])
     const.attr["dtype"].type = dtype
     const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, tf.as_dtype(dtype)))
     return const.name
@@ -253,8 +251,8 @@ class _Types:
 
         return op_def_registry.get(node.op)
 
-    def add(self, graph: graph_pb2.GraphDef, name: str, op: str, inputs: list[str]) -> Any:
-        node = graph.node.add()
+    def add(self, name: str, op: str, inputs: list[str]) -> Any:
+        node = self.graph.node.add()
         node.name, node.op = name, op
         node.input.extend(inputs)
         self.nodes[name] = node
