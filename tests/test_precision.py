@@ -107,3 +107,34 @@ def test_float16_mask_constants_saturate_instead_of_becoming_infinite(attention_
     assert all(np.isfinite(c).all() for c in half_constants)
     # The float32 mask meets the half-precision scores through a saturating cast.
     assert any(n.op == "ClipByValue" for n in nodes)
+
+
+class Determinant(tf.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = tf.Variable(tf.random.stateless_normal([2, 2], seed=[3, 3]), name="w")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2, 2], tf.float32)])
+    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        # MatrixDeterminant's op definition allows float16, but no CPU or GPU kernel has it.
+        return {"y": tf.linalg.det(x @ self.w)}
+
+
+def test_ops_without_a_half_precision_kernel_stay_float32(tmp_path: Path) -> None:
+    module = Determinant()
+    tf.saved_model.save(module, str(tmp_path / "det"), signatures=module.predict)
+    variants = {
+        "cpu": {"tags": ["serve"]},
+        "half": {"tags": ["serve", "half"], "precision": "float16"},
+    }
+    package = smpack.build(
+        write_manifest(tmp_path, {"savedmodel": "det"}, variants=variants), tmp_path
+    )
+    x = np.random.default_rng(1).normal(size=(3, 2, 2)).astype(np.float32)
+    expected = run_v1(package.path, ["serve"], {"x": x})["y"]
+    half = run_v1(package.path, ["serve", "half"], {"x": x})["y"]
+    assert relative_error(half, expected) < 1e-2
+    nodes = meta_graph(package.path, ["serve", "half"]).graph_def.node
+    (det,) = (n for n in nodes if n.op == "MatrixDeterminant")
+    (product,) = (n for n in nodes if n.op == "BatchMatMulV2")
+    assert (det.attr["T"].type, product.attr["T"].type) == (tf.float32, tf.float16)
