@@ -16,6 +16,7 @@ from smpack.builder.training import TRAIN_METHOD, build_train_op, loss_after_ste
 from smpack.errors import GraphError, ModelError, SmpackError, first_line
 from smpack.manifest import LoadedManifest, Signature, Variant
 from smpack.model import ModelContext, ModelSpec
+from smpack.package.layout import TRAIN_FUNCTION_COLLECTION
 
 TRAIN_SIGNATURE_KEY = "train"
 
@@ -52,8 +53,12 @@ def build_variant_graph(
     name: str,
     variant: Variant,
     source_assets: Mapping[str, Path] | None = None,
+    train_function: str = "",
 ) -> VariantGraph:
-    """Build variant `name` in a fresh graph; `ctx.asset` also finds `source_assets`."""
+    """Build variant `name` in a fresh graph; `ctx.asset` also finds `source_assets`.
+
+    A train graph records `train_function`, what it trains.
+    """
     field_path = f"variants.{name}"
     graph = tf.Graph()
     asset_files: dict[str, str] = {}
@@ -97,6 +102,8 @@ def build_variant_graph(
             assert variant.optimizer is not None  # guaranteed by the manifest schema
             loss = _checked_loss(spec, where)
             train_op = build_train_op(loss, variant.optimizer)
+            if train_function:
+                tf.compat.v1.add_to_collection(TRAIN_FUNCTION_COLLECTION, train_function)
             if TRAIN_SIGNATURE_KEY in signature_defs:
                 msg = f"signature key {TRAIN_SIGNATURE_KEY!r} is reserved for the training step"
                 raise GraphError(

@@ -105,7 +105,9 @@ def _build(
         for name, variant in loaded.spec.variants.items():
             step(f"building variant {name} ({','.join(variant.tags)})")
             graphs.append(
-                build_variant_graph(loaded, source.model_fn, name, variant, source.assets)
+                build_variant_graph(
+                    loaded, source.model_fn, name, variant, source.assets, source.train_function
+                )
             )
         # Checked against every graph they are for before any file is written.
         serving = {g.name: g.signature_defs for g in graphs if not g.variant.is_training}
@@ -145,6 +147,8 @@ def _build(
                 "name": names.get(graph.tag_set),
                 "fingerprint": dataclasses.asdict(graph.fingerprint) if graph.fingerprint else None,
                 "measured": measured.get(graph.tag_set),
+                # Read back from the graph: which function of the source it trains.
+                "train_function": graph.train_function or None,
             }
             for graph in written.graphs
         }

@@ -22,7 +22,11 @@ def build_train_op(loss: tf.Tensor, optimizer: Optimizer) -> tf.Operation:
         opt = v1.MomentumOptimizer(optimizer.learning_rate, optimizer.momentum)
     else:
         opt = v1.AdamOptimizer(optimizer.learning_rate)
-    train_op = opt.minimize(loss, global_step=global_step, name="train_op")
+    # What the model asks to run with each step (batch normalisation's moving averages, a
+    # dropout seed's state), as TF1's layers and Keras's fit do.
+    updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    with tf.control_dependencies(updates):
+        train_op = opt.minimize(loss, global_step=global_step, name="train_op")
     tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TRAIN_OP, train_op)
     # loader_impl.get_train_op reads this collection. The alternative, a
     # __saved_model_train_op signature, has no inputs, so tf.saved_model.load (which

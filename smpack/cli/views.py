@@ -56,6 +56,8 @@ def inspect_view(info: PackageInfo) -> tuple[Group, Group]:
         branch = tree.add(Text(f"{graph.tag_set}  ", style="bold") + Text(_graph_facts(graph)))
         if graph.custom_ops:
             branch.add(Text(f"custom ops (not in TensorFlow): {', '.join(graph.custom_ops)}"))
+        if graph.train_function:
+            branch.add(Text(f"trains  {graph.train_function}"))
         for signature in graph.signatures:
             node = branch.add(Text(f"{signature.key}  {signature.method}"))
             for tensor in signature.inputs:

@@ -227,6 +227,7 @@ class Source(_Strict):
     savedmodel: str | None = None
     keras: str | None = None
     signature: str | None = None
+    train_signature: str | None = None
     loss: str | None = None
     checkpoint: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -267,9 +268,10 @@ class Source(_Strict):
         if len(given) != 1:
             msg = f"give exactly one of python, savedmodel or keras (got {len(given)})"
             raise ValueError(msg)
-        if self.signature is not None and self.savedmodel is None:
-            msg = "signature picks a signature of a savedmodel source; remove it"
-            raise ValueError(msg)
+        for picker in ("signature", "train_signature"):
+            if getattr(self, picker) is not None and self.savedmodel is None:
+                msg = f"{picker} picks a signature of a savedmodel source; remove it"
+                raise ValueError(msg)
         if self.python is not None and self.loss is not None:
             msg = "loss is for savedmodel and keras sources; a python model returns its own"
             raise ValueError(msg)

@@ -129,6 +129,7 @@ def _variant(graph: GraphInfo, directory: str, serving: ServingBase) -> dict[str
         "tpu": graph.tpu,
         "training": graph.has_train_op,
         "custom_ops": list(graph.custom_ops),
+        "train_function": graph.train_function,
         "signatures": [
             {
                 "key": signature.key,

@@ -22,7 +22,12 @@ from smpack.package.checkpoint_index import CheckpointEntry, read_checkpoint_ind
 from smpack.package.custom_ops import custom_ops
 from smpack.package.dtypes import FLOATS, HALF_PRECISIONS, dtype_name
 from smpack.package.fingerprints import VariantFingerprint, variant_fingerprint
-from smpack.package.layout import ASSETS_EXTRA, FINGERPRINT_FILE, WARMUP_FILE
+from smpack.package.layout import (
+    ASSETS_EXTRA,
+    FINGERPRINT_FILE,
+    TRAIN_FUNCTION_COLLECTION,
+    WARMUP_FILE,
+)
 from smpack.package.protos import FingerprintDef, read_saved_model
 from smpack.package.record import read_record
 
@@ -66,6 +71,8 @@ class GraphInfo:
     fingerprint: VariantFingerprint | None = None
     # Op types TensorFlow does not define itself: a loader needs the library registering them.
     custom_ops: tuple[str, ...] = ()
+    # What an smpack train graph trains (which function, which variables frozen), or "".
+    train_function: str = ""
 
     @property
     def tag_set(self) -> str:
@@ -243,7 +250,15 @@ def _graph_info(meta_graph: Any) -> GraphInfo:
         or "saved_model_train_op" in meta_graph.collection_def,
         compute_dtypes=tuple(sorted(computed, key=_width)),
         custom_ops=custom_ops(meta_graph),
+        train_function=_train_function(meta_graph),
     )
+
+
+def _train_function(meta_graph: Any) -> str:
+    if TRAIN_FUNCTION_COLLECTION not in meta_graph.collection_def:
+        return ""
+    values = meta_graph.collection_def[TRAIN_FUNCTION_COLLECTION].bytes_list.value
+    return " ".join(value.decode("utf-8", "replace") for value in values)
 
 
 def _all_nodes(meta_graph: Any) -> list[Any]:

@@ -15,5 +15,8 @@ RECORD_PATH = f"{ASSETS_EXTRA}/{PROVENANCE_FILE}"
 # In assets.extra/: the Triton and TF Serving configs of every serving variant, one folder
 # per target (see smpack/package/serving_config.py).
 SERVING_FOLDER = "serving"
+# A train graph's collection holding one sentence: what the graph trains (which function of
+# the source, which variables frozen), for inspect, the card and smpack.json.
+TRAIN_FUNCTION_COLLECTION = "smpack_train_function"
 # At the package's top level, as TF 2.x writes it.
 FINGERPRINT_FILE = "fingerprint.pb"

@@ -2,7 +2,8 @@
 
 Keras 3 layers cannot be called inside a TF1 graph, but `model.export` writes the model's
 inference function as a TF2 SavedModel with a `serving_default` signature whose inputs are
-the model's input specs; smpack then imports that like any other SavedModel.
+the model's input specs; smpack then imports that like any other SavedModel. The export also
+holds the model's training-mode call, which train variants replay.
 """
 
 from __future__ import annotations
@@ -26,8 +27,31 @@ def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
         raise ModelError(msg, **where) from e
     exported = folder / "savedmodel"
     try:
-        model.export(str(exported), format="tf_saved_model", verbose=False)
+        _export_with_training_call(model, exported)
     except Exception as e:
         msg = f"cannot export {path.name} as a SavedModel: {type(e).__name__}: {first_line(e)}"
         raise ModelError(msg, **where) from e
     return exported
+
+
+def _export_with_training_call(model: Any, exported: Path) -> None:
+    """What `model.export` writes, plus the model's training-mode call as a second endpoint.
+
+    Both endpoints capture the same variables, so the package's train variant trains the
+    weights its serving variants read.
+    """
+    import keras
+    # The input signature `model.export` itself derives from the model (not public API).
+    from keras.src.export.export_utils import get_input_signature
+
+    from smpack.sources.training_mode import KERAS_TRAINING_ENDPOINT
+
+    signature = get_input_signature(model)
+
+    def training_call(*args: Any) -> Any:
+        return model(*args, training=True)
+
+    archive = keras.export.ExportArchive()
+    archive.track_and_add_endpoint("serve", model, signature)  # also serving_default
+    archive.add_endpoint(KERAS_TRAINING_ENDPOINT, training_call, signature)
+    archive.write_out(str(exported), verbose=False)

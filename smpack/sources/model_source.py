@@ -29,6 +29,10 @@ class ModelSource:
     checkpoint: Path | None = None
     # assets/ name -> file: the vocabularies an imported source's tables read.
     assets: dict[str, Path] = field(default_factory=dict)
+    # The manifest field naming the weights, for errors about them.
+    weights_field: str = "source.checkpoint"
+    # What a train variant's graph runs, as inspect, the card and smpack.json say it.
+    train_function: str = "the model function, called with ctx.training true"
 
 
 @contextmanager
@@ -47,30 +51,50 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
         return
     assert loaded.model_path is not None  # resolved for savedmodel and keras sources
     if source.savedmodel is not None:
-        yield _imported(loaded, loaded.model_path, source.signature or "serving_default")
+        yield _imported(
+            loaded, loaded.model_path, source.signature or "serving_default", source.train_signature
+        )
         return
     from smpack.sources.keras import export_keras
+    from smpack.sources.training_mode import KERAS_TRAINING_ENDPOINT
 
     with tempfile.TemporaryDirectory(prefix="smpack-keras-") as folder:
         exported = export_keras(loaded.model_path, Path(folder), loaded.path)
-        yield _imported(loaded, exported, "serving_default")
+        yield _imported(loaded, exported, "serving_default", KERAS_TRAINING_ENDPOINT)
 
 
-def _imported(loaded: LoadedManifest, path: Path, signature: str) -> ModelSource:
+def _imported(
+    loaded: LoadedManifest, path: Path, signature: str, train_signature: str | None
+) -> ModelSource:
     from smpack.sources.savedmodel import load_saved_model, model_function, restore_map
+    from smpack.sources.training_mode import training_import
 
     kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
     where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
-    imported = load_saved_model(path, signature, where, loaded.spec.source.imports)
-    clash = sorted({a.name for a in loaded.assets} & imported.assets.keys())
+    serving = load_saved_model(path, signature, where, loaded.spec.source.imports)
+    clash = sorted({a.name for a in loaded.assets} & serving.assets.keys())
     if clash:
         msg = f"{clash[0]!r} is also an asset of the source, whose tables read it; rename yours"
         raise ManifestError(msg, file=loaded.path, field="assets")
+    training, description = None, ""
+    if any(v.is_training for v in loaded.spec.variants.values()):
+        written = "source.train_signature" if kind == "savedmodel" and train_signature else None
+        training, description = training_import(
+            path,
+            serving,
+            signature,
+            train_signature,
+            {**where, "field": written or where["field"]},
+            keras=kind == "keras",
+            imports=loaded.spec.source.imports,
+        )
     return ModelSource(
-        model_function(imported, _loss(loaded), loaded),
-        checkpoint_keys=restore_map(imported),
-        checkpoint=imported.checkpoint,
-        assets=imported.assets,
+        model_function(serving, _loss(loaded), loaded, training),
+        checkpoint_keys={**restore_map(serving), **(restore_map(training) if training else {})},
+        checkpoint=serving.checkpoint,
+        assets=serving.assets,
+        weights_field=where["field"],
+        train_function=description,
     )
 
 

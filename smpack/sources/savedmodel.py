@@ -34,6 +34,7 @@ from smpack.sources.graph_def import node_name, through_identities
 from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.op_libraries import check_ops_registered
 from smpack.sources.precision import HalfTarget, half_target, retyped
+from smpack.sources.training_mode import register_state_updates, trainable_keys
 
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
 
@@ -46,6 +47,8 @@ class SourceVariable:
     checkpoint_key: str
     shape: tuple[int, ...]
     dtype: str
+    # As the source marks it: BN statistics and frozen layers are never trained.
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,18 @@ class ImportedModel:
 
 
 def load_saved_model(
-    path: Path, signature: str, where: dict[str, Any], imports: Sequence[str] = ()
+    path: Path,
+    signature: str,
+    where: dict[str, Any],
+    imports: Sequence[str] = (),
+    *,
+    keep_loops: bool = False,
 ) -> ImportedModel:
     """Read the `serve` MetaGraph of the TF2 SavedModel at `path` and flatten `signature`.
 
     `imports` are the modules the manifest imported for the source's custom ops.
+    `keep_loops` keeps while loops functional `While` ops, which TF1 gradients can
+    differentiate, instead of lowering them to the Enter/Exit frames serving variants use.
     """
     meta_graph = _serve_meta_graph(path, where)
     check_ops_registered(meta_graph, imports, where)
@@ -105,8 +115,9 @@ def load_saved_model(
     init_op = _init_op(meta_graph)
     fetches = [t.name for t in signature_def.outputs.values()]
     fetches += [op for op in (restore_op, init_op) if op]
-    flat = _inlined(meta_graph, fetches)
+    flat = _inlined(meta_graph, fetches, keep_loops)
     keys = _restored_keys(flat)
+    trainable = trainable_keys(meta_graph, path / "variables" / "variables")
     output_nodes = sorted({node_name(t.name) for t in signature_def.outputs.values()})
     graph_def = tf.compat.v1.graph_util.extract_sub_graph(flat, output_nodes)
     inputs = [_tensor(k, v) for k, v in sorted(signature_def.inputs.items())]
@@ -130,6 +141,7 @@ def load_saved_model(
                 checkpoint_key=keys[handle],
                 shape=tuple(d.size for d in node.attr["shape"].shape.dim),
                 dtype=tf.as_dtype(node.attr["dtype"].type).name,
+                trainable=keys[handle] in trainable,
             )
         )
     return ImportedModel(
@@ -160,19 +172,17 @@ def _init_op(meta_graph: meta_graph_pb2.MetaGraphDef) -> str | None:
 
 
 def model_function(
-    imported: ImportedModel, loss: Callable[..., Any] | None, loaded: LoadedManifest
+    serving: ImportedModel,
+    loss: Callable[..., Any] | None,
+    loaded: LoadedManifest,
+    training: ImportedModel | None = None,
 ) -> Callable[[ModelContext], ModelSpec]:
-    """A model function replaying `imported` in the variant's graph, with `loss` for training."""
-    has_loop = any(n.op == "Enter" for n in imported.graph_def.node)
+    """A model function replaying `serving`, or in train variants `training`, with `loss`."""
 
     def model_fn(ctx: ModelContext) -> ModelSpec:
         where: dict[str, Any] = {"file": loaded.path, "field": f"variants.{ctx.variant}"}
-        if has_loop and ctx.training:
-            msg = (
-                "cannot train through the source's while loop: TF1 gradients need the loop's "
-                "Python context, which an imported graph lacks (serving variants work)"
-            )
-            raise ModelError(msg, **where)
+        imported = training if ctx.training and training is not None else serving
+        has_loop = any(n.op == "Enter" for n in imported.graph_def.node)
         if has_loop and loaded.spec.variants[ctx.variant].on_tpu:
             msg = (
                 "cannot put the source's while loop inside tpu.rewrite: XLA cannot compile a "
@@ -195,12 +205,17 @@ def model_function(
             variables = {v.name: _variable(v) for v in imported.variables}
             input_map = dict(zip(imported.device_inputs, device_inputs, strict=True))
             input_map.update({h: variables[name].handle for h, name in imported.handles.items()})
-            return tf.graph_util.import_graph_def(
+            graph = tf.compat.v1.get_default_graph()
+            before = len(graph.get_operations())
+            results = tf.graph_util.import_graph_def(
                 imported.graph_def_for(loaded.spec.variants[ctx.variant]),
                 input_map=input_map,
                 return_elements=on_device,
                 name="model",
             )
+            if ctx.training:
+                register_state_updates(graph.get_operations()[before:])
+            return results
 
         if on_device:
             results = ctx.compute(compute, *(tensors[t] for t in imported.device_inputs))
@@ -257,7 +272,9 @@ def _serve_meta_graph(path: Path, where: dict[str, Any]) -> meta_graph_pb2.MetaG
     return candidates[0]
 
 
-def _inlined(meta_graph: meta_graph_pb2.MetaGraphDef, fetches: list[str]) -> graph_pb2.GraphDef:
+def _inlined(
+    meta_graph: meta_graph_pb2.MetaGraphDef, fetches: list[str], keep_loops: bool = False
+) -> graph_pb2.GraphDef:
     """The graph with every function call inlined (what `convert_to_constants` does)."""
     from tensorflow.python.grappler import tf_optimizer
 
@@ -265,6 +282,10 @@ def _inlined(meta_graph: meta_graph_pb2.MetaGraphDef, fetches: list[str]) -> gra
     item.graph_def.CopyFrom(meta_graph.graph_def)
     item.collection_def["train_op"].node_list.value.extend(fetches)
     config = config_pb2.ConfigProto()
+    if keep_loops:
+        # Grappler lowers functional control flow while inlining unless the graph is to
+        # run on this executor (MetaOptimizer::LowerControlFlow); nothing else changes.
+        config.experimental.executor_type = "SINGLE_THREADED_EXECUTOR"
     rewrite = config.graph_options.rewrite_options
     rewrite.min_graph_nodes = -1  # inline even the tiniest graphs
     # Only inlining: any other rewrite could change the numbers the source computes.
@@ -325,6 +346,8 @@ def _cut_variables(
         kept.input.extend(i for i in node.input if not (i.startswith("^") and i[1:] in dropped))
         kept.ClearField("device")
         called.add(kept.op)
+        # A kept `While` names its cond and body in attrs, not as its op type.
+        called.update(v.func.name for v in kept.attr.values() if v.WhichOneof("value") == "func")
     # Functions left after inlining (loop bodies, say) are needed; the rest is dead weight.
     if any(f.signature.name in called for f in graph_def.library.function):
         flat.library.CopyFrom(graph_def.library)
@@ -358,7 +381,7 @@ def _variable(variable: SourceVariable) -> Any:
         variable.dtype,  # the checkpoint's dtype; reads are cast to the variant's precision
         # The real values come from the source's checkpoint when the package is written.
         initializer=tf.compat.v1.zeros_initializer(),
-        trainable=tf.as_dtype(variable.dtype).is_floating,
+        trainable=variable.trainable and tf.as_dtype(variable.dtype).is_floating,
     )
 
 
