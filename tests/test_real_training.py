@@ -249,3 +249,177 @@ def test_inspect_and_smpack_json_say_what_the_train_graph_runs(keras_built: Buil
     assert record["variants"]["train"]["train_function"].startswith(
         "the Keras model's training-mode call (training=True)"
     )
+
+
+# --- TF2 SavedModels: frozen variables, a training-mode signature, sliced checkpoints --------
+
+SHARD_BYTES = 4000  # MaxShardSizePolicy's limit: the 10 KiB kernel is saved in slices
+
+
+def save_module(folder: Path, outputs: int = 40) -> Path:
+    """A tf.Module with a non-trainable centre, saved with MaxShardSizePolicy shards."""
+    import tensorflow as tf
+
+    class Centred(tf.Module):
+        def __init__(self) -> None:
+            random = np.random.default_rng(1)
+            kernel = random.normal(size=(64, outputs)).astype(np.float32) / 8
+            self.kernel = tf.Variable(kernel, name="kernel")
+            self.bias = tf.Variable(np.zeros(outputs, np.float32), name="bias")
+            centre = random.normal(size=64).astype(np.float32)
+            self.centre = tf.Variable(centre, trainable=False, name="centre")
+            # Sliced too, but fills the shard holding bias and centre, so that one is linked.
+            self.scale = tf.Variable(np.ones(960, np.float32), name="scale")
+
+        def _scores(self, x: tf.Tensor, centre: tf.Tensor) -> tf.Tensor:
+            logits = tf.matmul(x - centre, self.kernel) * tf.reduce_mean(self.scale)
+            return tf.nn.softmax(logits + self.bias)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": self._scores(x, self.centre)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
+        def train_call(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            # Training mode: centre on the batch, and move the running centre towards it.
+            batch_centre = tf.reduce_mean(x, axis=0)
+            self.centre.assign(0.5 * self.centre + 0.5 * batch_centre)
+            return {"y": self._scores(x, batch_centre)}
+
+    module = Centred()
+    path = folder / "centred"
+    policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=SHARD_BYTES)
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={"serving_default": module.predict, "train_call": module.train_call},
+        options=tf.saved_model.SaveOptions(experimental_sharding_callback=policy),
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def module_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("module_source")
+    save_module(folder)
+    return folder
+
+
+def module_inputs() -> tuple[np.ndarray, np.ndarray]:
+    random = np.random.default_rng(2)
+    return random.normal(size=(BATCH, 64)).astype(np.float32), np.arange(BATCH, dtype=np.int64)
+
+
+def checkpoint_entries(prefix: Path) -> dict[str, Any]:
+    from smpack.builder.checkpoint_bundle import read_bundle
+
+    return read_bundle(prefix)[1]
+
+
+def test_the_source_checkpoint_really_is_sliced(module_source: Path) -> None:
+    entries = checkpoint_entries(module_source / "centred" / "variables" / "variables")
+    assert entries["kernel/.ATTRIBUTES/VARIABLE_VALUE"].slices
+    assert entries["scale/.ATTRIBUTES/VARIABLE_VALUE"].slices
+    assert not entries["bias/.ATTRIBUTES/VARIABLE_VALUE"].slices
+
+
+@pytest.fixture(scope="module")
+def module_package(module_source: Path) -> Path:
+    manifest = write_manifest(module_source, {"savedmodel": "centred", "loss": "mse"})
+    # mse needs labels shaped like the output.
+    return build(manifest, module_source / "out")
+
+
+def test_sliced_tensors_are_whole_in_the_package_and_the_rest_stays_linked(
+    module_source: Path, module_package: Path
+) -> None:
+    source = module_source / "centred" / "variables" / "variables"
+    package = module_package / "variables" / "variables"
+    entries = checkpoint_entries(package)
+    for name, size in (("kernel", 64 * 40 * 4), ("scale", 960 * 4)):
+        assert not entries[name].slices
+        assert entries[name].size == size
+    source_entries = checkpoint_entries(source)
+    for name in ("bias", "centre"):
+        shard = source_entries[f"{name}/.ATTRIBUTES/VARIABLE_VALUE"].shard_id
+        shards = sorted(source.parent.glob("variables.data-*"))
+        linked = sorted(package.parent.glob("variables.data-*"))[entries[name].shard_id]
+        assert linked.stat().st_ino == shards[shard].stat().st_ino
+
+
+def test_module_serve_equals_the_source(module_source: Path, module_package: Path) -> None:
+    import tensorflow as tf
+
+    x, _ = module_inputs()
+    loaded = tf.saved_model.load(str(module_source / "centred"))
+    expected = loaded.signatures["serving_default"](x=tf.constant(x))["y"].numpy()
+    np.testing.assert_array_equal(run_v1(module_package, ["serve"], {"x": x})["y"], expected)
+
+
+def test_inference_signature_trains_with_frozen_variables(module_package: Path) -> None:
+    import json
+
+    x, labels = module_inputs()
+    one_hot = np.eye(40, dtype=np.float32)[labels]
+    losses, _, trainable = train_steps(module_package, {"x": x}, one_hot)
+    assert trainable == {"kernel", "bias", "scale"}
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    record = json.loads((module_package / "assets.extra" / "smpack.json").read_text())
+    assert record["train_functions"] == {
+        "train": "the source's inference signature 'serving_default'; "
+        "1 non-trainable variables frozen"
+    }
+
+
+def test_training_mode_signature_runs_its_updates(module_source: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    source = {"savedmodel": "centred", "train_signature": "train_call", "loss": "mse"}
+    manifest = write_manifest(module_source, source)
+    package = build(manifest, tmp_path)
+    x, labels = module_inputs()
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(package))
+        signature = graph.signature_def["train"]
+        (centre,) = (v for v in tf.compat.v1.global_variables() if v.op.name == "centre")
+        before = session.run(centre)
+        feeds = {
+            signature.inputs["x"].name: x,
+            signature.inputs["labels"].name: np.eye(40, dtype=np.float32)[labels],
+        }
+        session.run(signature.outputs["loss"].name, feeds)
+        after = session.run(centre)
+    np.testing.assert_allclose(after, 0.5 * before + 0.5 * x.mean(axis=0), rtol=1e-5)
+    result = runner.invoke(app, ["inspect", str(package), "--tags", "train"])
+    assert "trains  the source's training-mode signature 'train_call'" in result.output
+
+
+def test_module_package_answers_after_moving_it_and_deleting_the_source(
+    module_package: Path, tmp_path: Path
+) -> None:
+    x, _ = module_inputs()
+    before = run_v1(module_package, ["serve"], {"x": x})["y"]
+    moved = tmp_path / "moved"
+    shutil.copytree(module_package, moved)
+    source = module_package.parent.parent.parent / "centred"
+    kept = tmp_path / "kept_source"
+    shutil.move(source, kept)
+    try:
+        np.testing.assert_array_equal(run_v1(moved, ["serve"], {"x": x})["y"], before)
+    finally:
+        shutil.move(kept, source)
+
+
+def test_a_checkpoint_error_names_the_savedmodel_field(tmp_path: Path) -> None:
+    save_module(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    save_module(other, outputs=41)
+    shutil.rmtree(tmp_path / "centred" / "variables")
+    shutil.copytree(other / "centred" / "variables", tmp_path / "centred" / "variables")
+    manifest = write_manifest(tmp_path, {"savedmodel": "centred", "loss": "mse"})
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "source.savedmodel: checkpoint variable" in line
+    assert not (tmp_path / "out" / "real").exists()

@@ -22,6 +22,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
+from smpack.builder.checkpoint_slices import save_whole, slice_bytes_per_shard, sliced_names
 from smpack.errors import PackageError
 from smpack.io.staging import link_or_copy
 from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
@@ -76,7 +77,17 @@ class StreamingSaver(tf.compat.v1.train.Saver):
         for batch in _batches(self._fresh, _EXTRA_BATCH_BYTES):
             extras.append(prefix.parent / f"smpack_extra_{len(extras)}")
             _save_values(extras[-1], sess.run({v.op.name: v.initial_value for v in batch}))
-        write_variables(prefix, self._source, self._keys, extras)
+        _, entries = read_bundle(self._source)
+        sliced = sliced_names(entries, self._keys)
+        extras += save_whole(self._source, sliced, entries, prefix.parent, len(extras))
+        linked = {name: key for name, key in self._keys.items() if name not in sliced}
+        write_variables(
+            prefix,
+            self._source,
+            linked,
+            extras,
+            also_used=slice_bytes_per_shard(self._source, set(sliced.values())),
+        )
         return save_path
 
 
@@ -111,11 +122,17 @@ def _save_values(prefix: Path, values: Mapping[str, Any]) -> None:
 
 
 def write_variables(
-    prefix: Path, source: Path, keys: Mapping[str, str], extras: list[Path]
+    prefix: Path,
+    source: Path,
+    keys: Mapping[str, str],
+    extras: list[Path],
+    also_used: Mapping[int, int] | None = None,
 ) -> None:
     """Write the bundle `prefix`: `keys` (package name -> key in `source`) plus `extras`.
 
     `extras` are bundles holding the package's other variables; their shards are moved in.
+    `also_used` counts, per source shard, bytes of the package's values stored there in
+    another form (slices), for the decision to link the shard rather than copy from it.
     """
     header, source_entries = read_bundle(source)
     shards: list[tuple[Path, list[str] | None]] = []  # file, and names to copy (None: link)
@@ -128,7 +145,7 @@ def write_variables(
         by_shard.setdefault(entry.shard_id, []).append(name)
     for old_id, names in sorted(by_shard.items()):
         data = _shard_path(source, old_id, header.num_shards)
-        used = sum(entries[n].size for n in names)
+        used = sum(entries[n].size for n in names) + (also_used or {}).get(old_id, 0)
         whole = used >= _LINK_WHEN_USED * data.stat().st_size
         for name in names:
             entries[name].shard_id = len(shards)
