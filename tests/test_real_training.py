@@ -158,8 +158,7 @@ class BuiltKeras:
 @pytest.fixture(
     scope="module",
     params=[
-        pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else [])
-        for name in KERAS_CASES
+        pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else []) for name in KERAS_CASES
     ],
 )
 def keras_built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):

@@ -70,7 +70,7 @@ def save_whole(
     TensorFlow's bundle reader assembles a tensor from its slices when asked for the whole
     (an empty slice spec), the way every TF loader restores it.
     """
-    prefixes = []
+    prefixes: list[Path] = []
     for batch in _batches(sliced, entries):
         prefix = folder / f"smpack_whole_{first_index + len(prefixes)}"
         with tf.Graph().as_default(), tf.compat.v1.Session() as session:

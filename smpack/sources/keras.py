@@ -41,6 +41,7 @@ def _export_with_training_call(model: Any, exported: Path) -> None:
     weights its serving variants read.
     """
     import keras
+
     # The input signature `model.export` itself derives from the model (not public API).
     from keras.src.export.export_utils import get_input_signature
 

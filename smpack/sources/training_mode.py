@@ -47,7 +47,7 @@ def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) ->
         reader.get_tensor(_OBJECT_GRAPH_KEY)
     )
     saved = meta_graph.object_graph_def.nodes
-    trainable = set()
+    trainable: set[str] = set()
     for saved_node, stored_node in zip(saved, stored.nodes, strict=False):
         if saved_node.WhichOneof("kind") != "variable" or not saved_node.variable.trainable:
             continue
