@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, trackable_object_graph_pb2
 
 from smpack.errors import ModelError
@@ -30,6 +31,7 @@ KERAS_TRAINING_ENDPOINT = "smpack_training_call"
 # The checkpoint tensor holding the TrackableObjectGraph of an object-based checkpoint.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _STATE_UPDATES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
+_CUSTOM_GRADIENT = "_gradient_op_type"
 
 
 def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) -> set[str]:
@@ -86,7 +88,7 @@ def training_import(
         name = train_signature or signature
         training = load_saved_model(path, name, where, imports, keep_loops=True)
     _check_same_interface(serving, training, train_signature or signature, where)
-    training = _named_like(training, serving)
+    training = _named_like(_without_custom_gradients(training), serving)
     frozen = sum(not v.trainable for v in training.variables)
     if keras:
         description = (
@@ -115,6 +117,25 @@ def _check_same_interface(
             f"(it has {interface(training)}, the serving one {interface(serving)})"
         )
         raise ModelError(msg, **where)
+
+
+def _without_custom_gradients(imported: ImportedModel) -> ImportedModel:
+    """`imported` differentiated through its own ops, not `tf.custom_gradient` overrides.
+
+    A custom gradient (Keras's swish, for one) is a Python function registered, under the
+    name in an `IdentityN`'s `_gradient_op_type`, by the process that traced the source: in
+    another process the name is unknown, in the tracing one it closes over tensors of the
+    trace's FuncGraph. Without the attr, `IdentityN` passes gradients to the ops that
+    computed its inputs, which autodiff differentiates: the same derivative.
+    """
+    if not any(_CUSTOM_GRADIENT in node.attr for node in imported.graph_def.node):
+        return imported
+    graph_def = graph_pb2.GraphDef()
+    graph_def.CopyFrom(imported.graph_def)
+    for node in graph_def.node:
+        if _CUSTOM_GRADIENT in node.attr:
+            del node.attr[_CUSTOM_GRADIENT]
+    return dataclasses.replace(imported, graph_def=graph_def, _retyped={})
 
 
 def _named_like(training: ImportedModel, serving: ImportedModel) -> ImportedModel:
