@@ -392,10 +392,9 @@ def test_inference_signature_trains_with_frozen_variables(module_package: Path) 
     assert trainable == {"kernel", "bias", "scale"}
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     record = json.loads((module_package / "assets.extra" / "smpack.json").read_text())
-    assert record["train_functions"] == {
-        "train": "the source's inference signature 'serving_default'; "
-        "1 non-trainable variables frozen"
-    }
+    assert record["variants"]["train"]["train_function"] == (
+        "the source's inference signature 'serving_default'; 1 non-trainable variables frozen"
+    )
 
 
 def test_training_mode_signature_runs_its_updates(module_source: Path, tmp_path: Path) -> None:
