@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -30,7 +31,9 @@ def test_golden_linear_to_text_classifier(
 ) -> None:
     result = invoke(monkeypatch, ["diff", str(linear_package.path), str(text_package.path)])
     assert result.exit_code == 1
-    check_golden("diff_linear_text_classifier.txt", result.stdout)
+    # Which files differ is the golden fact; their hashes move with any change to a graph.
+    blanked = re.sub(r"\b[0-9a-f]{12}…", "SHA256_START…", result.stdout)
+    check_golden("diff_linear_text_classifier.txt", blanked)
 
 
 def test_json_names_each_change(

@@ -156,10 +156,11 @@ def test_every_graph_passes_verify_on_the_examples(transformer: Transformer) -> 
 
 
 def test_float32_graphs_compute_what_the_source_does(transformer: Transformer) -> None:
-    for tags in (["serve"], ["train"]):
-        outputs = run_v1(transformer.package, tags, transformer.feeds)
-        for key, expected in transformer.expected.items():
-            np.testing.assert_allclose(outputs[key], expected, rtol=1e-6, atol=1e-7)
+    # Only the serving graph: a Keras source's train graph runs its training-mode call, with
+    # dropout active, as model.fit does (tests/test_real_training.py holds that to fit).
+    outputs = run_v1(transformer.package, ["serve"], transformer.feeds)
+    for key, expected in transformer.expected.items():
+        np.testing.assert_allclose(outputs[key], expected, rtol=1e-6, atol=1e-7)
 
 
 def test_half_precision_graphs_agree_within_the_stated_tolerance(transformer) -> None:
