@@ -293,6 +293,18 @@ class Source(_Strict):
 MAX_WARMUP_RECORDS = 1000
 
 
+def _check_inline_or_file(kind: str, inline: dict[str, Any], files: dict[str, str]) -> None:
+    """Each value given once, inline or as a file, and files in a format smpack reads."""
+    both = sorted(inline.keys() & files.keys())
+    if both:
+        msg = f"{kind}s {both} are given both inline and as files"
+        raise ValueError(msg)
+    for key, file in files.items():
+        if Path(file).suffix not in (".npy", ".json"):
+            msg = f"file for {kind} {key!r} must be .npy or .json, not {file!r}"
+            raise ValueError(msg)
+
+
 class WarmupRequest(_Strict):
     """One request TF Serving replays when it loads the package (see smpack/builder/warmup.py).
 
@@ -314,14 +326,7 @@ class WarmupRequest(_Strict):
         if self.examples is None and not (self.inputs or self.files):
             msg = "a request needs inputs, files or examples"
             raise ValueError(msg)
-        both = sorted(self.inputs.keys() & self.files.keys())
-        if both:
-            msg = f"inputs {both} are given both inline and as files"
-            raise ValueError(msg)
-        for key, file in self.files.items():
-            if Path(file).suffix not in (".npy", ".json"):
-                msg = f"file for input {key!r} must be .npy or .json, not {file!r}"
-                raise ValueError(msg)
+        _check_inline_or_file("input", self.inputs, self.files)
         return self
 
 
@@ -338,14 +343,7 @@ class Example(WarmupRequest):
 
     @model_validator(mode="after")
     def _labels_once(self) -> Example:
-        both = sorted(self.labels.keys() & self.label_files.keys())
-        if both:
-            msg = f"labels {both} are given both inline and as files"
-            raise ValueError(msg)
-        for key, file in self.label_files.items():
-            if Path(file).suffix not in (".npy", ".json"):
-                msg = f"file for label {key!r} must be .npy or .json, not {file!r}"
-                raise ValueError(msg)
+        _check_inline_or_file("label", self.labels, self.label_files)
         return self
 
     @property
