@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import shlex
+import shutil
+import struct
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,11 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import GOLDEN, UPDATE_GOLDEN, invoke
+import yaml
+from conftest import GOLDEN, UPDATE_GOLDEN, VARIANTS, invoke
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+import smpack
 from smpack.package.info import PackageInfo
+from smpack.package.requests import raw_tensor
 
 
 def _triton_model_config() -> ModuleType:
@@ -138,8 +143,10 @@ def test_triton_configs_parse_as_model_configs(linear_package: PackageInfo) -> N
         assert given.data_type == model_config_pb2.TYPE_FP32
         # A [batch] tensor has no dims of its own: [1] reshaped to [].
         assert list(given.dims) == [1] and list(given.reshape.shape) == []
+        # linear.yaml has no examples: zeros, and the config says why.
         [warmup] = config.model_warmup
         assert warmup.batch_size == 1 and warmup.inputs["input"].zero_data
+        assert "# The package has no examples" in files[path]
 
 
 def test_text_classifier_triton_config_carries_every_output(text_package: PackageInfo) -> None:
@@ -272,3 +279,91 @@ def test_serving_config_refuses_in_one_line(
     assert result.stderr.startswith("error: ") and problem in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# Eight rows: the TPU variant of text_classifier.yaml takes exactly 8.
+SENTENCES = ["good movie", "bad plot", "great", "awful acting", "fine", "dull", "ok", "superb"]
+
+
+@pytest.fixture(scope="module")
+def text_with_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """text_classifier.yaml with an `examples:` block, built once (unmeasured, unverified)."""
+    folder = tmp_path_factory.mktemp("examples")
+    shutil.copytree(VARIANTS, folder / "variants")
+    manifest = folder / "variants" / "text_classifier.yaml"
+    spec = yaml.safe_load(manifest.read_text())
+    spec["examples"] = [{"inputs": {"input": SENTENCES}}]
+    manifest.write_text(yaml.safe_dump(spec))
+    return smpack.build(manifest, folder / "out", measure=False).path
+
+
+def _strings(data: bytes) -> list[bytes]:
+    """Triton's raw BYTES elements: each a 4-byte little-endian length, then the bytes."""
+    strings, position = [], 0
+    while position < len(data):
+        (length,) = struct.unpack_from("<I", data, position)
+        strings.append(data[position + 4 : position + 4 + length])
+        position += 4 + length
+    return strings
+
+
+def test_triton_warms_up_on_the_manifests_examples(text_with_examples: Path) -> None:
+    model = text_with_examples / "assets.extra" / "serving" / "triton" / "text_classifier-cpu"
+    text = (model / "config.pbtxt").read_text()
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    [warmup] = config.model_warmup
+    # The example's batch size; Triton repeats the sample (its first row) to fill it.
+    assert (warmup.name, warmup.batch_size) == ("example0", 8)
+    given = warmup.inputs["input"]
+    assert given.data_type == model_config_pb2.TYPE_STRING
+    assert list(given.dims) == [1]  # as the input's own dims: [1] reshaped to []
+    assert not given.zero_data and given.input_data_file == "example0.input"
+    assert _strings((model / "warmup" / "example0.input").read_bytes()) == [b"good movie"]
+    assert "# The package has no examples" not in text
+
+
+def test_serving_config_warms_up_on_examples_without_smpack_json(
+    text_with_examples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "text_classifier" / "1"
+    shutil.copytree(text_with_examples, package)
+    (package / "assets.extra" / "smpack.json").unlink()
+    repository = tmp_path / "repository"
+    args = ["serving-config", str(package), "--target", "triton", "--tags", "serve"]
+    result = invoke(monkeypatch, [*args, "--out", str(repository)])
+    assert result.exit_code == 0, result.output
+    # Without smpack.json the variant is named by its tag set.
+    written = repository / "text_classifier-serve"
+    config = text_format.Parse(
+        (written / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    [warmup] = config.model_warmup
+    assert warmup.batch_size == 8
+    data = (written / "warmup" / warmup.inputs["input"].input_data_file).read_bytes()
+    assert _strings(data) == [b"good movie"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([[1.5, -2.0], [3.0, 0.25]], np.float32),
+        np.array([7.0], np.float32),  # one element: TF writes float_val, not tensor_content
+        np.array([-3, 5], np.int32),
+        np.array([-1], np.int64),
+        np.array([[True, False]]),
+        np.array([0.5, -65504.0], np.float16),
+        np.array([2.5], np.float16),  # half_val
+        np.array([1, 255], np.uint8),
+        np.array([["a", "bcd"], ["", "e"]], object),
+    ],
+    ids=lambda value: f"{value.dtype}{list(value.shape)}",
+)
+def test_raw_tensors_are_the_examples_bytes(value: np.ndarray) -> None:
+    """What a Triton warmup file holds decodes back to the tensor TensorFlow serialized."""
+    tensor = raw_tensor(tf.make_tensor_proto(value).SerializeToString())
+    assert tensor.shape == value.shape
+    if value.dtype == object:
+        assert _strings(tensor.triton_bytes()) == [v.encode() for v in value.ravel()]
+    else:
+        decoded = np.frombuffer(tensor.triton_bytes(), value.dtype).reshape(value.shape)
+        np.testing.assert_array_equal(decoded, value)

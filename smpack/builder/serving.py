@@ -51,7 +51,7 @@ def write_package_serving_configs(
         for file in config.files:
             path = folder / file.path
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(file.text, encoding="utf-8")
+            path.write_bytes(file.data)
         configs.append(config)
     return configs
 
@@ -132,7 +132,7 @@ def write_serving_config(
         except OSError as e:
             msg = f"cannot create {path.parent}: {e.strerror or e}"
             raise PackageError(msg) from e
-        write_atomically(path, file.text)
+        write_atomically(path, file.data)
         if path.suffix == ".sh":
             mode = path.stat().st_mode
             path.chmod(mode | (mode & 0o444) >> 2)  # executable by whoever may read it

@@ -28,9 +28,9 @@ from smpack.builder.graphs import TRAIN_SIGNATURE_KEY
 from smpack.errors import ManifestError, PackageError, first_line
 from smpack.manifest import EXAMPLE_METHODS, METHODS, LoadedManifest, WarmupRequest
 from smpack.package.layout import ASSETS_EXTRA, WARMUP_FILE
-from smpack.package.wire import length_delimited, message_fields
+from smpack.package.requests import CLASSIFY_LOG, PREDICT_LOG, REGRESS_LOG, logged_request
+from smpack.package.wire import length_delimited
 
-_CLASSIFY_LOG, _REGRESS_LOG, _PREDICT_LOG = 2, 3, 6  # PredictionLog oneof fields
 # A warmup request is replayed on every model load; one that needs more is a mistake.
 MAX_WARMUP_FILE_BYTES = 64 << 20
 
@@ -134,24 +134,19 @@ def read_requests(
 
 def _request_feeds(raw: bytes) -> tuple[str, dict[str, np.ndarray]]:
     """One PredictionLog's signature key and feeds."""
-    [(log_type, log)] = _decoded(raw).items()
-    request = _decoded(log[0])[1][0]
-    fields = _decoded(request)
-    signature = _decoded(fields[1][0]).get(3, [b"serving_default"])[0].decode()
-    if log_type != _PREDICT_LOG:
-        example_list = _decoded(_decoded(fields[2][0])[1][0])
-        return signature, {"inputs": np.array(example_list.get(1, []), dtype=object)}
+    request = logged_request(raw)
+    if request.examples is not None:
+        return request.signature, {"inputs": np.array(request.examples, dtype=object)}
     feeds = {}
-    for entry in fields.get(2, []):
-        key_and_tensor = _decoded(entry)
-        tensor = tensor_pb2.TensorProto.FromString(key_and_tensor[2][0])
+    for key, serialized in request.tensors.items():
+        tensor = tensor_pb2.TensorProto.FromString(serialized)
         # A shape is a promise the bytes need not keep; check it before numpy allocates it.
         elements = int(np.prod([d.size for d in tensor.tensor_shape.dim], dtype=np.float64))
         if elements > MAX_WARMUP_FILE_BYTES:
             msg = f"a tensor's shape claims {elements:.0f} elements"
             raise ValueError(msg)
-        feeds[key_and_tensor[1][0].decode()] = tf.make_ndarray(tensor)
-    return signature, feeds
+        feeds[key] = tf.make_ndarray(tensor)
+    return request.signature, feeds
 
 
 def _request_values(loaded: LoadedManifest, request: WarmupRequest, field: str) -> dict[str, Any]:
@@ -267,7 +262,7 @@ def _prediction_log(name: str, signature: str, method: str, values: Mapping[str,
         body = length_delimited(1, model_spec) + length_delimited(
             2, length_delimited(1, examples)
         )  # Input.example_list
-        log = _CLASSIFY_LOG if method == METHODS["classify"] else _REGRESS_LOG
+        log = CLASSIFY_LOG if method == METHODS["classify"] else REGRESS_LOG
     else:
         entries = b"".join(
             length_delimited(
@@ -276,7 +271,7 @@ def _prediction_log(name: str, signature: str, method: str, values: Mapping[str,
             for key, value in sorted(values.items())
         )
         body = length_delimited(1, model_spec) + entries
-        log = _PREDICT_LOG
+        log = PREDICT_LOG
     return length_delimited(log, length_delimited(1, body))  # XLog.request
 
 
@@ -308,12 +303,3 @@ def _examples(rows: list[Mapping[str, Any]]) -> list[bytes]:
         example = tf.train.Example(features=tf.train.Features(feature=feature))
         serialized.append(bytes(example.SerializeToString()))
     return serialized
-
-
-def _decoded(message: bytes) -> dict[int, list[bytes]]:
-    """The length-delimited fields of a protobuf message, by field number (others skipped)."""
-    fields: dict[int, list[bytes]] = {}
-    for number, value in message_fields(message):
-        if isinstance(value, bytes):
-            fields.setdefault(number, []).append(value)
-    return fields

@@ -165,14 +165,15 @@ def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str])
         copy_hashing(Path(source), Path(target))
 
 
-def write_atomically(target: Path, text: str) -> None:
-    """Write `text` to `target` through a temporary sibling, so `target` is never half-written."""
+def write_atomically(target: Path, content: str | bytes) -> None:
+    """Write `content` (text as UTF-8) to `target` through a temporary sibling, so `target`
+    is never half-written."""
     target = target.absolute()
     # open(..., "x") rather than mkstemp: the file gets the user's umask, not mode 0600.
     temporary = target.with_name(f".{target.name}.smpack-tmp-{os.getpid()}")
     try:
-        with temporary.open("x", encoding="utf-8") as stream:
-            stream.write(text)
+        with temporary.open("xb") as stream:
+            stream.write(content.encode() if isinstance(content, str) else content)
         os.replace(temporary, target)
     except OSError as e:
         with contextlib.suppress(OSError):

@@ -45,6 +45,22 @@ DTYPES: dict[int, str] = {number: name for number, (name, _) in _TABLE.items()}
 ENUM_NAMES: dict[int, str] = {number: enum for number, (_, enum) in _TABLE.items()}
 FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 HALF_PRECISIONS = frozenset({"float16", "bfloat16"})
+# Bytes per element of the dtypes whose elements have a fixed size that numpy shares.
+ITEM_SIZES: dict[str, int] = {
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "uint8": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+    "bool": 1,
+}
 
 
 def dtype_name(number: int) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from smpack.package.layout import (
 )
 from smpack.package.protos import FingerprintDef, read_saved_model
 from smpack.package.record import read_record
+from smpack.package.requests import tfrecords
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,7 @@ def _read_package(export_dir: Path) -> PackageInfo:
     if Path(f"{variables_prefix}.index").exists():
         entries = {e.name: e for e in read_checkpoint_index(variables_prefix).entries}
     variables = tuple(
-        VariableInfo(entry.name, entry.shape, entry.dtype, entry.size)
-        for entry in entries.values()
+        VariableInfo(entry.name, entry.shape, entry.dtype, entry.size) for entry in entries.values()
     )
     warmup = export_dir / ASSETS_EXTRA / WARMUP_FILE
     return PackageInfo(
@@ -189,23 +188,11 @@ def recorded_op_libraries(export_dir: Path) -> tuple[str, ...]:
 
 
 def count_tfrecords(path: Path) -> int:
-    """Records in a TFRecord file, from its framing alone (length, crc, data, crc).
+    """Records in a TFRecord file, from its framing alone.
 
     Raises `PackageError` if the file ends inside a record.
     """
-    data = path.read_bytes()
-    count = position = 0
-    while position < len(data):
-        if position + 12 > len(data):
-            msg = f"TFRecord file ends inside the header of record {count + 1}"
-            raise PackageError(msg, file=path)
-        (length,) = struct.unpack_from("<Q", data, position)
-        position += 12 + length + 4
-        if position > len(data):
-            msg = f"TFRecord file ends inside record {count + 1}"
-            raise PackageError(msg, file=path)
-        count += 1
-    return count
+    return sum(1 for _ in tfrecords(path))
 
 
 def _fingerprint(path: Path) -> Fingerprint | None:

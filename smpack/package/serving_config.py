@@ -22,8 +22,10 @@ from typing import Literal
 from google.protobuf import text_encoding
 
 from smpack.package.info import GraphInfo, PackageInfo, SignatureInfo, TensorInfo
+from smpack.package.layout import ASSETS_EXTRA, EXAMPLES_FILE
 from smpack.package.load_commands import ServingBase, tf_serving_command
 from smpack.package.record import variant_records
+from smpack.package.requests import LoggedRequest, RawTensor, raw_tensor, read_logged_requests
 
 Target = Literal["triton", "tfserving"]
 TARGETS: tuple[Target, ...] = ("triton", "tfserving")
@@ -36,6 +38,8 @@ BATCH_TIMEOUT_MICROS = 1000
 MAX_ENQUEUED_BATCHES = 100
 # Where Triton's TensorFlow backend looks in a version folder (default_model_filename).
 TRITON_SAVEDMODEL = "model.savedmodel"
+# Where Triton reads a model's warmup input files: a folder beside config.pbtxt.
+TRITON_WARMUP_FOLDER = "warmup"
 # Triton's DataType names (model_config.proto) for the dtypes a signature may carry.
 _TRITON_DTYPES = {
     "bool": "TYPE_BOOL",
@@ -56,10 +60,15 @@ _TRITON_DTYPES = {
 
 @dataclass(frozen=True)
 class ServingFile:
-    """One file of a target's configuration: its path under the target's folder, its text."""
+    """One file of a target's configuration: its path under the target's folder, its text
+    (or bytes, for Triton's warmup inputs)."""
 
     path: str
-    text: str
+    content: str | bytes
+
+    @property
+    def data(self) -> bytes:
+        return self.content.encode() if isinstance(self.content, str) else self.content
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,7 @@ def serving_config(
     files: list[ServingFile] = []
     skipped: list[Skipped] = []
     models: list[TritonModel] = []
+    examples = read_logged_requests(info.path / ASSETS_EXTRA / EXAMPLES_FILE)
     for graph in info.graphs:
         if graph.has_train_op or (tags is not None and frozenset(graph.tags) != tags):
             continue
@@ -135,8 +145,14 @@ def serving_config(
             if reason:
                 skipped.append(Skipped(graph.tag_set, reason))
                 continue
-            text = triton_config(graph, signature, model=model, version=version)
+            warmups = triton_warmups(signature, examples)
+            text = triton_config(graph, signature, model=model, version=version, warmups=warmups)
             files.append(ServingFile(f"{model}/config.pbtxt", text))
+            files += [
+                ServingFile(f"{model}/{TRITON_WARMUP_FOLDER}/{name}", tensor.triton_bytes())
+                for warmup in warmups
+                for name, tensor in warmup.files().items()
+            ]
             models.append(TritonModel(model, graph.tags))
         else:
             files += _tf_serving_files(graph, signature, variant, name, base_path, config_dir)
@@ -222,10 +238,69 @@ def _triton_refusal(graph: GraphInfo, signature: SignatureInfo) -> str:
     return ""
 
 
-def triton_config(graph: GraphInfo, signature: SignatureInfo, *, model: str, version: int) -> str:
-    """`config.pbtxt` (text `inference.ModelConfig`) serving `signature` of `graph`."""
-    # Batched when every tensor's first dimension is free: Triton then owns that dimension.
-    batched = all(tensor.shape and tensor.shape[0] is None for tensor in _tensors(signature))
+@dataclass(frozen=True)
+class TritonWarmup:
+    """One of a Triton model's warmup requests, made from one of the manifest's examples:
+    its batch size and one sample per input (Triton repeats the sample to fill the batch)."""
+
+    name: str
+    batch_size: int
+    inputs: dict[str, RawTensor]
+
+    def files(self) -> dict[str, RawTensor]:
+        """The input files' names (in the warmup folder) and contents, by input key order."""
+        return {self.file_name(key): tensor for key, tensor in self.inputs.items()}
+
+    def file_name(self, key: str) -> str:
+        # Keys hold no '/' or backslash (see the manifest's limits); the prefix keeps a key
+        # such as '..' from naming a folder.
+        return f"{self.name}.{key}"
+
+
+def triton_warmups(
+    signature: SignatureInfo, examples: list[LoggedRequest]
+) -> tuple[TritonWarmup, ...]:
+    """The warmup requests of a Triton model serving `signature`: one per stored example
+    request of that signature whose inputs have the signature's keys and dtypes."""
+    batched = _batched(signature)
+    dtypes = {tensor.key: tensor.dtype for tensor in signature.inputs}
+    warmups: list[TritonWarmup] = []
+    for request in examples:
+        if request.signature != signature.key:
+            continue
+        try:
+            if request.examples is not None:
+                values = (request.examples,)
+                tensors = {"inputs": RawTensor("string", (len(request.examples),), *values)}
+            else:
+                tensors = {key: raw_tensor(data) for key, data in request.tensors.items()}
+        except ValueError:
+            continue  # not a tensor Triton can be handed raw: no warmup from it
+        if tensors.keys() != dtypes.keys() or any(
+            tensor.dtype != dtypes[key] for key, tensor in tensors.items()
+        ):
+            continue
+        rows = {tensor.shape[0] if tensor.shape else 0 for tensor in tensors.values()}
+        if not batched:
+            warmups.append(TritonWarmup(f"example{len(warmups)}", 1, tensors))
+        elif len(rows) == 1 and (batch := rows.pop()) > 0:
+            samples = {key: tensor.first_rows(1) for key, tensor in tensors.items()}
+            size = min(batch, DYNAMIC_MAX_BATCH)
+            warmups.append(TritonWarmup(f"example{len(warmups)}", size, samples))
+    return tuple(warmups)
+
+
+def triton_config(
+    graph: GraphInfo,
+    signature: SignatureInfo,
+    *,
+    model: str,
+    version: int,
+    warmups: tuple[TritonWarmup, ...] = (),
+) -> str:
+    """`config.pbtxt` (text `inference.ModelConfig`) serving `signature` of `graph`, warmed
+    up on `warmups` (on zeros if none)."""
+    batched = _batched(signature)
     key = _text(signature.key)
     kind = "KIND_GPU" if any("GPU" in device for device in graph.devices) else "KIND_CPU"
     lines = [
@@ -255,18 +330,54 @@ def triton_config(graph: GraphInfo, signature: SignatureInfo, *, model: str, ver
         *(["dynamic_batching { }"] if batched else []),
         'parameters { key: "TF_GRAPH_TAG" value { string_value: "serve" } }',
         f'parameters {{ key: "TF_SIGNATURE_DEF" value {{ string_value: {key} }} }}',
-        # TODO(examples): zeros until the manifest's `examples:` block can be read here.
-        'model_warmup {\n  name: "zeros"\n  batch_size: 1',
     ]
-    for tensor in signature.inputs:
-        dims, _ = _triton_dims(tensor, batched)
-        data_type = _TRITON_DTYPES[tensor.dtype]
+    if warmups:
         lines.append(
-            f"  inputs {{ key: {_text(tensor.key)} value {{ data_type: {data_type} "
-            f"dims: {_list(dims)} zero_data: true }} }}"
+            f"# Warmup from the manifest's examples, in {TRITON_WARMUP_FOLDER}/: each request's"
         )
-    lines.append("}")
+        lines.append("# first row, which Triton repeats to the request's batch size.")
+    else:
+        lines.append(
+            "# The package has no examples (the manifest's examples: block), so Triton warms"
+        )
+        lines.append("# up on zeros, which may not be a valid input of this model.")
+    for warmup in warmups or (_zeros(signature),):
+        lines.append(f"model_warmup {{\n  name: {_text(warmup.name)}")
+        lines.append(f"  batch_size: {warmup.batch_size}")
+        for tensor in signature.inputs:
+            data_type = _TRITON_DTYPES[tensor.dtype]
+            value = warmup.inputs[tensor.key]
+            sample_dims = _list(list(value.shape[1:] if batched else value.shape) or [1])
+            source = (
+                f"input_data_file: {_text(warmup.file_name(tensor.key))}"
+                if warmups
+                else "zero_data: true"
+            )
+            lines.append(
+                f"  inputs {{ key: {_text(tensor.key)} value {{ data_type: {data_type} "
+                f"dims: {sample_dims} {source} }} }}"
+            )
+        lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _zeros(signature: SignatureInfo) -> TritonWarmup:
+    """A warmup request of zeros (for lack of examples): one row, free sizes 1."""
+    batched = _batched(signature)
+    shapes = {
+        tensor.key: tuple(1 if size is None else size for size in tensor.shape or ())
+        for tensor in signature.inputs
+    }
+    inputs = {
+        key: RawTensor("float32", shape if not batched else (1, *shape[1:]), b"")
+        for key, shape in shapes.items()
+    }
+    return TritonWarmup("zeros", 1, inputs)
+
+
+def _batched(signature: SignatureInfo) -> bool:
+    """Whether Triton owns the batch dimension: every tensor's first dimension is free."""
+    return all(tensor.shape and tensor.shape[0] is None for tensor in _tensors(signature))
 
 
 def _triton_dims(tensor: TensorInfo, batched: bool) -> tuple[list[int], bool]:

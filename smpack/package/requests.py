@@ -1,0 +1,209 @@
+"""The PredictionLog records smpack writes (TF Serving's warmup file, the manifest's
+examples), read without TensorFlow.
+
+A file is a TFRecord of `tensorflow.serving.PredictionLog` messages; the field numbers are
+the public ones of tensorflow_serving/apis/{prediction_log,predict,classification,
+regression,input,model}.proto and tensorflow/core/framework/tensor.proto. Tensors are
+returned serialized, for TensorFlow to decode where it is loaded anyway, and as raw
+row-major bytes (`raw_tensor`) for servers that take them so, like Triton's warmup files.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from smpack.errors import PackageError
+from smpack.package.dtypes import ITEM_SIZES, dtype_name
+from smpack.package.wire import decode_varint, message_fields
+
+PREDICT_LOG, CLASSIFY_LOG, REGRESS_LOG = 6, 2, 3  # PredictionLog's oneof fields
+# TensorProto's typed value fields, each holding elements of these dtypes (TensorFlow writes
+# one of them instead of `tensor_content` for a single element, and always for bool).
+_VALUE_FIELDS = {
+    5: ("float32",),  # float_val, packed fixed32
+    6: ("float64",),  # double_val, packed fixed64
+    7: ("int32", "int16", "int8", "uint8", "uint16"),  # int_val
+    10: ("int64",),  # int64_val
+    11: ("bool",),  # bool_val
+    13: ("float16", "bfloat16"),  # half_val: the 16 bits, as an int32
+    16: ("uint32",),  # uint32_val
+    17: ("uint64",),  # uint64_val
+}
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One PredictionLog's request: the signature key and, for predict, each input's
+    serialized TensorProto; for classify and regress, the serialized tf.Examples, which TF
+    Serving feeds to the signature's one `inputs` key."""
+
+    signature: str
+    tensors: dict[str, bytes]
+    examples: tuple[bytes, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor's dtype, shape and elements: row-major little-endian bytes for fixed-size
+    dtypes, one bytes object per element for strings."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    elements: bytes | tuple[bytes, ...]
+
+    def first_rows(self, count: int) -> RawTensor:
+        """The first `count` rows (along the first dimension)."""
+        rows = self.shape[0]
+        per_row = len(self.elements) // rows if rows else 0
+        shape = (count, *self.shape[1:])
+        return RawTensor(self.dtype, shape, self.elements[: per_row * count])
+
+    def triton_bytes(self) -> bytes:
+        """The elements as Triton's raw input files hold them: as they are, or for strings
+        each element preceded by its length, a 4-byte little-endian unsigned integer."""
+        if isinstance(self.elements, bytes):
+            return self.elements
+        return b"".join(struct.pack("<I", len(value)) + value for value in self.elements)
+
+
+def tfrecords(path: Path) -> Iterator[bytes]:
+    """The records of a TFRecord file, from its framing (length, crc, data, crc).
+
+    Raises `PackageError` if the file ends inside a record.
+    """
+    data = path.read_bytes()
+    count = position = 0
+    while position < len(data):
+        if position + 12 > len(data):
+            msg = f"TFRecord file ends inside the header of record {count + 1}"
+            raise PackageError(msg, file=path)
+        (length,) = struct.unpack_from("<Q", data, position)
+        start = position + 12
+        position = start + length + 4
+        if position > len(data):
+            msg = f"TFRecord file ends inside record {count + 1}"
+            raise PackageError(msg, file=path)
+        count += 1
+        yield data[start : start + length]
+
+
+def read_logged_requests(path: Path) -> list[LoggedRequest]:
+    """The requests of the PredictionLog file at `path`, in file order (none if no file).
+
+    Raises `PackageError` for a file that does not hold PredictionLogs.
+    """
+    if not path.is_file():
+        return []
+    try:
+        return [logged_request(raw) for raw in tfrecords(path)]
+    # From decoding fields that are absent, of another type or cut short.
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+        msg = f"not a file of PredictionLogs: {e}"
+        raise PackageError(msg, file=path) from e
+
+
+def logged_request(raw: bytes) -> LoggedRequest:
+    """One serialized PredictionLog's request. Raises ValueError, KeyError or IndexError
+    for bytes that are not one."""
+    [(log_type, log)] = _fields(raw).items()
+    request = _fields(log[0])[1][0]
+    fields = _fields(request)
+    signature = _fields(fields[1][0]).get(3, [b"serving_default"])[0].decode()
+    if log_type != PREDICT_LOG:
+        example_list = _fields(_fields(fields[2][0])[1][0])
+        return LoggedRequest(signature, {}, tuple(example_list.get(1, [])))
+    tensors = {}
+    for entry in fields.get(2, []):
+        key_and_tensor = _fields(entry)
+        tensors[key_and_tensor[1][0].decode()] = key_and_tensor[2][0]
+    return LoggedRequest(signature, tensors)
+
+
+def raw_tensor(serialized: bytes) -> RawTensor:
+    """A serialized TensorProto's elements. Raises ValueError for a dtype without a fixed
+    size or string, or values that do not fill the shape as TensorFlow would."""
+    dtype_number = 0
+    shape: list[int] = []
+    content: bytes | None = None
+    strings: list[bytes] = []
+    values: dict[int, list[int | bytes]] = {}
+    for number, value in message_fields(serialized):
+        if number == 1 and isinstance(value, int):
+            dtype_number = value
+        elif number == 2 and isinstance(value, bytes):
+            for dim_number, dim in message_fields(value):
+                if dim_number == 2 and isinstance(dim, bytes):
+                    shape.append(_dim_size(dim))
+        elif number == 4 and isinstance(value, bytes):
+            content = value
+        elif number == 8 and isinstance(value, bytes):
+            strings.append(value)
+        elif number in _VALUE_FIELDS:
+            values.setdefault(number, []).append(value)
+    dtype = dtype_name(dtype_number)
+    count = 1
+    for size in shape:
+        count *= size
+    if dtype == "string":
+        if count and not strings or len(strings) > count:
+            msg = f"a string tensor of shape {shape} holds {len(strings)} values"
+            raise ValueError(msg)
+        # Fewer values than elements: TensorFlow repeats the last one.
+        padded = strings + strings[-1:] * (count - len(strings))
+        return RawTensor(dtype, tuple(shape), tuple(padded))
+    if dtype not in ITEM_SIZES:
+        msg = f"a {dtype} tensor has no raw form"
+        raise ValueError(msg)
+    size = ITEM_SIZES[dtype]
+    if content is None:
+        content = _typed_values(dtype, size, values)
+    if len(content) != count * size:
+        if not content or len(content) > count * size:
+            msg = f"a {dtype} tensor of shape {shape} holds {len(content)} bytes"
+            raise ValueError(msg)
+        content += content[-size:] * (count - len(content) // size)
+    return RawTensor(dtype, tuple(shape), content)
+
+
+def _typed_values(dtype: str, size: int, values: dict[int, list[int | bytes]]) -> bytes:
+    """The little-endian bytes of the typed value field holding `dtype`'s elements."""
+    number = next((n for n, dtypes in _VALUE_FIELDS.items() if dtype in dtypes), None)
+    out = bytearray()
+    for value in values.get(number, []) if number is not None else []:
+        if isinstance(value, bytes) and number in (5, 6):  # packed fixed-size floats
+            out += value
+        elif isinstance(value, bytes):  # packed varints
+            position = 0
+            while position < len(value):
+                element, position = decode_varint(value, position)
+                out += _fixed(element, size)
+        elif number in (5, 6):  # one unpacked float, read by message_fields as an int
+            out += value.to_bytes(size, "little")
+        else:
+            out += _fixed(value, size)
+    return bytes(out)
+
+
+def _fixed(varint: int, size: int) -> bytes:
+    """A varint's value as `size` little-endian bytes (negative numbers arrive as 64-bit
+    two's complement, whose low bytes are the narrower type's)."""
+    return (varint & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+
+def _dim_size(dim: bytes) -> int:
+    for number, value in message_fields(dim):
+        if number == 1 and isinstance(value, int):
+            return value - (1 << 64) if value >= 1 << 63 else value
+    return 0
+
+
+def _fields(message: bytes) -> dict[int, list[bytes]]:
+    """The length-delimited fields of a protobuf message, by field number (others skipped)."""
+    fields: dict[int, list[bytes]] = {}
+    for number, value in message_fields(message):
+        if isinstance(value, bytes):
+            fields.setdefault(number, []).append(value)
+    return fields
