@@ -165,7 +165,8 @@ def render_card(
     """The model card of any SavedModel, from its own files.
 
     The `card:` block comes from `manifest` if given, else from the package's smpack.json;
-    so do the measured numbers, unless `measurements` (from `measure`) are given.
+    the measured numbers from its smpack_measured.json, unless `measurements` (from
+    `measure`) are given.
     """
     from smpack.package.card import card_for_package
 

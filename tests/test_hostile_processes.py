@@ -139,7 +139,7 @@ def _edit_card(package: Path) -> None:
         (
             _edit_card,
             "assets.extra/model_card.html was modified "
-            "(its sha256 differs from assets.extra/smpack.json)",
+            "(its sha256 differs from assets.extra/smpack_measured.json)",
         ),
     ],
     ids=["smpack.json deleted", "smpack.json entry edited", "card edited"],

@@ -71,12 +71,13 @@ def rounding(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _record(package: Path) -> dict[str, Any]:
-    return json.loads((package / "assets.extra" / "smpack.json").read_text())["variants"]
+    """What smpack_measured.json says was measured, by tag set."""
+    return json.loads((package / "assets.extra" / "smpack_measured.json").read_text())["variants"]
 
 
-def test_smpack_json_records_what_was_measured_and_what_was_not(rounding: Path) -> None:
+def test_the_measured_record_holds_what_was_measured_and_what_was_not(rounding: Path) -> None:
     variants = _record(rounding)
-    serve, half, gpu = (variants[t]["measured"] for t in ("serve", "serve,half", "serve,gpu"))
+    serve, half, gpu = (variants[t] for t in ("serve", "serve,half", "serve,gpu"))
     for measured in (serve, half):
         assert measured["reason"] == ""
         assert measured["load_seconds"] > 0
@@ -98,7 +99,7 @@ def test_smpack_json_records_what_was_measured_and_what_was_not(rounding: Path) 
 
 def test_cards_show_the_measured_numbers(rounding: Path) -> None:
     card = (rounding / "assets.extra" / "model_card.md").read_text()
-    measured = _record(rounding)["serve,half"]["measured"]
+    measured = _record(rounding)["serve,half"]
     rows = {row[0].strip("`"): row for row in _variants_table(card)}
     assert rows["serve,half"][6:9] == [
         f"{measured['load_seconds']:.3g} s",
@@ -118,7 +119,7 @@ def test_cards_show_the_measured_numbers(rounding: Path) -> None:
 
 def test_model_index_labels_each_number_with_variant_and_host(rounding: Path) -> None:
     card = (rounding / "assets.extra" / "model_card.md").read_text()
-    measured = _record(rounding)["serve,half"]["measured"]
+    measured = _record(rounding)["serve,half"]
     [index] = front_matter(card)["model-index"]
     metrics = {
         (metric["config"], metric["type"]): (result["dataset"], metric)
@@ -153,7 +154,7 @@ def test_no_measure_leaves_the_numbers_out(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--no-verify", "--quiet"])
     assert result.exit_code == 0, result.output
     package = tmp_path / "linear" / "1"
-    assert all(v["measured"] is None for v in _record(package).values())
+    assert all(v is None for v in _record(package).values())
     card = (package / "assets.extra" / "model_card.md").read_text()
     assert "| Load |" not in card and "Measured on" not in card
 
@@ -172,7 +173,7 @@ def test_evaluation_data_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
 def test_measured_cards_pass_the_hub_and_model_card_toolkit_rules(rounding: Path) -> None:
     extra = rounding / "assets.extra"
     data = hub_card_data((extra / "model_card.md").read_text())
-    measured = _record(rounding)["serve,half"]["measured"]
+    measured = _record(rounding)["serve,half"]
     p50 = next(
         r
         for r in data.eval_results

@@ -43,12 +43,17 @@ def test_smpack_json_records_versions_inputs_and_every_other_file(
         p.relative_to(package).as_posix(): sha256(p) for p in package.rglob("*") if p.is_file()
     }
     assert cards <= on_disk.keys()
+    # The measurements and the cards that show them differ build to build: not listed here.
+    measured = "assets.extra/smpack_measured.json"
     assert record["files"] == {
         name: digest
         for name, digest in on_disk.items()
-        if name not in cards | {"assets.extra/smpack.json"}
+        if name not in cards | {"assets.extra/smpack.json", measured}
     }
     assert {"saved_model.pb", "fingerprint.pb", "assets/vocab.txt"} <= record["files"].keys()
+    # smpack_measured.json lists the cards instead.
+    cards_record = json.loads((package / measured).read_text())["cards"]
+    assert cards_record == {name: on_disk[name] for name in cards}
 
 
 def test_fingerprint_is_tensorflows_own(linear_package: PackageInfo) -> None:
@@ -83,7 +88,19 @@ def test_untouched_package_has_no_provenance_problems(package_copy: Path) -> Non
 def test_an_edited_card_is_caught_by_its_hash(package_copy: Path) -> None:
     (package_copy / "assets.extra" / "model_card.md").write_text("# edited card\n")
     assert check_provenance(package_copy) == [
-        "assets.extra/model_card.md was modified (its sha256 differs from assets.extra/smpack.json)"
+        "assets.extra/model_card.md was modified "
+        "(its sha256 differs from assets.extra/smpack_measured.json)"
+    ]
+
+
+def test_an_edited_measurement_is_caught_by_its_record_hash(package_copy: Path) -> None:
+    path = package_copy / "assets.extra" / "smpack_measured.json"
+    record = json.loads(path.read_text())
+    record["variants"]["serve"] = {"latency_p50_ms": 0.001}
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    assert check_provenance(package_copy) == [
+        "assets.extra/smpack_measured.json was edited "
+        "(its record_sha256 does not match its entries)"
     ]
 
 

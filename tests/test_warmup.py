@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from smpack.checks.verify import verify_package
 from smpack.cli.commands import app
-from smpack.package.record import variant_records
+from smpack.package.record import measured_records
 
 runner = CliRunner()
 EIGHT = [float(x) for x in range(8)]  # the linear example's TPU variant takes batches of 8
@@ -133,11 +133,9 @@ def test_verify_replays_the_warmup_requests_tf_serving_would_replay(tmp_path: Pa
     [failed] = [check for check in graph.checks if not check.passed]
     assert failed.name == "signature classify runs on its 1 warmup request"
     assert "Data type: int64 but expected type: float" in failed.detail
-    # Measuring it failed the same way: a reason in smpack.json, and no number.
-    [measured] = [
-        v["measured"]
-        for v in variant_records(tmp_path / "out" / "classifier" / "3.failed-verify").values()
-    ]
+    # Measuring it failed the same way: a reason in smpack_measured.json, and no number.
+    [measured] = measured_records(tmp_path / "out" / "classifier" / "3.failed-verify").values()
+    assert measured is not None
     assert measured["reason"].startswith("could not run classify: ")
     assert measured["latency_p50_ms"] is None
 

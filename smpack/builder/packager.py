@@ -83,6 +83,7 @@ def _build(
     from smpack.builder.provenance import (
         recorded_source_files,
         seal_provenance,
+        write_measurements,
         write_provenance,
     )
     from smpack.builder.serving import write_package_serving_configs
@@ -146,7 +147,6 @@ def _build(
             graph.tag_set: {
                 "name": names.get(graph.tag_set),
                 "fingerprint": dataclasses.asdict(graph.fingerprint) if graph.fingerprint else None,
-                "measured": measured.get(graph.tag_set),
                 # Read back from the graph: which function of the source it trains.
                 "train_function": graph.train_function or None,
             }
@@ -154,6 +154,8 @@ def _build(
         }
         step("hashing every file for smpack.json")
         write_provenance(staging, loaded, variants)
+        # Apart from smpack.json: timings differ run to run, the rest of a build does not.
+        write_measurements(staging, {g.tag_set: measured.get(g.tag_set) for g in written.graphs})
         # Last, so the cards describe (and hash) every other file of the finished package.
         step("writing model cards")
         write_cards(

@@ -1,13 +1,17 @@
 """Provenance: what a package was built from, and hashes to tell later if it was changed.
 
-A build writes two files. `fingerprint.pb` is TensorFlow's own (as `tf.saved_model.save`
+A build writes three files. `fingerprint.pb` is TensorFlow's own (as `tf.saved_model.save`
 writes it; TF's TF1 builder does not), so `tf.saved_model.experimental.read_fingerprint`
 works. `assets.extra/smpack.json` records the smpack and TensorFlow versions, the sha256 of
-the manifest and of the model source, and the sha256 of every other file of the package,
-which `check_provenance` compares against the files on disk.
+the manifest and of the model source, and the sha256 of every other file of the package
+but the measurements and the cards. `assets.extra/smpack_measured.json` records what was
+measured on the build host and the sha256 of the cards, which show it. `check_provenance`
+compares both against the files on disk.
 
-Both are reproducible: no timestamps, no absolute paths, and the fingerprint's UUID (random
-in TF) is derived from the package's content.
+The first two are reproducible: no timestamps, no absolute paths, and the fingerprint's UUID
+(random in TF) is derived from the package's content. Timings are not, so they and the cards
+stay out of smpack.json: two measured builds of one manifest differ in
+smpack_measured.json and the cards only.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from smpack.package.layout import (
     ASSETS_EXTRA,
     CARD_FILES,
     FINGERPRINT_FILE,
+    MEASURED_PATH,
     PACKAGE_DESCRIPTIONS,
     RECORD_PATH,
 )
 
-# The record cannot hash itself, and the cards, written after it, embed every other hash.
+# A record cannot hash itself; the cards, written after it, embed every other hash and the
+# measured numbers, which differ build to build.
 _UNLISTED = tuple(f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS)
-# ...so the cards' hashes are added to the record once they are written (seal_provenance).
+# ...so the cards' hashes go into smpack_measured.json once they are written (seal_provenance).
 _CARDS = tuple(f"{ASSETS_EXTRA}/{name}" for name in CARD_FILES)
 
 
@@ -43,8 +49,8 @@ def write_provenance(
     """Write `fingerprint.pb` and `assets.extra/smpack.json` into the staged package.
 
     `variants` is what smpack.json records per MetaGraph, by tag set (the manifest's name for
-    it, its fingerprint, what was measured). Call after every file but the model cards is
-    written: smpack.json lists them all.
+    it, its fingerprint, what it trains). Call after every file but the measurements and the
+    model cards is written: smpack.json lists them all.
     """
     import tensorflow as tf
 
@@ -64,9 +70,16 @@ def write_provenance(
         "files": package_files(export_dir),
         "variants": variants,
     }
-    target = export_dir / RECORD_PATH
+    _write_sealed(export_dir / RECORD_PATH, record)
+
+
+def write_measurements(export_dir: Path, measured: dict[str, dict[str, Any] | None]) -> None:
+    """Write `assets.extra/smpack_measured.json`: what was measured per MetaGraph, by tag set
+    (None for every variant of an unmeasured build). The cards read it; seal it once they
+    are written (`seal_provenance`)."""
+    target = export_dir / MEASURED_PATH
     target.parent.mkdir(exist_ok=True)
-    target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    target.write_text(json.dumps({"variants": measured}, indent=2, sort_keys=True) + "\n")
 
 
 def write_fingerprint(export_dir: Path) -> None:
@@ -92,7 +105,7 @@ def write_fingerprint(export_dir: Path) -> None:
 def package_files(export_dir: Path, *, cached: bool = True, cards: bool = False) -> dict[str, str]:
     """sha256 of every file of the package that smpack.json lists under `files` (and with
     `cards`, under `cards` too), by relative path."""
-    unlisted = (RECORD_PATH,) if cards else _UNLISTED
+    unlisted = (RECORD_PATH, MEASURED_PATH) if cards else _UNLISTED
     return {
         relative: file_sha256(path, cached=cached)
         for relative, path in tree_files(export_dir)
@@ -101,19 +114,24 @@ def package_files(export_dir: Path, *, cached: bool = True, cards: bool = False)
 
 
 def seal_provenance(export_dir: Path) -> None:
-    """Add the model cards' sha256 and the record's own to `assets.extra/smpack.json`.
+    """Add the model cards' sha256 and the record's own to `smpack_measured.json`.
 
-    Call once the cards are written. The record's own hash covers its versions, source,
-    manifest and checkpoint entries, which name no file of the package.
+    Call once the cards are written. The record's own hash covers the measurements too.
     """
-    target = export_dir / RECORD_PATH
+    target = export_dir / MEASURED_PATH
     record = json.loads(target.read_text(encoding="utf-8"))
     record["cards"] = {
         relative: file_sha256(path)
         for relative, path in tree_files(export_dir)
         if relative in _CARDS
     }
+    _write_sealed(target, record)
+
+
+def _write_sealed(target: Path, record: dict[str, Any]) -> None:
+    """Write `record` as JSON with its own `record_sha256` over all its other entries."""
     record["record_sha256"] = _record_sha256(record)
+    target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -124,36 +142,28 @@ def _record_sha256(record: dict[str, Any]) -> str:
 
 
 def check_provenance(export_dir: str | Path) -> list[str]:
-    """Problems found comparing the package with its `assets.extra/smpack.json`.
+    """Problems found comparing the package with its `assets.extra/smpack.json` and
+    `assets.extra/smpack_measured.json`.
 
-    An empty list means the record is whole (its own hash matches), every file it lists,
-    the model cards included, is present and unchanged, and no file was added. A package
-    whose model cards say smpack built it but which has no smpack.json yields one problem.
+    An empty list means both records are whole (each one's own hash matches), every file
+    they list (smpack.json the package's files, smpack_measured.json the model cards) is
+    present and unchanged, and no file was added. A package whose model cards say smpack
+    built it but which has no smpack.json yields one problem.
     """
     export_dir = Path(export_dir)
-    record_path = export_dir / RECORD_PATH
-    if not record_path.is_file():
-        return [f"no {RECORD_PATH}: the package's files cannot be checked"]
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        listed, cards = record["files"], record.get("cards", {})
-        if not isinstance(listed, dict) or not isinstance(cards, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        return [f"{RECORD_PATH} is not a valid smpack provenance record"]
-    if "record_sha256" not in record:
-        # An older smpack did not seal its record; nothing says its entries are as written.
-        return [f"{RECORD_PATH} has no record_sha256: it predates sealed records, or was edited"]
-    if record["record_sha256"] != _record_sha256(record):
-        return [f"{RECORD_PATH} was edited (its record_sha256 does not match its entries)"]
-    listed = {**listed, **cards}
+    listed: dict[str, tuple[str, str]] = {}
+    for relative, key in ((RECORD_PATH, "files"), (MEASURED_PATH, "cards")):
+        entries = _sealed_entries(export_dir, relative, key)
+        if isinstance(entries, str):
+            return [entries]
+        listed.update({path: (digest, relative) for path, digest in entries.items()})
     found = package_files(export_dir, cached=False, cards=True)
     problems = []
-    for relative, digest in sorted(listed.items()):
+    for relative, (digest, record) in sorted(listed.items()):
         if relative not in found:
             problems.append(f"{relative} is missing")
         elif found[relative] != digest:
-            problems.append(f"{relative} was modified (its sha256 differs from {RECORD_PATH})")
+            problems.append(f"{relative} was modified (its sha256 differs from {record})")
     problems += [
         f"{relative} was added after the build (not in {RECORD_PATH})"
         for relative in sorted(found.keys() - listed.keys())
@@ -161,9 +171,31 @@ def check_provenance(export_dir: str | Path) -> list[str]:
     return problems
 
 
+def _sealed_entries(export_dir: Path, relative: str, key: str) -> dict[str, str] | str:
+    """The sha256 by path that the sealed record at `relative` lists under `key`, or the
+    problem that keeps it from being trusted."""
+    path = export_dir / relative
+    if not path.is_file():
+        return f"no {relative}: the package's files cannot be checked"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        entries = record[key]
+        if not isinstance(entries, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return f"{relative} is not a valid smpack provenance record"
+    if "record_sha256" not in record:
+        # An older smpack did not seal its record; nothing says its entries are as written.
+        return f"{relative} has no record_sha256: it predates sealed records, or was edited"
+    if record["record_sha256"] != _record_sha256(record):
+        return f"{relative} was edited (its record_sha256 does not match its entries)"
+    return entries
+
+
 def claims_smpack(export_dir: Path) -> bool:
     """Whether the package says smpack built it: it carries smpack's record or model cards."""
-    return any((export_dir / relative).is_file() for relative in (RECORD_PATH, *_CARDS))
+    claims = (RECORD_PATH, MEASURED_PATH, *_CARDS)
+    return any((export_dir / relative).is_file() for relative in claims)
 
 
 def _tree_sha256(paths: list[tuple[str, Path]]) -> str:

@@ -26,7 +26,7 @@ from smpack.package.info import GraphInfo, PackageInfo, TensorInfo, count_tfreco
 from smpack.package.layout import ASSETS_EXTRA, CARD_FILES, EXAMPLES_FILE, PACKAGE_DESCRIPTIONS
 from smpack.package.load_commands import ServingBase, load_commands
 from smpack.package.protos import VariableDef, read_saved_model
-from smpack.package.record import variant_records
+from smpack.package.record import measured_records
 
 
 def card_context(
@@ -49,7 +49,8 @@ def card_context(
       signatures with their tensors, the commands that load it, `measured` (what was
       measured on a host, see smpack.checks.measure.Measurement, or None) and
       `measured_cells` (the variants table's load, p50, p99 and agreement cells).
-      `measurements` gives the records by tag set; without it they come from smpack.json.
+      `measurements` gives the records by tag set; without it they come from
+      smpack_measured.json.
     - `measured`: the hosts, warm runs and batch sizes of the measurements, or None.
     - `metrics`: the card's metrics, each with the name of the dataset it was measured on.
     - `hub`: the Hugging Face hub metadata for the Markdown front matter.
@@ -67,7 +68,7 @@ def card_context(
     # Where TF Serving's documentation mounts models; the card travels with the package.
     serving = ServingBase(name=name, base_path=f"/models/{name}")
     if measurements is None:
-        measurements = {k: v.get("measured") for k, v in variant_records(info.path).items()}
+        measurements = measured_records(info.path)
     variants = [
         {**_variant(graph, directory, serving), "measured": measurements.get(graph.tag_set)}
         for graph in info.graphs
@@ -187,7 +188,8 @@ def _parameter_count(saved_model: Any, info: PackageInfo) -> int | None:
 
 
 def _files(root: Path) -> list[dict[str, Any]]:
-    # smpack.json is left out too: it records the cards' hashes, so it is written after them.
+    # smpack.json and smpack_measured.json are left out too, as before: the latter records
+    # the cards' hashes, so it is sealed after them.
     cards = {f"{ASSETS_EXTRA}/{card}" for card in PACKAGE_DESCRIPTIONS}
     return [
         {"path": relative, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
