@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import VARIANTS, front_matter, hub_card_data, mct_problems
 from typer.testing import CliRunner
 
@@ -165,9 +166,35 @@ def test_evaluation_data_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
     np.savez(tmp_path / "eval.npz", features=np.zeros(4, np.float32), labels=np.zeros(4))
     result = runner.invoke(app, ["build", str(tmp_path / "rounding.yaml"), "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {tmp_path / 'rounding.yaml'}: evaluate.data: ")
-    assert "must hold arrays ['input'] and labels" in result.stderr
+    # Found when the manifest is read, before any graph is built: with the line.
+    assert result.stderr.startswith(f"error: {tmp_path / 'rounding.yaml'}:10: evaluate.data: ")
+    assert "eval.npz has no array 'input'; it must hold the inputs ['input']" in result.stderr
     assert not (tmp_path / "rounding").exists()
+
+
+def test_tfrecord_evaluation_data_gives_the_npz_metrics(rounding: Path) -> None:
+    """The same rows as tf.Examples, written by TensorFlow's own writer, measure the same."""
+    folder = rounding.parents[2]
+    values = np.linspace(-1, 1, 16, dtype=np.float32)
+    with tf.io.TFRecordWriter(str(folder / "eval.tfrecord")) as writer:
+        for value in values:
+            feature = {
+                key: tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+                for key in ("input", "target")
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+    manifest = folder / "tfrecord.yaml"
+    manifest.write_text(
+        ROUNDING_MANIFEST.replace(
+            "evaluate: {data: eval.npz,", "evaluate: {data: eval.tfrecord, label: target,"
+        )
+    )
+    measured = smpack.measure(rounding, manifest=manifest)
+    for tag_set in ("serve", "serve,half"):
+        assert measured[tag_set]["evaluation_data"] == "eval.tfrecord"
+        assert measured[tag_set]["metrics"] == _record(rounding)[tag_set]["metrics"]
+    assert measured["serve,half"]["metrics"]["mse"] > 0.1
 
 
 def test_measured_cards_pass_the_hub_and_model_card_toolkit_rules(rounding: Path) -> None:

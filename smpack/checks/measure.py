@@ -29,6 +29,11 @@ from smpack.checks.verify import spec_inputs
 from smpack.errors import ManifestError, first_line
 from smpack.io.storage import fetched
 from smpack.manifest import LoadedManifest
+from smpack.manifest.evaluation_data import (
+    EvaluationDataError,
+    check_columns,
+    read_evaluation_data,
+)
 from smpack.package.info import GraphInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.package.protos import read_saved_model
@@ -92,6 +97,7 @@ class Evaluation:
     signature: str
     output: str | None
     manifest: Path
+    label: str = "labels"
 
     @classmethod
     def from_manifest(cls, loaded: LoadedManifest) -> Evaluation | None:
@@ -99,7 +105,12 @@ class Evaluation:
         if block is None or loaded.evaluate_data is None:
             return None
         return cls(
-            loaded.evaluate_data, tuple(block.metrics), block.signature, block.output, loaded.path
+            loaded.evaluate_data,
+            tuple(block.metrics),
+            block.signature,
+            block.output,
+            loaded.path,
+            block.label,
         )
 
     def _error(self, message: str, field: str) -> ManifestError:
@@ -118,15 +129,15 @@ class Evaluation:
             msg = f"name the output compared with the labels: one of {sorted(signature.outputs)}"
             raise self._error(msg, "output")
         try:
-            with np.load(self.data, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-        except (OSError, ValueError) as e:
-            msg = f"cannot read {self.data}: {e}"
-            raise self._error(msg, "data") from e
-        labels = arrays.pop("labels", None)
-        if labels is None or set(arrays) != set(signature.inputs):
-            msg = f"{self.data.name} must hold arrays {sorted(signature.inputs)} and labels"
-            raise self._error(msg, "data")
+            arrays = read_evaluation_data(self.data)
+            check_columns(arrays, self.data.name, set(signature.inputs), self.label)
+            labels = arrays.pop(self.label)
+            arrays = {
+                key: self._typed(key, column, signature.inputs[key].dtype)
+                for key, column in arrays.items()
+            }
+        except EvaluationDataError as e:
+            raise self._error(str(e), "data") from e
         try:
             predictions = np.concatenate(
                 [
@@ -138,6 +149,22 @@ class Evaluation:
             msg = f"{self.data.name} does not fit signature {self.signature!r}: {first_line(e)}"
             raise self._error(msg, "data") from e
         return {name: _metric(name, predictions, labels) for name in self.metrics}
+
+    def _typed(self, key: str, column: np.ndarray, dtype_enum: int) -> np.ndarray:
+        """`column` as the signature input's dtype, if its values are of that kind."""
+        dtype = tf.dtypes.as_dtype(dtype_enum)
+        kinds = {"string": "OSU", "bool": "b"}.get(dtype.name)
+        if kinds is None:
+            # Integers feed floats too (a tf.Example's YAML-typed 0 or 1); nothing else mixes.
+            kinds = "fiub" if dtype.is_floating else "iub" if dtype.is_integer else ""
+        if column.dtype.kind not in kinds:
+            held = {"O": "bytes", "S": "bytes", "U": "string", "f": "float", "b": "bool"}
+            msg = (
+                f"{self.data.name}: {key!r} holds {held.get(column.dtype.kind, 'integer')} "
+                f"values, but signature {self.signature!r} takes {dtype.name}"
+            )
+            raise EvaluationDataError(msg)
+        return column if dtype == tf.string else column.astype(dtype.as_numpy_dtype)
 
 
 def host_description() -> str:

@@ -317,6 +317,7 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     evaluate_data = None
     if spec.evaluate is not None:
         evaluate_data = _existing(folder, spec.evaluate.data, path, "evaluate.data")
+        _check_evaluation_data(spec, evaluate_data, path)
     return LoadedManifest(
         path=path,
         spec=spec,
@@ -378,6 +379,37 @@ def _remote_exists(url: str, manifest: Path, field: str, problem: str) -> None:
     if not found:
         msg = f"{problem} {url}"
         raise ManifestError(msg, file=manifest, field=field)
+
+
+def _check_evaluation_data(spec: Manifest, data: Path, manifest: Path) -> None:
+    """Refuse evaluation data that cannot be read, or (when the manifest names the evaluated
+    signature's inputs) lacks one of them or the labels. Dtypes are checked against the
+    built graphs, when measuring."""
+    from smpack.manifest.evaluation_data import (
+        EvaluationDataError,
+        check_columns,
+        read_evaluation_data,
+    )
+
+    assert spec.evaluate is not None
+    signature = spec.signatures.get(spec.evaluate.signature)
+    # Without a signatures: block, a SavedModel or Keras source keeps its own input keys;
+    # a variant may give its own signatures.
+    named = (
+        signature is not None
+        and ("signatures" in spec.model_fields_set or spec.source.python is not None)
+        and not any(variant.signatures for variant in spec.variants.values())
+    )
+    try:
+        columns = read_evaluation_data(data)
+        if named:
+            assert signature is not None
+            check_columns(columns, data.name, set(signature.inputs), spec.evaluate.label)
+        elif spec.evaluate.label not in columns:
+            msg = f"{data.name} has no labels {spec.evaluate.label!r}"
+            raise EvaluationDataError(msg)
+    except EvaluationDataError as e:
+        raise ManifestError(str(e), file=manifest, field="evaluate.data") from e
 
 
 def _existing(folder: Path, relative: str, manifest: Path, field: str) -> Path:

@@ -377,25 +377,34 @@ def card_format(template: str | Path) -> Literal["md", "html"] | None:
 
 # What `evaluate:` can compute per variant, comparing an output with the labels.
 EvaluationMetric = Literal["accuracy", "mse", "mae"]
+# The evaluation files `evaluate.data` may name: arrays, or tf.Examples.
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
+DATA_SUFFIXES = (".npz", *TFRECORD_SUFFIXES)
 
 
 class Evaluate(_Strict):
     """Evaluation data the build measures every variant on (see smpack/checks/measure.py).
 
     `data` is a .npz file holding one array per input of `signature` and the labels under
-    `labels`; `output` is the output compared with them (needed when there are several).
+    `label`, or a TFRecord file (.tfrecord, .tfrecords) of tf.Examples, one per row, whose
+    features are named so (see smpack/manifest/evaluation_data.py); `output` is the output
+    compared with the labels (needed when there are several).
     """
 
     data: str
     metrics: list[EvaluationMetric] = Field(min_length=1)
     signature: str = "serving_default"
     output: str | None = None
+    label: str = "labels"
 
     @field_validator("data")
     @classmethod
-    def _npz(cls, value: str) -> str:
-        if not value.endswith(".npz"):
-            msg = f"{value!r} must be a .npz file: input arrays by key, and labels"
+    def _data_file(cls, value: str) -> str:
+        if not value.endswith(DATA_SUFFIXES):
+            msg = (
+                f"{value!r} must be a .npz file (input arrays by key, and labels) or a "
+                "TFRecord file of tf.Examples (.tfrecord, .tfrecords)"
+            )
             raise ValueError(msg)
         return value
 
