@@ -86,6 +86,12 @@ def _batching_parameters_class() -> Any:
 
 
 model_config_pb2 = _triton_model_config()
+TF_SERVING_FLAGS = {
+    "--model_config_file",
+    "--saved_model_tags",
+    "--enable_batching",
+    "--batching_parameters_file",
+}
 BatchingParameters = _batching_parameters_class()
 
 
@@ -178,6 +184,8 @@ def test_tf_serving_configs_parse_with_tf_serving_messages(linear_package: Packa
         command = shlex.split(files[f"tfserving/{variant}/command.sh"].splitlines()[1])
         assert command[:2] == ["exec", "tensorflow_model_server"]
         flags = dict(word.split("=", 1) for word in command[2:])
+        # Flags tensorflow_model_server defines (model_servers/main.cc), each as --name=value.
+        assert flags.keys() <= TF_SERVING_FLAGS
         # Without --saved_model_tags TF Serving loads the graph tagged exactly serve.
         assert flags["--saved_model_tags"] == tags
         config_dir = f"/models/linear/1/assets.extra/serving/tfserving/{variant}"
