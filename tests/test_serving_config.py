@@ -152,7 +152,7 @@ def test_triton_configs_parse_as_model_configs(linear_package: PackageInfo) -> N
         # linear.yaml has no examples: zeros, and the config says why.
         [warmup] = config.model_warmup
         assert warmup.batch_size == 1 and warmup.inputs["input"].zero_data
-        assert "# The package has no examples" in files[path]
+        assert "# No example in the package" in files[path]
 
 
 def test_text_classifier_triton_config_carries_every_output(text_package: PackageInfo) -> None:
@@ -327,7 +327,7 @@ def test_triton_warms_up_on_the_manifests_examples(text_with_examples: Path) -> 
     assert list(given.dims) == [1]  # as the input's own dims: [1] reshaped to []
     assert not given.zero_data and given.input_data_file == "example0.input"
     assert _strings((model / "warmup" / "example0.input").read_bytes()) == [b"good movie"]
-    assert "# The package has no examples" not in text
+    assert "# No example in the package" not in text
 
 
 def test_serving_config_warms_up_on_examples_without_smpack_json(

@@ -338,9 +338,9 @@ def triton_config(
         lines.append("# first row, which Triton repeats to the request's batch size.")
     else:
         lines.append(
-            "# The package has no examples (the manifest's examples: block), so Triton warms"
+            "# No example in the package (the manifest's examples: block) feeds this signature,"
         )
-        lines.append("# up on zeros, which may not be a valid input of this model.")
+        lines.append("# so Triton warms up on zeros, which may not be a valid input of this model.")
     for warmup in warmups or (_zeros(signature),):
         lines.append(f"model_warmup {{\n  name: {_text(warmup.name)}")
         lines.append(f"  batch_size: {warmup.batch_size}")
