@@ -36,7 +36,7 @@ def build(
 
     `out` may be a URL (gs://, ram://, ...). The destination is untouched unless the whole
     package was written. `measure` times (and evaluates) every variant this host can run,
-    for the cards and smpack.json. `verify`, if given, is called with the finished
+    for the cards and smpack_measured.json. `verify`, if given, is called with the finished
     package's folder before it is published (e.g. `lambda p: smpack.verify(p).passed`);
     when it returns False the package is kept as `<version>.failed-verify` beside the
     destination instead, and the result's `published` is False.

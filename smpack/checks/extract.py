@@ -62,8 +62,9 @@ def _extract(
 
     with published_directory(out, force) as staging:
         (staging / "saved_model.pb").write_bytes(standalone.SerializeToString(deterministic=True))
-        # The cards, smpack.json and the serving configs describe the whole package (all
-        # its graphs, its own saved_model.pb), so a single extracted graph does not carry them.
+        # The cards, smpack.json, the measurements and the serving configs describe the
+        # whole package (all its graphs, its own saved_model.pb), so a single extracted
+        # graph does not carry them.
         extra = export_dir / ASSETS_EXTRA
         whole_package = {*PACKAGE_DESCRIPTIONS, SERVING_FOLDER}
 

@@ -82,7 +82,7 @@ class Measurement:
         return not self.reason
 
     def record(self) -> dict[str, Any]:
-        """What smpack.json keeps under the variant's `measured` key (the card reads it)."""
+        """What smpack_measured.json keeps for the variant (the cards read it)."""
         record = dataclasses.asdict(self)
         del record["tag_set"]
         return record
@@ -197,7 +197,7 @@ def measure_location(
     on_step: StepCallback | None = None,
 ) -> dict[str, dict[str, Any]]:
     """`measure_package` of the package at `location` (a folder or URL), as the records
-    smpack.json keeps, by tag set."""
+    smpack_measured.json keeps, by tag set."""
     with fetched(location) as export_dir:
         measured = measure_package(export_dir, evaluation=evaluation, on_step=on_step)
     return {m.tag_set: m.record() for m in measured}

@@ -483,7 +483,8 @@ def card(
     """Render a package's model card from its own files; the card: block comes from the
     manifest if given, else from the one the package recorded when it was built.
 
-    Its numbers are those measured at build time (smpack.json), or with --measure, now.
+    Its numbers are those measured at build time (smpack_measured.json), or with --measure,
+    now.
     """
     measurements = None
     if measure:

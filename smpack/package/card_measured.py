@@ -1,8 +1,9 @@
 """The numbers measured on a package's variants, as a card shows them (no TensorFlow).
 
-Each variant's `measured` record is what smpack.checks.measure wrote into smpack.json (or
-measured just now, for `smpack card --measure`): a host and a reason it was not measured,
-or its load time, warm latency, agreement with the float32 variant and evaluation metrics.
+Each variant's `measured` record is what smpack.checks.measure wrote into
+smpack_measured.json (or measured just now, for `smpack card --measure`): a host and a reason
+it was not measured, or its load time, warm latency, agreement with the float32 variant and
+evaluation metrics.
 """
 
 from __future__ import annotations

@@ -92,7 +92,8 @@ def diff_packages(
 
 def _content_digests(export_dir: Path) -> dict[str, str]:
     # smpack.json, the cards and the serving configs describe the other files: when those
-    # differ, so do they.
+    # differ, so do they. smpack_measured.json holds timings, which differ build to build:
+    # two builds that differ only there are the same model.
     descriptions = {f"{ASSETS_EXTRA}/{name}" for name in PACKAGE_DESCRIPTIONS}
     serving = f"{ASSETS_EXTRA}/{SERVING_FOLDER}/"
     return {
