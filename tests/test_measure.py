@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import smpack
 from smpack.cli.commands import app
+from smpack.manifest.evaluation_data import EvaluationDataError, read_evaluation_data
 from smpack.package.info import PackageInfo
 
 runner = CliRunner()
@@ -216,3 +217,56 @@ def test_measured_cards_pass_the_hub_and_model_card_toolkit_rules(rounding: Path
         "slice": f"{where}, eval.npz"
     } in metrics
     assert any(m["type"] == "latency_p99_ms" and m["slice"] == where for m in metrics)
+
+
+def _feature(values: list[Any]) -> tf.train.Feature:
+    if isinstance(values[0], bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    if isinstance(values[0], float):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def _write_examples(path: Path, rows: list[dict[str, list[Any]]]) -> None:
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in rows:
+            feature = {key: _feature(values) for key, values in row.items()}
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+
+
+def test_tfrecord_columns_are_read_as_tensorflow_wrote_them(tmp_path: Path) -> None:
+    path = tmp_path / "eval.tfrecord"
+    _write_examples(
+        path,
+        [
+            {"ids": [5, -1, 2**40], "text": [b"good"], "labels": [1.5]},
+            {"ids": [0, 7, -(2**62)], "text": [b""], "labels": [-0.25]},
+        ],
+    )
+    columns = read_evaluation_data(path)
+    np.testing.assert_array_equal(columns["ids"], [[5, -1, 2**40], [0, 7, -(2**62)]])
+    assert columns["ids"].dtype == np.int64
+    assert columns["text"].tolist() == [b"good", b""]  # one value per record: [rows]
+    np.testing.assert_array_equal(columns["labels"], np.array([1.5, -0.25], np.float32))
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        ([{"x": [1.0], "labels": [1]}, {"labels": [0]}], "feature 'x' is in record 1 but not"),
+        (
+            [{"x": [1.0, 2.0], "labels": [1]}, {"x": [1.0], "labels": [0]}],
+            "feature 'x' is 2 float value(s) in record 1 but 1 float value(s) in record 2",
+        ),
+        ([], "holds no records"),
+    ],
+    ids=["missing feature", "ragged feature", "empty file"],
+)
+def test_tfrecords_that_are_not_a_table_are_refused(
+    rows: list[dict[str, list[Any]]], problem: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "eval.tfrecord"
+    _write_examples(path, rows)
+    with pytest.raises(EvaluationDataError, match=re.escape(problem)):
+        read_evaluation_data(path)
