@@ -11,6 +11,7 @@ function, the mapping TF's loaders use.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,13 @@ class ImportedModel:
     host_outputs: set[str] = field(default_factory=set)  # outputs the host part computes
     assets: dict[str, Path] = field(default_factory=dict)  # assets/ name -> the source's file
     _retyped: dict[HalfTarget, graph_pb2.GraphDef] = field(default_factory=dict)
+    _variables_template: VariablesTemplate | None = None
+
+    def variables_template(self) -> VariablesTemplate:
+        """The package variables' ops, made once and imported into every variant's graph."""
+        if self._variables_template is None:
+            self._variables_template = VariablesTemplate(self.variables)
+        return self._variables_template
 
     def graph_def_for(self, variant: Variant) -> graph_pb2.GraphDef:
         """The flat graph computing in `variant`'s precision (float32: the source's own)."""
@@ -202,7 +210,7 @@ def model_function(
             tensors.update(_host_tensors(imported.host, wanted, tensors, ctx))
 
         def compute(*device_inputs: tf.Tensor) -> list[tf.Tensor]:
-            variables = {v.name: _variable(v) for v in imported.variables}
+            variables = imported.variables_template().create(where)
             input_map = dict(zip(imported.device_inputs, device_inputs, strict=True))
             input_map.update({h: variables[name].handle for h, name in imported.handles.items()})
             graph = tf.compat.v1.get_default_graph()
@@ -374,6 +382,112 @@ def _readable_names(shared_names: dict[str, str], in_source: set[str]) -> dict[s
     return names
 
 
+class VariablesTemplate:
+    """The ops `get_variable` makes for every source variable, as one GraphDef made once.
+
+    `get_variable` costs milliseconds of Python per variable and variant; importing its
+    nodes costs a fraction of that. The nodes are `get_variable`'s own: each distinct
+    (shape, dtype) is made once by `get_variable` in a scratch graph and copied under every
+    name of that kind, so every variant's graph holds exactly what it would have held.
+    """
+
+    _PROTOTYPE = "smpack_prototype"
+
+    def __init__(self, variables: list[SourceVariable]) -> None:
+        self.graph_def = graph_pb2.GraphDef()
+        self.variable_defs: list[tuple[SourceVariable, Any]] = []
+        self.initial_value_ops: list[str] = []
+        prototypes: dict[tuple[tuple[int, ...], str], tuple[list[Any], Any, Any]] = {}
+        for variable in variables:
+            kind = (variable.shape, variable.dtype)
+            if kind not in prototypes:
+                prototypes[kind] = self._prototype(variable)
+            nodes, variable_def, _ = prototypes[kind]
+            for node in nodes:
+                renamed_node = self._renamed_node(node, variable.name)
+                self.graph_def.node.add().CopyFrom(renamed_node)
+                if node.name.startswith(f"{self._PROTOTYPE}/Initializer/"):
+                    self.initial_value_ops.append(renamed_node.name)
+            renamed = type(variable_def)()
+            renamed.CopyFrom(variable_def)
+            for name in (
+                "variable_name",
+                "initial_value_name",
+                "initializer_name",
+                "snapshot_name",
+            ):
+                setattr(renamed, name, self._renamed(getattr(variable_def, name), variable.name))
+            renamed.trainable = _trainable(variable)
+            self.variable_defs.append((variable, renamed))
+        if prototypes:
+            self.graph_def.versions.CopyFrom(next(iter(prototypes.values()))[2])
+
+    def _prototype(self, variable: SourceVariable) -> tuple[list[Any], Any, Any]:
+        graph = tf.Graph()
+        with graph.as_default():
+            made = _variable(dataclasses.replace(variable, name=self._PROTOTYPE))
+            variable_def = made.to_proto()
+        graph_def = graph.as_graph_def()
+        return list(graph_def.node), variable_def, graph_def.versions
+
+    def _renamed(self, name: str, to: str) -> str:
+        prefix = self._PROTOTYPE
+        if name == prefix or name.startswith((prefix + "/", prefix + ":")):
+            return to + name[len(prefix) :]
+        if name.startswith("^"):
+            return "^" + self._renamed(name[1:], to)
+        return name
+
+    def _renamed_node(self, node: Any, to: str) -> Any:
+        renamed = type(node)()
+        renamed.CopyFrom(node)
+        renamed.name = self._renamed(node.name, to)
+        renamed.input[:] = [self._renamed(i, to) for i in node.input]
+        if "_class" in renamed.attr:
+            locations = renamed.attr["_class"].list.s
+            locations[:] = [
+                b"loc:@" + self._renamed(s.decode()[len("loc:@") :], to).encode() for s in locations
+            ]
+        if node.op == "VarHandleOp":
+            renamed.attr["shared_name"].s = to.encode()
+            debug_name = self._renamed(node.attr["debug_name"].s.decode(), to)
+            renamed.attr["debug_name"].s = debug_name.encode()
+        return renamed
+
+    def create(self, where: dict[str, Any]) -> dict[str, Any]:
+        """The variables, imported into the default graph where `get_variable` would put them.
+
+        Like `get_variable`, outside any control flow (a `tpu.rewrite`) and control
+        dependencies, under the current device and op attributes (an XLA mark).
+        """
+        from tensorflow.python.framework import ops
+        from tensorflow.python.ops import resource_variable_ops
+
+        graph = tf.compat.v1.get_default_graph()
+        names = [variable.name for variable, _ in self.variable_defs]
+        with ops.init_scope():
+            handles = tf.graph_util.import_graph_def(self.graph_def, return_elements=names, name="")
+        taken = [h.name for h, name in zip(handles, names, strict=True) if h.name != name]
+        if taken:
+            msg = f"the source's variable {taken[0]!r} has the name of another tensor of the graph"
+            raise ModelError(msg, **where)
+        # get_variable makes initial values under `device(None)`; importing placed them.
+        for name in self.initial_value_ops:
+            graph.get_operation_by_name(name)._set_device("")
+        created = {}
+        for variable, variable_def in self.variable_defs:
+            made = resource_variable_ops.ResourceVariable(variable_def=variable_def)
+            graph.add_to_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, made)
+            if variable_def.trainable:
+                graph.add_to_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES, made)
+            created[variable.name] = made
+        return created
+
+
+def _trainable(variable: SourceVariable) -> bool:
+    return variable.trainable and tf.as_dtype(variable.dtype).is_floating
+
+
 def _variable(variable: SourceVariable) -> Any:
     return tf.compat.v1.get_variable(
         variable.name,
@@ -381,7 +495,7 @@ def _variable(variable: SourceVariable) -> Any:
         variable.dtype,  # the checkpoint's dtype; reads are cast to the variant's precision
         # The real values come from the source's checkpoint when the package is written.
         initializer=tf.compat.v1.zeros_initializer(),
-        trainable=variable.trainable and tf.as_dtype(variable.dtype).is_floating,
+        trainable=_trainable(variable),
     )
 
 
@@ -402,7 +516,6 @@ def _tensor(key: str, info: Any) -> SourceTensor:
         else tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
     )
     return SourceTensor(key, info.name, tf.as_dtype(info.dtype).name, shape)
-
 
 
 def restore_map(imported: ImportedModel) -> dict[str, str]:
