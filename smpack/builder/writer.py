@@ -42,6 +42,7 @@ def write_saved_model(
     # signature every loader reads (tf.compat.v1.saved_model.Builder only writes the
     # legacy main_op collection).
     builder = tf.__internal__.saved_model.SavedModelBuilder(str(export_dir))
+    savers = SharedSavers()
     for variant_graph in ordered:
         options = {
             "tags": variant_graph.tags,
@@ -64,10 +65,102 @@ def write_saved_model(
                             s, strip_default_attrs=True, saver=saver, **options
                         )
             else:
-                builder.add_meta_graph(**options)
+                builder.add_meta_graph(saver=savers.for_default_graph(), **options)
     with _disk_errors():
         builder.save(as_text=as_text)
     _register_assets(export_dir, ordered, as_text)
+
+
+class SharedSavers:
+    """One Saver's ops per distinct set of variables, shared by every graph that has it.
+
+    `SavedModelBuilder` builds a sharded Saver in each graph it exports: Python ops for
+    every variable, graph after graph. The Saver's ops refer to the variables only by the
+    names of their handles and reads, so they are built once, in a scratch graph holding
+    copies of just those nodes, and spliced into each export; the MetaGraph is the one the
+    builder's own Saver would have given.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[bytes, ...], tuple[Any, list[Any]]] = {}
+
+    def for_default_graph(self) -> tf.compat.v1.train.Saver | None:
+        """The Saver to export the default graph with; None leaves it to the builder."""
+        graph = tf.compat.v1.get_default_graph()
+        stand_ins = _variable_nodes(graph)
+        if stand_ins is None or graph.unique_name("save", mark_as_used=False) != "save":
+            return None
+        key = tuple(node.SerializeToString(deterministic=True) for node in stand_ins)
+        if key not in self._made:
+            self._made[key] = _saver_nodes(stand_ins)
+        saver_def, nodes = self._made[key]
+        return _SplicedSaver(saver_def, nodes)
+
+
+def _variable_nodes(graph: tf.Graph) -> list[Any] | None:
+    """Each variable's handle and read nodes, which is all a Saver's ops refer to.
+
+    None where the builder's Saver would save something else (saveable objects, reference
+    variables, reads that are not the handle's plain `ReadVariableOp`).
+    """
+    from tensorflow.python.ops import resource_variable_ops
+
+    if tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS):
+        return None
+    nodes = []
+    for variable in tf.compat.v1.global_variables():
+        if not resource_variable_ops.is_resource_variable(variable):
+            return None
+        read = variable._graph_element  # what the Saver saves  # noqa: SLF001
+        handle = variable.handle
+        if read.op.type != "ReadVariableOp" or read.op.inputs[0] is not handle:
+            return None
+        if handle.op.type != "VarHandleOp":
+            return None
+        nodes += [handle.op.node_def, read.op.node_def]
+    return nodes
+
+
+def _saver_nodes(stand_ins: list[Any]) -> tuple[Any, list[Any]]:
+    """The SaverDef and exported nodes of the builder's Saver over `stand_ins`' variables."""
+    from tensorflow.core.framework import graph_pb2
+
+    graph_def = graph_pb2.GraphDef()
+    graph_def.node.extend(stand_ins)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+        reads = [graph.get_tensor_by_name(f"{n.name}:0") for n in stand_ins[1::2]]
+        saver = tf.compat.v1.train.Saver(
+            reads,
+            sharded=True,
+            write_version=tf.compat.v1.train.SaverDef.V2,
+            allow_empty=True,
+        )
+        exported = saver.export_meta_graph(strip_default_attrs=True)
+    return saver.saver_def, list(exported.graph_def.node)[len(stand_ins) :]
+
+
+class _SplicedSaver(tf.compat.v1.train.Saver):
+    """A Saver whose ops are not in the graph: its export adds them, made once elsewhere."""
+
+    def __init__(self, saver_def: Any, nodes: list[Any]) -> None:
+        super().__init__(saver_def=saver_def)
+        self._nodes = nodes
+
+    def export_meta_graph(self, *args: Any, **kwargs: Any) -> Any:
+        from tensorflow.python.framework import meta_graph
+
+        exported = super().export_meta_graph(*args, **kwargs)
+        start = len(exported.graph_def.node)
+        exported.graph_def.node.extend(self._nodes)
+        if kwargs.get("clear_devices"):
+            for node in exported.graph_def.node[start:]:
+                node.device = ""
+        exported.meta_info_def.stripped_op_list.CopyFrom(
+            meta_graph.stripped_op_list_for_graph(exported.graph_def)
+        )
+        return exported
 
 
 @contextlib.contextmanager
