@@ -82,7 +82,7 @@ class SharedSavers:
     """
 
     def __init__(self) -> None:
-        self._made: dict[tuple[bytes, ...], tuple[Any, list[Any]]] = {}
+        self._made: dict[tuple[bytes, ...], tuple[Any, list[Any], list[Any]]] = {}
 
     def for_default_graph(self) -> tf.compat.v1.train.Saver | None:
         """The Saver to export the default graph with; None leaves it to the builder."""
@@ -93,8 +93,7 @@ class SharedSavers:
         key = tuple(node.SerializeToString(deterministic=True) for node in stand_ins)
         if key not in self._made:
             self._made[key] = _saver_nodes(stand_ins)
-        saver_def, nodes = self._made[key]
-        return _SplicedSaver(saver_def, nodes)
+        return _SplicedSaver(*self._made[key])
 
 
 def _variable_nodes(graph: tf.Graph) -> list[Any] | None:
@@ -121,8 +120,8 @@ def _variable_nodes(graph: tf.Graph) -> list[Any] | None:
     return nodes
 
 
-def _saver_nodes(stand_ins: list[Any]) -> tuple[Any, list[Any]]:
-    """The SaverDef and exported nodes of the builder's Saver over `stand_ins`' variables."""
+def _saver_nodes(stand_ins: list[Any]) -> tuple[Any, list[Any], list[Any]]:
+    """The builder's Saver over `stand_ins`' variables: its SaverDef, nodes and op defs."""
     from tensorflow.core.framework import graph_pb2
 
     graph_def = graph_pb2.GraphDef()
@@ -138,28 +137,31 @@ def _saver_nodes(stand_ins: list[Any]) -> tuple[Any, list[Any]]:
             allow_empty=True,
         )
         exported = saver.export_meta_graph(strip_default_attrs=True)
-    return saver.saver_def, list(exported.graph_def.node)[len(stand_ins) :]
+    nodes = list(exported.graph_def.node)[len(stand_ins) :]
+    return saver.saver_def, nodes, list(exported.meta_info_def.stripped_op_list.op)
 
 
 class _SplicedSaver(tf.compat.v1.train.Saver):
     """A Saver whose ops are not in the graph: its export adds them, made once elsewhere."""
 
-    def __init__(self, saver_def: Any, nodes: list[Any]) -> None:
+    def __init__(self, saver_def: Any, nodes: list[Any], op_defs: list[Any]) -> None:
         super().__init__(saver_def=saver_def)
         self._nodes = nodes
+        self._op_defs = op_defs
 
     def export_meta_graph(self, *args: Any, **kwargs: Any) -> Any:
-        from tensorflow.python.framework import meta_graph
-
         exported = super().export_meta_graph(*args, **kwargs)
         start = len(exported.graph_def.node)
         exported.graph_def.node.extend(self._nodes)
         if kwargs.get("clear_devices"):
             for node in exported.graph_def.node[start:]:
                 node.device = ""
-        exported.meta_info_def.stripped_op_list.CopyFrom(
-            meta_graph.stripped_op_list_for_graph(exported.graph_def)
-        )
+        # The graph's ops and the Saver's, sorted by name: TF's stripped_op_list_for_graph.
+        used = exported.meta_info_def.stripped_op_list
+        op_defs = {op.name: op for op in [*used.op, *self._op_defs]}
+        ordered = [op_defs[name] for name in sorted(op_defs)]
+        del used.op[:]
+        used.op.extend(ordered)
         return exported
 
 
