@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -142,6 +143,27 @@ def build_variant_graph(
         model_variables=model_variables,
         asset_files=asset_files,
     )
+
+
+def built_before(
+    loaded: LoadedManifest, graphs: list[VariantGraph], name: str, variant: Variant
+) -> VariantGraph | None:
+    """An already built graph that `variant` would build again, as `variant`'s.
+
+    An imported source's graph depends on how a variant computes, never on its tag set or
+    name (a python source's model function may read both), so variants differing only in
+    tags share one graph and the writer exports it once.
+    """
+    if loaded.spec.source.python is not None:
+        return None
+    for graph in graphs:
+        if _computes_as(graph.variant) == _computes_as(variant):
+            return dataclasses.replace(graph, name=name, variant=variant)
+    return None
+
+
+def _computes_as(variant: Variant) -> tuple[Any, ...]:
+    return (variant.model_dump_json(exclude={"tags"}), variant.is_training, variant.on_tpu)
 
 
 def _signature_specs(

@@ -79,7 +79,7 @@ def _build(
 ) -> PackageInfo:
     remote_destination = is_url(destination)
     from smpack.builder.assets import copy_assets
-    from smpack.builder.graphs import build_variant_graph
+    from smpack.builder.graphs import VariantGraph, build_variant_graph, built_before
     from smpack.builder.provenance import (
         recorded_source_files,
         seal_provenance,
@@ -102,11 +102,12 @@ def _build(
         open_source(loaded) as source,
         published_directory(destination, force) as staging,
     ):
-        graphs = []
+        graphs: list[VariantGraph] = []
         for name, variant in loaded.spec.variants.items():
             step(f"building variant {name} ({','.join(variant.tags)})")
             graphs.append(
-                build_variant_graph(
+                built_before(loaded, graphs, name, variant)
+                or build_variant_graph(
                     loaded, source.model_fn, name, variant, source.assets, source.train_function
                 )
             )

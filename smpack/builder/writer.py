@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from smpack.builder.checkpoint_bundle import StreamingSaver, read_bundle
 from smpack.builder.graphs import VariableSpec, VariantGraph
@@ -43,7 +43,11 @@ def write_saved_model(
     # legacy main_op collection).
     builder = tf.__internal__.saved_model.SavedModelBuilder(str(export_dir))
     savers = SharedSavers()
+    # Variants sharing one graph (see graphs.built_before) share its exported MetaGraph.
+    exported = {id(g.graph): g for g in reversed(ordered)}
     for variant_graph in ordered:
+        if exported[id(variant_graph.graph)] is not variant_graph:
+            continue
         options = {
             "tags": variant_graph.tags,
             "signature_def_map": variant_graph.signature_defs,
@@ -68,6 +72,9 @@ def write_saved_model(
                 builder.add_meta_graph(saver=savers.for_default_graph(), **options)
     with _disk_errors():
         builder.save(as_text=as_text)
+    if len(exported) < len(ordered):
+        shared = [exported[id(g.graph)] for g in ordered]
+        _copy_shared_meta_graphs(export_dir, ordered, shared, as_text)
     _register_assets(export_dir, ordered, as_text)
 
 
@@ -246,11 +253,28 @@ def _checkpoint_keys(
     return keys
 
 
+def _copy_shared_meta_graphs(
+    export_dir: Path, ordered: list[VariantGraph], exported_as: list[VariantGraph], as_text: bool
+) -> None:
+    """One MetaGraph per variant, in order: those sharing a graph get a copy with their tags."""
+    saved_model = read_saved_model(export_dir, saved_model_pb2.SavedModel)
+    written = [g for g, e in zip(ordered, exported_as, strict=True) if g is e]
+    meta_graphs = {id(g): m for g, m in zip(written, saved_model.meta_graphs, strict=True)}
+    copies = []
+    for variant_graph, source in zip(ordered, exported_as, strict=True):
+        copy = meta_graph_pb2.MetaGraphDef()
+        copy.CopyFrom(meta_graphs[id(source)])
+        copy.meta_info_def.tags[:] = variant_graph.tags
+        copies.append(copy)
+    del saved_model.meta_graphs[:]
+    saved_model.meta_graphs.extend(copies)
+    _write_saved_model_proto(export_dir, saved_model, as_text)
+
+
 def _register_assets(export_dir: Path, ordered: list[VariantGraph], as_text: bool) -> None:
     """Add AssetFileDefs keeping folder structure (TF's builder flattens to basenames)."""
     if not any(g.asset_files for g in ordered):
         return
-    path = export_dir / ("saved_model.pbtxt" if as_text else "saved_model.pb")
     saved_model = read_saved_model(export_dir, saved_model_pb2.SavedModel)
     for meta_graph, variant_graph in zip(saved_model.meta_graphs, ordered, strict=True):
         constants = {node.name: node for node in meta_graph.graph_def.node if node.op == "Const"}
@@ -263,7 +287,13 @@ def _register_assets(export_dir: Path, ordered: list[VariantGraph], as_text: boo
             # where it was built.
             value = constants[tensor_name.partition(":")[0]].attr["value"].tensor
             value.string_val[:] = [filename.encode()]
+    _write_saved_model_proto(export_dir, saved_model, as_text)
+
+
+def _write_saved_model_proto(export_dir: Path, saved_model: Any, as_text: bool) -> None:
     if as_text:
-        path.write_text(text_format.MessageToString(saved_model))
+        (export_dir / "saved_model.pbtxt").write_text(text_format.MessageToString(saved_model))
     else:
-        path.write_bytes(saved_model.SerializeToString(deterministic=True))
+        (export_dir / "saved_model.pb").write_bytes(
+            saved_model.SerializeToString(deterministic=True)
+        )
