@@ -23,7 +23,7 @@ Then sweeps, each a table of ratios against a baseline measured in the same run:
 - checks: each of verify's steps at `--weights-mib`, timed in one process, with the
   process's peak RSS during the step;
 - variables: 64..2,000 small variables, against `tf.saved_model.save` of the same model,
-  and 1..8 variants of the 1,000-variable one.
+  a Keras ResNet50 against its own export, and 1..8 variants of the 1,000-variable one.
 
 "after output" is the time from a command's last byte of output to its exit: teardown.
 
@@ -77,6 +77,15 @@ model = Stack()
 for copy in range(copies):
     path = out if copies == 1 else f"{out}/target_{copy}"
     tf.saved_model.save(model, path, signatures={"serving_default": model.predict})
+"""
+
+# A ResNet50-sized source (25.6 M parameters in 320 variables, random weights) exported the
+# way Keras 3 writes a SavedModel; the time is making the model and that one save.
+MAKE_RESNET50 = """\
+import sys
+import keras
+keras.utils.set_random_seed(0)
+keras.applications.ResNet50(weights=None).export(sys.argv[1], verbose=False)
 """
 
 # Variants beyond the first four are further serving targets with tag sets of their own.
@@ -400,6 +409,17 @@ class Bench:
         )
         subprocess.run(["rm", "-rf", str(folder)], check=True)
 
+    def _resnet50(self) -> None:
+        folder = self.root / "resnet50"
+        folder.mkdir()
+        saved = measure(python(MAKE_RESNET50, str(folder / "model")))
+        run = smpack_build(folder, folder / "model", 4, folder / "out")
+        print("\nResNet50 (keras.applications, random weights), four variants")
+        print(f"{'save':>8} {'build':>8} {'build / save':>13}")
+        print(f"{saved.seconds:7.2f}s {run.seconds:7.2f}s {run.seconds / saved.seconds:13.2f}")
+        print("target: build / save <= 1.0")
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+
     def variables_section(self) -> None:
         width = 128  # 64 KiB a variable: the count, not the bytes, is what varies
         print(f"\nsweep: variables ({width}x{width} float32 each), four variants")
@@ -423,6 +443,7 @@ class Bench:
         if 1000 in sources:
             print("\nsweep: variants of the 1,000-variable source")
             self._variants(sources[1000], sources[1000] / "model", target=1.5)
+        self._resnet50()
 
 
 if __name__ == "__main__":
