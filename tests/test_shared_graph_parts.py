@@ -1,0 +1,127 @@
+"""What every variant graph shares is made once: the same graphs, for a fraction of the cost.
+
+The variables' ops of an imported source, the Saver's ops, and a whole graph for variants
+that differ only in tags are made once per build. Each is held here to giving exactly what
+building it again, the slow way, gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
+
+import smpack
+from smpack.builder.writer import SharedSavers
+from smpack.sources.savedmodel import SourceVariable, VariablesTemplate, _variable
+
+VARIABLES = [
+    SourceVariable("dense/kernel", "dense/kernel/.ATTRIBUTES/VARIABLE_VALUE", (64, 32), "float32"),
+    SourceVariable("dense/bias", "dense/bias/.ATTRIBUTES/VARIABLE_VALUE", (32,), "float32"),
+    SourceVariable("out/kernel", "out/kernel/.ATTRIBUTES/VARIABLE_VALUE", (32, 2), "float32"),
+    SourceVariable("bn/moving_mean", "bn/mean", (32,), "float32", trainable=False),
+    SourceVariable("steps", "steps", (), "int64"),
+]
+
+
+@contextlib.contextmanager
+def plain() -> Iterator[None]:
+    yield
+
+
+@contextlib.contextmanager
+def on_gpu_with_xla() -> Iterator[None]:
+    jit = tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False)
+    with tf.device("/device:GPU:0"), jit:
+        yield
+
+
+def graph_made_with(create: Callable[[], Any], context: Callable[[], Any]) -> tf.Graph:
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.placeholder(tf.float32, [None, 64], name="input")
+        with context():
+            create()
+    return graph
+
+
+def variable_defs(graph: tf.Graph) -> list[Any]:
+    with graph.as_default():
+        return [v.to_proto() for v in tf.compat.v1.global_variables()]
+
+
+@pytest.mark.parametrize("context", [plain, on_gpu_with_xla])
+def test_variables_template_makes_exactly_what_get_variable_makes(context) -> None:
+    template = VariablesTemplate(VARIABLES)
+    made_once = graph_made_with(lambda: template.create({}), context)
+    get_variable = graph_made_with(lambda: [_variable(v) for v in VARIABLES], context)
+
+    assert made_once.as_graph_def() == get_variable.as_graph_def()
+    assert variable_defs(made_once) == variable_defs(get_variable)
+    with made_once.as_default():
+        trainable = [v.op.name for v in tf.compat.v1.trainable_variables()]
+    assert trainable == ["dense/kernel", "dense/bias", "out/kernel"]
+
+
+def graph_with_variables() -> tf.Graph:
+    graph = tf.Graph()
+    with graph.as_default(), tf.device("/device:GPU:0"):
+        for variable in VARIABLES:
+            _variable(variable)
+        tf.compat.v1.train.get_or_create_global_step()
+    return graph
+
+
+def exported(graph: tf.Graph, saver: tf.compat.v1.train.Saver | None) -> Any:
+    """What `SavedModelBuilder.add_meta_graph` exports: its own Saver unless given one."""
+    with graph.as_default():
+        if saver is None:
+            saver = tf.compat.v1.train.Saver(
+                sharded=True, write_version=tf.compat.v1.train.SaverDef.V2, allow_empty=True
+            )
+        return saver.export_meta_graph(clear_devices=False, strip_default_attrs=True)
+
+
+def test_shared_saver_exports_what_the_builders_own_saver_exports() -> None:
+    savers = SharedSavers()
+    first, second = graph_with_variables(), graph_with_variables()
+    with first.as_default():
+        shared = savers.for_default_graph()
+    with second.as_default():
+        shared_again = savers.for_default_graph()
+    assert shared is not None and shared_again is not None
+    assert shared_again._nodes is shared._nodes  # made once, for both graphs
+
+    assert exported(first, shared) == exported(graph_with_variables(), None)
+    assert exported(second, shared_again) == exported(graph_with_variables(), None)
+
+
+def test_a_graph_that_already_has_a_saver_keeps_the_builders() -> None:
+    graph = graph_with_variables()
+    with graph.as_default():
+        tf.compat.v1.train.Saver()
+        assert SharedSavers().for_default_graph() is None
+
+
+def test_variants_differing_only_in_tags_share_one_graph(tmp_path: Path) -> None:
+    make_tf_module(tmp_path)
+    variants = {"cpu": {"tags": ["serve"]}, "canary": {"tags": ["serve", "canary"]}}
+    manifest = write_manifest(tmp_path, {"savedmodel": "two_layers"}, variants=variants)
+
+    package = smpack.build(manifest, tmp_path / "out", measure=False).path
+
+    serve, canary = meta_graph(package, ["serve"]), meta_graph(package, ["serve", "canary"])
+    assert list(canary.meta_info_def.tags) == ["serve", "canary"]
+    del canary.meta_info_def.tags[:]
+    canary.meta_info_def.tags.append("serve")
+    assert canary == serve
+    np.testing.assert_array_equal(
+        run_v1(package, ["serve", "canary"], {"x": X})["y"],
+        run_v1(package, ["serve"], {"x": X})["y"],
+    )
