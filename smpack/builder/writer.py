@@ -95,7 +95,8 @@ class SharedSavers:
         """The Saver to export the default graph with; None leaves it to the builder."""
         graph = tf.compat.v1.get_default_graph()
         stand_ins = _variable_nodes(graph)
-        if stand_ins is None or graph.unique_name("save", mark_as_used=False) != "save":
+        # Without variables the builder's Saver is empty and costs nothing.
+        if not stand_ins or graph.unique_name("save", mark_as_used=False) != "save":
             return None
         key = tuple(node.SerializeToString(deterministic=True) for node in stand_ins)
         if key not in self._made:
