@@ -67,7 +67,7 @@ def _imported(
     loaded: LoadedManifest, path: Path, signature: str, train_signature: str | None
 ) -> ModelSource:
     from smpack.sources.savedmodel import load_saved_model, model_function, restore_map
-    from smpack.sources.training_mode import training_import
+    from smpack.sources.training_mode import named_like, training_import
 
     kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
     where: dict[str, Any] = {"file": loaded.path, "field": f"source.{kind}"}
@@ -76,6 +76,12 @@ def _imported(
     if clash:
         msg = f"{clash[0]!r} is also an asset of the source, whose tables read it; rename yours"
         raise ManifestError(msg, file=loaded.path, field="assets")
+    compiled = None
+    if serving.has_lowered_loop and any(v.xla or v.on_tpu for v in loaded.spec.variants.values()):
+        compiled = named_like(
+            load_saved_model(path, signature, where, loaded.spec.source.imports, keep_loops=True),
+            serving,
+        )
     training, description = None, ""
     if any(v.is_training for v in loaded.spec.variants.values()):
         written = "source.train_signature" if kind == "savedmodel" and train_signature else None
@@ -89,7 +95,7 @@ def _imported(
             imports=loaded.spec.source.imports,
         )
     return ModelSource(
-        model_function(serving, _loss(loaded), loaded, training),
+        model_function(serving, _loss(loaded), loaded, training, compiled),
         checkpoint_keys={**restore_map(serving), **(restore_map(training) if training else {})},
         checkpoint=serving.checkpoint,
         assets=serving.assets,

@@ -145,7 +145,13 @@ def _classes(graph: graph_pb2.GraphDef, types: _Types, kernels: _Kernels) -> dic
         op_def = types.op_def(node)
         if node.op == "Const" or node.op in VARIABLE_READS:
             classes[node.name] = _FREE
-        elif op_def is None or node.op in FLOAT32_OPS or not kernels.has_half(node, op_def):
+        elif (
+            op_def is None
+            or node.op in FLOAT32_OPS
+            or _calls_function(node)
+            or node.op.startswith("TensorList")
+            or not kernels.has_half(node, op_def)
+        ):
             classes[node.name] = _FLOAT32
         elif node.op in HALF_OPS:
             classes[node.name] = _HALF
@@ -164,6 +170,18 @@ def _classes(graph: graph_pb2.GraphDef, types: _Types, kernels: _Kernels) -> dic
                 classes[node.name] = found
                 changed = True
     return classes
+
+
+def _calls_function(node: Any) -> bool:
+    # A functional loop or call (While, If, PartitionedCall): its functions are not retyped,
+    # so it computes in float32, its half-precision inputs cast at its edges. So do the
+    # TensorLists a loop reads (a recurrent layer's time steps): their element dtype must
+    # be the one the loop's functions read.
+    return any(
+        attr.WhichOneof("value") == "func"
+        or (attr.WhichOneof("value") == "list" and len(attr.list.func) > 0)
+        for attr in node.attr.values()
+    )
 
 
 def _has_float32_attr(node: Any) -> bool:

@@ -85,6 +85,11 @@ class ImportedModel:
             self._variables_template = VariablesTemplate(self.variables)
         return self._variables_template
 
+    @property
+    def has_lowered_loop(self) -> bool:
+        """Whether a while loop runs here as TF1 frames (Enter/Exit), not a `While` op."""
+        return any(n.op == "Enter" for n in self.graph_def.node)
+
     def graph_def_for(self, variant: Variant) -> graph_pb2.GraphDef:
         """The flat graph computing in `variant`'s precision (float32: the source's own)."""
         target = half_target(variant)
@@ -184,19 +189,23 @@ def model_function(
     loss: Callable[..., Any] | None,
     loaded: LoadedManifest,
     training: ImportedModel | None = None,
+    compiled: ImportedModel | None = None,
 ) -> Callable[[ModelContext], ModelSpec]:
-    """A model function replaying `serving`, or in train variants `training`, with `loss`."""
+    """A model function replaying `serving`, or in train variants `training`, with `loss`.
+
+    `compiled`, if given, is `serving` with its loops kept functional, for the variants
+    XLA compiles (`xla`, TPU): XLA compiles a `While` op, not a lowered loop's frames.
+    """
 
     def model_fn(ctx: ModelContext) -> ModelSpec:
         where: dict[str, Any] = {"file": loaded.path, "field": f"variants.{ctx.variant}"}
-        imported = training if ctx.training and training is not None else serving
-        has_loop = any(n.op == "Enter" for n in imported.graph_def.node)
-        if has_loop and loaded.spec.variants[ctx.variant].on_tpu:
-            msg = (
-                "cannot put the source's while loop inside tpu.rewrite: XLA cannot compile a "
-                "lowered loop (CPU and GPU variants work)"
-            )
-            raise ModelError(msg, **where)
+        variant = loaded.spec.variants[ctx.variant]
+        if ctx.training and training is not None:
+            imported = training
+        elif compiled is not None and (variant.xla or variant.on_tpu):
+            imported = compiled
+        else:
+            imported = serving
         placeholders = {
             t.key: tf.compat.v1.placeholder(t.dtype, _batched(t.shape, ctx.batch_size), name=t.key)
             for t in imported.inputs
@@ -216,7 +225,7 @@ def model_function(
             graph = tf.compat.v1.get_default_graph()
             before = len(graph.get_operations())
             results = tf.graph_util.import_graph_def(
-                imported.graph_def_for(loaded.spec.variants[ctx.variant]),
+                imported.graph_def_for(variant),
                 input_map=input_map,
                 return_elements=on_device,
                 name="model",
@@ -228,7 +237,7 @@ def model_function(
         if on_device:
             results = ctx.compute(compute, *(tensors[t] for t in imported.device_inputs))
             tensors.update(zip(on_device, results, strict=True))
-        elif settings := loaded.spec.variants[ctx.variant].device_settings:
+        elif settings := variant.device_settings:
             msg = (
                 "every output of the signature is computed on the host (strings, tables), so "
                 f"this variant's {', '.join(settings)} has nothing to act on"

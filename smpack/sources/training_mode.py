@@ -81,14 +81,13 @@ def training_import(
     """
     from smpack.sources.savedmodel import load_saved_model
 
-    has_loop = any(n.op == "Enter" for n in serving.graph_def.node)
-    if train_signature is None and not has_loop:
+    if train_signature is None and not serving.has_lowered_loop:
         training = serving
     else:
         name = train_signature or signature
         training = load_saved_model(path, name, where, imports, keep_loops=True)
     _check_same_interface(serving, training, train_signature or signature, where)
-    training = _named_like(_without_custom_gradients(training), serving)
+    training = named_like(_without_custom_gradients(training), serving)
     frozen = sum(not v.trainable for v in training.variables)
     if keras:
         description = (
@@ -138,15 +137,16 @@ def _without_custom_gradients(imported: ImportedModel) -> ImportedModel:
     return dataclasses.replace(imported, graph_def=graph_def, _retyped={})
 
 
-def _named_like(training: ImportedModel, serving: ImportedModel) -> ImportedModel:
-    """`training` with each variable named as `serving` names the same checkpoint key."""
+def named_like(other: ImportedModel, serving: ImportedModel) -> ImportedModel:
+    """`other` (another import of the source) with each variable named as `serving` names
+    the same checkpoint key, so every variant shares one variable per key."""
     by_key = {v.checkpoint_key: v.name for v in serving.variables}
-    renamed = {v.name: by_key.get(v.checkpoint_key, v.name) for v in training.variables}
+    renamed = {v.name: by_key.get(v.checkpoint_key, v.name) for v in other.variables}
     if len(set(renamed.values())) != len(renamed):
-        msg = f"variable names of the training function collide with the serving ones: {renamed}"
+        msg = f"variable names of another import collide with the serving ones: {renamed}"
         raise AssertionError(msg)  # smpack's own bug: names come from distinct keys
     return dataclasses.replace(
-        training,
-        variables=[dataclasses.replace(v, name=renamed[v.name]) for v in training.variables],
-        handles={h: renamed[name] for h, name in training.handles.items()},
+        other,
+        variables=[dataclasses.replace(v, name=renamed[v.name]) for v in other.variables],
+        handles={h: renamed[name] for h, name in other.handles.items()},
     )
