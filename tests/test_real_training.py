@@ -3,13 +3,16 @@
 A train variant trains like its source: a Keras model's training-mode call (dropout on, batch
 normalisation on batch statistics with its moving averages updated) and only the variables
 the source marks trainable. The golden behaviour is `model.fit` itself: same optimizer
-(SGD), same batch, 20 steps. The package's loss after each step must equal fit's within a
-relative 1e-5 for the small models (a CNN with batch norm and dropout, an LSTM+GRU): float32
-rounding, over all 20 steps. MobileNetV2 and EfficientNetB0 at 32x32 normalise 1x1 feature
-maps over a batch of 8, which makes their training chaotic: Keras's own `fit` with and
-without XLA differs by 6.5e-4 at step 2 and by 12% at step 3 (MobileNetV2, measured). For
-them the package must equal fit within 1e-4 over the first two steps, and then lower the
-loss without NaN, as fit does.
+(SGD), same batch, 20 steps, the dropouts seeded as smpack seeds them (Keras gives a Dropout
+without `seed=` a new seed at every load). The package's loss after each step must equal
+fit's within a relative 1e-5 for the small models (a CNN with batch norm and dropout, an
+LSTM+GRU): float32 rounding, over all 20 steps. MobileNetV2 and EfficientNetB0 at 32x32
+normalise 1x1 feature maps over a batch of 8, which makes their training chaotic: Keras's
+own `fit` run eagerly and as a graph (same kernels) differs by 2e-4 at step 2, 9e-3 at step
+3 and 14% at step 4 (EfficientNetB0, learning rate 1e-3; still 35% by step 19 at 1e-5; at
+64x64 MobileNetV2 still differs by 20% at step 4, all measured). For them the package must
+equal fit within 1e-4 over the first two steps (EfficientNetB0: the first; its second
+differs by 1.8%, not understood yet), and then lower the loss without NaN, as fit does.
 """
 
 from __future__ import annotations
@@ -148,9 +151,15 @@ KERAS_CASES = {
     "small_cnn_bn_dropout": KerasCase(small_cnn, (16, 16, 3), True),
     "lstm_gru": KerasCase(recurrent, (6, 4), False, has_loop=True),
     "mobilenet_v2": KerasCase(mobilenet_v2, (32, 32, 3), True, **CHAOTIC),
-    "efficientnet_b0": KerasCase(efficientnet_b0, (32, 32, 3), True, **CHAOTIC),
+    # Its second loss differs from fit's by 1.8% where Keras's eager and graph fit agree
+    # within 2e-4: not understood yet (its step-1 loss, once wrong, now matches).
+    "efficientnet_b0": KerasCase(
+        efficientnet_b0, (32, 32, 3), True, **CHAOTIC | {"matched_steps": 1}
+    ),
 }
 SLOW = {"mobilenet_v2", "efficientnet_b0"}
+# Models with a Dropout built without `seed=` (EfficientNet's stochastic depth and top).
+UNSEEDED = {"efficientnet_b0"}
 
 
 @dataclass
@@ -221,21 +230,46 @@ def test_compiled_variants_keep_loops_functional(keras_built: BuiltKeras) -> Non
     assert ("Enter" in ops(["serve"])) == loop
 
 
-# Not understood yet: EfficientNetB0's first training-mode loss already differs from fit's
-# (4.843 against 4.764) while its serving outputs match; its dropout layers (a top dropout
-# and stochastic-depth dropouts with a noise shape, all unseeded) are the suspects.
-KNOWN_FIT_MISMATCH = {"efficientnet_b0"}
+def seeded_source(built: BuiltKeras) -> Any:
+    """The source model with its unseeded dropouts seeded as smpack seeds them."""
+    from smpack.sources.keras import seed_unseeded_generators
+
+    model = load_source(built)
+    seed_unseeded_generators(model)
+    return model
 
 
-def test_twenty_steps_follow_model_fit(
-    keras_built: BuiltKeras, request: pytest.FixtureRequest
-) -> None:
+def test_dropout_seeds_are_fixed_by_the_file(keras_built: BuiltKeras) -> None:
+    """Keras draws a new seed for a Dropout without `seed=` at every load; the package holds
+    the ones `seed_unseeded_generators` sets, the same for every build of the file."""
+    import tensorflow as tf
+
+    def states(model: Any) -> list[list[int]]:
+        return sorted(
+            np.asarray(g.state).tolist()
+            for layer in model._flatten_layers()
+            for g in layer._seed_generators
+        )
+
+    reader = tf.train.load_checkpoint(str(keras_built.package / "variables" / "variables"))
+    stored = sorted(
+        reader.get_tensor(name).tolist()
+        for name in reader.get_variable_to_shape_map()
+        if name.endswith("seed_generator_state")
+    )
+    assert stored == states(seeded_source(keras_built))
+    if keras_built.name in UNSEEDED:
+        # What made fit and the package drop different units: a plain load draws anew.
+        assert states(load_source(keras_built)) != stored
+
+
+def test_twenty_steps_follow_model_fit(keras_built: BuiltKeras) -> None:
     import keras
 
     feeds = {input_key(keras_built.package): keras_built.x}
     losses, variances, trainable = train_steps(keras_built.package, feeds, keras_built.y)
     case = keras_built.case
-    model = load_source(keras_built)
+    model = seeded_source(keras_built)
     model.compile(
         optimizer=keras.optimizers.SGD(case.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -252,9 +286,6 @@ def test_twenty_steps_follow_model_fit(
     if keras_built.case.has_batch_norm:
         assert variances
         assert all(np.all(v >= 0) for v in variances)
-    if keras_built.name in KNOWN_FIT_MISMATCH:
-        reason = "EfficientNetB0's training-mode loss differs from fit's from step 1"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     matched = case.matched_steps
     np.testing.assert_allclose(losses[:matched], expected[:matched], rtol=case.tolerance)
 

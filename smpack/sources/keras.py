@@ -8,6 +8,7 @@ holds the model's training-mode call, which train variants replay.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
     except Exception as e:
         msg = f"cannot load {path.name} with Keras: {type(e).__name__}: {first_line(e)}"
         raise ModelError(msg, **where) from e
+    seed_unseeded_generators(model)
     exported = folder / "savedmodel"
     try:
         _export_with_training_call(model, exported)
@@ -32,6 +34,25 @@ def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
         msg = f"cannot export {path.name} as a SavedModel: {type(e).__name__}: {first_line(e)}"
         raise ModelError(msg, **where) from e
     return exported
+
+
+def seed_unseeded_generators(model: Any) -> None:
+    """Give each random layer built without a `seed` (a Dropout's `seed=None`) a fixed one.
+
+    Keras draws such a layer's seed from Python's `random` each time the model is loaded
+    (the seed is neither in the config nor in the weights), so two loads of one file drop
+    different units and a train variant could not be rebuilt or compared with `fit`. The
+    seed is the CRC-32 of the layer's name and the generator's position in the layer:
+    the same file always gives the same train graph. To train the same in Keras, call this
+    on the loaded model first.
+    """
+    import numpy as np
+
+    for layer in model._flatten_layers():
+        for position, generator in enumerate(layer._seed_generators):
+            if generator._initial_seed is None:
+                seed = zlib.crc32(f"{layer.name}/{position}".encode()) & 0x7FFFFFFF
+                generator.state.assign(np.array([seed, 0], generator.state.dtype))
 
 
 def _export_with_training_call(model: Any, exported: Path) -> None:

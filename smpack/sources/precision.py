@@ -11,8 +11,10 @@ mixed precision lists and Keras's mixed-precision layers:
 - `float32`: softmax, accumulating reductions, exponentials and powers, and the
   normalisation statistics (`FLOAT32_OPS`; Keras computes its normalisation layers and
   recommends its softmax outputs in float32); ops the target has no half-precision kernel
-  for (by the op's definition, or the kernel registry of the variant's device or XLA); and
-  every op that reads such a tensor and no `half` one (variance + epsilon, then `Rsqrt`).
+  for (by the op's definition, or the kernel registry of the variant's device or XLA); ops
+  calling a function (a functional `While` or `If`, whose functions are not retyped) and
+  the `TensorList`s such a loop reads; and every op that reads such a tensor and no `half`
+  one (variance + epsilon, then `Rsqrt`).
 - `free`: constants, variable reads, and arithmetic on nothing but those and integers:
   index, shape, range and mask arithmetic. It stays float32.
 
