@@ -158,6 +158,7 @@ KERAS_CASES = {
     ),
 }
 SLOW = {"mobilenet_v2", "efficientnet_b0"}
+DROPOUT = {"small_cnn_bn_dropout", "efficientnet_b0"}
 # Models with a Dropout built without `seed=` (EfficientNet's stochastic depth and top).
 UNSEEDED = {"efficientnet_b0"}
 
@@ -257,7 +258,11 @@ def test_dropout_seeds_are_fixed_by_the_file(keras_built: BuiltKeras) -> None:
         for name in reader.get_variable_to_shape_map()
         if name.endswith("seed_generator_state")
     )
-    assert stored == states(seeded_source(keras_built))
+    # Only the generators a dropout in use reads are in the train graph (an LSTM without
+    # dropout has two it never reads).
+    assert bool(stored) == (keras_built.name in DROPOUT)
+    seeded = states(seeded_source(keras_built))
+    assert all(stored.count(state) <= seeded.count(state) for state in stored)
     if keras_built.name in UNSEEDED:
         # What made fit and the package drop different units: a plain load draws anew.
         assert states(load_source(keras_built)) != stored
