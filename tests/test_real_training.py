@@ -496,3 +496,79 @@ def test_a_checkpoint_error_names_the_savedmodel_field(tmp_path: Path) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert "source.savedmodel: checkpoint variable" in line
     assert not (tmp_path / "out" / "real").exists()
+
+
+def save_two_mode_module(folder: Path) -> Path:
+    """A tf.Module whose `__call__(x, training)` is traced both ways; the signature is the
+    training=False trace, and the training=True one centres on the batch and moves the
+    running mean towards it (what a normalisation layer does)."""
+    import tensorflow as tf
+
+    class TwoModes(tf.Module):
+        def __init__(self) -> None:
+            kernel = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
+            self.kernel = tf.Variable(kernel, name="kernel")
+            self.mean = tf.Variable(np.zeros(8, np.float32), trainable=False, name="mean")
+
+        @tf.function
+        def __call__(self, x: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+            if training:
+                batch_mean = tf.reduce_mean(x, axis=0)
+                self.mean.assign(0.5 * self.mean + 0.5 * batch_mean)
+                return {"y": tf.matmul(x - batch_mean, self.kernel)}
+            return {"y": tf.matmul(x - self.mean, self.kernel)}
+
+    module = TwoModes()
+    spec = tf.TensorSpec([None, 8], tf.float32, name="x")
+    module.__call__.get_concrete_function(spec, training=True)
+    path = folder / "two_modes"
+    serving = module.__call__.get_concrete_function(spec, training=False)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serving})
+    return path
+
+
+def test_a_training_mode_trace_is_found_and_trained(tmp_path: Path) -> None:
+    """Without `source.train_signature`, the train graph runs the source's training=True
+    trace of the serving function: its update of the running mean runs with each step,
+    and inspect and smpack.json say which function it is."""
+    import json
+
+    import tensorflow as tf
+
+    save_two_mode_module(tmp_path)
+    manifest = {
+        "schema": 1,
+        "name": "real",
+        "version": 1,
+        "source": {"savedmodel": "two_modes", "loss": "mse"},
+        "variants": {k: v for k, v in variants(BATCH, LEARNING_RATE).items() if k != "gpu"},
+    }
+    (tmp_path / "smpack.yaml").write_text(yaml.safe_dump(manifest))
+    package = build(tmp_path / "smpack.yaml", tmp_path / "out")
+    x = np.random.default_rng(4).normal(size=(BATCH, 8)).astype(np.float32) + 1
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(package))
+        signature = graph.signature_def["train"]
+        (mean,) = (v for v in tf.compat.v1.global_variables() if v.op.name == "mean")
+        trainable = {v.op.name for v in tf.compat.v1.trainable_variables()}
+        feeds = {
+            signature.inputs["x"].name: x,
+            signature.inputs["labels"].name: np.zeros((BATCH, 3), np.float32),
+        }
+        session.run(signature.outputs["loss"].name, feeds)
+        np.testing.assert_allclose(session.run(mean), 0.5 * x.mean(axis=0), rtol=1e-6)
+    assert trainable == {"kernel"}
+    expected = (
+        "the source's training-mode function '__call__' (traced with training=True; "
+        "signature 'serving_default' is its training=False trace); "
+        "1 non-trainable variables frozen"
+    )
+    record = json.loads((package / "assets.extra" / "smpack.json").read_text())
+    assert record["variants"]["train"]["train_function"] == expected
+    result = runner.invoke(app, ["inspect", str(package), "--tags", "train"])
+    assert "trains  the source's training-mode function '__call__'" in result.output
+    # Serving still runs the training=False trace: centred on the running mean (zeros).
+    kernel = tf.train.load_checkpoint(str(package / "variables" / "variables"))
+    (key,) = (k for k in kernel.get_variable_to_shape_map() if k.startswith("kernel"))
+    served = run_v1(package, ["serve"], {"x": x})["y"]
+    np.testing.assert_allclose(served, x @ kernel.get_tensor(key), rtol=1e-5)

@@ -107,14 +107,17 @@ def load_saved_model(
     imports: Sequence[str] = (),
     *,
     keep_loops: bool = False,
+    meta_graph: meta_graph_pb2.MetaGraphDef | None = None,
 ) -> ImportedModel:
     """Read the `serve` MetaGraph of the TF2 SavedModel at `path` and flatten `signature`.
 
     `imports` are the modules the manifest imported for the source's custom ops.
     `keep_loops` keeps while loops functional `While` ops, which TF1 gradients can
     differentiate, instead of lowering them to the Enter/Exit frames serving variants use.
+    `meta_graph`, if given, is that MetaGraph already read (with a signature added).
     """
-    meta_graph = _serve_meta_graph(path, where)
+    if meta_graph is None:
+        meta_graph = serve_meta_graph(path, where)
     check_ops_registered(meta_graph, imports, where)
     signatures = {k: v for k, v in meta_graph.signature_def.items() if not k.startswith("__")}
     if signature not in signatures:
@@ -273,7 +276,7 @@ def _host_tensors(
     return dict(zip(wanted, results[: len(wanted)], strict=True))
 
 
-def _serve_meta_graph(path: Path, where: dict[str, Any]) -> meta_graph_pb2.MetaGraphDef:
+def serve_meta_graph(path: Path, where: dict[str, Any]) -> meta_graph_pb2.MetaGraphDef:
     try:
         saved_model = read_saved_model(path, saved_model_pb2.SavedModel)
     except PackageError as e:

@@ -13,21 +13,25 @@ in `UPDATE_OPS`, which the train op runs, as TF1's batch normalisation asks.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, trackable_object_graph_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, struct_pb2, trackable_object_graph_pb2
 
 from smpack.errors import ModelError
+from smpack.sources.graph_def import node_name
 
 if TYPE_CHECKING:
     from smpack.sources.savedmodel import ImportedModel
 
 # The endpoint smpack adds to a Keras model's export: its call with training=True.
 KERAS_TRAINING_ENDPOINT = "smpack_training_call"
+# The signature smpack adds to a TF2 SavedModel for its signature's training-mode twin.
+TRAINING_TWIN = "smpack_training_twin"
+_CALLS = ("StatefulPartitionedCall", "PartitionedCall")
 # The checkpoint tensor holding the TrackableObjectGraph of an object-based checkpoint.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _STATE_UPDATES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
@@ -79,9 +83,17 @@ def training_import(
     Its variables take the names the serving function gives them (same checkpoint key, same
     variable), so every variant shares them.
     """
-    from smpack.sources.savedmodel import load_saved_model
+    from smpack.sources.savedmodel import load_saved_model, serve_meta_graph
 
-    if train_signature is None and not serving.has_lowered_loop:
+    twin = None
+    if train_signature is None and not keras:
+        meta_graph = serve_meta_graph(path, where)
+        twin = add_training_twin(meta_graph, signature)
+    if twin is not None:
+        training = load_saved_model(
+            path, TRAINING_TWIN, where, imports, keep_loops=True, meta_graph=meta_graph
+        )
+    elif train_signature is None and not serving.has_lowered_loop:
         training = serving
     else:
         name = train_signature or signature
@@ -96,9 +108,139 @@ def training_import(
         )
     elif train_signature is not None:
         description = f"the source's training-mode signature {train_signature!r}"
+    elif twin is not None:
+        description = (
+            f"the source's training-mode function {twin!r} (traced with training=True; "
+            f"signature {signature!r} is its training=False trace)"
+        )
     else:
         description = f"the source's inference signature {signature!r}"
     return training, f"{description}; {frozen} non-trainable variables frozen"
+
+
+def add_training_twin(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -> str | None:
+    """Add a signature `TRAINING_TWIN` to `meta_graph`: `signature`'s function as the source
+    traced it with `training=True`. Returns that function's path in the object graph
+    (`__call__`, `model.call`), or None if the source traced no such twin.
+
+    A `tf.function` with a `training` argument traced both ways (a Keras 2 model's call, a
+    `tf.Module`'s `__call__(x, training)`) keeps both traces in the SavedModel's object
+    graph, told apart by `training`'s value in their input signatures. A signature calls a
+    trace through a wrapper function; the twin is the trace whose input signature is the
+    one of a `training=False` trace like the signature's (same inputs, outputs and captured
+    variables) but for `training=True`. The added signature calls a copy of the wrapper
+    calling the twin instead. Exactly one twin, or none is used.
+    """
+    graph = meta_graph.graph_def
+    nodes = {n.name: n for n in graph.node}
+    functions = {f.signature.name: f for f in graph.library.function}
+    concrete = meta_graph.object_graph_def.concrete_functions
+    outer_names = {node_name(t.name) for t in meta_graph.signature_def[signature].outputs.values()}
+    outer = nodes.get(next(iter(outer_names))) if len(outer_names) == 1 else None
+    if outer is None or outer.op not in _CALLS:
+        return None
+    wrapper = functions.get(outer.attr["f"].func.name)
+    inner_calls = [n for n in wrapper.node_def if n.op in _CALLS] if wrapper else []
+    if wrapper is None or len(inner_calls) != 1 or wrapper.signature.name not in concrete:
+        return None
+    inner = inner_calls[0].attr["f"].func.name
+    captures = list(concrete[wrapper.signature.name].bound_inputs)
+
+    def like_inner(name: str) -> bool:
+        a, b = functions[inner].signature, functions[name].signature
+        return (
+            list(concrete[name].bound_inputs) == captures
+            and [x.type for x in a.input_arg] == [x.type for x in b.input_arg]
+            and [x.type for x in a.output_arg] == [x.type for x in b.output_arg]
+        )
+
+    if inner not in functions:
+        return None
+    twins: dict[str, str] = {}  # concrete function -> its path in the object graph
+    for path, node in _object_paths(meta_graph):
+        if node.WhichOneof("kind") != "function":
+            continue
+        names = _arg_names(node.function.function_spec)
+        traced = [n for n in node.function.concrete_functions if n in functions and n in concrete]
+        for inference in (n for n in traced if n == inner or like_inner(n)):
+            for name in traced:
+                if like_inner(name) and _training_flipped(
+                    concrete[inference].canonicalized_input_signature,
+                    concrete[name].canonicalized_input_signature,
+                    names,
+                ):
+                    twins[name] = path
+    if len(twins) != 1:
+        return None
+    ((twin, path),) = twins.items()
+    twin_wrapper = graph.library.function.add()
+    twin_wrapper.CopyFrom(wrapper)
+    twin_wrapper.signature.name = f"{wrapper.signature.name}_{TRAINING_TWIN}"
+    for node in twin_wrapper.node_def:
+        if node.op in _CALLS:
+            node.attr["f"].func.name = twin
+    call = graph.node.add()
+    call.CopyFrom(outer)
+    call.name = f"{outer.name}_{TRAINING_TWIN}"
+    call.attr["f"].func.name = twin_wrapper.signature.name
+    added = meta_graph.signature_def[TRAINING_TWIN]
+    added.CopyFrom(meta_graph.signature_def[signature])
+    for info in added.outputs.values():
+        info.name = call.name + info.name[len(outer.name) :]
+    return path
+
+
+def _object_paths(meta_graph: meta_graph_pb2.MetaGraphDef) -> Iterator[tuple[str, Any]]:
+    """(dotted path from the root object, node) of each object graph node, first path only."""
+    nodes = meta_graph.object_graph_def.nodes
+    seen = {0}
+    pending = [("", 0)]
+    while pending:
+        path, index = pending.pop(0)
+        yield path, nodes[index]
+        for child in nodes[index].children:
+            if child.node_id not in seen:
+                seen.add(child.node_id)
+                pending.append((f"{path}.{child.local_name}".lstrip("."), child.node_id))
+
+
+def _arg_names(function_spec: Any) -> list[str]:
+    """The positional argument names in a SavedFunction's FullArgSpec."""
+    for field in function_spec.fullargspec.named_tuple_value.values:
+        if field.key == "args":
+            return [v.string_value for v in field.value.list_value.values]
+    return []
+
+
+def _leaves(value: struct_pb2.StructuredValue, path: tuple[Any, ...] = ()) -> list[Any]:
+    """(path, leaf) of each leaf of a nested StructuredValue (tuples, lists, dicts)."""
+    kind = value.WhichOneof("kind")
+    if kind in ("tuple_value", "list_value"):
+        items: Iterable[tuple[Any, Any]] = enumerate(getattr(value, kind).values)
+    elif kind == "dict_value":
+        items = sorted(value.dict_value.fields.items())
+    else:
+        return [(path, value)]
+    return [leaf for key, item in items for leaf in _leaves(item, (*path, key))]
+
+
+def _training_flipped(inference: Any, candidate: Any, arg_names: list[str]) -> bool:
+    """Whether `candidate`'s input signature is `inference`'s with `training` False -> True.
+
+    Input signatures are (args, kwargs): `training` is found by position or by keyword.
+    """
+    a, b = _leaves(inference), _leaves(candidate)
+    if [path for path, _ in a] != [path for path, _ in b]:
+        return False
+    differing = [(path, x, y) for (path, x), (_, y) in zip(a, b, strict=True) if x != y]
+    if len(differing) != 1:
+        return False
+    path, before, after = differing[0]
+    if before.WhichOneof("kind") != "bool_value" or before.bool_value or not after.bool_value:
+        return False
+    if path[0] == 1:  # a keyword argument
+        return bool(path[1] == "training")
+    return len(path) == 2 and path[1] < len(arg_names) and arg_names[path[1]] == "training"
 
 
 def _check_same_interface(
