@@ -28,11 +28,12 @@ from tf_helpers import run_v1
 from typer.testing import CliRunner
 
 import smpack
-from smpack.checks.verify import verify_package
+from smpack.checks.verify import spec_inputs, verify_package
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.cli.commands import app
 from smpack.package.info import PackageInfo, read_package
 from smpack.package.protos import read_saved_model
+from smpack.package.vocabulary import vocabulary_words
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 4
@@ -156,6 +157,7 @@ class Case:
     labels: np.ndarray
     asset: str | None = None  # the vocabulary file the package must carry
     custom_ops: tuple[str, ...] = ()
+    words: frozenset[str] = frozenset()  # the words its string-keyed tables hold
 
 
 CASES = {
@@ -164,6 +166,7 @@ CASES = {
         "text",
         ["the cat sat", "a dog ate my homework", "unknown words only", ""],
         np.array([0, 1, 2, 1], np.int64),
+        words=frozenset("the cat sat on mat a dog ate my homework".split()),
     ),
     "integer_lookup": Case(
         keras_integer_lookup,
@@ -177,6 +180,7 @@ CASES = {
         [["red", "blue"], ["green", "purple"], ["blue", "blue"], ["", "red"]],
         np.array([[1.0], [-1.0], [0.5], [2.0]], np.float32),
         asset="colors.txt",
+        words=frozenset(VOCABULARY),
     ),
     "table_over_asset": Case(
         module_with_table_over_asset,
@@ -184,6 +188,7 @@ CASES = {
         ["red", "green", "blue", "yellow"],
         np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]], np.float32),
         asset="words.txt",
+        words=frozenset(VOCABULARY),
     ),
     "tensorflow_text": Case(
         tensorflow_text_tokenizer,
@@ -191,6 +196,7 @@ CASES = {
         ["the cats sat", "dog on mat", "zebra", "the the the the the the the"],
         np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]], np.float32),
         custom_ops=("FastWordpieceTokenizeWithOffsets",),
+        # No table: the tokenizer's vocabulary is compiled into its op's model buffer.
     ),
 }
 
@@ -254,6 +260,32 @@ def test_every_variant_verifies(built: Built) -> None:
     failed = [f"{label}: {c.name}: {c.detail}" for label, c in report.rows() if not c.passed]
     assert not failed
     assert [g.tag_set for g in report.graphs] == ["train", "serve", "serve,gpu", "serve,tpu"]
+    # Without examples, the made-up strings are words of the vocabulary, and they pass
+    # outright: no "failed on inputs verify made up" warning.
+    assert not [c.name for _, c in report.rows() if c.warning]
+    runs = [c.name for _, c in report.rows() if " runs on synthetic inputs" in c.name]
+    assert len(runs) == 4
+    assert all(("(vocabulary words)" in name) == bool(built.case.words) for name in runs)
+
+
+@pytest.mark.slow
+def test_synthetic_strings_are_words_the_tables_know(built: Built) -> None:
+    meta_graphs = read_saved_model(built.package.path).meta_graphs
+    for meta_graph in meta_graphs:
+        words = {w.decode() for w in vocabulary_words(meta_graph, built.package.path)}
+        assert words == built.case.words or (words and words < built.case.words)
+    if not built.case.words:
+        return
+    (serve,) = [m for m in meta_graphs if list(m.meta_info_def.tags) == ["serve"]]
+    signature = serve.signature_def["serving_default"]
+    synthetic = spec_inputs(signature, vocabulary_words(serve, built.package.path))
+    (strings,) = synthetic.values()
+    assert {s.decode() for s in strings.flat} <= built.case.words
+    # They reach real lookups: the answer is not the one every unknown string gets.
+    unknown = {key: np.full_like(value, b"") for key, value in synthetic.items()}
+    (answer,) = run_v1(built.package.path, ["serve"], synthetic).values()
+    (fallback,) = run_v1(built.package.path, ["serve"], unknown).values()
+    assert not np.allclose(answer, fallback)
 
 
 @pytest.mark.slow

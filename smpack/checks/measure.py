@@ -37,6 +37,7 @@ from smpack.manifest.evaluation_data import (
 from smpack.package.info import GraphInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.package.protos import read_saved_model
+from smpack.package.vocabulary import vocabulary_words
 from smpack.progress import StepCallback, Steps
 
 NOT_MEASURED_HERE = "not measured here"
@@ -237,7 +238,10 @@ def measure_package(
             continue
         key, signature = chosen
         request = (examples or {}).get(key) or next(iter(stored.get(key, [])), None)
-        feeds = dict(request) if request is not None else spec_inputs(signature)
+        if request is None:
+            feeds = spec_inputs(signature, vocabulary_words(meta_graph, export_dir))
+        else:
+            feeds = dict(request)
         try:
             timing, metrics, outputs[graph.tag_set] = _run(
                 export_dir, graph.tags, signature, feeds, runs, evaluation

@@ -10,9 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from smpack.package.dtypes import dtype_name
 from smpack.package.info import PackageInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE, RECORD_PATH
 from smpack.package.protos import read_saved_model
+from smpack.package.vocabulary import vocabulary_words
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import import_op_libraries
 
@@ -174,7 +176,8 @@ def _verify_graphs(
         step(f"loading and running {info.tag_set}")
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
-        graph_outputs = _run_graph(export_dir, meta_graph, report, requests)
+        words = vocabulary_words(meta_graph, export_dir)
+        graph_outputs = _run_graph(export_dir, meta_graph, report, requests.with_words(words))
         outputs[report.tag_set] = (info.precision, graph_outputs)
         reports.append(report)
         _return_freed_memory()
@@ -300,13 +303,18 @@ class _Requests:
 
     examples: Mapping[str, list[dict[str, np.ndarray]]]
     warmup: Mapping[str, list[dict[str, np.ndarray]]]
+    words: Sequence[bytes] = ()  # what synthetic string inputs hold: the graph's vocabulary
+
+    def with_words(self, words: Sequence[bytes]) -> _Requests:
+        return dataclasses.replace(self, words=words)
 
     def feeds(self, key: str, signature: Any) -> _Feeds:
         for found, kind in ((self.examples, "example"), (self.warmup, "warmup request")):
             if found.get(key):
                 count = len(found[key])
                 return _Feeds(found[key], f"on its {count} {kind}{'s' if count > 1 else ''}", False)
-        return _Feeds([spec_inputs(signature)], "on synthetic inputs", True)
+        described = "on synthetic inputs" + (" (vocabulary words)" if self.words else "")
+        return _Feeds([spec_inputs(signature, self.words)], described, True)
 
 
 @dataclass(frozen=True)
@@ -360,10 +368,11 @@ def _check(report: GraphReport, name: str, synthetic: bool = False) -> Iterator[
         report.checks.append(Check(name, True))
 
 
-def spec_inputs(signature: Any) -> dict[str, np.ndarray]:
+def spec_inputs(signature: Any, words: Sequence[bytes] = ()) -> dict[str, np.ndarray]:
     """Inputs matching each input's dtype and shape (unknown sizes become 8) that no model
-    can find out of range: integers 0 (a valid index, id and class), empty strings (an
-    empty tf.Example, an empty text), False, and floats in [-1, 1)."""
+    can find out of range: integers 0 (a valid index, id and class), strings cycling through
+    `words` (words the graph's tables know: a token, or a one-word text) or empty without
+    them, False, and floats in [-1, 1)."""
     rng = np.random.default_rng(0)
     inputs = {}
     for key in sorted(signature.inputs):
@@ -371,7 +380,11 @@ def spec_inputs(signature: Any) -> dict[str, np.ndarray]:
         shape = tuple(d.size if d.size >= 0 else 8 for d in info.tensor_shape.dim)
         dtype = dtype_name(info.dtype)
         if dtype == "string":
-            inputs[key] = np.full(shape, b"", dtype=object)
+            cycle = list(words) or [b""]
+            size = int(np.prod(shape, dtype=np.int64))
+            inputs[key] = np.array(
+                [cycle[i % len(cycle)] for i in range(size)], dtype=object
+            ).reshape(shape)
         elif dtype in ("float16", "bfloat16", "float32", "float64"):
             inputs[key] = rng.uniform(-1, 1, size=shape).astype(
                 np.float32 if dtype != "float64" else np.float64
