@@ -17,9 +17,9 @@ from typing import Any, Literal
 class ModelContext:
     """Tells the model function which variant it is building.
 
-    Create variables with `tf.compat.v1.get_variable(..., dtype=ctx.dtype)` inside the
-    function given to `compute`: smpack stores them as float32 (one checkpoint for every
-    variant) and hands the function reads in the variant's compute precision.
+    Create variables with `tf.compat.v1.get_variable` inside the function given to
+    `compute`: smpack stores them as float32 (one checkpoint for every variant), whatever
+    dtype is asked, and the variant's precision decides what their reads compute in.
     """
 
     variant: str
@@ -42,14 +42,20 @@ class ModelContext:
 
         return tf.as_dtype(self.precision)
 
-    def compute(self, fn: Callable[..., Any], *inputs: Any) -> Any:
+    def compute(self, fn: Callable[..., Any], *inputs: Any, retype: bool = True) -> Any:
         """Run `fn(*inputs)` as the variant's device computation and return its outputs.
 
-        Floating inputs arrive in `ctx.dtype`; floating outputs leave as float32, so every
-        variant's signatures have the same dtypes. `fn` returns a tensor or a (nested)
-        tuple/list/dict of tensors.
+        Write `fn` in float32. In a float16 or bfloat16 variant smpack builds it in float32
+        and retypes it as it does imported graphs: matrix products and convolutions compute
+        in half precision; softmax, reductions, normalisation statistics, ops without a
+        half-precision kernel on the target, and index, range and mask arithmetic stay
+        float32, with casts where the two meet. `retype=False` hands `fn` its floating
+        inputs and variable reads in `ctx.dtype` instead and keeps the ops it builds as
+        they are (for code placing its own casts). Floating outputs leave as float32, so
+        every variant's signatures have the same dtypes. `fn` returns a tensor or a
+        (nested) tuple/list/dict of tensors.
         """
-        return self._compute(fn, *inputs)
+        return self._compute(fn, *inputs, retype=retype)
 
     def asset(self, name: str) -> Any:
         """A string tensor holding the path of asset `name` (as listed under `assets:`).

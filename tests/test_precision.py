@@ -1,8 +1,10 @@
-"""Half-precision variants of imported graphs: only floating-point compute is retyped.
+"""Half-precision variants: only floating-point compute is retyped, by the same rules for a
+SavedModel source and a python source's `ctx.compute`.
 
-The source here is the part of a transformer that retyping everything breaks: a causal mask
+The model here is the part of a transformer that retyping everything breaks: a causal mask
 built from a float32 `Range` (no half-precision `Range` on XLA), a `-1e9` mask constant
-(`-inf` in float16), softmax and layer-normalisation statistics.
+(`-inf` in float16), softmax and layer-normalisation statistics. It comes as a TF2
+SavedModel and as the same computation written as TF1 code in a python source.
 """
 
 from __future__ import annotations
@@ -52,12 +54,55 @@ class CausalAttention(tf.Module):
         return {"y": (mixed - mean) * tf.math.rsqrt(variance + 1e-6) * self.gamma}
 
 
-@pytest.fixture(scope="module")
-def attention_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PackageInfo]:
-    folder = tmp_path_factory.mktemp("precision")
+# The same attention as TF1 code in a python source, with the SavedModel's weights.
+PYTHON_ATTENTION = """
+import numpy as np
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [ctx.batch_size, 6, 8], name="x")
+
+    def attention(x):
+        def weight(name, shape, value):
+            init = tf.compat.v1.constant_initializer(np.array(value, np.float32))
+            # ctx.dtype, as model functions written for casting ctx.compute ask: stored
+            # float32 all the same, and the retyping decides what computes in half.
+            return tf.compat.v1.get_variable(name, shape, ctx.dtype, initializer=init)
+
+        query = weight("query", [8, 8], ctx.params["query"])
+        key = weight("key", [8, 8], ctx.params["key"])
+        gamma = weight("norm/gamma", [8], 1.0)
+        length = tf.cast(tf.shape(x)[1], tf.float32)
+        positions = tf.range(0.0, length, 1.0)  # a float32 Range, as GPT-2's mask has
+        visible = tf.cast(positions[:, None] >= positions[None, :], tf.float32)
+        scores = tf.einsum("bqd,bkd->bqk", x @ query, x @ key)
+        attention = tf.nn.softmax(scores + (1.0 - visible) * -1e9)
+        mixed = attention @ x
+        mean, variance = tf.nn.moments(mixed, axes=[-1], keepdims=True)
+        return (mixed - mean) * tf.math.rsqrt(variance + 1e-6) * gamma
+
+    y = tf.identity(ctx.compute(attention, x), name="y")
+    return ModelSpec(inputs={"x": x}, outputs={"y": y})
+"""
+
+
+@pytest.fixture(scope="module", params=["savedmodel", "python"])
+def attention_package(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, PackageInfo]:
+    folder = tmp_path_factory.mktemp(f"precision-{request.param}")
     module = CausalAttention()
     tf.saved_model.save(module, str(folder / "attention"), signatures=module.predict)
-    manifest = write_manifest(folder, {"savedmodel": "attention"}, variants=VARIANTS)
+    if request.param == "savedmodel":
+        manifest = write_manifest(folder, {"savedmodel": "attention"}, variants=VARIANTS)
+    else:
+        (folder / "attention.py").write_text(PYTHON_ATTENTION)
+        weights = {"query": module.query.numpy().tolist(), "key": module.key.numpy().tolist()}
+        source = {"python": "attention.py:model_fn", "params": weights}
+        signatures = {"serving_default": {"method": "predict", "inputs": ["x"], "outputs": ["y"]}}
+        manifest = write_manifest(folder, source, variants=VARIANTS, signatures=signatures)
     return folder, smpack.build(manifest, folder / "out")
 
 
@@ -73,7 +118,9 @@ def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
 def test_masked_attention_runs_in_both_half_precisions(attention_package) -> None:
     folder, package = attention_package
     expected = source_output(folder)
-    np.testing.assert_array_equal(run_v1(package.path, ["serve"], {"x": X})["y"], expected)
+    np.testing.assert_allclose(
+        run_v1(package.path, ["serve"], {"x": X})["y"], expected, rtol=1e-6, atol=1e-6
+    )
     half = run_v1(package.path, ["serve", "gpu"], {"x": X})["y"]
     assert relative_error(half, expected) < 1e-2
     tpu = run_tpu_graph_on_cpu(package.path, ["serve", "tpu"], "serving_default", {"x": X})
@@ -86,7 +133,9 @@ def test_only_floating_point_compute_is_retyped(attention_package) -> None:
     dtypes: dict[str, set[str]] = {}
     for node in nodes:
         attr = "Tidx" if node.op == "Range" else "T"
-        if node.name.startswith("model/") and node.attr[attr].WhichOneof("value") == "type":
+        # model/: the imported SavedModel; compute/: the python source's traced function
+        in_compute = node.name.startswith(("model/", "compute/"))
+        if in_compute and node.attr[attr].WhichOneof("value") == "type":
             dtypes.setdefault(node.op, set()).add(tf.as_dtype(node.attr[attr].type).name)
     assert dtypes["Range"] == {"float32"}  # index arithmetic
     assert dtypes["Softmax"] == {"float32"}
@@ -94,6 +143,15 @@ def test_only_floating_point_compute_is_retyped(attention_package) -> None:
     assert dtypes["Rsqrt"] == {"float32"}
     assert dtypes["Einsum"] == {"float16"}
     assert dtypes["BatchMatMulV2"] == {"float16"}
+
+
+def test_every_variant_verifies(attention_package) -> None:
+    # Verify compares each half-precision variant with float32 within its stated tolerance.
+    _, package = attention_package
+    report = smpack.verify(package.path)
+    assert [(label, c.name) for label, c in report.rows() if not c.passed or c.warning] == []
+    agreements = [c.name for _, c in report.rows() if " agrees with serve " in c.name]
+    assert len(agreements) == 2
 
 
 def test_float16_mask_constants_saturate_instead_of_becoming_infinite(attention_package) -> None:

@@ -66,9 +66,9 @@ def build_variant_graph(
     compute = compute_for(variant)
     compute_calls: list[Callable[..., Any]] = []
 
-    def counted_compute(fn: Callable[..., Any], *inputs: Any) -> Any:
+    def counted_compute(fn: Callable[..., Any], *inputs: Any, retype: bool = True) -> Any:
         compute_calls.append(fn)
-        return compute(fn, *inputs)
+        return compute(fn, *inputs, retype=retype)
 
     with graph.as_default():
         # A fixed graph-level seed makes initial values, and so the package, reproducible.

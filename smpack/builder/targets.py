@@ -12,17 +12,25 @@ from typing import Any
 
 import tensorflow as tf
 
+from smpack.builder.retyped_call import half_precision_call
 from smpack.manifest import Variant
+from smpack.sources.precision import half_target
 
 
 def compute_for(variant: Variant) -> Callable[..., Any]:
     """The `ctx.compute` implementation for `variant`."""
     dtype = tf.as_dtype(variant.precision)
+    target = half_target(variant)
 
-    def compute(fn: Callable[..., Any], *inputs: Any) -> Any:
+    def compute(fn: Callable[..., Any], *inputs: Any, retype: bool = True) -> Any:
         structure: list[Any] = []
 
         def body(*tensors: tf.Tensor) -> list[tf.Tensor]:
+            if retype and target is not None:
+                # Traced in float32, then retyped by the rules imported graphs get.
+                result, outputs = half_precision_call(fn, tensors, target)
+                structure.append(result)
+                return [_cast_float(t, tf.float32) for t in outputs]
             cast_inputs = [_cast_float(t, dtype) for t in tensors]
             with tf.compat.v1.variable_scope(
                 tf.compat.v1.get_variable_scope(),

@@ -238,7 +238,10 @@ def model_function(
             return results
 
         if on_device:
-            results = ctx.compute(compute, *(tensors[t] for t in imported.device_inputs))
+            # The graph is retyped for the variant already (ImportedModel.graph_def_for).
+            results = ctx.compute(
+                compute, *(tensors[t] for t in imported.device_inputs), retype=False
+            )
             tensors.update(zip(on_device, results, strict=True))
         elif settings := variant.device_settings:
             msg = (
