@@ -127,10 +127,17 @@ def _reachable(trace: _Trace, fetches: list[Any], supplied: list[Any]) -> Any:
     """The traced graph's nodes `fetches` need, without the inputs and variable handles the
     variant's graph supplies (their tensors become the graph's external inputs)."""
     graph_def = trace.graph.as_graph_def()
-    wanted = [f.name.partition(":")[0] for f in fetches]
-    pruned = tf.compat.v1.graph_util.extract_sub_graph(graph_def, wanted)
+    nodes = {node.name: node for node in graph_def.node}
     left_out = {(s if isinstance(s, str) else s.name).partition(":")[0] for s in supplied}
-    kept = [node for node in pruned.node if node.name not in left_out]
+    needed: set[str] = set()
+    pending = [f.name.partition(":")[0] for f in fetches]
+    while pending:
+        name = pending.pop()
+        if name in needed or name in left_out:
+            continue
+        needed.add(name)
+        pending.extend(i.lstrip("^").partition(":")[0] for i in nodes[name].input)
+    kept = [node for node in graph_def.node if node.name in needed]  # in the trace's order
     for node in kept:
         if node.op in _VARIABLE_OPS:
             msg = (
@@ -142,9 +149,9 @@ def _reachable(trace: _Trace, fetches: list[Any], supplied: list[Any]) -> Any:
         # Colocation with the trace's own variables and inputs, which are not imported.
         if "_class" in node.attr:
             del node.attr["_class"]
-    del pruned.node[:]
-    pruned.node.extend(kept)
-    return pruned
+    del graph_def.node[:]
+    graph_def.node.extend(kept)
+    return graph_def
 
 
 def _tensor_name(graph_def_input: str) -> str:

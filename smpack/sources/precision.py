@@ -375,6 +375,10 @@ def _register_xla_kernels() -> None:
     global _xla_registered
     if _xla_registered:
         return
-    with tf.init_scope():  # eagerly, outside whatever graph is being built
+    from tensorflow.python.eager import context
+
+    # Eagerly, outside whatever graph is being built: tf.init_scope would add the call to
+    # that graph when it is a plain tf.Graph (and the first build of a process would differ).
+    with context.eager_mode():
         tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0.0))
     _xla_registered = True
