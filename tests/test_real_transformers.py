@@ -9,6 +9,7 @@ embedding has two rows, which made-up inputs must not index past.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class Transformer:
     package: Path
     feeds: dict[str, np.ndarray]
     expected: dict[str, np.ndarray]  # what the source computes for `feeds`
+    source: Path  # the .keras file or SavedModel folder the manifest names
+    labels: np.ndarray  # the example's labels, for the train signature
 
 
 def _feeds(with_segments: bool) -> dict[str, np.ndarray]:
@@ -61,8 +64,13 @@ def _feeds(with_segments: bool) -> dict[str, np.ndarray]:
     return feeds
 
 
+def _labels(source: dict[str, str]) -> np.ndarray:
+    """A class per row for BERT's classifier, a next token per position for GPT-2."""
+    return np.array([1, 2] if "keras" in source else [[3] * SEQUENCE] * BATCH, np.int64)
+
+
 def _build(folder: Path, source: dict[str, str], feeds: dict[str, np.ndarray]) -> Path:
-    labels = {"labels": [1, 2]} if "keras" in source else {"labels": [[3] * SEQUENCE] * BATCH}
+    labels = {"labels": _labels(source).tolist()}
     example = {"inputs": {k: v.tolist() for k, v in feeds.items()}, "labels": labels}
     manifest = {
         "schema": 1,
@@ -104,7 +112,9 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     model.save(folder / "bert.keras")
     feeds = _feeds(with_segments=True)
     expected = {k: np.asarray(v) for k, v in model(feeds).items()}
-    return Transformer(_build(folder, {"keras": "bert.keras"}, feeds), feeds, expected)
+    source = {"keras": "bert.keras"}
+    package = _build(folder, source, feeds)
+    return Transformer(package, feeds, expected, folder / "bert.keras", _labels(source))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +143,9 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     feeds = _feeds(with_segments=False)
     exported = tf.saved_model.load(str(folder / "gpt2")).signatures["serving_default"]
     expected = {k: v.numpy() for k, v in exported(**feeds).items()}
-    return Transformer(_build(folder, {"savedmodel": "gpt2"}, feeds), feeds, expected)
+    source = {"savedmodel": "gpt2"}
+    package = _build(folder, source, feeds)
+    return Transformer(package, feeds, expected, folder / "gpt2", _labels(source))
 
 
 @pytest.fixture(params=["bert", "gpt2"])
@@ -171,3 +183,28 @@ def test_half_precision_graphs_agree_within_the_stated_tolerance(transformer) ->
     for key, expected in transformer.expected.items():
         assert _relative_error(gpu[key], expected) <= TOLERANCES["float16"]
         assert _relative_error(tpu[key], expected) <= TOLERANCES["bfloat16"]
+
+
+def test_moved_package_serves_and_trains_without_the_source(
+    transformer: Transformer, tmp_path: Path
+) -> None:
+    import tensorflow as tf
+
+    moved = tmp_path / "elsewhere" / "1"
+    shutil.copytree(transformer.package, moved)
+    hidden = tmp_path / "source-gone"
+    shutil.move(transformer.source, hidden)  # put back below: other tests read the source
+    try:
+        outputs = run_v1(moved, ["serve"], transformer.feeds)
+        with tf.compat.v1.Session(graph=tf.Graph()) as session:
+            graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(moved))
+            signature = graph.signature_def["train"]
+            step = {signature.inputs[k].name: v for k, v in transformer.feeds.items()}
+            step[signature.inputs["labels"].name] = transformer.labels
+            losses = [session.run(signature.outputs["loss"].name, step) for _ in range(20)]
+    finally:
+        shutil.move(hidden, transformer.source)
+    for key, expected in transformer.expected.items():
+        np.testing.assert_allclose(outputs[key], expected, rtol=1e-6, atol=1e-7)
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
