@@ -196,3 +196,46 @@ def test_ops_without_a_half_precision_kernel_stay_float32(tmp_path: Path) -> Non
     (det,) = (n for n in nodes if n.op == "MatrixDeterminant")
     (product,) = (n for n in nodes if n.op == "BatchMatMulV2")
     assert (det.attr["T"].type, product.attr["T"].type) == (tf.float32, tf.float16)
+
+
+# What a half-precision trace of a python source cannot take: (the code, the line named).
+UNTRACEABLE = {
+    "reads a tensor made outside it": ("return tf.matmul(x, w) * outer", 8),
+    # Found once traced: the line calling ctx.compute.
+    "was made inside ctx.compute without tf.compat.v1.get_variable": (
+        "return x @ tf.Variable(w)",
+        9,
+    ),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(UNTRACEABLE))
+def test_python_compute_that_cannot_be_traced_is_one_clear_error(
+    tmp_path: Path, problem: str
+) -> None:
+    (tmp_path / "model.py").write_text(
+        "import tensorflow as tf\n"
+        "from smpack import ModelContext, ModelSpec\n"
+        "def model_fn(ctx: ModelContext) -> ModelSpec:\n"
+        "    x = tf.compat.v1.placeholder(tf.float32, [None, 3], name='x')\n"
+        "    outer = tf.reduce_sum(x, axis=1, keepdims=True)\n"
+        "    def fn(x):\n"
+        "        w = tf.compat.v1.get_variable('w', [3, 3])\n"
+        f"        {UNTRACEABLE[problem][0]}\n"
+        "    y = tf.identity(ctx.compute(fn, x), name='y')\n"
+        "    return ModelSpec(inputs={'x': x}, outputs={'y': y})\n"
+    )
+    signatures = {"serving_default": {"method": "predict", "inputs": ["x"], "outputs": ["y"]}}
+    variants = {
+        "cpu": {"tags": ["serve"]},
+        "half": {"tags": ["serve", "half"], "precision": "float16"},
+    }
+    manifest = write_manifest(
+        tmp_path, {"python": "model.py:model_fn"}, variants=variants, signatures=signatures
+    )
+    with pytest.raises(smpack.SmpackError) as raised:
+        smpack.build(manifest, tmp_path / "out")
+    assert raised.value.line == UNTRACEABLE[problem][1]
+    assert problem in str(raised.value)
+    assert "(building variant 'half')" in str(raised.value)
+    assert not (tmp_path / "out").exists()

@@ -71,7 +71,18 @@ def half_precision_call(
             custom_getter=_recording_getter(trace),
             auxiliary_name_scope=False,
         ):
-            result = fn(*inputs)
+            try:
+                result = fn(*inputs)
+            except ValueError as e:
+                if "must be from the same graph" not in str(e):
+                    raise
+                msg = (
+                    "the function given to ctx.compute reads a tensor made outside it, which "
+                    "a half-precision variant traces apart from the rest of the graph; pass "
+                    "that tensor as an input: ctx.compute(fn, x, other)"
+                )
+                # Its traceback kept: the error points at the line of `fn` that read it.
+                raise ValueError(msg).with_traceback(e.__traceback__) from e
         outputs = [tf.convert_to_tensor(t) for t in tf.nest.flatten(result)]
         updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
 
