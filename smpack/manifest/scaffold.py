@@ -50,8 +50,9 @@ from smpack import ModelContext, ModelSpec
 def model_fn(ctx: ModelContext) -> ModelSpec:
     features = tf.compat.v1.placeholder(tf.float32, [ctx.batch_size, 4], name="features")
 
-    # The numeric part, which smpack places, casts and compiles per variant. Create
-    # variables inside it with ctx.dtype: they are stored float32 in the one checkpoint.
+    # The numeric part, written in float32, which smpack places, retypes to the variant's
+    # precision and compiles. Variables made inside it with get_variable are stored
+    # float32 in the one checkpoint, whatever dtype (here ctx.dtype) they ask for.
     def network(x: tf.Tensor) -> tf.Tensor:
         w1 = tf.compat.v1.get_variable("w1", [4, ctx.params["hidden"]], ctx.dtype)
         b1 = tf.compat.v1.get_variable(
