@@ -4,6 +4,7 @@ card helpers. (TF models and manifests the tests build from live in tf_helpers.p
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +34,24 @@ from smpack.package.info import PackageInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ROOT / "variants"
+
+
+# Most of the suite's CPU time: they start first, on a worker of their own, so that they
+# never end alone on one worker while the other idles.
+HEAVY_FIRST = ("tests/test_real_training.py", "tests/test_real_transformers.py")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture params
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order xdist hands modules out in (`--dist loadscope --no-loadscope-reorder`):
+    heavy modules first, then the modules of slow tests, then the rest. Each module runs
+    whole on one worker, so what a module-scoped fixture builds is built once per run."""
+
+    def start(item: pytest.Item) -> tuple[bool, bool]:
+        module = item.nodeid.split("::")[0]
+        return module not in HEAVY_FIRST, item.get_closest_marker("slow") is None
+
+    items.sort(key=start)  # stable: a module's own order, which groups its fixtures, is kept
 
 
 @pytest.fixture(scope="session")
@@ -131,22 +150,33 @@ def c_loader(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if compiler is None:
         pytest.skip("no C compiler on this machine")
     wheel = Path(tf.__file__).parent
-    binary = tmp_path_factory.mktemp("c_api") / "run_saved_model"
-    subprocess.run(
-        [
-            compiler,
-            str(C_LOADER_SOURCE),
-            f"-I{wheel / 'include'}",
-            f"-L{wheel}",
-            "-l:libtensorflow_cc.so.2",
-            "-l:libtensorflow_framework.so.2",
-            f"-Wl,-rpath,{wheel}",
-            "-o",
-            str(binary),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # Compiling against TensorFlow's headers takes a core for ~10 s: once per run, in the
+    # folder every xdist worker of the run shares, not once per worker.
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    binary = root / "c_api" / "run_saved_model"
+    with (root / "c_api.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the first compile
+        if not binary.exists():
+            binary.parent.mkdir(exist_ok=True)
+            compiling = binary.with_suffix(".compiling")
+            subprocess.run(
+                [
+                    compiler,
+                    str(C_LOADER_SOURCE),
+                    f"-I{wheel / 'include'}",
+                    f"-L{wheel}",
+                    "-l:libtensorflow_cc.so.2",
+                    "-l:libtensorflow_framework.so.2",
+                    f"-Wl,-rpath,{wheel}",
+                    "-o",
+                    str(compiling),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            compiling.rename(binary)
     return binary
 
 
