@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import run_c
-from tf_helpers import run_v1
+from tf_helpers import run_v1, source_variants
 from typer.testing import CliRunner
 
 import smpack
@@ -37,17 +37,7 @@ from smpack.package.vocabulary import vocabulary_words
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 4
-VARIANTS = {
-    "cpu": {"tags": ["serve"]},
-    "train": {"tags": ["train"], "optimizer": {"name": "adam", "learning_rate": 0.05}},
-    "gpu": {
-        "tags": ["serve", "gpu"],
-        "device": "/device:GPU:0",
-        "precision": "float16",
-        "xla": True,
-    },
-    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": BATCH},
-}
+VARIANTS = source_variants({"name": "adam", "learning_rate": 0.05}, tpu_batch=BATCH)
 VOCABULARY = ["red", "green", "blue"]
 WORDPIECES = ["[UNK]", "the", "cat", "sat", "##s", "on", "mat", "dog"]
 runner = CliRunner()

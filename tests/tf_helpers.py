@@ -64,6 +64,15 @@ SOURCE_VARIANTS = {
 SERVING = {k: v for k, v in SOURCE_VARIANTS.items() if k != "train"}
 
 
+def source_variants(optimizer: dict[str, Any], tpu_batch: int) -> dict[str, Any]:
+    """SOURCE_VARIANTS with another train optimizer and serve,tpu batch size."""
+    return {
+        **SOURCE_VARIANTS,
+        "train": {**SOURCE_VARIANTS["train"], "optimizer": optimizer},
+        "tpu": {**SOURCE_VARIANTS["tpu"], "batch_size": tpu_batch},
+    }
+
+
 X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
 
 
