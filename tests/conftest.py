@@ -54,6 +54,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=start)  # stable: a module's own order, which groups its fixtures, is kept
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole-module scheduling, except that a heavy module's tests of one model (its fixture
+    parameter) are a unit of their own: one module holds both big CNNs, which would otherwise
+    run one after the other on one worker while the other idles."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModelScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            if module in HEAVY_FIRST and nodeid.endswith("]"):
+                return f"{module}[{nodeid.rsplit('[', 1)[1]}"
+            return super()._split_scope(nodeid)
+
+    return ModelScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def linear_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
     # Not measured: the golden cards must not hold this run's timings (test_measure.py).
