@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -12,6 +13,7 @@ import tensorflow as tf
 from conftest import check_golden, invoke, tree_state
 
 from smpack.checks.verify import Check, VerifyReport, verify_package
+from smpack.io.tf_quietly import schedule_xla_cpu_for_memory
 from smpack.package.info import PackageInfo
 
 
@@ -325,3 +327,39 @@ def test_failing_on_synthetic_inputs_is_a_warning_not_a_failure(
         verified = invoke(monkeypatch, ["verify", "out/ids/1"])
         assert verified.exit_code == 0
         assert "warn: failed on inputs verify made up" in " ".join(verified.stdout.split())
+
+
+XLA_MEMORY_ORDER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def test_verify_has_xla_cpu_schedule_for_memory(
+    linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XLA:CPU's concurrency-first schedule converts every weight of a half-precision graph
+    before its first matmul (1.1x the weights more at verify's peak); XLA reads its flags at
+    its first compilation, so verify sets this one before any graph loads."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert verify_package(linear_package.location).passed
+    assert os.environ["XLA_FLAGS"] == XLA_MEMORY_ORDER
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (
+            "--xla_cpu_fast_math_honor_nans=true",
+            f"--xla_cpu_fast_math_honor_nans=true {XLA_MEMORY_ORDER}",
+        ),
+        # The user's own choice of scheduler stands.
+        (
+            "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+            "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+        ),
+    ],
+)
+def test_the_xla_schedule_keeps_the_users_flags(
+    monkeypatch: pytest.MonkeyPatch, before: str, after: str
+) -> None:
+    monkeypatch.setenv("XLA_FLAGS", before)
+    schedule_xla_cpu_for_memory()
+    assert os.environ["XLA_FLAGS"] == after

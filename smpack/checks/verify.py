@@ -27,6 +27,7 @@ from smpack.builder.warmup import read_requests
 from smpack.checks.xla_check import tpu_graph_on_cpu
 from smpack.errors import ManifestError, SmpackError, telling_line
 from smpack.io.storage import fetched, is_url
+from smpack.io.tf_quietly import schedule_xla_cpu_for_memory
 from smpack.manifest import METHODS
 from smpack.package.dtypes import dtype_name
 from smpack.package.info import PackageInfo, read_package
@@ -98,6 +99,7 @@ def verify_package(location: str | Path, on_step: StepCallback | None = None) ->
 
     Never raises for a bad graph. A remote package is fetched whole and checked locally.
     """
+    schedule_xla_cpu_for_memory()  # for a caller that imported TensorFlow itself
     step = Steps(int(is_url(location)), on_step)
     if is_url(location):
         step(f"fetching {location}")

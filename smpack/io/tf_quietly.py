@@ -32,8 +32,30 @@ def stderr_kept_unless_failing() -> Iterator[None]:
             os.close(saved)
 
 
+# XLA:CPU's default scheduler orders a computation for concurrency: every conversion of a
+# weight (a float16 variant's cast, which XLA:CPU widens back to float32 for its matmuls)
+# runs before the first matmul, so a half-precision XLA graph held a converted copy of all
+# its weights at once, 1.1x the weights on top of them. The memory-minimising order converts
+# each weight where it is used. smpack runs XLA on the CPU only to check and time graphs
+# meant for GPUs and TPUs, whose own compilers are untouched.
+_XLA_CPU_MEMORY_ORDER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def schedule_xla_cpu_for_memory() -> None:
+    """Make XLA:CPU schedule for memory in this process, unless XLA_FLAGS already sets it.
+
+    XLA reads XLA_FLAGS once, at its first compilation, so this works after the import but
+    not after a first XLA computation.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _XLA_CPU_MEMORY_ORDER.partition("=")[0] not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_XLA_CPU_MEMORY_ORDER}".strip()
+
+
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its start-up chatter (CUDA probing) kept off the terminal."""
+    """Import TensorFlow with its start-up chatter (CUDA probing) kept off the terminal,
+    and XLA:CPU scheduling for memory."""
+    schedule_xla_cpu_for_memory()
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
