@@ -1,6 +1,6 @@
 """What packaging costs: smpack's multi-variant build against what TF users do today.
 
-A benchmark, not a test. It makes a synthetic TF2 SavedModel (a stack of tanh(x @ W)
+A benchmark, not a test. It makes a synthetic TF2 SavedModel (a stack of 64 tanh(x @ W)
 layers, about `--weights-mib` of float32 weights), then runs each contender as a fresh
 process and measures wall time, peak RSS above the TensorFlow-import baseline (from
 wait4's rusage of that process alone) and bytes on disk:
@@ -23,20 +23,25 @@ Then sweeps, each a table of ratios against a baseline measured in the same run:
 - checks: each of verify's steps at `--weights-mib`, timed in one process, with the
   process's peak RSS during the step;
 - variables: 64..2,000 small variables, against `tf.saved_model.save` of the same model,
-  a Keras ResNet50 against its own export, and 1..8 variants of the 1,000-variable one.
+  a Keras ResNet50 against its own export, and 1..8 variants of the 1,000-variable one;
+- huge (only when named in --sections; it wants the machine to itself): a `--huge-gib`
+  model made without its weights ever in memory, then `smpack build --no-measure` (verify
+  included), each process in a `--huge-limit-gib` cgroup v1 memory group: peak RSS of each,
+  the group's peak, and whether it passed.
 
 "after output" is the time from a command's last byte of output to its exit: teardown.
 
     .venv/bin/python bench/pack.py [--weights-mib 1024] [--sweep-mib 128,512,1024,2048]
         [--sweep-variants 1,2,4,8] [--verify-mib 256,1024,2048,4096]
         [--sweep-variables 64,500,1000,2000]
-        [--sections main,weights,variants,verify,checks,variables]
-        [--no-sweep]
+        [--sections main,weights,variants,verify,checks,variables,huge]
+        [--huge-gib 16] [--huge-limit-gib 24] [--no-sweep]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -44,24 +49,29 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 BIN = Path(sys.executable).parent
-WIDTH = 2048  # each layer is WIDTH x WIDTH float32: 16 MiB
+# The model is LAYERS tanh layers at every size, wider for more weights: a deeper stack's
+# output fades (each layer scales it by ~0.9) until float16 cannot resolve it, and verify
+# rightly fails the float16 variant (at 128 layers its output is 4e-6, float16's subnormals).
+LAYERS = 64
 
 MAKE_MODEL = """\
 import sys
 import tensorflow as tf
 
 out, layers, copies, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+STD = 0.02 * (2048 / width) ** 0.5  # the same gain at every width
 
 
 class Stack(tf.Module):
     def __init__(self):
         super().__init__()
         self.kernels = [
-            tf.Variable(tf.random.stateless_normal([width, width], [i, 0]) * 0.02,
+            tf.Variable(tf.random.stateless_normal([width, width], [i, 0]) * STD,
                         name=f"layer_{i}/kernel")
             for i in range(layers)
         ]
@@ -88,6 +98,75 @@ keras.utils.set_random_seed(0)
 keras.applications.ResNet50(weights=None).export(sys.argv[1], verbose=False)
 """
 
+
+# The same model, made without its weights ever in memory: the graph is saved with
+# uninitialised variables and no checkpoint, and the checkpoint is written `group` kernels at
+# a time, each group a data shard of the one checkpoint (as a sharded save writes it).
+MAKE_STREAMED_MODEL = """\
+import sys
+import tempfile
+
+import tensorflow as tf
+from tensorflow.python.ops.resource_variable_ops import UninitializedVariable
+from tensorflow.python.saved_model.save import save_and_return_nodes
+
+out, layers, width, group = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+STD = 0.02 * (2048 / width) ** 0.5
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+class Stack(tf.Module):
+    def __init__(self, make, width):
+        super().__init__()
+        self.kernels = [make(i) for i in range(layers)]
+        self.width = width
+
+    @tf.function
+    def predict(self, x):
+        for kernel in self.kernels:
+            x = tf.tanh(tf.matmul(x, kernel))
+        return {"y": x}
+
+
+def save(model, path, **kwargs):
+    spec = tf.TensorSpec([None, model.width], tf.float32)
+    signatures = {"serving_default": model.predict.get_concrete_function(spec)}
+    save_and_return_nodes(model, path, signatures=signatures, **kwargs)
+
+
+model = Stack(lambda i: UninitializedVariable(shape=[width, width], dtype=tf.float32), width)
+save(model, out, experimental_skip_checkpoint=True)
+with tempfile.TemporaryDirectory() as tmp:
+    # A checkpoint's object graph names no shapes: a 1x1 model of the same structure, saved
+    # the ordinary way, holds the one TF's loaders expect.
+    tiny = Stack(lambda i: tf.Variable(tf.zeros([1, 1])), 1)
+    save(tiny, f"{tmp}/tiny")
+    reader = tf.train.load_checkpoint(f"{tmp}/tiny/variables/variables")
+    keys = [f"kernels/{i}/.ATTRIBUTES/VARIABLE_VALUE" for i in range(layers)]
+    assert set(reader.get_variable_to_shape_map()) == {*keys, OBJECT_GRAPH}
+    prefixes = []
+    for start in range(0, layers, group):
+        names = keys[start : start + group]
+        tensors = [
+            tf.random.stateless_normal([width, width], [start + i, 0]) * STD
+            for i in range(len(names))
+        ]
+        if start == 0:
+            names.append(OBJECT_GRAPH)
+            tensors.append(tf.constant(reader.get_tensor(OBJECT_GRAPH)))
+        prefixes.append(f"{tmp}/part_{start}")
+        tf.raw_ops.SaveV2(
+            prefix=prefixes[-1], tensor_names=names, shape_and_slices=[""] * len(names),
+            tensors=tensors,
+        )
+        del tensors
+    # Renames the parts' data files into shards and writes one index: no weight is copied.
+    tf.raw_ops.MergeV2Checkpoints(
+        checkpoint_prefixes=prefixes, destination_prefix=f"{out}/variables/variables",
+        delete_old_dirs=True,
+    )
+"""
+
 # Variants beyond the first four are further serving targets with tag sets of their own.
 FOUR = {
     "cpu": "{tags: [serve]}",
@@ -102,6 +181,7 @@ class Run(NamedTuple):
     seconds: float
     peak_rss: int  # bytes
     after_output: float  # seconds from the last byte written to stdout to the exit
+    exit_code: int = 0
 
 
 class Row(NamedTuple):
@@ -111,12 +191,16 @@ class Row(NamedTuple):
     new_disk: int
 
 
-def measure(command: list[str]) -> Run:
+def measure(command: list[str], cgroup: Path | None = None, check: bool = True) -> Run:
     """Wall time and peak RSS of one fresh process (rusage of that child only), and how long
-    it took to exit after its last output."""
+    it took to exit after its last output. In `cgroup` (a cgroup v1 memory group) if given;
+    a failure ends the bench unless `check` is false (a process the limit killed)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+        joined = None if cgroup is None else lambda: join_cgroup(cgroup)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=errors, preexec_fn=joined
+        )
         assert process.stdout is not None
         last_output = start
         while os.read(process.stdout.fileno(), 1 << 16):
@@ -126,26 +210,80 @@ def measure(command: list[str]) -> Run:
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             errors.seek(0)
-            sys.stderr.write(errors.read().decode(errors="replace"))
+            sys.stderr.write(errors.read().decode(errors="replace")[-4000:])
             msg = f"{command} failed with exit code {process.returncode}"
-            raise SystemExit(msg)
+            if check:
+                raise SystemExit(msg)
+            print(msg)
     # The pipe closes at exit; the last read that returned bytes is the last output.
     after = max(0.0, start + seconds - last_output) if last_output > start else 0.0
-    return Run(seconds, usage.ru_maxrss * 1024, after)
+    return Run(seconds, usage.ru_maxrss * 1024, after, process.returncode)
+
+
+def join_cgroup(group: Path) -> None:
+    """Move the calling process (a child between fork and exec) into `group`."""
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[Path]:
+    """A cgroup v1 memory group limited to `limit` bytes, under this process's own group.
+
+    Page cache the processes in it fill is charged to it too, but is reclaimed at the limit
+    before anything is killed; RSS is not. The group is removed afterwards.
+    """
+    line = next(
+        entry
+        for entry in Path("/proc/self/cgroup").read_text().splitlines()
+        if entry.split(":")[1] == "memory"
+    )
+    group = (
+        Path("/sys/fs/cgroup/memory")
+        / line.split(":")[2].lstrip("/")
+        / f"smpack-bench-{os.getpid()}"
+    )
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        # No swap to hide behind (where the kernel accounts it).
+        with contextlib.suppress(OSError):
+            (group / "memory.memsw.limit_in_bytes").write_text(str(limit))
+        yield group
+    finally:
+        group.rmdir()
+
+
+def cgroup_peak(group: Path) -> int:
+    """The group's peak usage (RSS and page cache) since the last call, which resets it."""
+    peak = int((group / "memory.max_usage_in_bytes").read_text())
+    (group / "memory.max_usage_in_bytes").write_text("0")
+    return peak
 
 
 def python(code: str, *args: str) -> list[str]:
     return [str(BIN / "python"), "-c", code, *args]
 
 
+def width_for(mib: float) -> int:
+    """The width of LAYERS square float32 kernels holding about `mib` MiB (2,048 at 1 GiB)."""
+    return max(8, round((mib * 2**20 / 4 / LAYERS) ** 0.5 / 8) * 8)
+
+
 def make_model(path: Path, mib: int, copies: int = 1) -> Run:
-    layers = max(1, round(mib * 2**20 / (WIDTH * WIDTH * 4)))
-    return make_layers(path, layers, WIDTH, copies)
+    return make_layers(path, LAYERS, width_for(mib), copies)
 
 
 def make_layers(path: Path, layers: int, width: int, copies: int = 1) -> Run:
     """`tf.saved_model.save` of `layers` width x width float32 kernels, timed."""
     return measure(python(MAKE_MODEL, str(path), str(layers), str(copies), str(width)))
+
+
+def make_streamed_model(path: Path, mib: int, cgroup: Path | None = None) -> Run:
+    """`make_model`'s model, written 256 MiB of kernels at a time, timed (in `cgroup`)."""
+    width = width_for(mib)
+    group = max(1, 2**28 // (width * width * 4))  # kernels in about 256 MiB
+    command = python(MAKE_STREAMED_MODEL, str(path), str(LAYERS), str(width), str(group))
+    return measure(command, cgroup, check=False)
 
 
 def manifest(folder: Path, model: Path, variants: int) -> Path:
@@ -171,12 +309,13 @@ def smpack_build(
     out: Path,
     verify: bool = False,
     timed: bool = False,
+    cgroup: Path | None = None,
 ) -> Run:
     # By default `smpack build` also times every variant the host can run, then verifies
     # the package, each loading graphs with their weights: separate costs, in their own rows.
     command = [str(BIN / "smpack"), "build", str(manifest(folder, model, variants)), "--out"]
     flags = ([] if verify else ["--no-verify"]) + ([] if timed else ["--no-measure"])
-    return measure([*command, str(out), *flags])
+    return measure([*command, str(out), *flags], cgroup, check=cgroup is None)
 
 
 def disk_bytes(path: Path, shared_with: Path | None = None) -> tuple[int, int]:
@@ -198,6 +337,8 @@ def mib(n: float) -> str:
 
 
 SECTIONS = ("main", "weights", "variants", "verify", "checks", "variables")
+# Not in the default run: it needs the machine to itself.
+SECTIONS_ON_REQUEST = ("huge",)
 
 # What each of verify's steps costs, in one process: its seconds, and its peak RSS above the
 # process's once TF is imported (the kernel's high-water mark, reset before each step).
@@ -252,7 +393,13 @@ def main() -> None:
     parser.add_argument("--sweep-variants", default="1,2,4,8")
     parser.add_argument("--verify-mib", default="256,1024,2048,4096")
     parser.add_argument("--sweep-variables", default="64,500,1000,2000")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=", ".join(SECTIONS))
+    parser.add_argument("--huge-gib", type=float, default=16)
+    parser.add_argument("--huge-limit-gib", type=float, default=24)
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=", ".join(SECTIONS + SECTIONS_ON_REQUEST),
+    )
     parser.add_argument("--no-sweep", action="store_true", help="the main table only")
     args = parser.parse_args()
     sections = ["main"] if args.no_sweep else args.sections.split(",")
@@ -418,6 +565,51 @@ class Bench:
         print(f"{'save':>8} {'build':>8} {'build / save':>13}")
         print(f"{saved.seconds:7.2f}s {run.seconds:7.2f}s {run.seconds / saved.seconds:13.2f}")
         print("target: build / save <= 1.0")
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+
+    def huge_section(self) -> None:
+        """Make, build and verify a `--huge-gib` model in a `--huge-limit-gib` memory cgroup."""
+        size, limit = self.args.huge_gib, self.args.huge_limit_gib
+        weights = int(size * 2**30)
+        print(
+            f"\nhuge: {mib(weights)} of weights, four variants, each process in a "
+            f"{mib(limit * 2**30)} memory cgroup (v1: RSS and page cache; cache is reclaimed)"
+        )
+        folder = self.root / "huge"
+        folder.mkdir()
+        print(
+            f"{'step':46} {'time':>8} {'exit':>5} {'peak RSS':>10} {'extra RSS':>10} "
+            f"{'× weights':>10} {'group peak':>11}"
+        )
+        with memory_cgroup(int(limit * 2**30)) as group:
+            steps = [
+                (
+                    "make the source (256 MiB of kernels at a time)",
+                    lambda: make_streamed_model(folder / "model", int(size * 1024), group),
+                ),
+                (
+                    "smpack build --no-measure (verify included)",
+                    lambda: smpack_build(
+                        folder, folder / "model", 4, folder / "out", verify=True, cgroup=group
+                    ),
+                ),
+            ]
+            cgroup_peak(group)
+            for label, step in steps:
+                run = step()
+                peak = cgroup_peak(group)
+                print(
+                    f"{label:46} {run.seconds:7.1f}s {run.exit_code:>5} "
+                    f"{mib(run.peak_rss):>10} {mib(self.extra(run)):>10} "
+                    f"{self.extra(run) / weights:10.2f} {mib(peak):>11}"
+                )
+                if run.exit_code != 0:
+                    break
+        print(
+            f"passed: {run.exit_code == 0}. Peak RSS is the process's own (wait4), extra RSS "
+            "that above the TF import's; the group's peak adds the page cache it filled "
+            "(reclaimed at the limit)"
+        )
         subprocess.run(["rm", "-rf", str(folder)], check=True)
 
     def variables_section(self) -> None:
