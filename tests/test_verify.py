@@ -343,6 +343,16 @@ def test_verify_has_xla_cpu_schedule_for_memory(
     assert os.environ["XLA_FLAGS"] == XLA_MEMORY_ORDER
 
 
+def test_the_xla_schedule_is_left_alone_where_the_flag_was_not_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # XLA exits on an XLA_FLAGS flag it does not know.
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(tf, "__version__", "2.16.1")
+    schedule_xla_cpu_for_memory()
+    assert "XLA_FLAGS" not in os.environ
+
+
 @pytest.mark.parametrize(
     ("before", "after"),
     [

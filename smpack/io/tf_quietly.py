@@ -39,24 +39,32 @@ def stderr_kept_unless_failing() -> Iterator[None]:
 # each weight where it is used. smpack runs XLA on the CPU only to check and time graphs
 # meant for GPUs and TPUs, whose own compilers are untouched.
 _XLA_CPU_MEMORY_ORDER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+# XLA exits on a flag in XLA_FLAGS it does not know; this one was checked with TF 2.21.
+_XLA_CPU_MEMORY_ORDER_SINCE = (2, 21)
 
 
 def schedule_xla_cpu_for_memory() -> None:
     """Make XLA:CPU schedule for memory in this process, unless XLA_FLAGS already sets it.
 
-    XLA reads XLA_FLAGS once, at its first compilation, so this works after the import but
-    not after a first XLA computation.
+    XLA reads XLA_FLAGS once, at its first compilation, so this works after TensorFlow's
+    import but not after a first XLA computation.
     """
+    import tensorflow as tf
+
+    version = tuple(int(part) for part in tf.__version__.split(".")[:2])
     flags = os.environ.get("XLA_FLAGS", "")
-    if _XLA_CPU_MEMORY_ORDER.partition("=")[0] not in flags:
+    if (
+        version >= _XLA_CPU_MEMORY_ORDER_SINCE
+        and _XLA_CPU_MEMORY_ORDER.partition("=")[0] not in flags
+    ):
         os.environ["XLA_FLAGS"] = f"{flags} {_XLA_CPU_MEMORY_ORDER}".strip()
 
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter (CUDA probing) kept off the terminal,
     and XLA:CPU scheduling for memory."""
-    schedule_xla_cpu_for_memory()
     if "tensorflow" in sys.modules:
+        schedule_xla_cpu_for_memory()
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with stderr_kept_unless_failing():
@@ -66,3 +74,4 @@ def import_tensorflow_quietly() -> None:
         # (at ERROR level, so TF_CPP_MIN_LOG_LEVEL=2 keeps it): probe devices here.
         tf.config.list_physical_devices()
     tf.get_logger().setLevel("ERROR")
+    schedule_xla_cpu_for_memory()
