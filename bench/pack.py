@@ -99,7 +99,7 @@ keras.applications.ResNet50(weights=None).export(sys.argv[1], verbose=False)
 """
 
 
-# The same model, made without its weights ever in memory: the graph is saved with
+# MAKE_MODEL's model, made without its weights ever in memory: the graph is saved with
 # uninitialised variables and no checkpoint, and the checkpoint is written `group` kernels at
 # a time, each group a data shard of the one checkpoint (as a sharded save writes it).
 MAKE_STREAMED_MODEL = """\
