@@ -1,13 +1,17 @@
 """What real models cost to package: the corpus of architectures people ship, each built into
 four variants by smpack, beside one `tf.saved_model.save` of the same model.
 
-A benchmark, not a test. Each model is made with random weights in a fresh process and
-saved as a `.keras` file; then, each as a fresh process: (1) loading it and
-`tf.saved_model.save` (one variant, what TF users do today), (2) `smpack build --no-verify
---no-measure` of serve / train / serve,gpu (float16 + XLA) / serve,tpu (bfloat16), (3) the
-same build with its defaults: the card's measurements, then verification. Times and peak
-RSS above a bare `import tensorflow` are reported with the ratios to (1); a model smpack
-refuses is a row saying why, not a crash.
+A benchmark, not a test. Each model is made with random weights in a fresh process: the
+Keras architectures below are saved as `.keras` files; the corpus's other sources (a
+StringLookup over a vocabulary file, a tf.Module with a tf.lookup table over an asset, a
+tensorflow_text tokenizer, a checkpoint saved with MaxShardSizePolicy) are made by
+variants/corpus.py, as the tests make them. Then, each as a fresh process: (1) the
+baseline, what TF users do today: loading the model and `tf.saved_model.save` of it (one
+variant; a SavedModel source is loaded with `tf.saved_model.load`, with its `source.imports`
+imported first); (2) `smpack build --no-verify --no-measure` of serve / train / serve,gpu
+(float16 + XLA) / serve,tpu (bfloat16); (3) the same build with its defaults: the card's
+measurements, then verification. Times and peak RSS above a bare `import tensorflow` are
+reported with the ratios to (1); a model smpack refuses is a row saying why, not a crash.
 
     .venv/bin/python bench/real.py [--models mobilenet_v2,resnet50,...] [--keep DIR]
 """
@@ -15,6 +19,7 @@ refuses is a row saying why, not a crash.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -23,15 +28,38 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-BIN = Path(sys.executable).parent
+import yaml
 
-# Each maker writes `model.keras` into argv[1] and prints the loss its outputs take.
+BIN = Path(sys.executable).parent
+CORPUS = Path(__file__).resolve().parent.parent / "variants"
+
+# Each maker writes its source into argv[1] and prints, last, a JSON line: the manifest's
+# `source:` block and the number of parameters.
 PRELUDE = """\
+import json
 import sys
 import numpy as np
 import keras
 keras.utils.set_random_seed(0)
 out = sys.argv[1]
+"""
+KERAS_SAVE = """
+model.save(f"{out}/model.keras")
+source = {"keras": "model.keras", "loss": "sparse_categorical_crossentropy"}
+print(json.dumps({"source": source, "params": model.count_params()}))
+"""
+CORPUS_MAKER = """\
+import json
+import sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+import corpus
+import tensorflow as tf
+source = getattr(corpus, sys.argv[2])(Path(sys.argv[1]))
+prefix = Path(sys.argv[1], source["savedmodel"], "variables", "variables")
+shapes = [s for key, s in tf.train.list_variables(str(prefix)) if key.endswith("VARIABLE_VALUE")]
+print(json.dumps({"source": source, "params": int(sum(np.prod(s) for s in shapes))}))
 """
 MODELS = {
     "mobilenet_v2": """
@@ -71,6 +99,13 @@ model = keras_hub.models.GPT2Backbone(vocabulary_size=100, num_layers=2, num_hea
                                       hidden_dim=32, intermediate_dim=64, max_sequence_length=32)
 """,
 }
+# The corpus's SavedModel sources, by the variants/corpus.py function that makes each.
+CORPUS_MODELS = {
+    "string_lookup_file": "keras_lookup_over_vocabulary_file",
+    "table_over_asset": "module_with_table_over_asset",
+    "tensorflow_text": "tensorflow_text_tokenizer",
+    "sliced_checkpoint": "sliced_checkpoint_module",
+}
 SAVE_BASELINE = """\
 import sys
 import keras
@@ -78,13 +113,21 @@ import tensorflow as tf
 model = keras.saving.load_model(sys.argv[1])
 tf.saved_model.save(model, sys.argv[2])
 """
-VARIANTS = """\
-variants:
-  cpu:   {tags: [serve]}
-  train: {tags: [train], optimizer: {name: sgd, learning_rate: 0.01}}
-  gpu:   {tags: [serve, gpu], device: /device:GPU:0, precision: float16, xla: true}
-  tpu:   {tags: [serve, tpu], precision: bfloat16, batch_size: 8}
+RESAVE_BASELINE = """\
+import importlib
+import sys
+import tensorflow as tf
+for module in sys.argv[3:]:
+    importlib.import_module(module)
+tf.saved_model.save(tf.saved_model.load(sys.argv[1]), sys.argv[2])
 """
+VARIANTS = {
+    "cpu": {"tags": ["serve"]},
+    "train": {"tags": ["train"], "optimizer": {"name": "sgd", "learning_rate": 0.01}},
+    "gpu": {"tags": ["serve", "gpu"], "device": "/device:GPU:0", "precision": "float16",
+            "xla": True},  # fmt: skip
+    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 8},
+}
 
 
 class Run(NamedTuple):
@@ -109,7 +152,7 @@ def measure(command: list[str]) -> Run:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join([*MODELS, *CORPUS_MODELS]))
     parser.add_argument("--keep", type=Path, help="Keep the models and packages here.")
     args = parser.parse_args()
     python = str(BIN / "python")
@@ -125,23 +168,25 @@ def main() -> None:
         for name in args.models.split(","):
             folder = root / name
             folder.mkdir(parents=True, exist_ok=True)
-            maker = PRELUDE + MODELS[name] + (
-                "model.save(f'{out}/model.keras')\nprint(model.count_params())\n"
-            )
-            made = subprocess.run(
-                [python, "-c", maker, str(folder)], capture_output=True, text=True
-            )
+            if name in CORPUS_MODELS:
+                maker = [CORPUS_MAKER, str(folder), CORPUS_MODELS[name], str(CORPUS)]
+            else:
+                maker = [PRELUDE + MODELS[name] + KERAS_SAVE, str(folder)]
+            made = subprocess.run([python, "-c", *maker], capture_output=True, text=True)
             if made.returncode != 0:
                 print(f"{name:20} could not be made: {made.stderr.strip().splitlines()[-1]}")
                 continue
-            params = int(made.stdout.split()[-1])
-            (folder / "smpack.yaml").write_text(
-                f"schema: 1\nname: {name}\nversion: 1\n"
-                "source: {keras: model.keras, loss: sparse_categorical_crossentropy}\n"
-                + VARIANTS
-            )
-            save = measure([python, "-c", SAVE_BASELINE, str(folder / "model.keras"),
-                            str(folder / "saved")])  # fmt: skip
+            record = json.loads(made.stdout.splitlines()[-1])
+            source, params = record["source"], record["params"]
+            manifest = {"schema": 1, "name": name, "version": 1, "source": source}
+            manifest["variants"] = VARIANTS
+            (folder / "smpack.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+            if "keras" in source:
+                saver = [SAVE_BASELINE, str(folder / source["keras"])]
+            else:
+                saver = [RESAVE_BASELINE, str(folder / source["savedmodel"])]
+            save = measure([python, "-c", *saver, str(folder / "saved"),
+                            *source.get("imports", [])])  # fmt: skip
             build_command = [str(BIN / "smpack"), "build", str(folder / "smpack.yaml"), "-f"]
             unchecked = ["--no-verify", "--no-measure"]  # the packaging alone
             build = measure([*build_command, "-o", str(folder / "out"), *unchecked])

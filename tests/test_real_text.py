@@ -8,6 +8,7 @@ whose tf.lookup table reads a tf.saved_model.Asset, and a tensorflow_text tokeni
 (float16 + XLA) and serve,tpu (bfloat16) and verified; its outputs must be the source's, its
 tables must be filled by the package alone (moved, source deleted, through the TF1 loader,
 tf.saved_model.load and the C API), and string ops must stay outside the TPU computation.
+The sources are made by variants/corpus.py, which bench/real.py measures too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ import numpy as np
 import pytest
 import yaml
 from conftest import run_c
+from corpus import (
+    VOCABULARY,
+    keras_integer_lookup,
+    keras_lookup_over_vocabulary_file,
+    keras_text_classifier,
+    module_with_table_over_asset,
+    tensorflow_text_tokenizer,
+)
 from tf_helpers import run_v1, source_variants
 from typer.testing import CliRunner
 
@@ -38,105 +47,7 @@ from smpack.package.vocabulary import vocabulary_words
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 4
 VARIANTS = source_variants({"name": "adam", "learning_rate": 0.05}, tpu_batch=BATCH)
-VOCABULARY = ["red", "green", "blue"]
-WORDPIECES = ["[UNK]", "the", "cat", "sat", "##s", "on", "mat", "dog"]
 runner = CliRunner()
-
-
-def keras_text_classifier(folder: Path) -> dict[str, Any]:
-    import keras
-
-    keras.utils.set_random_seed(0)
-    vectorize = keras.layers.TextVectorization(
-        max_tokens=20, output_mode="int", output_sequence_length=6
-    )
-    vectorize.adapt(["the cat sat on the mat", "a dog ate my homework", "the dog sat"])
-    text = keras.Input(shape=(), dtype="string", name="text")
-    hidden = keras.layers.Embedding(20, 4)(vectorize(text))
-    hidden = keras.layers.GlobalAveragePooling1D()(hidden)
-    probabilities = keras.layers.Dense(3, activation="softmax", name="probs")(hidden)
-    keras.Model(text, probabilities).save(folder / "classifier.keras")
-    return {"keras": "classifier.keras", "loss": "sparse_categorical_crossentropy"}
-
-
-def keras_lookup_over_vocabulary_file(folder: Path) -> dict[str, Any]:
-    import keras
-
-    keras.utils.set_random_seed(1)
-    vocabulary = folder / "colors.txt"
-    vocabulary.write_text("\n".join(VOCABULARY) + "\n")
-    colors = keras.Input(shape=(2,), dtype="string", name="colors")
-    ids = keras.layers.StringLookup(vocabulary=str(vocabulary))(colors)
-    hidden = keras.layers.Flatten()(keras.layers.Embedding(5, 3)(ids))
-    score = keras.layers.Dense(1, name="score")(hidden)
-    keras.Model(colors, score).export(str(folder / "lookup"), verbose=False)
-    vocabulary.unlink()  # the export holds its own copy, as an asset
-    return {"savedmodel": "lookup", "loss": "mse"}
-
-
-def keras_integer_lookup(folder: Path) -> dict[str, Any]:
-    import keras
-
-    keras.utils.set_random_seed(2)
-    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
-    indices = keras.layers.IntegerLookup(vocabulary=[12, 36, 1138, 42])(ids)
-    hidden = keras.layers.Flatten()(keras.layers.Embedding(6, 2)(indices))
-    keras.Model(ids, keras.layers.Dense(1)(hidden)).save(folder / "ids.keras")
-    return {"keras": "ids.keras", "loss": "mse"}
-
-
-def module_with_table_over_asset(folder: Path) -> dict[str, Any]:
-    import tensorflow as tf
-
-    vocabulary = folder / "words.txt"
-    vocabulary.write_text("\n".join(VOCABULARY) + "\n")
-
-    class Words(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.vocabulary = tf.saved_model.Asset(str(vocabulary))
-            initializer = tf.lookup.TextFileInitializer(
-                self.vocabulary,
-                tf.string,
-                tf.lookup.TextFileIndex.WHOLE_LINE,
-                tf.int64,
-                tf.lookup.TextFileIndex.LINE_NUMBER,
-            )
-            self.table = tf.lookup.StaticHashTable(initializer, -1)
-            self.embedding = tf.Variable(tf.random.stateless_normal([4, 2], seed=[1, 2]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def __call__(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"logits": tf.gather(self.embedding, self.table.lookup(words) + 1)}
-
-    module = Words()
-    tf.saved_model.save(module, str(folder / "words"), signatures=module.__call__)
-    vocabulary.unlink()
-    return {"savedmodel": "words", "loss": "mse"}
-
-
-def tensorflow_text_tokenizer(folder: Path) -> dict[str, Any]:
-    import tensorflow as tf
-    import tensorflow_text
-
-    class Tokenized(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tokenizer = tensorflow_text.FastWordpieceTokenizer(
-                WORDPIECES, token_out_type=tf.int64, no_pretokenization=False
-            )
-            self.embedding = tf.Variable(tf.random.stateless_normal([8, 3], seed=[3, 4]))
-            self.kernel = tf.Variable(tf.random.stateless_normal([3, 2], seed=[5, 6]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def __call__(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
-            ids = self.tokenizer.tokenize(text).to_tensor(shape=[None, 6])
-            pooled = tf.reduce_mean(tf.gather(self.embedding, ids), axis=1)
-            return {"logits": tf.matmul(pooled, self.kernel)}
-
-    module = Tokenized()
-    tf.saved_model.save(module, str(folder / "tokenized"), signatures=module.__call__)
-    return {"savedmodel": "tokenized", "loss": "mse", "imports": ["tensorflow_text"]}
 
 
 @dataclass(frozen=True)

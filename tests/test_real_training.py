@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from corpus import sliced_checkpoint_module
 from tf_helpers import run_v1
 from typer.testing import CliRunner
 
@@ -326,56 +327,13 @@ def test_inspect_and_smpack_json_say_what_the_train_graph_runs(keras_built: Buil
 
 
 # --- TF2 SavedModels: frozen variables, a training-mode signature, sliced checkpoints --------
-
-SHARD_BYTES = 4000  # MaxShardSizePolicy's limit: the 10 KiB kernel is saved in slices
-
-
-def save_module(folder: Path, outputs: int = 40) -> Path:
-    """A tf.Module with a non-trainable centre, saved with MaxShardSizePolicy shards."""
-    import tensorflow as tf
-
-    class Centred(tf.Module):
-        def __init__(self) -> None:
-            random = np.random.default_rng(1)
-            kernel = random.normal(size=(64, outputs)).astype(np.float32) / 8
-            self.kernel = tf.Variable(kernel, name="kernel")
-            self.bias = tf.Variable(np.zeros(outputs, np.float32), name="bias")
-            centre = random.normal(size=64).astype(np.float32)
-            self.centre = tf.Variable(centre, trainable=False, name="centre")
-            # Sliced too, but fills the shard holding bias and centre, so that one is linked.
-            self.scale = tf.Variable(np.ones(960, np.float32), name="scale")
-
-        def _scores(self, x: tf.Tensor, centre: tf.Tensor) -> tf.Tensor:
-            logits = tf.matmul(x - centre, self.kernel) * tf.reduce_mean(self.scale)
-            return tf.nn.softmax(logits + self.bias)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
-        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"y": self._scores(x, self.centre)}
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="x")])
-        def train_call(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-            # Training mode: centre on the batch, and move the running centre towards it.
-            batch_centre = tf.reduce_mean(x, axis=0)
-            self.centre.assign(0.5 * self.centre + 0.5 * batch_centre)
-            return {"y": self._scores(x, batch_centre)}
-
-    module = Centred()
-    path = folder / "centred"
-    policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=SHARD_BYTES)
-    tf.saved_model.save(
-        module,
-        str(path),
-        signatures={"serving_default": module.predict, "train_call": module.train_call},
-        options=tf.saved_model.SaveOptions(experimental_sharding_callback=policy),
-    )
-    return path
+# The sliced-checkpoint source is variants/corpus.py's, which bench/real.py measures too.
 
 
 @pytest.fixture(scope="module")
 def module_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("module_source")
-    save_module(folder)
+    sliced_checkpoint_module(folder)
     return folder
 
 
@@ -484,10 +442,10 @@ def test_module_package_answers_after_moving_it_and_deleting_the_source(
 
 
 def test_a_checkpoint_error_names_the_savedmodel_field(tmp_path: Path) -> None:
-    save_module(tmp_path)
+    sliced_checkpoint_module(tmp_path)
     other = tmp_path / "other"
     other.mkdir()
-    save_module(other, outputs=41)
+    sliced_checkpoint_module(other, outputs=41)
     shutil.rmtree(tmp_path / "centred" / "variables")
     shutil.copytree(other / "centred" / "variables", tmp_path / "centred" / "variables")
     manifest = write_manifest(tmp_path, {"savedmodel": "centred", "loss": "mse"})
