@@ -24,7 +24,7 @@ from smpack.errors import SmpackError
 from smpack.model import ModelContext, ModelSpec
 
 # The one place the version is written; pyproject.toml reads it from here.
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ModelContext",

@@ -12,10 +12,15 @@ import tensorflow as tf
 from conftest import VARIANTS
 from tensorflow.core.protobuf import fingerprint_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+from typer.testing import CliRunner
 
 import smpack
 from smpack.builder.provenance import check_provenance
+from smpack.cli.commands import app
 from smpack.package.info import PackageInfo
+from smpack.package.record import measured_records, record_layout
+
+runner = CliRunner()
 
 
 def sha256(path: Path) -> str:
@@ -176,3 +181,93 @@ def test_a_record_without_its_own_hash_is_not_trusted(package_copy: Path) -> Non
     assert check_provenance(package_copy) == [
         "assets.extra/smpack.json has no record_sha256: it predates sealed records, or was edited"
     ]
+
+
+# --- Packages of smpack 0.1's layout ----------------------------------------------------------
+# Built by rewriting a package built now, rather than kept as a golden package: a checked-in
+# SavedModel would hold binary weights and graphs tied to the TensorFlow that wrote them,
+# while the records are all that changed between the layouts (commit f7d3390), and writing
+# them out here states the old layout exactly.
+MEASURED_SERVE = {
+    "host": "the build host",
+    "reason": "",
+    "signature": "serving_default",
+    "batch_size": 4,
+    "load_seconds": 0.25,
+    "latency_p50_ms": 1.5,
+    "latency_p99_ms": 2.75,
+    "warm_runs": 20,
+    "agreement": None,
+    "metrics": {},
+    "evaluation_data": None,
+}
+
+
+def as_smpack_0_1(package: Path) -> None:
+    """Rewrite the package's records as smpack 0.1.0 wrote them: no smpack_measured.json;
+    each variant's measured numbers and the cards' sha256 inside smpack.json, whose
+    record_sha256 covers them too."""
+    extra = package / "assets.extra"
+    (extra / "smpack_measured.json").unlink()
+    record = json.loads((extra / "smpack.json").read_text())
+    del record["record_sha256"]
+    for tag_set, variant in record["variants"].items():
+        variant["measured"] = MEASURED_SERVE if tag_set == "serve" else None
+    cards = ("model_card.md", "model_card.html", "model_card.json")
+    record["cards"] = {f"assets.extra/{card}": sha256(extra / card) for card in cards}
+    record["smpack"] = "0.1.0"
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    record["record_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    (extra / "smpack.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture
+def old_layout(linear_package: PackageInfo, tmp_path: Path) -> Path:
+    target = tmp_path / "linear" / "1"
+    shutil.copytree(linear_package.path, target)
+    as_smpack_0_1(target)
+    return target
+
+
+def test_an_old_layout_package_is_read_by_its_recorded_version(old_layout: Path) -> None:
+    assert smpack.__version__ == "0.2.0"  # the first with smpack_measured.json
+    layout = record_layout(old_layout)
+    assert layout is not None and layout.legacy and layout.smpack_version == "0.1.0"
+    assert check_provenance(old_layout) == []
+    measured = measured_records(old_layout)
+    assert measured == {
+        "train": None,
+        "serve": MEASURED_SERVE,
+        "serve,gpu": None,
+        "serve,tpu": None,
+    }
+    # The card shows the numbers smpack.json holds.
+    result = runner.invoke(app, ["card", str(old_layout)])
+    assert result.exit_code == 0, result.output
+    (serve,) = [line for line in result.stdout.splitlines() if line.startswith("| `serve` |")]
+    assert "| 0.25 s | 1.5 ms | 2.75 ms |" in serve
+
+
+def test_an_old_layout_package_is_still_checked_file_by_file(old_layout: Path) -> None:
+    (old_layout / "assets.extra" / "model_card.md").write_text("# edited card\n")
+    (old_layout / "assets.extra" / "smpack_measured.json").write_text("{}\n")
+    assert check_provenance(old_layout) == [
+        "assets.extra/model_card.md was modified "
+        "(its sha256 differs from assets.extra/smpack.json)",
+        "assets.extra/smpack_measured.json was added after the build "
+        "(not in assets.extra/smpack.json)",
+    ]
+
+
+@pytest.mark.slow
+def test_verify_and_inspect_accept_an_old_layout_package_and_say_so(old_layout: Path) -> None:
+    report = smpack.verify(old_layout)
+    assert report.passed, report
+    [check] = [c for c in report.checks if c.name.startswith("files match ")]
+    assert check.passed
+    assert check.name == (
+        "files match assets.extra/smpack.json (smpack 0.1.0's layout: the measurements and "
+        "the cards' hashes are in it)"
+    )
+    result = runner.invoke(app, ["inspect", str(old_layout)])
+    assert result.exit_code == 0, result.output

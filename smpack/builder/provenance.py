@@ -6,7 +6,8 @@ works. `assets.extra/smpack.json` records the smpack and TensorFlow versions, th
 the manifest and of the model source, and the sha256 of every other file of the package
 but the measurements and the cards. `assets.extra/smpack_measured.json` records what was
 measured on the build host and the sha256 of the cards, which show it. `check_provenance`
-compares both against the files on disk.
+compares both against the files on disk (in a package of smpack 0.1's layout, smpack.json
+alone, which held both: see smpack/package/record.py).
 
 The first two are reproducible: no timestamps, no absolute paths, and the fingerprint's UUID
 (random in TF) is derived from the package's content. Timings are not, so they and the cards
@@ -35,6 +36,7 @@ from smpack.package.layout import (
     PACKAGE_DESCRIPTIONS,
     RECORD_PATH,
 )
+from smpack.package.record import record_layout
 
 # A record cannot hash itself; the cards, written after it, embed every other hash and the
 # measured numbers, which differ build to build.
@@ -102,10 +104,12 @@ def write_fingerprint(export_dir: Path) -> None:
     (export_dir / FINGERPRINT_FILE).write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
-def package_files(export_dir: Path, *, cached: bool = True, cards: bool = False) -> dict[str, str]:
-    """sha256 of every file of the package that smpack.json lists under `files` (and with
-    `cards`, under `cards` too), by relative path."""
-    unlisted = (RECORD_PATH, MEASURED_PATH) if cards else _UNLISTED
+def package_files(
+    export_dir: Path, *, cached: bool = True, cards_in: str | None = None
+) -> dict[str, str]:
+    """sha256 of every file of the package that smpack.json lists under `files`, by relative
+    path; with `cards_in`, the record that lists the cards, those too."""
+    unlisted = (RECORD_PATH, cards_in) if cards_in else _UNLISTED
     return {
         relative: file_sha256(path, cached=cached)
         for relative, path in tree_files(export_dir)
@@ -148,16 +152,21 @@ def check_provenance(export_dir: str | Path) -> list[str]:
     An empty list means both records are whole (each one's own hash matches), every file
     they list (smpack.json the package's files, smpack_measured.json the model cards) is
     present and unchanged, and no file was added. A package whose model cards say smpack
-    built it but which has no smpack.json yields one problem.
+    built it but which has no smpack.json yields one problem. In smpack 0.1's layout,
+    smpack.json lists the cards too, and there is no smpack_measured.json.
     """
     export_dir = Path(export_dir)
-    listed: dict[str, tuple[str, str]] = {}
-    for relative, key in ((RECORD_PATH, "files"), (MEASURED_PATH, "cards")):
-        entries = _sealed_entries(export_dir, relative, key)
-        if isinstance(entries, str):
-            return [entries]
-        listed.update({path: (digest, relative) for path, digest in entries.items()})
-    found = package_files(export_dir, cached=False, cards=True)
+    files = _sealed_entries(export_dir, RECORD_PATH, "files")
+    if isinstance(files, str):
+        return [files]
+    layout = record_layout(export_dir)
+    assert layout is not None  # smpack.json was just read
+    cards = _sealed_entries(export_dir, layout.measured_path, "cards")
+    if isinstance(cards, str):
+        return [cards]
+    listed = {path: (digest, RECORD_PATH) for path, digest in files.items()}
+    listed.update({path: (digest, layout.measured_path) for path, digest in cards.items()})
+    found = package_files(export_dir, cached=False, cards_in=layout.measured_path)
     problems = []
     for relative, (digest, record) in sorted(listed.items()):
         if relative not in found:

@@ -33,6 +33,7 @@ from smpack.package.dtypes import dtype_name
 from smpack.package.info import PackageInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE, RECORD_PATH
 from smpack.package.protos import read_saved_model
+from smpack.package.record import checked_records
 from smpack.package.vocabulary import vocabulary_words
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import import_op_libraries
@@ -135,9 +136,8 @@ def _verify_local(export_dir: Path, step: Steps) -> VerifyReport:
         reports, outputs = _verify_graphs(export_dir, saved_model, package, step)
         if provenance is not None:
             problems = provenance.result()
-            package_checks.append(
-                Check(f"files match {RECORD_PATH}", not problems, "; ".join(problems[:3]))
-            )
+            name = f"files match {checked_records(export_dir)}"
+            package_checks.append(Check(name, not problems, "; ".join(problems[:3])))
     if libraries is not None:
         package_checks.append(libraries)
     methods = {
