@@ -289,17 +289,18 @@ def test_serving_config_refuses_in_one_line(
     assert not out.exists()
 
 
-# Eight rows: the TPU variant of text_classifier.yaml takes exactly 8.
-SENTENCES = ["good movie", "bad plot", "great", "awful acting", "fine", "dull", "ok", "superb"]
+SENTENCES = ["good movie", "bad plot", "awful acting"]
 
 
 @pytest.fixture(scope="module")
 def text_with_examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """text_classifier.yaml with an `examples:` block, built once (unmeasured, unverified)."""
+    """text_classifier.yaml with a 3-row example, built once (unmeasured, unverified);
+    without its TPU variant, which takes exactly 8 rows."""
     folder = tmp_path_factory.mktemp("examples")
     shutil.copytree(VARIANTS, folder / "variants")
     manifest = folder / "variants" / "text_classifier.yaml"
     spec = yaml.safe_load(manifest.read_text())
+    del spec["variants"]["tpu"]
     spec["examples"] = [{"inputs": {"input": SENTENCES}}]
     manifest.write_text(yaml.safe_dump(spec))
     return smpack.build(manifest, folder / "out", measure=False).path
@@ -319,14 +320,17 @@ def test_triton_warms_up_on_the_manifests_examples(text_with_examples: Path) -> 
     model = text_with_examples / "assets.extra" / "serving" / "triton" / "text_classifier-cpu"
     text = (model / "config.pbtxt").read_text()
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
-    [warmup] = config.model_warmup
-    # The example's batch size; Triton repeats the sample (its first row) to fill it.
-    assert (warmup.name, warmup.batch_size) == ("example0", 8)
-    given = warmup.inputs["input"]
-    assert given.data_type == model_config_pb2.TYPE_STRING
-    assert list(given.dims) == [1]  # as the input's own dims: [1] reshaped to []
-    assert not given.zero_data and given.input_data_file == "example0.input"
-    assert _strings((model / "warmup" / "example0.input").read_bytes()) == [b"good movie"]
+    # Triton repeats a warmup's sample to its batch size (model_config.proto's ModelWarmup),
+    # so every row of the example is a warmup of its own, at the example's batch size.
+    names = ["example0.row0", "example0.row1", "example0.row2"]
+    assert [(w.name, w.batch_size) for w in config.model_warmup] == [(n, 3) for n in names]
+    for warmup, name, sentence in zip(config.model_warmup, names, SENTENCES, strict=True):
+        given = warmup.inputs["input"]
+        assert given.data_type == model_config_pb2.TYPE_STRING
+        assert list(given.dims) == [1]  # as the input's own dims: [1] reshaped to []
+        assert not given.zero_data and given.input_data_file == f"{name}.input"
+        assert _strings((model / "warmup" / f"{name}.input").read_bytes()) == [sentence.encode()]
+    assert sorted(p.name for p in (model / "warmup").iterdir()) == [f"{n}.input" for n in names]
     assert "# No example in the package" not in text
 
 
@@ -345,10 +349,12 @@ def test_serving_config_warms_up_on_examples_without_smpack_json(
     config = text_format.Parse(
         (written / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
-    [warmup] = config.model_warmup
-    assert warmup.batch_size == 8
-    data = (written / "warmup" / warmup.inputs["input"].input_data_file).read_bytes()
-    assert _strings(data) == [b"good movie"]
+    assert [w.batch_size for w in config.model_warmup] == [3, 3, 3]
+    rows = [
+        _strings((written / "warmup" / w.inputs["input"].input_data_file).read_bytes())
+        for w in config.model_warmup
+    ]
+    assert rows == [[sentence.encode()] for sentence in SENTENCES]
 
 
 @pytest.mark.parametrize(

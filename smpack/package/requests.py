@@ -54,12 +54,11 @@ class RawTensor:
     shape: tuple[int, ...]
     elements: bytes | tuple[bytes, ...]
 
-    def first_rows(self, count: int) -> RawTensor:
-        """The first `count` rows (along the first dimension)."""
-        rows = self.shape[0]
-        per_row = len(self.elements) // rows if rows else 0
-        shape = (count, *self.shape[1:])
-        return RawTensor(self.dtype, shape, self.elements[: per_row * count])
+    def row(self, index: int) -> RawTensor:
+        """Row `index` (along the first dimension), as a batch of one."""
+        per_row = len(self.elements) // self.shape[0]
+        elements = self.elements[per_row * index : per_row * (index + 1)]
+        return RawTensor(self.dtype, (1, *self.shape[1:]), elements)
 
     def triton_bytes(self) -> bytes:
         """The elements as Triton's raw input files hold them: as they are, or for strings

@@ -241,7 +241,8 @@ def _triton_refusal(graph: GraphInfo, signature: SignatureInfo) -> str:
 @dataclass(frozen=True)
 class TritonWarmup:
     """One of a Triton model's warmup requests, made from one of the manifest's examples:
-    its batch size and one sample per input (Triton repeats the sample to fill the batch)."""
+    its batch size and one sample per input. Triton's ModelWarmup repeats the sample to
+    fill the batch (model_config.proto), so a batched model gets one of these per row."""
 
     name: str
     batch_size: int
@@ -260,11 +261,14 @@ class TritonWarmup:
 def triton_warmups(
     signature: SignatureInfo, examples: list[LoggedRequest]
 ) -> tuple[TritonWarmup, ...]:
-    """The warmup requests of a Triton model serving `signature`: one per stored example
-    request of that signature whose inputs have the signature's keys and dtypes."""
+    """The warmup requests of a Triton model serving `signature`, from each stored example
+    request of that signature whose inputs have the signature's keys and dtypes: the
+    request itself for a model without a batch dimension; for a batched one, a request per
+    row at the example's batch size, so that every row is run and the batch size warmed."""
     batched = _batched(signature)
     dtypes = {tensor.key: tensor.dtype for tensor in signature.inputs}
     warmups: list[TritonWarmup] = []
+    examples_used = 0
     for request in examples:
         if request.signature != signature.key:
             continue
@@ -280,13 +284,19 @@ def triton_warmups(
             tensor.dtype != dtypes[key] for key, tensor in tensors.items()
         ):
             continue
+        name = f"example{examples_used}"
         rows = {tensor.shape[0] if tensor.shape else 0 for tensor in tensors.values()}
         if not batched:
-            warmups.append(TritonWarmup(f"example{len(warmups)}", 1, tensors))
+            warmups.append(TritonWarmup(name, 1, tensors))
         elif len(rows) == 1 and (batch := rows.pop()) > 0:
-            samples = {key: tensor.first_rows(1) for key, tensor in tensors.items()}
             size = min(batch, DYNAMIC_MAX_BATCH)
-            warmups.append(TritonWarmup(f"example{len(warmups)}", size, samples))
+            warmups += [
+                TritonWarmup(f"{name}.row{row}", size, {k: t.row(row) for k, t in tensors.items()})
+                for row in range(batch)
+            ]
+        else:
+            continue
+        examples_used += 1
     return tuple(warmups)
 
 
@@ -333,9 +343,9 @@ def triton_config(
     ]
     if warmups:
         lines.append(
-            f"# Warmup from the manifest's examples, in {TRITON_WARMUP_FOLDER}/: each request's"
+            f"# Warmup from the manifest's examples, in {TRITON_WARMUP_FOLDER}/: every row of each,"
         )
-        lines.append("# first row, which Triton repeats to the request's batch size.")
+        lines.append("# which Triton repeats to the example's batch size.")
     else:
         lines.append(
             "# No example in the package (the manifest's examples: block) feeds this signature,"
