@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -194,3 +195,27 @@ def test_tpu_computation_compiles_with_xla_on_cpu_and_matches(package, request) 
         np.testing.assert_allclose(on_xla[key], expected[key], rtol=2e-2, atol=1e-2)
     # bfloat16 really was used: the answer is close to, but not bit-identical with, float32.
     assert not np.array_equal(on_xla[floats[0]], expected[floats[0]])
+
+
+@pytest.mark.slow
+def test_building_a_gpu_variant_on_a_cpu_host_logs_no_placement_noise(
+    variants_copy: Path, tmp_path: Path
+) -> None:
+    # Everything TensorFlow logs (level 0), as a user who set nothing sees it once TF was
+    # imported before smpack. Verify runs the serve,gpu graph on this CPU: its pins to
+    # /device:GPU:0 are cleared there rather than moved by soft placement, which logged a
+    # colocation group per variable (colocation_graph.cc) although nothing was wrong.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
+    manifest = variants_copy / "linear.yaml"
+    command = ["build", str(manifest), "--out", str(tmp_path / "out"), "--no-measure"]
+    result = subprocess.run(
+        [sys.executable, "-m", "smpack", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serve,gpu" in result.stdout
+    noise = [line for line in result.stderr.splitlines() if "coloca" in line.lower()]
+    assert not noise, "\n".join(noise[:5])

@@ -24,6 +24,7 @@ import tensorflow as tf
 from smpack.builder.provenance import check_provenance, claims_smpack
 from smpack.builder.training import TRAIN_METHOD
 from smpack.builder.warmup import read_requests
+from smpack.checks.placement import pins_this_host_lacks
 from smpack.checks.xla_check import tpu_graph_on_cpu
 from smpack.errors import ManifestError, SmpackError, telling_line
 from smpack.io.storage import fetched, is_url
@@ -269,7 +270,12 @@ def _run_graph(
     config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
     with tf.compat.v1.Session(graph=tf.Graph(), config=config) as session:
         with _check(report, "loads"):
-            tf.compat.v1.saved_model.loader.load(session, tags, str(export_dir))
+            # Without the pins this host cannot honour: soft placement would move them to
+            # the same devices, logging every moved variable's colocation group.
+            clear_devices = pins_this_host_lacks(meta_graph)
+            tf.compat.v1.saved_model.loader.load(
+                session, tags, str(export_dir), clear_devices=clear_devices
+            )
         if not report.checks[-1].passed:
             return results
         with _check(report, "signature tensors resolve"):
