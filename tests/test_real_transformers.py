@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import yaml
 from tf_helpers import run_v1
-from typer.testing import CliRunner
 
-from smpack.checks.verify import TOLERANCES, verify_package
+import smpack
+from smpack.checks.verify import TOLERANCES, VerifyReport, verify_package
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
-from smpack.cli.commands import app
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +36,12 @@ VARIANTS = {
     },
     "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": BATCH},
 }
-runner = CliRunner()
 
 
 @dataclass
 class Transformer:
     package: Path
+    report: VerifyReport  # the build's own verification of the package
     feeds: dict[str, np.ndarray]
     expected: dict[str, np.ndarray]  # what the source computes for `feeds`
     source: Path  # the .keras file or SavedModel folder the manifest names
@@ -69,7 +68,12 @@ def _labels(source: dict[str, str]) -> np.ndarray:
     return np.array([1, 2] if "keras" in source else [[3] * SEQUENCE] * BATCH, np.int64)
 
 
-def _build(folder: Path, source: dict[str, str], feeds: dict[str, np.ndarray]) -> Path:
+def _build(
+    folder: Path, source: dict[str, str], feeds: dict[str, np.ndarray]
+) -> tuple[Path, VerifyReport]:
+    """`smpack build` as the CLI runs it (measured, then verified before it is published);
+    the package and the build's own verify report, which the tests read rather than
+    verifying the package a second time."""
     labels = {"labels": _labels(source).tolist()}
     example = {"inputs": {k: v.tolist() for k, v in feeds.items()}, "labels": labels}
     manifest = {
@@ -81,10 +85,16 @@ def _build(folder: Path, source: dict[str, str], feeds: dict[str, np.ndarray]) -
         "examples": [example],
     }
     (folder / "smpack.yaml").write_text(yaml.safe_dump(manifest))
-    out = folder / "out"
-    result = runner.invoke(app, ["build", str(folder / "smpack.yaml"), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out / "transformer" / "1"
+    reports: list[VerifyReport] = []
+
+    def verified(staging: Path) -> bool:
+        reports.append(verify_package(staging))
+        return reports[-1].passed
+
+    info = smpack.build(folder / "smpack.yaml", folder / "out", verify=verified)
+    (report,) = reports
+    assert info.published, report
+    return info.path, report
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +123,8 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     feeds = _feeds(with_segments=True)
     expected = {k: np.asarray(v) for k, v in model(feeds).items()}
     source = {"keras": "bert.keras"}
-    package = _build(folder, source, feeds)
-    return Transformer(package, feeds, expected, folder / "bert.keras", _labels(source))
+    package, report = _build(folder, source, feeds)
+    return Transformer(package, report, feeds, expected, folder / "bert.keras", _labels(source))
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +154,8 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Transformer:
     exported = tf.saved_model.load(str(folder / "gpt2")).signatures["serving_default"]
     expected = {k: v.numpy() for k, v in exported(**feeds).items()}
     source = {"savedmodel": "gpt2"}
-    package = _build(folder, source, feeds)
-    return Transformer(package, feeds, expected, folder / "gpt2", _labels(source))
+    package, report = _build(folder, source, feeds)
+    return Transformer(package, report, feeds, expected, folder / "gpt2", _labels(source))
 
 
 @pytest.fixture(params=["bert", "gpt2"])
@@ -158,7 +168,7 @@ def _relative_error(value: np.ndarray, expected: np.ndarray) -> float:
 
 
 def test_every_graph_passes_verify_on_the_examples(transformer: Transformer) -> None:
-    report = verify_package(transformer.package)
+    report = transformer.report
     assert report.passed, report
     assert not [c for g in report.graphs for c in g.checks if c.warning]
     names = {(g.tag_set, c.name) for g in report.graphs for c in g.checks}
