@@ -102,7 +102,9 @@ def build_variant_graph(
         if variant.is_training:
             assert variant.optimizer is not None  # guaranteed by the manifest schema
             loss = _checked_loss(spec, where)
-            train_op = build_train_op(loss, variant.optimizer)
+            train_op = build_train_op(
+                loss, variant.optimizer, loss_scaling=variant.precision == "float16"
+            )
             if train_function:
                 tf.compat.v1.add_to_collection(TRAIN_FUNCTION_COLLECTION, train_function)
             if TRAIN_SIGNATURE_KEY in signature_defs:

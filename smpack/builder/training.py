@@ -12,8 +12,14 @@ TRAIN_METHOD = "tensorflow/supervised/training"
 SAVED_MODEL_TRAIN_OP_KEY = "saved_model_train_op"
 
 
-def build_train_op(loss: tf.Tensor, optimizer: Optimizer) -> tf.Operation:
-    """Global step, optimizer slots and the train op, registered where TF tooling looks."""
+def build_train_op(
+    loss: tf.Tensor, optimizer: Optimizer, loss_scaling: bool = False
+) -> tf.Operation:
+    """Global step, optimizer slots and the train op, registered where TF tooling looks.
+
+    `loss_scaling` (float16 compute) scales the loss dynamically, as Keras's
+    LossScaleOptimizer does, so small float16 gradients do not flush to zero.
+    """
     global_step = tf.compat.v1.train.get_or_create_global_step()
     v1 = tf.compat.v1.train
     if optimizer.name == "sgd":
@@ -22,11 +28,21 @@ def build_train_op(loss: tf.Tensor, optimizer: Optimizer) -> tf.Operation:
         opt = v1.MomentumOptimizer(optimizer.learning_rate, optimizer.momentum)
     else:
         opt = v1.AdamOptimizer(optimizer.learning_rate)
+    if loss_scaling:
+        # TF's own TF1 twin of Keras's LossScaleOptimizer, with the same dynamic scale:
+        # 2**15 at first, halved (and the step skipped, the global step kept) when a
+        # gradient is not finite, doubled after 2,000 finite steps.
+        with tf.compat.v1.name_scope("loss_scale"):  # its two variables' names
+            opt = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(opt, "dynamic")
     # What the model asks to run with each step (batch normalisation's moving averages, a
     # dropout seed's state), as TF1's layers and Keras's fit do.
     updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
     with tf.control_dependencies(updates):
         train_op = opt.minimize(loss, global_step=global_step, name="train_op")
+    # A loss-scaled step applies the gradients inside a cond, whose branch registers its
+    # own op here: an op of the branch's function, which no loader could find.
+    registered = tf.compat.v1.get_collection_ref(tf.compat.v1.GraphKeys.TRAIN_OP)
+    registered[:] = [op for op in registered if op.graph is train_op.graph]
     tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TRAIN_OP, train_op)
     # loader_impl.get_train_op reads this collection. The alternative, a
     # __saved_model_train_op signature, has no inputs, so tf.saved_model.load (which

@@ -1,0 +1,165 @@
+"""A python source's `ctx.compute` in half precision beyond serving: train variants in float16
+and bfloat16 (gradients through the retyped trace, float32 master weights, a dynamic loss
+scale for float16 as Keras's LossScaleOptimizer keeps) and batch normalisation's
+`UPDATE_OPS` carried across the trace, run once per step as in the float32 train graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tf_helpers import meta_graph, write_manifest
+
+import smpack
+from smpack.package.info import PackageInfo
+
+# TF1 batch normalisation written by hand (tf.compat.v1.layers needs Keras 2): batch
+# statistics in training, moving averages updated through UPDATE_OPS, as TF1's layers do.
+BATCH_NORM_MODEL = """
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+
+def weight(name, shape, seed):
+    init = tf.compat.v1.random_normal_initializer(stddev=0.5, seed=seed)
+    return tf.compat.v1.get_variable(name, shape, initializer=init)
+
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [8, 4], name="x")
+
+    def net(x):
+        h = x @ weight("dense/kernel", [4, 3], seed=1)
+        gamma = tf.compat.v1.get_variable("bn/gamma", [3], initializer=tf.ones_initializer())
+        beta = tf.compat.v1.get_variable("bn/beta", [3], initializer=tf.zeros_initializer())
+        statistics = [
+            tf.compat.v1.get_variable(name, [3], trainable=False, initializer=initializer)
+            for name, initializer in (
+                ("bn/moving_mean", tf.zeros_initializer()),
+                ("bn/moving_variance", tf.ones_initializer()),
+            )
+        ]
+        if ctx.training:
+            mean, variance = tf.nn.moments(h, axes=[0])
+            for moving, batch in zip(statistics, (mean, variance)):
+                update = tf.compat.v1.assign_sub(moving, (moving - batch) * 0.1)
+                tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, update)
+        else:
+            mean, variance = statistics
+        h = tf.nn.batch_normalization(h, mean, variance, beta, gamma, 1e-3)
+        return tf.nn.relu(h) @ weight("out/kernel", [3, 1], seed=2)
+
+    y = tf.identity(ctx.compute(net, x), name="y")
+    if not ctx.training:
+        return ModelSpec(inputs={"x": x}, outputs={"y": y})
+    target = tf.compat.v1.placeholder(tf.float32, [8, 1], name="target")
+    loss = tf.reduce_mean(tf.square(y - target))
+    return ModelSpec(inputs={"x": x}, outputs={"y": y}, labels={"target": target}, loss=loss)
+"""
+
+SGD = {"name": "sgd", "learning_rate": 0.1}
+TRAIN_VARIANTS = {
+    "cpu": {"tags": ["serve"]},
+    "train": {"tags": ["train"], "optimizer": SGD},
+    "train_gpu": {
+        "tags": ["train", "gpu"],
+        "device": "/device:GPU:0",
+        "precision": "float16",
+        "xla": True,
+        "optimizer": SGD,
+    },
+    "train_bf16": {"tags": ["train", "bf16"], "precision": "bfloat16", "optimizer": SGD},
+}
+FLOAT32, FLOAT16, BFLOAT16 = ("train",), ("train", "gpu"), ("train", "bf16")
+X = (np.random.default_rng(0).normal(size=(8, 4)) * 3 + 1).astype(np.float32)
+TARGET = np.random.default_rng(1).normal(size=(8, 1)).astype(np.float32)
+STATISTICS = ("bn/moving_mean", "bn/moving_variance")
+
+
+@pytest.fixture(scope="module")
+def batch_norm_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
+    folder = tmp_path_factory.mktemp("python-half-training")
+    (folder / "model.py").write_text(BATCH_NORM_MODEL)
+    signatures = {"serving_default": {"method": "predict", "inputs": ["x"], "outputs": ["y"]}}
+    manifest = write_manifest(
+        folder, {"python": "model.py:model_fn"}, variants=TRAIN_VARIANTS, signatures=signatures
+    )
+    # Built only if every graph verifies, the train graphs' one-step check included.
+    return smpack.build(manifest, folder / "out")
+
+
+def train(
+    package: Path, tags: Sequence[str], steps: int, target: np.ndarray = TARGET
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """`steps` train steps through the TF1 loader: each step's loss and the variables after it."""
+    graph = tf.Graph()
+    config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+    with tf.compat.v1.Session(graph=graph, config=config) as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, list(tags), str(package))
+        train_signature = signature.signature_def["train"]
+        feeds = {
+            train_signature.inputs["x"].name: X,
+            train_signature.inputs["target"].name: target,
+        }
+        variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+        losses, states = [], []
+        for _ in range(steps):
+            losses.append(float(session.run(train_signature.outputs["loss"].name, feeds)))
+            states.append(session.run(variables))
+        return losses, states
+
+
+@pytest.mark.parametrize("tags", [FLOAT16, BFLOAT16], ids=["float16", "bfloat16"])
+def test_half_precision_train_variants_train_like_float32(batch_norm_package, tags) -> None:
+    reference, _ = train(batch_norm_package.path, FLOAT32, 20)
+    losses, states = train(batch_norm_package.path, tags, 20)
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.8 * losses[0]
+    # bfloat16 keeps 8 bits of mantissa: 2**-8 of the loss, over 20 steps.
+    np.testing.assert_allclose(losses, reference, rtol=2e-2)
+    # Master weights: every variable is float32 (the step counters int64).
+    assert {v.dtype.name for v in states[-1].values()} <= {"float32", "int64"}
+    # The gradients flowed through half-precision products.
+    nodes = meta_graph(batch_norm_package.path, tags).graph_def.node
+    half = {FLOAT16: tf.float16, BFLOAT16: tf.bfloat16}[tags].as_datatype_enum
+    assert any(n.op == "MatMul" and n.attr["T"].type == half for n in nodes)
+
+
+@pytest.mark.parametrize("tags", [FLOAT16, BFLOAT16], ids=["float16", "bfloat16"])
+def test_moving_statistics_update_once_per_step_as_in_float32(batch_norm_package, tags) -> None:
+    _, reference = train(batch_norm_package.path, FLOAT32, 2)
+    _, states = train(batch_norm_package.path, tags, 2)
+    for step in range(2):
+        for name in STATISTICS:
+            # Changed by the step (the initial statistics are 0 and 1), as in float32.
+            assert not np.allclose(states[step][name], [0.0, 1.0][STATISTICS.index(name)])
+            expected = reference[step][name]
+            # Within 2% of the statistic's scale (a mean near 0 is no scale of its own).
+            atol = 2e-2 * np.abs(expected).max()
+            np.testing.assert_allclose(states[step][name], expected, rtol=2e-2, atol=atol)
+        assert (states[step]["bn/moving_variance"] >= 0).all()
+    # One assignment each, neither dropped nor duplicated by the retyped trace.
+    nodes = meta_graph(batch_norm_package.path, tags).graph_def.node
+    assert sum(n.op == "AssignSubVariableOp" for n in nodes) == len(STATISTICS)
+
+
+def test_float16_training_scales_the_loss_dynamically(batch_norm_package) -> None:
+    # Targets this far off make the scaled float16 gradients overflow: Keras's
+    # LossScaleOptimizer skips such a step and halves the scale, until the step fits.
+    far = np.full_like(TARGET, 3e3)
+    losses, states = train(batch_norm_package.path, FLOAT16, 12, target=far)
+    scales = [s["loss_scale/current_loss_scale"] for s in states]
+    assert scales[0] == 2.0**14  # 2**15 at first, halved by the skipped step
+    assert states[0]["global_step"] == 0
+    applied = next(i for i, s in enumerate(states) if s["global_step"] == 1)
+    assert scales[applied] == scales[applied - 1] < 2.0**14
+    assert np.isfinite(losses).all()
+    assert all(np.isfinite(v).all() for v in states[-1].values())
+    # bfloat16 has float32's range: no loss scale, as Keras's mixed_bfloat16 has none.
+    _, bfloat16_states = train(batch_norm_package.path, BFLOAT16, 1)
+    assert "loss_scale/current_loss_scale" not in bfloat16_states[0]
