@@ -6,6 +6,7 @@ scale for float16 as Keras's LossScaleOptimizer keeps) and batch normalisation's
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_helpers import meta_graph, write_manifest
+from tf_helpers import meta_graph, run_v1, run_v2, write_manifest
 
 import smpack
+from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.package.info import PackageInfo
 
 # TF1 batch normalisation written by hand (tf.compat.v1.layers needs Keras 2): batch
@@ -163,3 +165,114 @@ def test_float16_training_scales_the_loss_dynamically(batch_norm_package) -> Non
     # bfloat16 has float32's range: no loss scale, as Keras's mixed_bfloat16 has none.
     _, bfloat16_states = train(batch_norm_package.path, BFLOAT16, 1)
     assert "loss_scale/current_loss_scale" not in bfloat16_states[0]
+
+
+# A text classifier whose vocabulary table is made inside ctx.compute, over an asset, and
+# whose function reads a tensor made outside it (`scale`) without receiving it.
+TABLE_MODEL = """
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    words = tf.compat.v1.placeholder(tf.string, [ctx.batch_size, 3], name="words")
+    vocabulary = ctx.asset("vocab.txt")
+    scale = tf.compat.v1.placeholder(tf.float32, [ctx.batch_size, 1], name="scale")
+
+    def classify(words):
+        initializer = tf.lookup.TextFileInitializer(
+            vocabulary, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+        )
+        ids = tf.lookup.StaticVocabularyTable(initializer, num_oov_buckets=1).lookup(words)
+        init = tf.compat.v1.random_normal_initializer(seed=3)
+        embedding = tf.compat.v1.get_variable("embedding", [5, 4], initializer=init)
+        pooled = tf.reduce_mean(tf.nn.embedding_lookup(embedding, ids), axis=1) * scale
+        dense = tf.compat.v1.get_variable("dense", [4, 2], initializer=init)
+        return {"ids": ids, "logits": pooled @ dense}
+
+    out = ctx.compute(classify, words)
+    outputs = {k: tf.identity(v, name=k) for k, v in out.items()}
+    return ModelSpec(inputs={"words": words, "scale": scale}, outputs=outputs)
+"""
+VOCABULARY = ["the", "cat", "sat", "mat"]
+WORDS = np.array([["the", "cat", "sat"], ["a", "mat", "the"]], dtype=object)
+SERVING_VARIANTS = {
+    "cpu": {"tags": ["serve"]},
+    "gpu": {
+        "tags": ["serve", "gpu"],
+        "device": "/device:GPU:0",
+        "precision": "float16",
+        "xla": True,
+    },
+    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 2},
+}
+HOST_OPS = {"LookupTableFindV2", "HashTableV2", "InitializeTableFromTextFileV2"}
+
+
+@pytest.fixture(scope="module")
+def table_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
+    folder = tmp_path_factory.mktemp("python-half-table")
+    (folder / "model.py").write_text(TABLE_MODEL)
+    (folder / "vocab.txt").write_text("\n".join(VOCABULARY) + "\n")
+    signature = {"method": "predict", "inputs": ["words", "scale"], "outputs": ["ids", "logits"]}
+    manifest = write_manifest(
+        folder,
+        {"python": "model.py:model_fn"},
+        variants=SERVING_VARIANTS,
+        signatures={"serving_default": signature},
+        assets=["vocab.txt"],
+    )
+    # Built only if every graph verifies: serve,tpu's computation compiled with XLA.
+    package = smpack.build(manifest, folder / "out")
+    (folder / "vocab.txt").unlink()  # the package reads its own assets/ copy
+    return package
+
+
+def test_tables_in_compute_fill_from_the_asset_on_every_loader(table_package, tmp_path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(table_package.path, moved)
+    feeds = {"words": WORDS, "scale": np.full((2, 1), 3.0, np.float32)}
+    expected = run_v1(moved, ["serve"], feeds)
+    np.testing.assert_array_equal(expected["ids"], [[0, 1, 2], [4, 3, 0]])  # "a": the OOV bucket
+    for tags in (["serve"], ["serve", "gpu"]):
+        for run in (run_v1, run_v2):
+            served = run(moved, tags, feeds)
+            np.testing.assert_array_equal(served["ids"], expected["ids"])
+            assert served["ids"].dtype == np.int64
+            scale = np.abs(expected["logits"]).max()
+            np.testing.assert_allclose(served["logits"], expected["logits"], atol=1e-2 * scale)
+    assert list(table_package.assets) == ["vocab.txt"]
+    for tags in (["serve", "gpu"], ["serve", "tpu"]):
+        assert [a.filename for a in meta_graph(moved, tags).asset_file_def] == ["vocab.txt"]
+
+
+def test_tables_and_lookups_stay_on_the_host_in_their_own_dtypes(table_package) -> None:
+    gpu = meta_graph(table_package.path, ["serve", "gpu"]).graph_def
+    on_host = [n for n in gpu.node if n.op in HOST_OPS]
+    assert {n.op for n in on_host} == HOST_OPS
+    assert not any(n.device or "_XlaCompile" in n.attr for n in on_host)
+    (find,) = (n for n in gpu.node if n.op == "LookupTableFindV2")
+    assert (find.attr["Tin"].type, find.attr["Tout"].type) == (tf.string, tf.int64)
+    assert any(n.op == "MatMul" and n.attr["T"].type == tf.float16 for n in gpu.node)
+    tpu = meta_graph(table_package.path, ["serve", "tpu"]).graph_def
+    inside = {n.op for n in tpu.node if "_tpu_replicate" in n.attr}
+    outside = {n.op for n in tpu.node if "_tpu_replicate" not in n.attr}
+    assert "MatMul" in inside and not inside & HOST_OPS and HOST_OPS <= outside
+    # The table is filled by the package's init op, through TF's table initializers.
+    for tags in (["serve", "gpu"], ["serve", "tpu"]):
+        collections = meta_graph(table_package.path, tags).collection_def
+        (initializer,) = collections["table_initializer"].node_list.value
+        assert initializer.startswith("compute_host/")
+
+
+def test_a_tensor_read_from_outside_compute_is_fed_from_the_variant_graph(table_package) -> None:
+    def feeds(scale: float) -> dict[str, np.ndarray]:
+        return {"words": WORDS, "scale": np.full((2, 1), scale, np.float32)}
+
+    doubled = run_v1(table_package.path, ["serve", "gpu"], feeds(2.0))
+    tripled = run_v1(table_package.path, ["serve", "gpu"], feeds(3.0))
+    np.testing.assert_allclose(tripled["logits"], doubled["logits"] * 1.5, rtol=2e-3)
+    tpu = run_tpu_graph_on_cpu(table_package.path, ["serve", "tpu"], "serving_default", feeds(3.0))
+    scale = np.abs(tripled["logits"]).max()
+    np.testing.assert_allclose(tpu["logits"], tripled["logits"], atol=2e-2 * scale)

@@ -3,13 +3,19 @@
 `ctx.compute(fn, ...)` in a float16 or bfloat16 variant does not run `fn` on half-precision
 tensors (its float32 masks, ranges and softmax would then be its author's problem, and
 often XLA's: there is no half-precision `Range`). It traces `fn` in float32 in a graph of
-its own, retypes that graph with `smpack.sources.precision.retyped`, the one
-implementation of what computes in half precision, and imports the result into the
-variant's graph, where `ctx.compute`'s device pin, XLA mark or `tpu.rewrite` apply to it.
+its own, splits off what must stay on the host (string ops, lookup tables and everything
+upstream of them, by `smpack.sources.host_split`, as for an imported SavedModel), imports
+that part into the variant's graph as it is, retypes the rest with
+`smpack.sources.precision.retyped`, the one implementation of what computes in half
+precision, and imports it where `ctx.compute`'s device pin, XLA mark or `tpu.rewrite`
+apply to it.
 
-The variables `fn` creates are made in the variant's graph, float32 (one checkpoint for
-every variant), with the arguments `fn` gave; the traced graph reads them through their
-handles, as an imported SavedModel's graph does.
+The trace is a function graph: a tensor of the variant's graph that `fn` reads without
+receiving it as an input (a mask, a length, an asset's path) is captured, and fed from
+the variant's graph like an input. The variables `fn` creates are made in the variant's
+graph, float32 (one checkpoint for every variant), with the arguments `fn` gave; the
+traced graph reads them through their handles, as an imported SavedModel's graph does.
+The tables `fn` creates are created on the host and filled by the package's init op.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
 
+from smpack.errors import ModelError
+from smpack.sources.graph_def import node_name, tensor_name
+from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.precision import HalfTarget, retyped
 
-_VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 # What tf.compat.v1.get_variable takes besides its name (a custom getter also sees the
 # variable scope's reuse, replayed through a scope of its own).
 _VARIABLE_ARGUMENTS = (
@@ -38,133 +47,198 @@ _VARIABLE_ARGUMENTS = (
     "synchronization",
     "aggregation",
 )
+# Variables and tables a function graph makes are lifted out of it (`tf.init_scope`) into
+# this scope of the trace's own outer graph; the trace is their union.
+_LIFTED = "lifted"
+_TABLE_INITIALIZERS = "smpack_table_initializers"
 
 
 @dataclass
-class _Trace:
-    """`fn` traced in float32: its graph, and what it reads from and gives to the variant."""
+class TracedCompute:
+    """`fn` traced in float32 and split: its host part is in the variant's graph already,
+    its device part is imported by `on_device` inside the variant's device context."""
 
-    graph: tf.Graph = field(default_factory=tf.Graph)
-    variables: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> arguments
-    handles: dict[str, str] = field(default_factory=dict)  # handle tensor -> variable name
+    result: Any  # the structure `fn` returned
+    device_inputs: list[tf.Tensor]  # variant tensors the device part reads, in order
+    device: graph_pb2.GraphDef  # retyped
+    device_input_names: list[str]  # the device part's names for `device_inputs`
+    device_outputs: list[str]
+    updates: list[str]  # ops of the device part that UPDATE_OPS lists
+    variables: dict[str, dict[str, Any]]  # handle tensor -> get_variable's arguments
+    host_outputs: dict[str, tf.Tensor] = field(default_factory=dict)  # output -> host tensor
+    outputs: list[str] = field(default_factory=list)  # the flattened result's tensors
+
+    def on_device(self, tensors: Sequence[tf.Tensor], dtype: tf.DType) -> list[tf.Tensor]:
+        """The device part reading `tensors` (as `device_inputs`, floating ones in `dtype`):
+        its outputs, in the order of `device_outputs`."""
+        read = {i for n in self.device.node for i in n.input}
+        input_map = {
+            h: _variable_in_variant_graph(arguments).handle
+            for h, arguments in self.variables.items()
+            if h in read or h.removesuffix(":0") in read
+        }
+        for name, tensor in zip(self.device_input_names, tensors, strict=True):
+            # Floating inputs arrive in half precision, as retyped asks.
+            input_map[name] = tf.cast(tensor, dtype) if tensor.dtype.is_floating else tensor
+        results = tf.graph_util.import_graph_def(
+            self.device,
+            input_map=input_map,
+            return_elements=[*self.device_outputs, *self.updates],
+            name="compute",
+        )
+        for update in results[len(self.device_outputs) :]:
+            tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, update)
+        return list(results[: len(self.device_outputs)])
+
+    def result_from(self, device_results: Sequence[tf.Tensor]) -> Any:
+        """The structure `fn` returned, in the variant's graph: its device outputs from
+        `device_results` (float32), the rest computed on the host."""
+        on_device = dict(zip(self.device_outputs, device_results, strict=True))
+        flat = [on_device[t] if t in on_device else self.host_outputs[t] for t in self.outputs]
+        return tf.nest.pack_sequence_as(self.result, flat)
 
 
-def half_precision_call(
+def trace_in_float32(
     fn: Callable[..., Any], tensors: Sequence[tf.Tensor], target: HalfTarget
-) -> tuple[Any, list[tf.Tensor]]:
-    """`fn(*tensors)` computing in `target.dtype` where that is safe: (the structure `fn`
-    returned, its flattened outputs in the variant's graph)."""
-    trace = _Trace()
+) -> TracedCompute:
+    """Trace `fn(*tensors)` in float32, import its host part, and retype its device part."""
+    variant_graph = tf.compat.v1.get_default_graph()
     scope = tf.compat.v1.get_variable_scope()
+    lifted = tf.Graph()
     # Random ops draw their seeds from the variant graph's seed: builds stay reproducible.
-    trace.graph.seed = tf.compat.v1.get_default_graph().seed
-    with trace.graph.as_default():
-        inputs = [
-            tf.compat.v1.placeholder(
-                tf.float32 if t.dtype.is_floating else t.dtype, t.shape, name=f"input_{i}"
-            )
-            for i, t in enumerate(tensors)
-        ]
+    lifted.seed = variant_graph.seed
+    variables: dict[str, dict[str, Any]] = {}  # variable name -> get_variable's arguments
+    recorded: dict[str, str] = {}  # handle tensor in `lifted` -> variable name
+    # `tf.init_scope` lifts into the innermost graph entered that is not a function's.
+    with lifted.as_default():
+        trace = tf.__internal__.FuncGraph("compute")
+    with lifted.as_default(), trace.as_default():
         with tf.compat.v1.variable_scope(
             scope.name,
             reuse=scope.reuse or None,
-            custom_getter=_recording_getter(trace),
+            custom_getter=_recording_getter(variables, recorded),
             auxiliary_name_scope=False,
         ):
-            try:
-                result = fn(*inputs)
-            except ValueError as e:
-                if "must be from the same graph" not in str(e):
-                    raise
-                msg = (
-                    "the function given to ctx.compute reads a tensor made outside it, which "
-                    "a half-precision variant traces apart from the rest of the graph; pass "
-                    "that tensor as an input: ctx.compute(fn, x, other)"
-                )
-                # Its traceback kept: the error points at the line of `fn` that read it.
-                raise ValueError(msg).with_traceback(e.__traceback__) from e
-        outputs = [tf.convert_to_tensor(t) for t in tf.nest.flatten(result)]
+            result = fn(*tensors)
+        # A result `fn` passed through unchanged is still the trace's own tensor.
+        outputs = [
+            tf.identity(t) if t.graph is not trace else t
+            for t in (tf.convert_to_tensor(t) for t in tf.nest.flatten(result))
+        ]
         updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        table_init = tf.group(
+            *tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS),
+            name=_TABLE_INITIALIZERS,
+        )
 
-    handles = {
-        handle: _variable_in_variant_graph(name, trace.variables)
-        for handle, name in trace.handles.items()
-    }
-    graph_def = _reachable(trace, [*outputs, *updates], supplied=[*handles, *inputs])
-    read = {_tensor_name(i) for node in graph_def.node for i in node.input}
-    input_map = {h: v.handle for h, v in handles.items() if h in read}
-    for placeholder, tensor in zip(inputs, tensors, strict=True):
-        if placeholder.name in read:  # floating inputs arrive in half precision, as retyped asks
-            floating = tensor.dtype.is_floating
-            input_map[placeholder.name] = tf.cast(tensor, target.dtype) if floating else tensor
-    names = [t.name for t in outputs] + [op.name for op in updates]
-    results = tf.graph_util.import_graph_def(
-        retyped(graph_def, target), input_map=input_map, return_elements=names, name="compute"
+    handles = {f"{_LIFTED}/{h}": name for h, name in recorded.items()}
+    # The trace and what was lifted out of it, as one graph; captured tensors of the
+    # variant's graph stay placeholders, its external inputs.
+    merged = tf.Graph()
+    captured: dict[str, tf.Tensor] = {}
+    with merged.as_default():
+        tf.graph_util.import_graph_def(lifted.as_graph_def(), name=_LIFTED)
+        lifted_map = {}
+        for outer, inner in trace.captures:
+            if outer.graph is lifted:
+                lifted_map[inner.name] = merged.get_tensor_by_name(f"{_LIFTED}/{outer.name}")
+            else:
+                captured[inner.name] = outer
+        tf.graph_util.import_graph_def(trace.as_graph_def(), input_map=lifted_map, name="")
+    unrecorded = sorted(
+        op.name
+        for op in merged.get_operations()
+        if op.type in ("VarHandleOp", "VariableV2") and f"{op.name}:0" not in handles
     )
-    for update in results[len(outputs) :]:
-        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, update)
-    return result, list(results[: len(outputs)])
+    if unrecorded:
+        msg = (
+            f"variable {unrecorded[0].removeprefix(_LIFTED + '/')!r} was made inside "
+            "ctx.compute without tf.compat.v1.get_variable, so half-precision variants "
+            "cannot share it; create it with tf.compat.v1.get_variable"
+        )
+        raise ValueError(msg)
+    external = {node_name(t) for t in (*handles, *captured)}
+    # ctx.asset's tensors, which a table may be filled from: the loaders rewrite them.
+    assets = {t.name for t in variant_graph.get_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS)}
+    asset_paths = {node_name(t): v.name for t, v in captured.items() if v.name in assets}
+    flat = merged.as_graph_def()
+    fetches = [t.name for t in outputs] + [op.name for op in updates]
+    signature_graph = tf.compat.v1.graph_util.extract_sub_graph(
+        flat, sorted({node_name(f) for f in fetches})
+    )
+    try:
+        split = split_host(flat, signature_graph, external, table_init.name, asset_paths, {})
+    except ModelError as e:  # one line, raised again where the model function's line is found
+        raise ValueError(e.message) from e
+
+    device = graph_pb2.GraphDef(versions=split.device.versions, library=split.device.library)
+    device.node.extend(n for n in split.device.node if n.name not in external)
+    for node in device.node:
+        # Colocation with the trace's variables, which are not imported.
+        if "_class" in node.attr:
+            del node.attr["_class"]
+    defined = {n.name for n in device.node}
+    read = {tensor_name(i) for n in device.node for i in n.input if not i.startswith("^")}
+    device_input_names = sorted(t for t in read - set(handles) if node_name(t) not in defined)
+    flat_outputs = [t.name for t in outputs]
+    host_tensors: dict[str, tf.Tensor] = {}
+    if split.host is not None:
+        on_host = {n.name for n in split.host.graph_def.node}
+        from_host = [t for t in (*device_input_names, *flat_outputs) if node_name(t) in on_host]
+        host_tensors = _import_host_part(split.host, captured, list(dict.fromkeys(from_host)))
+    return TracedCompute(
+        result=result,
+        device_inputs=[host_tensors.get(t, captured.get(t)) for t in device_input_names],
+        device=retyped(device, target),
+        device_input_names=device_input_names,
+        device_outputs=[t for t in flat_outputs if t not in host_tensors],
+        updates=[op.name for op in updates],
+        variables={h: variables[name] for h, name in handles.items()},
+        host_outputs={t: host_tensors[t] for t in flat_outputs if t in host_tensors},
+        outputs=flat_outputs,
+    )
 
 
-def _recording_getter(trace: _Trace) -> Callable[..., Any]:
+def _import_host_part(
+    host: HostPart, captured: dict[str, tf.Tensor], wanted: list[str]
+) -> dict[str, tf.Tensor]:
+    """Import the host part into the variant's graph, outside any device context, its
+    tables' initialisers added to the package's init op; return the `wanted` tensors."""
+    results = tf.graph_util.import_graph_def(
+        host.graph_def,
+        input_map={t: captured[t] for t in host.inputs},
+        return_elements=[*wanted, *host.initializers],
+        name="compute_host",
+    )
+    for initializer in results[len(wanted) :]:
+        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS, initializer)
+    return dict(zip(wanted, results[: len(wanted)], strict=True))
+
+
+def _recording_getter(
+    variables: dict[str, dict[str, Any]], handles: dict[str, str]
+) -> Callable[..., Any]:
     def record(getter: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
         requested = tf.as_dtype(kwargs.get("dtype") or tf.float32)
         # Stored float32 whatever `fn` asks (a model written for ctx.dtype asks half); the
         # trace computes in float32 and the retyping decides what becomes half.
         kwargs["dtype"] = tf.float32 if requested.is_floating else requested
-        trace.variables.setdefault(name, {**kwargs, "args": args})
+        variables.setdefault(name, {**kwargs, "args": args, "name": name})
         # A variable `fn` reuses from an earlier ctx.compute is new to this trace.
         kwargs["reuse"] = tf.compat.v1.AUTO_REUSE
         kwargs["use_resource"] = True  # read through a handle the variant's graph maps
         variable = getter(name, *args, **kwargs)
-        trace.handles[variable.handle.name] = name
+        handles[variable.handle.name] = name
         return variable
 
     return record
 
 
-def _variable_in_variant_graph(name: str, arguments: dict[str, Any]) -> Any:
-    """The variant graph's variable `name`, made (or reused) as `fn` asked for it."""
-    given = arguments[name]
+def _variable_in_variant_graph(given: dict[str, Any]) -> Any:
+    """The variant graph's variable, made (or reused) as `fn` asked for it."""
     kwargs = {k: given[k] for k in _VARIABLE_ARGUMENTS if k in given}
     root = tf.compat.v1.VariableScope(reuse=given.get("reuse"), name="")
     with tf.compat.v1.variable_scope(root, auxiliary_name_scope=False):
         return tf.compat.v1.get_variable(
-            name, *given["args"], dtype=given["dtype"], use_resource=True, **kwargs
+            given["name"], *given["args"], dtype=given["dtype"], use_resource=True, **kwargs
         )
-
-
-def _reachable(trace: _Trace, fetches: list[Any], supplied: list[Any]) -> Any:
-    """The traced graph's nodes `fetches` need, without the inputs and variable handles the
-    variant's graph supplies (their tensors become the graph's external inputs)."""
-    graph_def = trace.graph.as_graph_def()
-    nodes = {node.name: node for node in graph_def.node}
-    left_out = {(s if isinstance(s, str) else s.name).partition(":")[0] for s in supplied}
-    needed: set[str] = set()
-    pending = [f.name.partition(":")[0] for f in fetches]
-    while pending:
-        name = pending.pop()
-        if name in needed or name in left_out:
-            continue
-        needed.add(name)
-        pending.extend(i.lstrip("^").partition(":")[0] for i in nodes[name].input)
-    kept = [node for node in graph_def.node if node.name in needed]  # in the trace's order
-    for node in kept:
-        if node.op in _VARIABLE_OPS:
-            msg = (
-                f"variable {node.name!r} was made inside ctx.compute without "
-                "tf.compat.v1.get_variable, so half-precision variants cannot share it; "
-                "create it with tf.compat.v1.get_variable"
-            )
-            raise ValueError(msg)
-        # Colocation with the trace's own variables and inputs, which are not imported.
-        if "_class" in node.attr:
-            del node.attr["_class"]
-    del graph_def.node[:]
-    graph_def.node.extend(kept)
-    return graph_def
-
-
-def _tensor_name(graph_def_input: str) -> str:
-    name = graph_def_input.lstrip("^")
-    return name if ":" in name else f"{name}:0"

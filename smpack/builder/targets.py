@@ -12,7 +12,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from smpack.builder.retyped_call import half_precision_call
+from smpack.builder.retyped_call import trace_in_float32
 from smpack.manifest import Variant
 from smpack.sources.precision import half_target
 
@@ -23,14 +23,18 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
     target = half_target(variant)
 
     def compute(fn: Callable[..., Any], *inputs: Any, retype: bool = True) -> Any:
+        inputs_list = [tf.convert_to_tensor(t) for t in inputs]
+        if retype and target is not None:
+            # Traced in float32 here, on the host, where its string and table ops stay;
+            # the rest is retyped by the rules imported graphs get and placed below.
+            traced = trace_in_float32(fn, inputs_list, target)
+            if not traced.device_outputs:
+                return traced.result_from([])
+            outputs = _placed(lambda *t: traced.on_device(t, target.dtype), traced.device_inputs)
+            return traced.result_from(outputs)
         structure: list[Any] = []
 
         def body(*tensors: tf.Tensor) -> list[tf.Tensor]:
-            if retype and target is not None:
-                # Traced in float32, then retyped by the rules imported graphs get.
-                result, outputs = half_precision_call(fn, tensors, target)
-                structure.append(result)
-                return [_cast_float(t, tf.float32) for t in outputs]
             cast_inputs = [_cast_float(t, dtype) for t in tensors]
             with tf.compat.v1.variable_scope(
                 tf.compat.v1.get_variable_scope(),
@@ -39,17 +43,23 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
             ):
                 result = fn(*cast_inputs)
             structure.append(result)
-            return [_cast_float(t, tf.float32) for t in tf.nest.flatten(result)]
+            return tf.nest.flatten(result)
 
-        inputs_list = [tf.convert_to_tensor(t) for t in inputs]
-        if variant.on_tpu:
-            outputs = tf.compat.v1.tpu.rewrite(body, inputs_list)
-            # The serving host reads results outside the TPU cluster; give them host names.
-            outputs = [tf.identity(t) for t in outputs]
-        else:
-            with _device(variant.device), _xla(variant.xla):
-                outputs = body(*inputs_list)
+        outputs = _placed(body, inputs_list)
         return tf.nest.pack_sequence_as(structure[0], outputs)
+
+    def _placed(body: Callable[..., list[tf.Tensor]], tensors: list[tf.Tensor]) -> list[Any]:
+        """`body(*tensors)` in the variant's device context; floating outputs in float32."""
+
+        def float32_body(*args: tf.Tensor) -> list[tf.Tensor]:
+            return [_cast_float(t, tf.float32) for t in body(*args)]
+
+        if variant.on_tpu:
+            outputs = tf.compat.v1.tpu.rewrite(float32_body, tensors)
+            # The serving host reads results outside the TPU cluster; give them host names.
+            return [tf.identity(t) for t in outputs]
+        with _device(variant.device), _xla(variant.xla):
+            return float32_body(*tensors)
 
     return compute
 
