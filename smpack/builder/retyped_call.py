@@ -71,11 +71,11 @@ class TracedCompute:
     def on_device(self, tensors: Sequence[tf.Tensor], dtype: tf.DType) -> list[tf.Tensor]:
         """The device part reading `tensors` (as `device_inputs`, floating ones in `dtype`):
         its outputs, in the order of `device_outputs`."""
-        read = {i for n in self.device.node for i in n.input}
+        read = {tensor_name(i) for n in self.device.node for i in n.input if i[0] != "^"}
         input_map = {
             h: _variable_in_variant_graph(arguments).handle
             for h, arguments in self.variables.items()
-            if h in read or h.removesuffix(":0") in read
+            if h in read
         }
         for name, tensor in zip(self.device_input_names, tensors, strict=True):
             # Floating inputs arrive in half precision, as retyped asks.
@@ -188,7 +188,9 @@ def trace_in_float32(
         host_tensors = _import_host_part(split.host, captured, list(dict.fromkeys(from_host)))
     return TracedCompute(
         result=result,
-        device_inputs=[host_tensors.get(t, captured.get(t)) for t in device_input_names],
+        device_inputs=[
+            host_tensors[t] if t in host_tensors else captured[t] for t in device_input_names
+        ],
         device=retyped(device, target),
         device_input_names=device_input_names,
         device_outputs=[t for t in flat_outputs if t not in host_tensors],
