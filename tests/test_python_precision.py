@@ -247,23 +247,31 @@ def test_tables_in_compute_fill_from_the_asset_on_every_loader(table_package, tm
         assert [a.filename for a in meta_graph(moved, tags).asset_file_def] == ["vocab.txt"]
 
 
-def test_tables_and_lookups_stay_on_the_host_in_their_own_dtypes(table_package) -> None:
-    gpu = meta_graph(table_package.path, ["serve", "gpu"]).graph_def
-    on_host = [n for n in gpu.node if n.op in HOST_OPS]
+def test_tables_and_lookups_stay_outside_xla_in_their_own_dtypes(table_package) -> None:
+    graph = meta_graph(table_package.path, ["serve", "gpu"]).graph_def
+    on_host = [n for n in graph.node if n.op in HOST_OPS]
     assert {n.op for n in on_host} == HOST_OPS
     assert not any(n.device or "_XlaCompile" in n.attr for n in on_host)
-    (find,) = (n for n in gpu.node if n.op == "LookupTableFindV2")
+    (find,) = (n for n in graph.node if n.op == "LookupTableFindV2")
     assert (find.attr["Tin"].type, find.attr["Tout"].type) == (tf.string, tf.int64)
-    assert any(n.op == "MatMul" and n.attr["T"].type == tf.float16 for n in gpu.node)
-    tpu = meta_graph(table_package.path, ["serve", "tpu"]).graph_def
-    inside = {n.op for n in tpu.node if "_tpu_replicate" in n.attr}
-    outside = {n.op for n in tpu.node if "_tpu_replicate" not in n.attr}
-    assert "MatMul" in inside and not inside & HOST_OPS and HOST_OPS <= outside
+    (product,) = (n for n in graph.node if n.op == "MatMul")
+    assert product.attr["T"].type == tf.float16 and product.attr["_XlaCompile"].b
     # The table is filled by the package's init op, through TF's table initializers.
-    for tags in (["serve", "gpu"], ["serve", "tpu"]):
-        collections = meta_graph(table_package.path, tags).collection_def
-        (initializer,) = collections["table_initializer"].node_list.value
-        assert initializer.startswith("compute_host/")
+    (initializer,) = (
+        meta_graph(table_package.path, ["serve", "gpu"])
+        .collection_def["table_initializer"]
+        .node_list.value
+    )
+    assert initializer.startswith("compute_host/")
+
+
+def test_tables_and_lookups_stay_outside_tpu_rewrite(table_package) -> None:
+    tpu = meta_graph(table_package.path, ["serve", "tpu"])
+    inside = {n.op for n in tpu.graph_def.node if "_tpu_replicate" in n.attr}
+    outside = {n.op for n in tpu.graph_def.node if "_tpu_replicate" not in n.attr}
+    assert "MatMul" in inside and not inside & HOST_OPS and HOST_OPS <= outside
+    (initializer,) = tpu.collection_def["table_initializer"].node_list.value
+    assert initializer.startswith("compute_host/")
 
 
 def test_a_tensor_read_from_outside_compute_is_fed_from_the_variant_graph(table_package) -> None:
