@@ -150,6 +150,17 @@ def test_moving_statistics_update_once_per_step_as_in_float32(batch_norm_package
     assert sum(n.op == "AssignSubVariableOp" for n in nodes) == len(STATISTICS)
 
 
+def test_float16_train_graph_steps_through_tf_saved_model_load(batch_norm_package) -> None:
+    # The loss-scaled step is a cond: TF2's loader prunes the train signature around it.
+    expected, _ = train(batch_norm_package.path, FLOAT16, 3)
+    step = tf.saved_model.load(str(batch_norm_package.path), tags=list(FLOAT16))
+    losses = [
+        float(step.signatures["train"](x=tf.constant(X), target=tf.constant(TARGET))["loss"])
+        for _ in range(3)
+    ]
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+
+
 def test_float16_training_scales_the_loss_dynamically(batch_norm_package) -> None:
     # Targets this far off make the scaled float16 gradients overflow: Keras's
     # LossScaleOptimizer skips such a step and halves the scale, until the step fits.
