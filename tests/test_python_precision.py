@@ -178,8 +178,8 @@ def test_float16_training_scales_the_loss_dynamically(batch_norm_package) -> Non
     assert "loss_scale/current_loss_scale" not in bfloat16_states[0]
 
 
-# A text classifier whose vocabulary table is made inside ctx.compute, over an asset, and
-# whose function reads a tensor made outside it (`scale`) without receiving it.
+# A text classifier whose vocabulary table is made inside ctx.compute, over an asset asked
+# for there, and whose function reads a tensor made outside it (`scale`) without receiving it.
 TABLE_MODEL = """
 import tensorflow as tf
 from smpack import ModelContext, ModelSpec
@@ -187,12 +187,11 @@ from smpack import ModelContext, ModelSpec
 
 def model_fn(ctx: ModelContext) -> ModelSpec:
     words = tf.compat.v1.placeholder(tf.string, [ctx.batch_size, 3], name="words")
-    vocabulary = ctx.asset("vocab.txt")
     scale = tf.compat.v1.placeholder(tf.float32, [ctx.batch_size, 1], name="scale")
 
     def classify(words):
         initializer = tf.lookup.TextFileInitializer(
-            vocabulary, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            ctx.asset("vocab.txt"), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
             tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
         )
         ids = tf.lookup.StaticVocabularyTable(initializer, num_oov_buckets=1).lookup(words)

@@ -81,7 +81,9 @@ def build_variant_graph(
             batch_size=variant.batch_size,
             params={**loaded.spec.source.params, **variant.params},
             _compute=counted_compute,
-            _asset=lambda asset: _asset_tensor(loaded, asset, asset_files, source_assets or {}),
+            _asset=lambda asset: _asset_tensor(
+                graph, loaded, asset, asset_files, source_assets or {}
+            ),
         )
         spec = _call_model(loaded, model_fn, ctx)
         model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
@@ -225,6 +227,7 @@ def _line_in(error: BaseException, python_file: Path | None) -> int | None:
 
 
 def _asset_tensor(
+    graph: tf.Graph,
     loaded: LoadedManifest,
     name: str,
     asset_files: dict[str, str],
@@ -244,8 +247,11 @@ def _asset_tensor(
         )
     # The build-time value is the source file, so initialisers work while building; the
     # AssetFileDef written with the package makes loaders substitute the packaged copy.
-    tensor = tf.constant(str(source), name="asset_path")
-    tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, tensor)
+    # Made in the variant graph even when asked for inside a half-precision ctx.compute,
+    # whose trace captures it from there.
+    with graph.as_default():
+        tensor = tf.constant(str(source), name="asset_path")
+        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, tensor)
     asset_files[tensor.name] = name
     return tensor
 
