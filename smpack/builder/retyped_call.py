@@ -137,7 +137,15 @@ def trace_in_float32(
     merged = tf.Graph()
     captured: dict[str, tf.Tensor] = {}
     with merged.as_default():
-        tf.graph_util.import_graph_def(lifted.as_graph_def(), name=_LIFTED)
+        # Only the variables' and tables' own nodes: their initialisers (which may hold
+        # large constants) are not the trace's business.
+        read_from_lifted = {outer.op.name for outer, _ in trace.captures if outer.graph is lifted}
+        tf.graph_util.import_graph_def(
+            tf.compat.v1.graph_util.extract_sub_graph(
+                lifted.as_graph_def(), sorted(read_from_lifted)
+            ),
+            name=_LIFTED,
+        )
         lifted_map = {}
         for outer, inner in trace.captures:
             if outer.graph is lifted:
@@ -147,12 +155,12 @@ def trace_in_float32(
         tf.graph_util.import_graph_def(trace.as_graph_def(), input_map=lifted_map, name="")
     unrecorded = sorted(
         op.name
-        for op in merged.get_operations()
-        if op.type in ("VarHandleOp", "VariableV2") and f"{op.name}:0" not in handles
+        for op in lifted.get_operations()
+        if op.type in ("VarHandleOp", "VariableV2") and f"{op.name}:0" not in recorded
     )
     if unrecorded:
         msg = (
-            f"variable {unrecorded[0].removeprefix(_LIFTED + '/')!r} was made inside "
+            f"variable {unrecorded[0]!r} was made inside "
             "ctx.compute without tf.compat.v1.get_variable, so half-precision variants "
             "cannot share it; create it with tf.compat.v1.get_variable"
         )
