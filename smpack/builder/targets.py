@@ -30,7 +30,7 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
             traced = trace_in_float32(fn, inputs_list, target)
             if not traced.device_outputs:
                 return traced.result_from([])
-            outputs = _placed(lambda *t: traced.on_device(t, target.dtype), traced.device_inputs)
+            outputs = placed(lambda *t: traced.on_device(t, target.dtype), traced.device_inputs)
             return traced.result_from(outputs)
         structure: list[Any] = []
 
@@ -45,10 +45,10 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
             structure.append(result)
             return tf.nest.flatten(result)
 
-        outputs = _placed(body, inputs_list)
+        outputs = placed(body, inputs_list)
         return tf.nest.pack_sequence_as(structure[0], outputs)
 
-    def _placed(body: Callable[..., list[tf.Tensor]], tensors: list[tf.Tensor]) -> list[Any]:
+    def placed(body: Callable[..., list[tf.Tensor]], tensors: list[tf.Tensor]) -> list[Any]:
         """`body(*tensors)` in the variant's device context; floating outputs in float32."""
 
         def float32_body(*args: tf.Tensor) -> list[tf.Tensor]:
