@@ -6,8 +6,9 @@ scale for float16 as Keras's LossScaleOptimizer keeps) and batch normalisation's
 
 from __future__ import annotations
 
+import functools
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +117,22 @@ def train(
         return losses, states
 
 
+Run = tuple[list[float], list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def twenty_steps(batch_norm_package) -> Callable[[tuple[str, ...]], Run]:
+    """20 steps of a train graph from the package's checkpoint, run once per tag set (each
+    float16 session compiles its XLA cluster)."""
+    return functools.cache(lambda tags: train(batch_norm_package.path, tags, 20))
+
+
 @pytest.mark.parametrize("tags", [FLOAT16, BFLOAT16], ids=["float16", "bfloat16"])
-def test_half_precision_train_variants_train_like_float32(batch_norm_package, tags) -> None:
-    reference, _ = train(batch_norm_package.path, FLOAT32, 20)
-    losses, states = train(batch_norm_package.path, tags, 20)
+def test_half_precision_train_variants_train_like_float32(
+    batch_norm_package, twenty_steps, tags
+) -> None:
+    reference, _ = twenty_steps(FLOAT32)
+    losses, states = twenty_steps(tags)
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.8 * losses[0]
     # bfloat16 keeps 8 bits of mantissa: 2**-8 of the loss, over 20 steps.
@@ -133,9 +146,11 @@ def test_half_precision_train_variants_train_like_float32(batch_norm_package, ta
 
 
 @pytest.mark.parametrize("tags", [FLOAT16, BFLOAT16], ids=["float16", "bfloat16"])
-def test_moving_statistics_update_once_per_step_as_in_float32(batch_norm_package, tags) -> None:
-    _, reference = train(batch_norm_package.path, FLOAT32, 2)
-    _, states = train(batch_norm_package.path, tags, 2)
+def test_moving_statistics_update_once_per_step_as_in_float32(
+    batch_norm_package, twenty_steps, tags
+) -> None:
+    _, reference = twenty_steps(FLOAT32)
+    _, states = twenty_steps(tags)
     for step in range(2):
         for name in STATISTICS:
             # Changed by the step (the initial statistics are 0 and 1), as in float32.
@@ -150,9 +165,11 @@ def test_moving_statistics_update_once_per_step_as_in_float32(batch_norm_package
     assert sum(n.op == "AssignSubVariableOp" for n in nodes) == len(STATISTICS)
 
 
-def test_float16_train_graph_steps_through_tf_saved_model_load(batch_norm_package) -> None:
+def test_float16_train_graph_steps_through_tf_saved_model_load(
+    batch_norm_package, twenty_steps
+) -> None:
     # The loss-scaled step is a cond: TF2's loader prunes the train signature around it.
-    expected, _ = train(batch_norm_package.path, FLOAT16, 3)
+    expected = twenty_steps(FLOAT16)[0][:3]
     step = tf.saved_model.load(str(batch_norm_package.path), tags=list(FLOAT16))
     losses = [
         float(step.signatures["train"](x=tf.constant(X), target=tf.constant(TARGET))["loss"])
