@@ -8,6 +8,7 @@ building it again, the slow way, gives.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,13 @@ def test_variants_differing_only_in_tags_share_one_graph(tmp_path: Path) -> None
     variants = {"cpu": {"tags": ["serve"]}, "canary": {"tags": ["serve", "canary"]}}
     manifest = write_manifest(tmp_path, {"savedmodel": "two_layers"}, variants=variants)
 
-    package = smpack.build(manifest, tmp_path / "out", measure=False).path
+    info = smpack.build(manifest, tmp_path / "out", measure=False)
+    package = info.path
 
+    # Described once, as both: each with its own tags, the rest as the other's.
+    described = {graph.tags: graph for graph in info.graphs}
+    assert set(described) == {("serve",), ("serve", "canary")}
+    assert dataclasses.replace(described["serve", "canary"], tags=("serve",)) == described["serve",]
     serve, canary = meta_graph(package, ["serve"]), meta_graph(package, ["serve", "canary"])
     assert list(canary.meta_info_def.tags) == ["serve", "canary"]
     del canary.meta_info_def.tags[:]
