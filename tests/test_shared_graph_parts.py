@@ -103,6 +103,25 @@ def test_shared_saver_exports_what_the_builders_own_saver_exports() -> None:
     assert exported(second, shared_again) == exported(graph_with_variables(), None)
 
 
+def graph_with_many_variables() -> tf.Graph:
+    # Not in name order, more than ten (names like save/Identity_10), three dtypes.
+    graph = tf.Graph()
+    with graph.as_default():
+        for i in [7, 3, 11, 0, 5, 10, 1, 9, 2, 8, 4, 6]:
+            dtype = ("float32", "int64", "float64")[i % 3]
+            _variable(SourceVariable(f"layer_{i}/w", "key", (i % 4 + 1, 2), dtype))
+    return graph
+
+
+@pytest.mark.parametrize("made", [graph_with_variables, graph_with_many_variables])
+def test_shared_saver_made_for_one_variable_and_widened_is_tfs_own(made) -> None:
+    graph = made()
+    with graph.as_default():
+        shared = SharedSavers().for_default_graph()
+
+    assert exported(graph, shared) == exported(made(), None)
+
+
 def test_a_graph_that_already_has_a_saver_keeps_the_builders() -> None:
     graph = graph_with_variables()
     with graph.as_default():

@@ -65,8 +65,11 @@ class StreamingSaver(tf.compat.v1.train.Saver):
     shadow, are never all in memory together.
     """
 
-    def __init__(self, source: Path, keys: Mapping[str, str]):
-        super().__init__(sharded=True, write_version=tf.compat.v1.train.SaverDef.V2)
+    def __init__(self, source: Path, keys: Mapping[str, str], saver_def: Any = None):
+        # Given a SaverDef, its ops are made elsewhere (see builder.writer.SharedSavers).
+        super().__init__(
+            sharded=True, write_version=tf.compat.v1.train.SaverDef.V2, saver_def=saver_def
+        )
         self._source = source
         self._keys = dict(keys)
         self._fresh = [v for v in tf.compat.v1.global_variables() if v.op.name not in keys]
