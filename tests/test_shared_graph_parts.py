@@ -19,6 +19,7 @@ import tensorflow as tf
 from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
 
 import smpack
+from smpack.builder.checkpoint_bundle import StreamingSaver
 from smpack.builder.writer import SharedSavers
 from smpack.sources.savedmodel import SourceVariable, VariablesTemplate, _variable
 
@@ -120,6 +121,18 @@ def test_shared_saver_made_for_one_variable_and_widened_is_tfs_own(made) -> None
         shared = SharedSavers().for_default_graph()
 
     assert exported(graph, shared) == exported(made(), None)
+
+
+def test_the_saver_writing_the_variables_exports_what_its_own_ops_export(tmp_path: Path) -> None:
+    graph, own = graph_with_many_variables(), graph_with_many_variables()
+    with graph.as_default():
+        shared = SharedSavers().streaming(tmp_path / "source", {})
+    with own.as_default():
+        built_in_the_graph = StreamingSaver(tmp_path / "source", {})
+
+    assert isinstance(shared.saving, StreamingSaver)  # what writes the variables
+    assert shared.saving.saver_def == built_in_the_graph.saver_def
+    assert exported(graph, shared) == exported(own, built_in_the_graph)
 
 
 def test_a_graph_that_already_has_a_saver_keeps_the_builders() -> None:
