@@ -80,14 +80,16 @@ def graph_with_variables() -> tf.Graph:
     return graph
 
 
-def exported(graph: tf.Graph, saver: tf.compat.v1.train.Saver | None) -> Any:
+def exported(
+    graph: tf.Graph, saver: tf.compat.v1.train.Saver | None, clear_devices: bool = False
+) -> Any:
     """What `SavedModelBuilder.add_meta_graph` exports: its own Saver unless given one."""
     with graph.as_default():
         if saver is None:
             saver = tf.compat.v1.train.Saver(
                 sharded=True, write_version=tf.compat.v1.train.SaverDef.V2, allow_empty=True
             )
-        return saver.export_meta_graph(clear_devices=False, strip_default_attrs=True)
+        return saver.export_meta_graph(clear_devices=clear_devices, strip_default_attrs=True)
 
 
 def test_shared_saver_exports_what_the_builders_own_saver_exports() -> None:
@@ -114,13 +116,15 @@ def graph_with_many_variables() -> tf.Graph:
     return graph
 
 
+@pytest.mark.parametrize("clear_devices", [False, True])
 @pytest.mark.parametrize("made", [graph_with_variables, graph_with_many_variables])
-def test_shared_saver_made_for_one_variable_and_widened_is_tfs_own(made) -> None:
+def test_shared_saver_made_for_one_variable_and_widened_is_tfs_own(made, clear_devices) -> None:
     graph = made()
     with graph.as_default():
         shared = SharedSavers().for_default_graph()
 
-    assert exported(graph, shared) == exported(made(), None)
+    ours, tfs = exported(graph, shared, clear_devices), exported(made(), None, clear_devices)
+    assert ours.SerializeToString(deterministic=True) == tfs.SerializeToString(deterministic=True)
 
 
 def test_the_saver_writing_the_variables_exports_what_its_own_ops_export(tmp_path: Path) -> None:

@@ -227,6 +227,10 @@ def _built_saver(stand_ins: list[Any]) -> tuple[Any, list[Any], list[Any]]:
     return saver.saver_def, nodes, list(exported.meta_info_def.stripped_op_list.op)
 
 
+# The collection `export_meta_graph` rewrites when it clears devices.
+_UNBOUND_INPUTS = "unbound_inputs"
+
+
 class _SplicedSaver(tf.compat.v1.train.Saver):
     """A Saver whose ops are not in the graph: its export adds them, made once elsewhere.
 
@@ -246,11 +250,20 @@ class _SplicedSaver(tf.compat.v1.train.Saver):
             raise RuntimeError(msg)
         return self.saving.save(*args, **kwargs)
 
-    def export_meta_graph(self, *args: Any, **kwargs: Any) -> Any:
-        exported = super().export_meta_graph(*args, **kwargs)
-        start = len(exported.graph_def.node)
+    def export_meta_graph(self, *args: Any, clear_devices: bool = False, **kwargs: Any) -> Any:
+        # TF clears devices by deep-copying every node in Python (and empties the graph's
+        # unbound-inputs collection, which only a graph holding one would notice); clearing
+        # the exported nodes in place is the same MetaGraph for a fraction of the cost.
+        in_place = clear_devices and not tf.compat.v1.get_collection(_UNBOUND_INPUTS)
+        exported = super().export_meta_graph(
+            *args, clear_devices=clear_devices and not in_place, **kwargs
+        )
+        start = 0 if in_place else len(exported.graph_def.node)
+        if in_place:
+            # TF's copy writes the function library even when it is empty.
+            exported.graph_def.library.SetInParent()
         exported.graph_def.node.extend(self._nodes)
-        if kwargs.get("clear_devices"):
+        if clear_devices:
             for node in exported.graph_def.node[start:]:
                 node.device = ""
         # The graph's ops and the Saver's, sorted by name: TF's stripped_op_list_for_graph.
