@@ -45,7 +45,7 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
     from smpack.sources.python import load_model_function
 
     source = loaded.spec.source
-    import_op_libraries(source.imports, loaded.path)
+    import_op_libraries(source.imports, loaded.path, beside=loaded.path.parent)
     if source.python is not None:
         yield ModelSource(load_model_function(loaded), checkpoint=loaded.checkpoint)
         return
