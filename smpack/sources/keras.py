@@ -25,7 +25,10 @@ def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
         model = keras.saving.load_model(path)
     except Exception as e:
         msg = f"cannot load {path.name} with Keras: {type(e).__name__}: {first_line(e)}"
+        if "Could not locate" in str(e):  # a custom class nothing imported has registered
+            msg += "; list the module defining it in source.imports"
         raise ModelError(msg, **where) from e
+    call_once_if_never_called(model)
     seed_unseeded_generators(model)
     exported = folder / "savedmodel"
     try:
@@ -34,6 +37,22 @@ def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
         msg = f"cannot export {path.name} as a SavedModel: {type(e).__name__}: {first_line(e)}"
         raise ModelError(msg, **where) from e
     return exported
+
+
+def call_once_if_never_called(model: Any) -> None:
+    """Call a subclassed model Keras loaded (built from its saved input shape, never called)
+    once on symbolic inputs of that shape, as export requires: what a user does by hand
+    before `model.export`, and it computes nothing."""
+    import keras
+    from keras.src.export.export_utils import _infer_input_signature_from_model
+    from keras.src.models import Functional
+
+    # Functional and Sequential models export from their Input layers, called or not.
+    if model._called or isinstance(model, (Functional, keras.Sequential)):
+        return
+    specs = _infer_input_signature_from_model(model)
+    if specs:
+        model(*[keras.KerasTensor(spec.shape, spec.dtype) for spec in specs])
 
 
 def seed_unseeded_generators(model: Any) -> None:
