@@ -2,9 +2,9 @@
 
 Each maker writes one source into `folder` (random weights, seeded) and returns the
 manifest's `source:` block for it. The tests (tests/test_real_text.py,
-tests/test_real_training.py) hold what smpack makes of them; bench/real.py measures what
-that costs. TensorFlow, Keras and tensorflow_text are imported inside each maker, so
-importing this module is cheap.
+tests/test_real_training.py, tests/test_real_keras.py) hold what smpack makes of them;
+bench/real.py measures what that costs. TensorFlow, Keras and tensorflow_text are imported
+inside each maker, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -160,3 +160,90 @@ def sliced_checkpoint_module(folder: Path, outputs: int = 40) -> dict[str, Any]:
         options=tf.saved_model.SaveOptions(experimental_sharding_callback=policy),
     )
     return {"savedmodel": "centred", "loss": "mse"}
+
+
+def keras_tabular(folder: Path) -> dict[str, Any]:
+    """A Keras model on dict inputs of mixed dtypes (float32, int64, string) through
+    Normalization (adapted), IntegerLookup, Hashing, Discretization and CategoryEncoding,
+    saved as `.keras`."""
+    import keras
+
+    # With these weights, verify's made-up rows put float16's rounding beyond its tolerance
+    # of the (tiny) output: the case verify must warn about, not fail.
+    keras.utils.set_random_seed(0)
+    age = keras.Input(shape=(1,), dtype="float32", name="age")
+    code = keras.Input(shape=(1,), dtype="int64", name="code")
+    city = keras.Input(shape=(1,), dtype="string", name="city")
+    income = keras.Input(shape=(1,), dtype="float32", name="income")
+    normalize = keras.layers.Normalization()
+    normalize.adapt(np.array([[20.0], [30.0], [50.0], [70.0]], np.float32))
+    codes = keras.layers.IntegerLookup(vocabulary=[3, 7, 11], output_mode="one_hot")(code)
+    cities = keras.layers.CategoryEncoding(8, output_mode="one_hot")(
+        keras.layers.Hashing(num_bins=8)(city)
+    )
+    brackets = keras.layers.CategoryEncoding(4, output_mode="one_hot")(
+        keras.layers.Discretization(bin_boundaries=[1000.0, 5000.0, 20000.0])(income)
+    )
+    features = keras.layers.Concatenate()([normalize(age), codes, cities, brackets])
+    hidden = keras.layers.Dense(8, activation="relu")(features)
+    score = keras.layers.Dense(1, name="score")(hidden)
+    inputs = {"age": age, "code": code, "city": city, "income": income}
+    keras.Model(inputs, score).save(folder / "tabular.keras")
+    return {"keras": "tabular.keras", "loss": "mse"}
+
+
+# A user's own Keras classes, in a module beside the manifest (see keras_custom_classes).
+CUSTOM_LAYERS = """\
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="corpus")
+class Gated(keras.layers.Layer):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, shape):
+        self.kernel = self.add_weight(shape=(shape[-1], 2 * self.units))
+        self.scale = self.add_weight(shape=(), initializer="ones", trainable=False)
+
+    def call(self, x):
+        value, gate = ops.split(ops.matmul(x, self.kernel), 2, axis=-1)
+        return value * ops.sigmoid(gate) * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="corpus")
+class GatedNet(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gated = Gated(8)
+        self.head = keras.layers.Dense(2)
+
+    def call(self, x, training=False):
+        return self.head(self.gated(x))
+"""
+
+
+def keras_custom_classes(folder: Path, module: str = "custom_layers") -> dict[str, Any]:
+    """A subclassed Keras model with a custom layer, both registered by the module `module`
+    written beside it (and named in source.imports), saved as `.keras`."""
+    import importlib
+    import sys
+
+    import keras
+
+    (folder / f"{module}.py").write_text(CUSTOM_LAYERS)
+    sys.path.insert(0, str(folder))
+    try:
+        layers = importlib.import_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    keras.utils.set_random_seed(6)
+    model = layers.GatedNet()
+    model(np.zeros((1, 5), np.float32))
+    model.save(folder / "gated.keras")
+    return {"keras": "gated.keras", "loss": "mse", "imports": [module]}
