@@ -58,6 +58,7 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder / source["keras"], _build(folder, source)
 
 
+@pytest.mark.slow
 def test_a_tabular_model_of_mixed_dtype_inputs_verifies(tabular: tuple[Path, Path]) -> None:
     import keras
 
@@ -80,6 +81,7 @@ def test_a_tabular_model_of_mixed_dtype_inputs_verifies(tabular: tuple[Path, Pat
     assert np.abs(gpu - expected).max() <= TOLERANCES["float16"] * np.abs(expected).max()
 
 
+@pytest.mark.slow
 def test_a_subclassed_model_with_custom_layers_builds_and_verifies(
     gated: tuple[Path, Path],
 ) -> None:
@@ -93,6 +95,7 @@ def test_a_subclassed_model_with_custom_layers_builds_and_verifies(
     np.testing.assert_allclose(run_v1(package, ["serve"], GATED)["output_0"], expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_package_needs_no_module_that_only_its_source_needed(
     gated: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,6 +112,7 @@ def test_a_package_needs_no_module_that_only_its_source_needed(
     assert check.detail.endswith("no graph needs an op from it")
 
 
+@pytest.mark.slow
 def test_an_unregistered_custom_class_names_source_imports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
