@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import run_c
+from conftest import json_result, run_c
 from corpus import (
     VOCABULARY,
     keras_integer_lookup,
@@ -351,6 +351,34 @@ def test_custom_op_mistakes_are_one_line(
     assert lines == [f"error: {folder / 'smpack.yaml'}: {message}"]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_verify_fails_where_the_library_of_a_graphs_ops_cannot_be_imported(
+    tokenizer_source: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "project"
+    shutil.copytree(tokenizer_source, folder)
+    source = {"savedmodel": "tokenized", "imports": ["tensorflow_text"]}
+    manifest = {"schema": 1, "name": "tok", "version": 1, "source": source}
+    manifest["variants"] = {"cpu": {"tags": ["serve"]}}
+    (folder / "smpack.yaml").write_text(yaml.safe_dump(manifest))
+    package = smpack.build(folder / "smpack.yaml", tmp_path / "out", measure=False).path
+    # A fresh process where tensorflow_text cannot be imported (None in sys.modules makes
+    # `import` raise ImportError), as on a host without it.
+    script = "import sys; sys.modules['tensorflow_text'] = None; import smpack.__main__"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "verify", str(package), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    checks = json_result(result.stdout, "verify")["checks"]
+    (check,) = [c for c in checks if c["name"] == "op libraries import"]
+    assert check["passed"] is False
+    assert "imports[0]: cannot import 'tensorflow_text'" in check["detail"]
+    assert check["detail"].endswith("(graphs use FastWordpieceTokenizeWithOffsets)")
 
 
 @pytest.mark.slow
