@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
-import gc
-import sys
 from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ import tensorflow as tf
 from smpack.builder.provenance import check_provenance, claims_smpack
 from smpack.builder.training import TRAIN_METHOD
 from smpack.builder.warmup import read_requests
+from smpack.checks.graph_process import GraphProcessDied, run_in_own_process, start_server
 from smpack.checks.placement import pins_this_host_lacks
 from smpack.checks.xla_check import tpu_graph_on_cpu
 from smpack.errors import ManifestError, SmpackError, telling_line
@@ -107,6 +105,7 @@ def verify_package(location: str | Path, on_step: StepCallback | None = None) ->
     Never raises for a bad graph. A remote package is fetched whole and checked locally.
     """
     schedule_xla_cpu_for_memory()  # for a caller that imported TensorFlow itself
+    start_server()  # it imports TensorFlow while the package is fetched and read
     step = Steps(int(is_url(location)), on_step)
     if is_url(location):
         step(f"fetching {location}")
@@ -178,41 +177,60 @@ def _op_libraries_check(package: PackageInfo, export_dir: Path, saved_model: Any
 
 
 def _verify_graphs(
-    export_dir: Path, saved_model: Any, package: PackageInfo, step: Steps
+    export_dir: Path,
+    saved_model: Any,
+    package: PackageInfo,
+    step: Steps,
 ) -> tuple[list[GraphReport], dict[str, tuple[str, dict[str, Any]]]]:
-    """Each graph's report and outputs, loading one graph at a time.
+    """Each graph's report and outputs, loading each graph in a process of its own.
 
-    Each graph holds the weights while it is checked (a float16 or XLA graph about twice
-    over); its session is gone, and its memory free, before the next one loads, so verify's
-    peak is the heaviest graph's rather than the sum of them.
+    Each graph holds the weights while it is checked (a float16 or XLA graph about 1.2x
+    over); its process has exited, and returned all its memory, before the next one
+    starts, so verify's peak is the heaviest graph's rather than the sum of them.
     """
     checkpoint = {v.name: (v.dtype, v.shape) for v in package.variables}
     requests = _Requests(read_requests(export_dir, EXAMPLES_FILE), read_requests(export_dir))
     reports, outputs = [], {}
-    for meta_graph, info in zip(saved_model.meta_graphs, package.graphs, strict=True):
+    for index, (meta_graph, info) in enumerate(
+        zip(saved_model.meta_graphs, package.graphs, strict=True)
+    ):
         report = GraphReport(info.tag_set)
         step(f"loading and running {info.tag_set}")
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
         words = vocabulary_words(meta_graph, export_dir)
-        graph_outputs = _run_graph(export_dir, meta_graph, report, requests.with_words(words))
+        try:
+            checks, graph_outputs = run_in_own_process(
+                _check_graph,
+                export_dir,
+                index,
+                requests.with_words(words),
+                package.op_libraries,
+                description=f"smpack verify {info.tag_set}",
+            )
+        except GraphProcessDied as e:
+            checks, graph_outputs = [Check("loads and runs", False, f"{e}: not checked")], {}
+        report.checks.extend(checks)
         outputs[report.tag_set] = (info.precision, graph_outputs)
         reports.append(report)
-        _return_freed_memory()
     return reports, outputs
 
 
-def _return_freed_memory() -> None:
-    """Collect the closed session (and its variables), then hand freed heap pages back.
-
-    glibc keeps freed blocks below its mmap threshold, and TensorFlow without oneDNN frees
-    weights into them: 1 GiB of them stayed resident after a graph was closed. (oneDNN's
-    allocator keeps its own pool, which the next graph reuses.)
-    """
-    gc.collect()
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
-            ctypes.CDLL(None).malloc_trim(0)
+def _check_graph(
+    export_dir: Path, index: int, requests: _Requests, op_libraries: Sequence[str]
+) -> tuple[list[Check], dict[str, Any]]:
+    """The checks of MetaGraph `index` run through TensorFlow, and its outputs (see
+    `_run_graph`). Run in the graph's own process, which imports the op libraries too,
+    since the graph's custom ops exist only once they are. One that does not import is
+    the caller's "op libraries import" check; the graph loads without it, as it would in
+    the caller (and fails to, if it needs its ops)."""
+    if op_libraries:
+        with contextlib.suppress(ManifestError):
+            import_op_libraries(op_libraries, export_dir / RECORD_PATH, "imports")
+    report = GraphReport("")
+    meta_graph = read_saved_model(export_dir).meta_graphs[index]
+    outputs = _run_graph(export_dir, meta_graph, report, requests)
+    return report.checks, outputs
 
 
 def _variables_check(meta_graph: Any, checkpoint: dict[str, tuple[str, tuple[int, ...]]]) -> Check:
