@@ -1,0 +1,156 @@
+"""verify checks each graph in a process of its own: its result, its death and Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import invoke, json_result
+
+from smpack.checks.graph_process import GraphProcessBug, GraphProcessDied, run_in_own_process
+from smpack.package.info import PackageInfo
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:  # it has ended
+        pass
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    return [d for child in _children(pid) for d in [child, *_descendants(child)]]
+
+
+def _graph_processes(pid: int) -> list[int]:
+    """What the server of graph processes under `pid` has forked (not what its TensorFlow
+    import runs, `uname -p`): processes two levels below with the server's command line."""
+    found = []
+    for child in _children(pid):
+        for grandchild in _children(child):
+            with contextlib.suppress(OSError):
+                command = Path(f"/proc/{grandchild}/cmdline").read_bytes()
+                if b"multiprocessing.forkserver" in command:
+                    found.append(grandchild)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie waiting to be reaped (by init, in a container
+    that may never do so)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_graph_process_returns_its_result_with_the_callers_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # XLA reads XLA_FLAGS at its first compilation, in the graph's process: what the caller
+    # set after the server started must be what the process sees.
+    monkeypatch.setenv("SMPACK_PROBE", "set after the server started")
+    assert run_in_own_process(os.getenv, "SMPACK_PROBE") == "set after the server started"
+    assert run_in_own_process(os.getpid) != os.getpid()
+
+
+def test_a_graph_process_that_dies_or_raises_is_reported() -> None:
+    with pytest.raises(GraphProcessDied, match=r"killed by signal 6 \(SIGABRT\)$"):
+        run_in_own_process(os.abort)
+    with pytest.raises(GraphProcessDied, match="exited with code 3 before reporting"):
+        run_in_own_process(os._exit, 3)
+    # An exception verify did not expect is a bug, with the process's traceback.
+    with pytest.raises(GraphProcessBug, match="^checking: ZeroDivisionError") as raised:
+        run_in_own_process(operator.truediv, 1, 0, description="checking")
+    assert "Traceback" in str(raised.value)
+
+
+def test_a_killed_graph_process_fails_that_graph_naming_the_signal(
+    linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the kernel's out-of-memory killer does, done to the first graph's process."""
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_the_first_graph_process() -> None:
+        while not done.wait(0.01):
+            for pid in _graph_processes(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+
+    killer = threading.Thread(target=kill_the_first_graph_process)
+    killer.start()
+    try:
+        result = invoke(monkeypatch, ["verify", str(linear_package.path), "--json"])
+    finally:
+        done.set()
+        killer.join()
+
+    assert killed
+    # Not a user error in the package, nor a bug: the graph was not checked, so verify fails.
+    assert result.exit_code == 1, result.output
+    report = json_result(result.stdout, "verify")
+    failed = [
+        (graph["tag_set"], check["name"], check["detail"])
+        for graph in report["graphs"]
+        for check in graph["checks"]
+        if not check["passed"]
+    ]
+    detail = (
+        "the process checking it was killed by signal 9 (SIGKILL), as the kernel's "
+        "out-of-memory killer or a memory limit does: not checked"
+    )
+    assert failed == [(report["graphs"][0]["tag_set"], "loads and runs", detail)]
+    assert report["graphs"][0]["tag_set"] == "train"
+
+
+@pytest.mark.parametrize("interrupted", ["the process group (Ctrl-C)", "smpack alone"])
+def test_ctrl_c_leaves_no_process_behind(linear_package: PackageInfo, interrupted: str) -> None:
+    def as_a_user_starts_it() -> None:
+        # A test runner's workers may ignore SIGINT, and children inherit that.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setpgrp()  # a terminal's foreground process group of its own
+
+    verify = subprocess.Popen(
+        [sys.executable, "-m", "smpack", "verify", str(linear_package.path)],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_a_user_starts_it,
+    )
+    deadline = time.monotonic() + 120
+    while not _graph_processes(verify.pid):
+        assert verify.poll() is None, verify.communicate()
+        assert time.monotonic() < deadline, "no graph process started"
+        time.sleep(0.01)
+    # The server, its graph process, and multiprocessing's resource tracker.
+    started = _descendants(verify.pid)
+    if interrupted == "smpack alone":
+        verify.send_signal(signal.SIGINT)
+    else:
+        os.killpg(verify.pid, signal.SIGINT)
+    try:
+        _, stderr = verify.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        verify.kill()
+        raise
+
+    assert verify.returncode == 130
+    assert stderr.splitlines() == ["interrupted"], stderr
+    deadline = time.monotonic() + 10  # the server notices its caller has gone
+    while any(_running(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in started if _running(pid)] == []
