@@ -41,7 +41,7 @@ def _graph_processes(pid: int) -> list[int]:
         for grandchild in _children(child):
             with contextlib.suppress(OSError):
                 command = Path(f"/proc/{grandchild}/cmdline").read_bytes()
-                if b"multiprocessing.forkserver" in command:
+                if b"smpack.checks.graph_server" in command:
                     found.append(grandchild)
     return found
 
@@ -116,15 +116,35 @@ def test_a_killed_graph_process_fails_that_graph_naming_the_signal(
     assert report["graphs"][0]["tag_set"] == "train"
 
 
-@pytest.mark.parametrize("interrupted", ["the process group (Ctrl-C)", "smpack alone"])
-def test_ctrl_c_leaves_no_process_behind(linear_package: PackageInfo, interrupted: str) -> None:
+# A script calling the library, with no `if __name__ == "__main__":`: the graph processes
+# must not run it again (multiprocessing's would, once per graph).
+SCRIPT = """\
+import sys
+import smpack
+print("the script ran", flush=True)
+smpack.verify(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("interrupted", ["smpack verify, Ctrl-C", "a script, SIGINT to it alone"])
+def test_interrupting_verify_leaves_no_process_behind(
+    linear_package: PackageInfo, interrupted: str, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches the terminal's whole process group; `kill -INT` only the caller, who
+    must end its graph process and server itself."""
+
     def as_a_user_starts_it() -> None:
         # A test runner's workers may ignore SIGINT, and children inherit that.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.setpgrp()  # a terminal's foreground process group of its own
 
+    if interrupted.startswith("a script"):
+        (tmp_path / "check.py").write_text(SCRIPT)
+        command = [sys.executable, str(tmp_path / "check.py")]
+    else:
+        command = [sys.executable, "-m", "smpack", "verify"]
     verify = subprocess.Popen(
-        [sys.executable, "-m", "smpack", "verify", str(linear_package.path)],
+        [*command, str(linear_package.path)],
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -136,21 +156,24 @@ def test_ctrl_c_leaves_no_process_behind(linear_package: PackageInfo, interrupte
         assert verify.poll() is None, verify.communicate()
         assert time.monotonic() < deadline, "no graph process started"
         time.sleep(0.01)
-    # The server, its graph process, and multiprocessing's resource tracker.
-    started = _descendants(verify.pid)
-    if interrupted == "smpack alone":
+    started = _descendants(verify.pid)  # the server and its graph process
+    if interrupted.startswith("a script"):
         verify.send_signal(signal.SIGINT)
     else:
         os.killpg(verify.pid, signal.SIGINT)
     try:
-        _, stderr = verify.communicate(timeout=60)
+        stdout, stderr = verify.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         verify.kill()
         raise
 
-    assert verify.returncode == 130
-    assert stderr.splitlines() == ["interrupted"], stderr
-    deadline = time.monotonic() + 10  # the server notices its caller has gone
+    if interrupted.startswith("a script"):
+        assert verify.returncode == -signal.SIGINT  # Python's way out of a KeyboardInterrupt
+        assert stdout == "the script ran\n"
+    else:
+        assert verify.returncode == 130
+        assert stderr.splitlines() == ["interrupted"], stderr
+    deadline = time.monotonic() + 10
     while any(_running(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [pid for pid in started if _running(pid)] == []

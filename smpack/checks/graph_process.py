@@ -5,28 +5,26 @@ at 16 GiB of weights the second graph loaded before the first's memory was back,
 build died at the 24 GiB the machine has. A process per graph starts on an empty heap and
 hands everything back when it exits.
 
-The processes are forked from a server that imported TensorFlow once and has created no
-session, thread pool or device (multiprocessing's forkserver), so each costs a fork rather
-than TensorFlow's import (6-8 s on a busy 2-core machine). The server starts when first
-needed and ends with this process.
+The processes are forked from a server (`graph_server`) that imported TensorFlow once and
+has created no session, thread pool or device, so each costs a fork rather than
+TensorFlow's import (6-8 s on a busy 2-core machine). The server starts when first needed,
+serves this process's later calls too, and ends with it. It is not multiprocessing's
+forkserver, whose processes first re-run the caller's `__main__` module: a script calling
+`smpack.verify` would run again, once per graph.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import multiprocessing
-import multiprocessing.connection
 import os
+import pickle
 import signal
+import subprocess
 import sys
-import traceback
+import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
-# Imported in the server, once: TensorFlow and everything verify runs in a graph's process.
-_PRELOADED = ["smpack.checks.graph_server"]
-_CONTEXT = multiprocessing.get_context("forkserver")
+from smpack.checks.graph_server import read_message, write_message
 
 Result = TypeVar("Result")
 
@@ -48,19 +46,51 @@ class GraphProcessDied(Exception):
 
 
 class GraphProcessBug(RuntimeError):
-    """An exception verify did not expect, raised in a graph's process: a bug in smpack.
-    Its message ends with the process's traceback."""
+    """An exception verify did not expect, raised in a graph's process (a bug in smpack; its
+    message ends with the process's traceback), or the server's own failure."""
+
+
+class _Server:
+    """The running server: its process and the pipes to it."""
+
+    def __init__(self) -> None:
+        # The caller's import path, for a caller that extended it (smpack not installed).
+        path = os.pathsep.join(p for p in sys.path if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "smpack.checks.graph_server"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+
+    @property
+    def requests(self) -> IO[bytes]:
+        assert self.process.stdin is not None
+        return self.process.stdin
+
+    @property
+    def replies(self) -> IO[bytes]:
+        assert self.process.stdout is not None
+        return self.process.stdout
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.requests.close()
+        self.replies.close()
+
+
+_server: _Server | None = None
+_lock = threading.Lock()  # one graph process at a time, and one server
 
 
 def start_server() -> None:
     """Start the server (it imports TensorFlow) if it is not running, without waiting for it:
     its import overlaps whatever the caller does next."""
-    if _in_process():
-        return
-    _CONTEXT.set_forkserver_preload(_PRELOADED)
-    from multiprocessing import forkserver
-
-    forkserver.ensure_running()
+    global _server
+    with _lock:
+        if _server is None or _server.process.poll() is not None:
+            _server = _Server()
 
 
 def run_in_own_process(
@@ -68,73 +98,43 @@ def run_in_own_process(
 ) -> Result:
     """`function(*args)` in a fresh process forked from the server; its return value.
 
-    Raises `GraphProcessDied` if the process ends without a result, `GraphProcessBug` if
-    `function` raised. The process never outlives the call: on any exception here (Ctrl-C
-    included) it is terminated, then killed, and reaped.
+    `function` and `args` must pickle (a module-level function). Raises `GraphProcessDied`
+    if the process ends without a result, `GraphProcessBug` if `function` raised. The
+    process never outlives the call: on any exception here (Ctrl-C included) it is killed,
+    and the server with it (the next call starts another).
     """
-    if _in_process():
-        return function(*args)
+    global _server
     start_server()
-    receiver, sender = _CONTEXT.Pipe(duplex=False)
-    process = _CONTEXT.Process(
-        target=_child,
-        args=(sender, function, args, dict(os.environ)),
-        name=description,
-        daemon=True,
-    )
-    try:
-        process.start()
-        sender.close()
-        # The result first: a large one fills the pipe, and the process waits for it to
-        # be read before it can exit.
-        multiprocessing.connection.wait([receiver, process.sentinel])
+    with _lock:
+        assert _server is not None
+        server, child = _server, 0
         try:
-            kind, payload = receiver.recv()
-        except EOFError:  # ended without sending
-            kind, payload = "died", None
-        process.join()
-    finally:
-        receiver.close()
-        if process.is_alive():
-            process.terminate()
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+            write_message(server.requests, (function, args, dict(os.environ)))
+            child = read_message(server.replies)
+            exit_code, result = read_message(server.replies)
+        except BaseException as e:
+            if child:
+                _kill(child)
+            server.stop()
+            _server = None
+            if isinstance(e, (EOFError, BrokenPipeError)):
+                msg = (
+                    f"{description}: verify's graph server ended with exit code "
+                    f"{server.process.returncode} (its error, if any, is above)"
+                )
+                raise GraphProcessBug(msg) from e
+            raise
+    if exit_code != 0 or not result:
+        raise GraphProcessDied(exit_code)
+    kind, payload = pickle.loads(result)
     if kind == "bug":
         msg = f"{description}: {payload}"
         raise GraphProcessBug(msg)
-    if kind == "died":
-        raise GraphProcessDied(process.exitcode or 0)
     return payload
 
 
-def _in_process() -> bool:
-    """Whether graphs must be checked in this process: a daemonic process (a worker of a
-    multiprocessing.Pool) may not start processes of its own."""
-    return bool(multiprocessing.current_process().daemon)
-
-
-def _child(
-    sender: multiprocessing.connection.Connection,
-    function: Callable[..., Any],
-    args: tuple[Any, ...],
-    environment: dict[str, str],
-) -> None:
-    # Ctrl-C reaches the whole process group: this process just ends, and the caller,
-    # interrupted too, reports it once. Nor does it outlive the server, which ends with
-    # the caller (Linux's PR_SET_PDEATHSIG; elsewhere it ends at its next write).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    # The caller's environment now, not the server's when it started (XLA_FLAGS, set by
-    # verify, is read at the first XLA compilation, which happens here).
-    os.environ.clear()
-    os.environ.update(environment)
+def _kill(pid: int) -> None:
     try:
-        result = function(*args)
-    except BaseException as e:
-        sender.send(("bug", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-        return
-    sender.send(("result", result))
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had ended
+        pass

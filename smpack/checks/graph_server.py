@@ -1,22 +1,116 @@
-"""What the server that forks verify's graph processes runs once, when it starts: TensorFlow's
-import (quietly, as the CLI does) and verify's code. Imported only there (`graph_process`)."""
+"""The server verify's graph processes are forked from (`graph_process` starts and uses it).
+
+Run as `python -m smpack.checks.graph_server`: it imports TensorFlow once, then for each
+request on its stdin (a pickled function, its arguments and the caller's environment)
+forks a process that runs it, and answers on its stdout with the process's id, then its
+exit code and what it returned. It ends when its stdin closes, or when its caller dies.
+Importing this module imports nothing heavy: the caller uses its framing.
+"""
+
+from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import pickle
 import signal
+import struct
 import sys
+import traceback
+from typing import IO, Any, NoReturn
 
-# The server ends with its caller, at once: not when it next reads its pipe (after
-# TensorFlow's import, or after Python's teardown, 2-3 s with TensorFlow loaded) with the
-# caller's stdout still open. Ctrl-C is the caller's to handle (multiprocessing's server
-# ignores it too, once it has started).
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-if sys.platform == "linux":
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+_LENGTH = struct.Struct("<Q")
 
-from smpack.io.tf_quietly import import_tensorflow_quietly  # noqa: E402
 
-import_tensorflow_quietly()
+def write_message(stream: IO[bytes], message: Any) -> None:
+    _write_frame(stream, pickle.dumps(message))
 
-import smpack.checks.verify  # noqa: E402,F401
+
+def read_message(stream: IO[bytes]) -> Any:
+    """The next message on `stream`; EOFError if it ended."""
+    return pickle.loads(_read_frame(stream))
+
+
+def _write_frame(stream: IO[bytes], data: bytes) -> None:
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> bytes:
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        raise EOFError
+    (length,) = _LENGTH.unpack(header)
+    data = stream.read(length)
+    if len(data) < length:
+        raise EOFError
+    return data
+
+
+def _die_with_parent() -> None:
+    """Be killed when the parent ends (Linux's PR_SET_PDEATHSIG), at once: the server would
+    otherwise notice only at its next read (after TensorFlow's import, say); a graph's
+    process, at its end."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
+def main() -> NoReturn:
+    # Ctrl-C reaches the whole process group: the caller handles it, once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    # The pipes to the caller on descriptors of their own; anything else printed (by
+    # TensorFlow, by a model's op library) goes to stderr instead of into the replies.
+    requests = os.fdopen(os.dup(0), "rb")
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    with open(os.devnull, "rb") as nothing:
+        os.dup2(nothing.fileno(), 0)
+
+    from smpack.io.tf_quietly import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    import smpack.checks.verify  # noqa: F401  (what the graph processes run)
+
+    while True:
+        try:
+            request = _read_frame(requests)
+        except EOFError:  # the caller is done
+            os._exit(0)  # without Python's teardown of TensorFlow (2-3 s)
+        results, results_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            requests.close()
+            replies.close()
+            os.close(results)
+            _run(request, results_end)
+        os.close(results_end)
+        write_message(replies, pid)
+        with os.fdopen(results, "rb") as result:
+            data = result.read()
+        _, status = os.waitpid(pid, 0)
+        write_message(replies, (os.waitstatus_to_exitcode(status), data))
+
+
+def _run(request: bytes, results_end: int) -> NoReturn:
+    """In the forked process: run the request, write what it returned or raised, and exit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with_parent()
+    try:
+        function, args, environment = pickle.loads(request)
+        # The caller's environment now, not the server's when it started (XLA_FLAGS, set by
+        # verify, is read at the first XLA compilation, which happens here).
+        os.environ.clear()
+        os.environ.update(environment)
+        outcome = pickle.dumps(("result", function(*args)))
+    except BaseException as e:
+        outcome = pickle.dumps(("bug", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    with os.fdopen(results_end, "wb") as results:
+        results.write(outcome)
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
