@@ -1,9 +1,9 @@
 """smpack: one manifest in, one SavedModel out, with every variant sharing one checkpoint.
 
-The library API is `build`, `build_many`, `inspect`, `verify`, `extract`, `diff`,
-`render_card`, `measure`, `serving_config`, `load_manifest`, `manifest_schema` and `init`
-(smpack/api.py); model authors use `ModelContext` and `ModelSpec`. TensorFlow is imported
-only when a call needs it.
+The library API is `build`, `build_many`, `inspect`, `verify`, `prepare_verify`,
+`extract`, `diff`, `render_card`, `measure`, `serving_config`, `load_manifest`,
+`manifest_schema` and `init` (smpack/api.py); model authors use `ModelContext` and
+`ModelSpec`. TensorFlow is imported only when a call needs it.
 """
 
 from smpack.api import (
@@ -16,6 +16,7 @@ from smpack.api import (
     load_manifest,
     manifest_schema,
     measure,
+    prepare_verify,
     render_card,
     serving_config,
     verify,
@@ -40,6 +41,7 @@ __all__ = [
     "load_manifest",
     "manifest_schema",
     "measure",
+    "prepare_verify",
     "render_card",
     "serving_config",
     "verify",

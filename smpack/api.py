@@ -109,6 +109,15 @@ def verify(location: str | Path, on_step: StepCallback | None = None) -> VerifyR
     return verify_package(location, on_step=on_step)
 
 
+def prepare_verify() -> None:
+    """Start what `verify` needs first, in the background: the process its graph processes
+    are forked from, which imports TensorFlow (6-8 s). A `verify` later in this process (of
+    the package a build is writing, say) then starts at once. Returns at once."""
+    from smpack.checks.graph_process import start_server
+
+    start_server()
+
+
 def extract(
     location: str | Path,
     tags: Iterable[str],

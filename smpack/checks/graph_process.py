@@ -109,7 +109,7 @@ def run_in_own_process(
         assert _server is not None
         server, child = _server, 0
         try:
-            write_message(server.requests, (function, args, dict(os.environ)))
+            write_message(server.requests, (function, args, dict(os.environ), os.getcwd()))
             child = read_message(server.replies)
             exit_code, result = read_message(server.replies)
         except BaseException as e:

@@ -1,9 +1,10 @@
 """The server verify's graph processes are forked from (`graph_process` starts and uses it).
 
 Run as `python -m smpack.checks.graph_server`: it imports TensorFlow once, then for each
-request on its stdin (a pickled function, its arguments and the caller's environment)
-forks a process that runs it, and answers on its stdout with the process's id, then its
-exit code and what it returned. It ends when its stdin closes, or when its caller dies.
+request on its stdin (a pickled function, its arguments, the caller's environment and
+working folder) forks a process that runs it, and answers on its stdout with the process's
+id, then its exit code and what it returned. It ends when its stdin closes, or when its
+caller dies.
 Importing this module imports nothing heavy: the caller uses its framing.
 """
 
@@ -98,11 +99,13 @@ def _run(request: bytes, results_end: int) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
     try:
-        function, args, environment = pickle.loads(request)
-        # The caller's environment now, not the server's when it started (XLA_FLAGS, set by
-        # verify, is read at the first XLA compilation, which happens here).
+        function, args, environment, folder = pickle.loads(request)
+        # The caller's environment and folder now, not the server's when it started
+        # (XLA_FLAGS, set by verify, is read at the first XLA compilation, which happens
+        # here; a package's path may be relative).
         os.environ.clear()
         os.environ.update(environment)
+        os.chdir(folder)
         outcome = pickle.dumps(("result", function(*args)))
     except BaseException as e:
         outcome = pickle.dumps(("bug", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))

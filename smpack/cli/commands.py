@@ -269,6 +269,8 @@ def _build_one(
             reports.append(smpack.verify(staging, on_step=show))
             return reports[-1].passed
 
+        if verify:  # its TensorFlow import overlaps the build
+            smpack.prepare_verify()
         info = smpack.build(
             manifest,
             out,
