@@ -382,7 +382,7 @@ SECTIONS_ON_REQUEST = ("huge",)
 # this process's RSS once TF is imported. Sampled every 50 ms, by the bench's own sampler.
 VERIFY_STEPS = """\
 import json, os, sys, threading, time
-sys.path.insert(0, sys.argv[2])
+sys.path.append(sys.argv[2])  # last: bench/inspect.py is not the standard library's
 from pack import descendants, pss
 from smpack.io.tf_quietly import import_tensorflow_quietly
 import_tensorflow_quietly()

@@ -54,13 +54,12 @@ class _Server:
     """The running server: its process and the pipes to it."""
 
     def __init__(self) -> None:
-        # The caller's import path, for a caller that extended it (smpack not installed).
-        path = os.pathsep.join(p for p in sys.path if p)
+        # Not the caller's sys.path: a script's folder first on it may hold modules named
+        # like the standard library's (bench/inspect.py), which it imported before.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "smpack.checks.graph_server"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
         )
 
     @property
