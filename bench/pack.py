@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import subprocess
@@ -287,7 +288,18 @@ def memory_cgroup(limit: int) -> Iterator[Path]:
             (group / "memory.memsw.limit_in_bytes").write_text(str(limit))
         yield group
     finally:
-        group.rmdir()
+        # A process the last one left (verify's graph server, killed as its caller exits)
+        # may still be leaving the group: removing it fails until it has.
+        for _ in range(100):
+            try:
+                group.rmdir()
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                time.sleep(0.1)
+        else:
+            group.rmdir()
 
 
 def cgroup_peak(group: Path) -> int:
