@@ -407,7 +407,9 @@ peak = [0]
 
 def sample():
     while True:
-        peak[0] = max(peak[0], sum(pss(p) for p in descendants(os.getpid())))
+        # Summed first: a reset while the (slow) sum runs must not be undone by a stale peak.
+        now = sum(pss(p) for p in descendants(os.getpid()))
+        peak[0] = max(peak[0], now)
         time.sleep(0.05)
 
 
