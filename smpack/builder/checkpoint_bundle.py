@@ -168,7 +168,7 @@ def write_variables(
         if copied is None:
             link_or_copy(data, target)
         else:
-            _copy_ranges(data, target, [entries[n] for n in copied])
+            _copy_ranges(data, target, [entries[n] for n in sorted(copied)])
     for shard_id, data in enumerate(extra_shards, start=len(shards)):
         data.rename(_shard_path(prefix, shard_id, total))
     for extra in extras:
@@ -186,13 +186,17 @@ def _shard_path(prefix: Path, shard: int, num_shards: int) -> Path:
 def _copy_ranges(
     source: Path, target: Path, entries: list[tensor_bundle_pb2.BundleEntryProto]
 ) -> None:
-    """Copy each entry's bytes into `target`, one after another, and point it there.
+    """Copy each entry's bytes into `target`, one after another in the order given, and
+    point it there.
 
-    The bytes are hashed as they are written, so the package's record need not read them.
+    The order is the caller's, not the source's: a source written twice from one model can
+    hold its tensors in different orders (a Keras export's `_all_variables`), and the
+    package must be the same bytes. The bytes are hashed as they are written, so the
+    package's record need not read them.
     """
     digest = hashlib.sha256()
     with source.open("rb") as src, target.open("wb") as dst:
-        for entry in sorted(entries, key=lambda e: e.offset):
+        for entry in entries:
             src.seek(entry.offset)
             entry.offset = dst.tell()
             left = entry.size

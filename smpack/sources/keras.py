@@ -8,7 +8,10 @@ holds the model's training-mode call, which train variants replay.
 
 from __future__ import annotations
 
+import collections
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +20,71 @@ from smpack.errors import ModelError, first_line
 
 def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
     """Export the Keras model at `path` to a SavedModel under `folder` and return its path."""
+    where: dict[str, Any] = {"file": manifest, "field": "source.keras"}
+    with _names_from_the_file_alone():
+        try:
+            model = _load(path)
+        except Exception as e:
+            msg = f"cannot load {path.name} with Keras: {type(e).__name__}: {first_line(e)}"
+            if "Could not locate" in str(e):  # a custom class nothing imported has registered
+                msg += "; list the module defining it in source.imports"
+            raise ModelError(msg, **where) from e
+        _prepare(model)
+        exported = folder / "savedmodel"
+        try:
+            _export_with_training_call(model, exported)
+        except Exception as e:
+            msg = f"cannot export {path.name} as a SavedModel: {type(e).__name__}: {first_line(e)}"
+            raise ModelError(msg, **where) from e
+    return exported
+
+
+def load_keras_model(path: Path) -> Any:
+    """The Keras model at `path` as every build of it sees it, whatever the process did before.
+
+    What a plain `keras.saving.load_model` takes from the process rather than the file is
+    fixed: names Keras makes up (a Dropout's seed generator, `seed_generator_17`, whose
+    state variable is in the checkpoint) are counted from zero, and generators without a
+    seed get one from the file (`seed_unseeded_generators`). To train in Keras what the
+    package trains (same variable names, same dropout masks), load the file with this.
+    """
+    with _names_from_the_file_alone():
+        model = _load(path)
+        _prepare(model)
+    return model
+
+
+def _load(path: Path) -> Any:
     import keras
 
-    where: dict[str, Any] = {"file": manifest, "field": "source.keras"}
-    try:
-        # safe_mode (the default) refuses lambda layers and other arbitrary code in the file.
-        model = keras.saving.load_model(path)
-    except Exception as e:
-        msg = f"cannot load {path.name} with Keras: {type(e).__name__}: {first_line(e)}"
-        if "Could not locate" in str(e):  # a custom class nothing imported has registered
-            msg += "; list the module defining it in source.imports"
-        raise ModelError(msg, **where) from e
+    # safe_mode (the default) refuses lambda layers and other arbitrary code in the file.
+    return keras.saving.load_model(path)
+
+
+def _prepare(model: Any) -> None:
+    """What a build does to a loaded model before exporting it."""
     call_once_if_never_called(model)
     seed_unseeded_generators(model)
-    exported = folder / "savedmodel"
+
+
+@contextmanager
+def _names_from_the_file_alone() -> Iterator[None]:
+    """Keras's name counter, fresh inside, the caller's own again after.
+
+    Keras names an object created without a name from one counter per prefix for the whole
+    process, so the names in a loaded model depend on what was named before it (another
+    model loaded, a test that ran first). No public API sets that counter aside: the one
+    `keras.backend.clear_session` resets is swapped for a new one and put back.
+    """
+    from keras.src.backend.common import global_state
+
+    counter = "object_name_uids"
+    callers = global_state.get_global_attribute(counter)
+    global_state.set_global_attribute(counter, collections.defaultdict(int))
     try:
-        _export_with_training_call(model, exported)
-    except Exception as e:
-        msg = f"cannot export {path.name} as a SavedModel: {type(e).__name__}: {first_line(e)}"
-        raise ModelError(msg, **where) from e
-    return exported
+        yield
+    finally:
+        global_state.set_global_attribute(counter, callers)
 
 
 def call_once_if_never_called(model: Any) -> None:

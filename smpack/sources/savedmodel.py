@@ -321,6 +321,9 @@ def _inlined(
     for node in flat.node:
         if "_class" in node.attr:
             del node.attr["_class"]
+        # The traced function each inlined node came from, named by a process-wide counter
+        # (`__inference___call___568`): what else the process traced would be in the package.
+        node.experimental_debug_info.ClearField("original_func_names")
     return flat
 
 
