@@ -10,6 +10,7 @@ from smpack.manifest import Optimizer
 TRAIN_METHOD = "tensorflow/supervised/training"
 # tensorflow/python/saved_model/constants.py TRAIN_OP_KEY (not exported as public API).
 SAVED_MODEL_TRAIN_OP_KEY = "saved_model_train_op"
+_KERAS_ADAM_EPSILON = 1e-7
 
 
 def build_train_op(
@@ -27,7 +28,8 @@ def build_train_op(
     elif optimizer.name == "momentum":
         opt = v1.MomentumOptimizer(optimizer.learning_rate, optimizer.momentum)
     else:
-        opt = v1.AdamOptimizer(optimizer.learning_rate)
+        # Keras's epsilon (TF1's default is 1e-8): the step `fit` takes with Adam's defaults.
+        opt = v1.AdamOptimizer(optimizer.learning_rate, epsilon=_KERAS_ADAM_EPSILON)
     if loss_scaling:
         # TF's own TF1 twin of Keras's LossScaleOptimizer, with the same dynamic scale:
         # 2**15 at first, halved (and the step skipped, the global step kept) when a
