@@ -18,6 +18,7 @@ from smpack.errors import GraphError, ModelError, SmpackError, first_line
 from smpack.manifest import LoadedManifest, Signature, Variant
 from smpack.model import ModelContext, ModelSpec
 from smpack.package.layout import TRAIN_FUNCTION_COLLECTION
+from smpack.sources.python import keras_names_from_zero
 
 TRAIN_SIGNATURE_KEY = "train"
 
@@ -85,7 +86,8 @@ def build_variant_graph(
                 graph, loaded, asset, asset_files, source_assets or {}
             ),
         )
-        spec = _call_model(loaded, model_fn, ctx)
+        with keras_names_from_zero():
+            spec = _call_model(loaded, model_fn, ctx)
         model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
         where: dict[str, Any] = {"file": loaded.path, "field": field_path}
         _check_targeting_applied(variant, bool(compute_calls), where)

@@ -31,6 +31,7 @@ from smpack.errors import ModelError
 from smpack.sources.graph_def import node_name, tensor_name
 from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.precision import HalfTarget, retyped
+from smpack.sources.training_mode import register_state_updates
 
 # What tf.compat.v1.get_variable takes besides its name (a custom getter also sees the
 # variable scope's reuse, replayed through a scope of its own).
@@ -46,6 +47,16 @@ _VARIABLE_ARGUMENTS = (
     "constraint",
     "synchronization",
     "aggregation",
+)
+# What tf.Variable (and so a Keras variable) is made from, replayed in the variant's graph.
+_CREATED_ARGUMENTS = (
+    "initial_value",
+    "trainable",
+    "dtype",
+    "constraint",
+    "synchronization",
+    "aggregation",
+    "shape",
 )
 # Variables and tables a function graph makes are lifted out of it (`tf.init_scope`) into
 # this scope of the trace's own outer graph; the trace is their union.
@@ -99,9 +110,10 @@ class TracedCompute:
 
 
 def trace_in_float32(
-    fn: Callable[..., Any], tensors: Sequence[tf.Tensor], target: HalfTarget
+    fn: Callable[..., Any], tensors: Sequence[tf.Tensor], target: HalfTarget | None
 ) -> TracedCompute:
-    """Trace `fn(*tensors)` in float32, import its host part, and retype its device part."""
+    """Trace `fn(*tensors)` in float32, import its host part, and retype its device part
+    for `target` (a float32 variant's, with no target, is imported as traced)."""
     variant_graph = tf.compat.v1.get_default_graph()
     scope = tf.compat.v1.get_variable_scope()
     lifted = tf.Graph()
@@ -109,15 +121,19 @@ def trace_in_float32(
     lifted.seed = variant_graph.seed
     variables: dict[str, dict[str, Any]] = {}  # variable name -> get_variable's arguments
     recorded: dict[str, str] = {}  # handle tensor in `lifted` -> variable name
+    created: dict[str, dict[str, Any]] = {}  # handle tensor in `lifted` -> tf.Variable's
     # `tf.init_scope` lifts into the innermost graph entered that is not a function's.
     with lifted.as_default():
         trace = tf.__internal__.FuncGraph("compute")
     with lifted.as_default(), trace.as_default():
-        with tf.compat.v1.variable_scope(
-            scope.name,
-            reuse=scope.reuse or None,
-            custom_getter=_recording_getter(variables, recorded),
-            auxiliary_name_scope=False,
+        with (
+            tf.compat.v1.variable_scope(
+                scope.name,
+                reuse=scope.reuse or None,
+                custom_getter=_recording_getter(variables, recorded),
+                auxiliary_name_scope=False,
+            ),
+            tf.variable_creator_scope(_recording_creator(created)),
         ):
             result = fn(*tensors)
         # A result `fn` passed through unchanged is still the trace's own tensor.
@@ -125,13 +141,22 @@ def trace_in_float32(
             tf.identity(t) if t.graph is not trace else t
             for t in (tf.convert_to_tensor(t) for t in tf.nest.flatten(result))
         ]
-        updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        # Assignments nothing fetches (a Keras layer's moving averages, a dropout seed's
+        # state) run with each step, as they would in a tf.function.
+        register_state_updates(trace.get_operations())
+        updates = list(
+            {
+                (u.op if isinstance(u, tf.Tensor) else u).name: None
+                for u in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+            }
+        )
         table_init = tf.group(
             *tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS),
             name=_TABLE_INITIALIZERS,
         )
 
-    handles = {f"{_LIFTED}/{h}": name for h, name in recorded.items()}
+    # get_variable's variables may pass the creator too; its arguments are the ones to replay.
+    handles = {f"{_LIFTED}/{h}": h for h in {**created, **dict.fromkeys(recorded)}}
     # The trace and what was lifted out of it, as one graph; captured tensors of the
     # variant's graph stay placeholders, its external inputs.
     merged = tf.Graph()
@@ -153,24 +178,12 @@ def trace_in_float32(
             else:
                 captured[inner.name] = outer
         tf.graph_util.import_graph_def(trace.as_graph_def(), input_map=lifted_map, name="")
-    unrecorded = sorted(
-        op.name
-        for op in lifted.get_operations()
-        if op.type in ("VarHandleOp", "VariableV2") and f"{op.name}:0" not in recorded
-    )
-    if unrecorded:
-        msg = (
-            f"variable {unrecorded[0]!r} was made inside "
-            "ctx.compute without tf.compat.v1.get_variable, so half-precision variants "
-            "cannot share it; create it with tf.compat.v1.get_variable"
-        )
-        raise ValueError(msg)
     external = {node_name(t) for t in (*handles, *captured)}
     # ctx.asset's tensors, which a table may be filled from: the loaders rewrite them.
     assets = {t.name for t in variant_graph.get_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS)}
     asset_paths = {node_name(t): v.name for t, v in captured.items() if v.name in assets}
     flat = merged.as_graph_def()
-    fetches = [t.name for t in outputs] + [op.name for op in updates]
+    fetches = [t.name for t in outputs] + updates
     signature_graph = tf.compat.v1.graph_util.extract_sub_graph(
         flat, sorted({node_name(f) for f in fetches})
     )
@@ -199,11 +212,14 @@ def trace_in_float32(
         device_inputs=[
             host_tensors[t] if t in host_tensors else captured[t] for t in device_input_names
         ],
-        device=retyped(device, target),
+        device=device if target is None else retyped(device, target),
         device_input_names=device_input_names,
         device_outputs=[t for t in flat_outputs if t not in host_tensors],
-        updates=[op.name for op in updates],
-        variables={h: variables[name] for h, name in handles.items()},
+        updates=updates,
+        variables={
+            h: variables[recorded[lifted_h]] if lifted_h in recorded else created[lifted_h]
+            for h, lifted_h in handles.items()
+        },
         host_outputs={t: host_tensors[t] for t in flat_outputs if t in host_tensors},
         outputs=flat_outputs,
     )
@@ -244,8 +260,41 @@ def _recording_getter(
     return record
 
 
+def _recording_creator(created: dict[str, dict[str, Any]]) -> Callable[..., Any]:
+    def record(next_creator: Callable[..., Any], **kwargs: Any) -> Any:
+        initial_value = kwargs.get("initial_value")
+        if isinstance(initial_value, (tf.Tensor, tf.Variable)):
+            # Made in the trace, which the lifted variable cannot read: only a value known
+            # while tracing can be replayed.
+            value = None
+            if isinstance(initial_value, tf.Tensor):
+                value = tf.get_static_value(initial_value)
+            if value is None:
+                name = kwargs.get("name")
+                msg = (
+                    f"{f'variable {name!r}' if name else 'a tf.Variable'} made inside "
+                    "ctx.compute starts from a value computed while tracing it; give it a "
+                    "constant or an initializer"
+                )
+                raise ValueError(msg)
+            kwargs["initial_value"] = value
+        variable = next_creator(**kwargs)
+        created[variable.handle.name] = {
+            "created": {k: kwargs[k] for k in _CREATED_ARGUMENTS if kwargs.get(k) is not None},
+            # With the name scopes it was made in (a Keras layer's), which replaying drops.
+            "name": variable.handle.op.name,
+        }
+        return variable
+
+    return record
+
+
 def _variable_in_variant_graph(given: dict[str, Any]) -> Any:
     """The variant graph's variable, made (or reused) as `fn` asked for it."""
+    if "created" in given:
+        # Named as in the trace, outside the variant graph's name scope.
+        with tf.compat.v1.get_default_graph().name_scope(""):
+            return tf.Variable(**given["created"], name=given["name"])
     kwargs = {k: given[k] for k in _VARIABLE_ARGUMENTS if k in given}
     root = tf.compat.v1.VariableScope(reuse=given.get("reuse"), name="")
     with tf.compat.v1.variable_scope(root, auxiliary_name_scope=False):

@@ -15,24 +15,28 @@ import tensorflow as tf
 from smpack.builder.retyped_call import trace_in_float32
 from smpack.manifest import Variant
 from smpack.sources.precision import half_target
+from smpack.sources.training_mode import register_state_updates
 
 
 def compute_for(variant: Variant) -> Callable[..., Any]:
     """The `ctx.compute` implementation for `variant`."""
     dtype = tf.as_dtype(variant.precision)
     target = half_target(variant)
+    # A device pin, an XLA mark or tpu.rewrite must not take the host's tables with it.
+    is_placed = bool(variant.device or variant.xla or variant.on_tpu)
 
     def compute(fn: Callable[..., Any], *inputs: Any, retype: bool = True) -> Any:
         inputs_list = [tf.convert_to_tensor(t) for t in inputs]
-        if retype and target is not None:
+        if retype and (target is not None or is_placed):
             # Traced in float32 here, on the host, where its string and table ops stay;
             # the rest is retyped by the rules imported graphs get and placed below.
             traced = trace_in_float32(fn, inputs_list, target)
             if not traced.device_outputs:
                 return traced.result_from([])
-            outputs = placed(lambda *t: traced.on_device(t, target.dtype), traced.device_inputs)
+            outputs = placed(lambda *t: traced.on_device(t, dtype), traced.device_inputs)
             return traced.result_from(outputs)
         structure: list[Any] = []
+        first_new_op = len(tf.compat.v1.get_default_graph().get_operations())
 
         def body(*tensors: tf.Tensor) -> list[tf.Tensor]:
             cast_inputs = [_cast_float(t, dtype) for t in tensors]
@@ -46,6 +50,13 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
             return tf.nest.flatten(result)
 
         outputs = placed(body, inputs_list)
+        # Assignments nothing fetches (a Keras layer's moving averages) run with each step,
+        # as in a traced compute.
+        graph = tf.compat.v1.get_default_graph()
+        initializers = {v.initializer for v in tf.compat.v1.global_variables()}
+        register_state_updates(
+            op for op in graph.get_operations()[first_new_op:] if op not in initializers
+        )
         return tf.nest.pack_sequence_as(structure[0], outputs)
 
     def placed(body: Callable[..., list[tf.Tensor]], tensors: list[tf.Tensor]) -> list[Any]:

@@ -5,9 +5,11 @@ This runs the user's code: a manifest is as trusted as the Python file it points
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +57,23 @@ def import_function(path: Path, name: str, manifest: Path, field: str) -> Callab
             field=field,
         )
     return function
+
+
+@contextlib.contextmanager
+def keras_names_from_zero() -> Iterator[None]:
+    """Keras's layer-name counters start from zero while one variant is built, and are put
+    back after: each variant's Keras layers get the same names (`dense`, not `dense_1` in
+    the second variant), so all variants share one checkpoint and builds are reproducible."""
+    if "keras" not in sys.modules:  # no model code has imported it: no layer to name
+        yield
+        return
+    # Private, but it is what keras.backend.clear_session resets (which also drops the
+    # rest of Keras's global state, the caller's models included).
+    from keras.src.backend.common import global_state
+
+    saved = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", collections.defaultdict(int))
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", saved)
