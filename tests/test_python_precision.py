@@ -233,6 +233,9 @@ SERVING_VARIANTS = {
         "xla": True,
     },
     "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 2},
+    # float32 variants placed as the half-precision ones are trace ctx.compute alike.
+    "xla32": {"tags": ["serve", "xla32"], "xla": True},
+    "tpu32": {"tags": ["serve", "tpu32"], "tpu": True, "batch_size": 2},
 }
 HOST_OPS = {"LookupTableFindV2", "HashTableV2", "InitializeTableFromTextFileV2"}
 
@@ -274,26 +277,34 @@ def test_tables_in_compute_fill_from_the_asset_on_every_loader(table_package, tm
         assert [a.filename for a in meta_graph(moved, tags).asset_file_def] == ["vocab.txt"]
 
 
-def test_tables_and_lookups_stay_outside_xla_in_their_own_dtypes(table_package) -> None:
-    graph = meta_graph(table_package.path, ["serve", "gpu"]).graph_def
+@pytest.mark.parametrize(
+    ("tags", "dtype"),
+    [(("serve", "gpu"), tf.float16), (("serve", "xla32"), tf.float32)],
+    ids=["float16", "float32"],
+)
+def test_tables_and_lookups_stay_outside_xla_in_their_own_dtypes(
+    table_package, tags, dtype
+) -> None:
+    graph = meta_graph(table_package.path, tags).graph_def
     on_host = [n for n in graph.node if n.op in HOST_OPS]
     assert {n.op for n in on_host} == HOST_OPS
     assert not any(n.device or "_XlaCompile" in n.attr for n in on_host)
     (find,) = (n for n in graph.node if n.op == "LookupTableFindV2")
     assert (find.attr["Tin"].type, find.attr["Tout"].type) == (tf.string, tf.int64)
     (product,) = (n for n in graph.node if n.op == "MatMul")
-    assert product.attr["T"].type == tf.float16 and product.attr["_XlaCompile"].b
+    assert product.attr["T"].type == dtype and product.attr["_XlaCompile"].b
     # The table is filled by the package's init op, through TF's table initializers.
     (initializer,) = (
-        meta_graph(table_package.path, ["serve", "gpu"])
-        .collection_def["table_initializer"]
-        .node_list.value
+        meta_graph(table_package.path, tags).collection_def["table_initializer"].node_list.value
     )
     assert initializer.startswith("compute_host/")
 
 
-def test_tables_and_lookups_stay_outside_tpu_rewrite(table_package) -> None:
-    tpu = meta_graph(table_package.path, ["serve", "tpu"])
+@pytest.mark.parametrize(
+    "tags", [("serve", "tpu"), ("serve", "tpu32")], ids=["bfloat16", "float32"]
+)
+def test_tables_and_lookups_stay_outside_tpu_rewrite(table_package, tags) -> None:
+    tpu = meta_graph(table_package.path, tags)
     inside = {n.op for n in tpu.graph_def.node if "_tpu_replicate" in n.attr}
     outside = {n.op for n in tpu.graph_def.node if "_tpu_replicate" not in n.attr}
     assert "MatMul" in inside and not inside & HOST_OPS and HOST_OPS <= outside
