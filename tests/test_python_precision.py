@@ -1,7 +1,9 @@
 """A python source's `ctx.compute` in half precision beyond serving: train variants in float16
 and bfloat16 (gradients through the retyped trace, float32 master weights, a dynamic loss
 scale for float16 as Keras's LossScaleOptimizer keeps) and batch normalisation's
-`UPDATE_OPS` carried across the trace, run once per step as in the float32 train graph.
+`UPDATE_OPS` carried across the trace, run once per step as in the float32 train graph;
+tables made inside `ctx.compute` kept on the host in every placed variant; and a Keras
+source's float16 train variant scaling its loss as a python source's does.
 """
 
 from __future__ import annotations
@@ -322,3 +324,39 @@ def test_a_tensor_read_from_outside_compute_is_fed_from_the_variant_graph(table_
     tpu = run_tpu_graph_on_cpu(table_package.path, ["serve", "tpu"], "serving_default", feeds(3.0))
     scale = np.abs(tripled["logits"]).max()
     np.testing.assert_allclose(tpu["logits"], tripled["logits"], atol=2e-2 * scale)
+
+
+def test_a_keras_sources_float16_train_variant_scales_its_loss_too(tmp_path) -> None:
+    # The train op is built in one place for every source kind: a Keras model's float16
+    # train graph skips an overflowing step and halves the scale, as the python source's.
+    import keras
+
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(1, name="out")(inputs))
+    model.save(tmp_path / "model.keras")
+    variants = {
+        "cpu": {"tags": ["serve"]},
+        "train_gpu": {
+            "tags": ["train", "gpu"],
+            "device": "/device:GPU:0",
+            "precision": "float16",
+            "optimizer": SGD,
+        },
+    }
+    manifest = write_manifest(tmp_path, {"keras": "model.keras", "loss": "mse"}, variants=variants)
+    package = smpack.build(manifest, tmp_path / "out")
+    config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+    with tf.compat.v1.Session(graph=tf.Graph(), config=config) as session:
+        graph = tf.compat.v1.saved_model.loader.load(session, list(FLOAT16), str(package.path))
+        signature = graph.signature_def["train"]
+        (x_key,) = set(signature.inputs) - {"labels"}
+        # Labels this far off overflow the scaled float16 gradients.
+        feeds = {
+            signature.inputs[x_key].name: X,
+            signature.inputs["labels"].name: np.full((8, 1), 3e3, np.float32),
+        }
+        variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+        session.run(signature.outputs["loss"].name, feeds)
+        state = session.run(variables)
+    assert state["loss_scale/current_loss_scale"] == 2.0**14
+    assert state["global_step"] == 0
