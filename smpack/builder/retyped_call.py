@@ -1,4 +1,5 @@
-"""A python source's device computation in half precision, by the rules imported graphs get.
+"""A python source's device computation traced apart: retyped to half precision by the rules
+imported graphs get, and split from what must stay on the host.
 
 `ctx.compute(fn, ...)` in a float16 or bfloat16 variant does not run `fn` on half-precision
 tensors (its float32 masks, ranges and softmax would then be its author's problem, and
@@ -8,14 +9,20 @@ upstream of them, by `smpack.sources.host_split`, as for an imported SavedModel)
 that part into the variant's graph as it is, retypes the rest with
 `smpack.sources.precision.retyped`, the one implementation of what computes in half
 precision, and imports it where `ctx.compute`'s device pin, XLA mark or `tpu.rewrite`
-apply to it.
+apply to it. A float32 variant with a device pin, XLA or TPU is traced the same way, not
+retyped, so that its tables stay on the host too.
 
 The trace is a function graph: a tensor of the variant's graph that `fn` reads without
 receiving it as an input (a mask, a length, an asset's path) is captured, and fed from
-the variant's graph like an input. The variables `fn` creates are made in the variant's
-graph, float32 (one checkpoint for every variant), with the arguments `fn` gave; the
-traced graph reads them through their handles, as an imported SavedModel's graph does.
-The tables `fn` creates are created on the host and filled by the package's init op.
+the variant's graph like an input. The variables `fn` creates (with `get_variable`,
+`tf.Variable`, or a Keras layer's) are lifted out of it with `tf.init_scope`, as
+`tf.function` lifts them, recorded by a custom getter or a variable creator, and made
+again in the variant's graph, float32 (one checkpoint for every variant), with the
+arguments `fn` gave; the traced graph reads them through their handles, as an imported
+SavedModel's graph does. Assignments `fn` makes that nothing fetches (a Keras layer's
+moving averages, a seed's state) are `UPDATE_OPS`, run with each train step as a
+`tf.function` runs every stateful op it holds. The tables `fn` creates are created on the
+host and filled by the package's init op.
 """
 
 from __future__ import annotations
