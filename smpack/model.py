@@ -17,9 +17,10 @@ from typing import Any, Literal
 class ModelContext:
     """Tells the model function which variant it is building.
 
-    Create variables with `tf.compat.v1.get_variable` inside the function given to
-    `compute`: smpack stores them as float32 (one checkpoint for every variant), whatever
-    dtype is asked, and the variant's precision decides what their reads compute in.
+    Create variables (`tf.compat.v1.get_variable`, `tf.Variable`, Keras layers) inside the
+    function given to `compute`: smpack stores them as float32 (one checkpoint for every
+    variant), whatever dtype is asked, and the variant's precision decides what their
+    reads compute in.
     """
 
     variant: str
