@@ -50,13 +50,10 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
             return tf.nest.flatten(result)
 
         outputs = placed(body, inputs_list)
-        # Assignments nothing fetches (a Keras layer's moving averages) run with each step,
-        # as in a traced compute.
-        graph = tf.compat.v1.get_default_graph()
-        initializers = {v.initializer for v in tf.compat.v1.global_variables()}
-        register_state_updates(
-            op for op in graph.get_operations()[first_new_op:] if op not in initializers
-        )
+        if variant.is_training:
+            _run_unfetched_assignments(
+                tf.compat.v1.get_default_graph().get_operations()[first_new_op:]
+            )
         return tf.nest.pack_sequence_as(structure[0], outputs)
 
     def placed(body: Callable[..., list[tf.Tensor]], tensors: list[tf.Tensor]) -> list[Any]:
@@ -73,6 +70,17 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
             return float32_body(*tensors)
 
     return compute
+
+
+def _run_unfetched_assignments(new_ops: list[tf.Operation]) -> None:
+    """Assignments `fn` made that nothing fetches (a Keras layer's moving averages) run with
+    each train step, as a traced compute's do; variables' initializers and what is in
+    `UPDATE_OPS` already are not added."""
+    skipped = {v.initializer for v in tf.compat.v1.global_variables()} | {
+        u.op if isinstance(u, tf.Tensor) else u
+        for u in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    }
+    register_state_updates(op for op in new_ops if op not in skipped)
 
 
 def _cast_float(tensor: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
