@@ -122,6 +122,18 @@ def small_cnn() -> Any:
     return keras.Model(image, keras.layers.Dense(5, activation="softmax", name="classes")(x))
 
 
+def grouped_cnn() -> Any:
+    import keras
+
+    # Keras compiles a grouped convolution (TF's CPU kernels reject grouped filters) in a
+    # function marked must-compile: its gradient must be compiled as well (ConvNeXt's case).
+    image = keras.Input((8, 8, 8), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=4, name="grouped")(image)
+    x = keras.layers.BatchNormalization(name="norm")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(image, keras.layers.Dense(5, activation="softmax", name="classes")(x))
+
+
 def recurrent() -> Any:
     import keras
 
@@ -160,6 +172,7 @@ class KerasCase:
 CHAOTIC = {"batch": 8, "learning_rate": 1e-3, "chaotic": True}
 KERAS_CASES = {
     "small_cnn_bn_dropout": KerasCase(small_cnn, (16, 16, 3), True),
+    "grouped_conv_bn": KerasCase(grouped_cnn, (8, 8, 8), True),
     "lstm_gru": KerasCase(recurrent, (6, 4), False, has_loop=True),
     "mobilenet_v2": KerasCase(mobilenet_v2, (32, 32, 3), True, **CHAOTIC),
     "efficientnet_b0": KerasCase(efficientnet_b0, (32, 32, 3), True, **CHAOTIC),

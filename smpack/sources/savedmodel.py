@@ -303,6 +303,8 @@ def _inlined(
 
     item = meta_graph_pb2.MetaGraphDef()
     item.graph_def.CopyFrom(meta_graph.graph_def)
+    if keep_loops:
+        _inlinable_must_compile(item.graph_def)
     item.collection_def["train_op"].node_list.value.extend(fetches)
     config = config_pb2.ConfigProto()
     if keep_loops:
@@ -325,6 +327,40 @@ def _inlined(
         # (`__inference___call___568`): what else the process traced would be in the package.
         node.experimental_debug_info.ClearField("original_func_names")
     return flat
+
+
+def _inlinable_must_compile(graph_def: graph_pb2.GraphDef) -> None:
+    """Let Grappler inline the functions the source marks must-compile, their ops marked
+    compiled in one XLA scope per function.
+
+    Keras compiles what TF's CPU kernels cannot run (a grouped convolution) this way. Kept
+    as a call, such a function runs compiled, but TF1 gradients differentiate a call with
+    a `SymbolicGradient`, which XLA never compiles: its CPU kernels then reject the
+    gradient. Inlined ops keep their marks, and TF1 gradients copy `_XlaCompile` and
+    `_XlaScope` from each op to its gradient ops, so forward and backward run compiled.
+    """
+    must_compile = {
+        f.signature.name
+        for f in graph_def.library.function
+        if f.attr["_XlaMustCompile"].b if "_XlaMustCompile" in f.attr
+    }
+    if not must_compile:
+        return
+    calls = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    for node in calls:
+        if "f" in node.attr and node.attr["f"].func.name in must_compile:
+            for mark in ("_XlaMustCompile", "_noinline"):
+                node.attr.pop(mark, None)
+    for function in graph_def.library.function:
+        if function.signature.name not in must_compile:
+            continue
+        for mark in ("_XlaMustCompile", "_noinline"):
+            function.attr.pop(mark, None)
+        for node in function.node_def:
+            node.attr["_XlaCompile"].b = True
+            node.attr["_XlaScope"].s = function.signature.name.encode()
+            # Read by TF1 gradients with the two above: without it they copy neither.
+            node.attr["_XlaSeparateCompiledGradients"].b = False
 
 
 def _restored_keys(graph_def: graph_pb2.GraphDef) -> dict[str, str]:
