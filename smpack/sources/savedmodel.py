@@ -342,7 +342,7 @@ def _inlinable_must_compile(graph_def: graph_pb2.GraphDef) -> None:
     must_compile = {
         f.signature.name
         for f in graph_def.library.function
-        if f.attr["_XlaMustCompile"].b if "_XlaMustCompile" in f.attr
+        if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b
     }
     if not must_compile:
         return
