@@ -329,6 +329,49 @@ def test_failing_on_synthetic_inputs_is_a_warning_not_a_failure(
         assert "warn: failed on inputs verify made up" in " ".join(verified.stdout.split())
 
 
+# Whatever the inputs, the graph's own variable has 4 values where it asserts 3.
+MISSIZED_WEIGHTS = """\
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="input")
+
+    def scale(x):
+        weights = tf.compat.v1.get_variable("weights", [2, 2], ctx.dtype)
+        size = tf.reduce_sum(tf.ones_like(weights))  # not known before it runs
+        with tf.control_dependencies([tf.debugging.assert_equal(size, 3.0)]):
+            return tf.matmul(x, weights)
+
+    out = tf.identity(ctx.compute(scale, x), name="output")
+    return ModelSpec(inputs={"input": x}, outputs={"output": out})
+"""
+
+
+def test_failing_alike_on_two_made_up_input_sets_fails_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = "schema: 1\nname: sized\nversion: 1\nsource: {python: model.py:model_fn}\n"
+    manifest += "variants: {cpu: {tags: [serve]}}\n"
+    (tmp_path / "model.py").write_text(MISSIZED_WEIGHTS)
+    (tmp_path / "smpack.yaml").write_text(manifest)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(monkeypatch, ["build", "smpack.yaml", "--out", "out"])
+    assert result.exit_code == 1, result.output
+    assert not (tmp_path / "out" / "sized" / "1").exists()
+    [graph] = verify_package(tmp_path / "out" / "sized" / "1.failed-verify").graphs
+    [run] = [c for c in graph.checks if c.name.startswith("signature serving_default runs")]
+    assert (run.name, run.passed, run.warning) == (
+        "signature serving_default runs on synthetic inputs",
+        False,
+        False,
+    )
+    assert run.detail.startswith(
+        "failed alike on two sets of made-up inputs, whatever their values: "
+        "assertion failed: [Condition x == y did not hold element-wise:]"
+    )
+
+
 XLA_MEMORY_ORDER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
