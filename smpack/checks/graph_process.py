@@ -50,14 +50,22 @@ class GraphProcessBug(RuntimeError):
     message ends with the process's traceback), or the server's own failure."""
 
 
+_RUNNING_INTERPRETER = "/proc/self/exe"
+
+
 class _Server:
     """The running server: its process and the pipes to it."""
 
     def __init__(self) -> None:
         # Not the caller's sys.path: a script's folder first on it may hold modules named
         # like the standard library's (bench/inspect.py), which it imported before.
+        # The interpreter this process runs, through /proc/self/exe, with sys.executable as
+        # argv[0] so Python still finds its venv: a process that dropped privileges (setpriv,
+        # gosu) may run an interpreter whose folders its user cannot search, and could not
+        # start it again by path.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "smpack.checks.graph_server"],
+            executable=_RUNNING_INTERPRETER if os.path.exists(_RUNNING_INTERPRETER) else None,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
