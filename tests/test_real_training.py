@@ -63,18 +63,23 @@ def variants(batch: int, learning_rate: float) -> dict[str, Any]:
     }
 
 
+KERAS_SOURCE = {"keras": "model.keras", "loss": "sparse_categorical_crossentropy"}
+
+
 def write_manifest(
     folder: Path,
     source: dict[str, Any],
     batch: int = BATCH,
     learning_rate: float = LEARNING_RATE,
+    only: dict[str, Any] | None = None,
 ) -> Path:
+    """The manifest of `source` with the four variants, or with the variants `only` names."""
     manifest = {
         "schema": 1,
         "name": "real",
         "version": 1,
         "source": source,
-        "variants": variants(batch, learning_rate),
+        "variants": variants(batch, learning_rate) if only is None else only,
     }
     path = folder / "smpack.yaml"
     path.write_text(yaml.safe_dump(manifest))
@@ -212,8 +217,7 @@ def keras_built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     random = np.random.default_rng(0)
     x = random.normal(size=(case.batch, *case.input_shape)).astype(np.float32)
     y = random.integers(0, 5, size=case.batch).astype(np.int64)
-    source = {"keras": "model.keras", "loss": "sparse_categorical_crossentropy"}
-    manifest = write_manifest(folder, source, case.batch, case.learning_rate)
+    manifest = write_manifest(folder, KERAS_SOURCE, case.batch, case.learning_rate)
     package = build(manifest, folder / "out")
     return BuiltKeras(request.param, case, folder, package, x, y)
 
@@ -433,17 +437,8 @@ def test_a_build_does_not_depend_on_the_models_the_process_made_before(tmp_path:
 
     keras.utils.set_random_seed(0)
     small_cnn().save(tmp_path / "model.keras")
-    manifest = {
-        "schema": 1,
-        "name": "real",
-        "version": 1,
-        "source": {"keras": "model.keras", "loss": "sparse_categorical_crossentropy"},
-        "variants": {
-            k: v for k, v in variants(BATCH, LEARNING_RATE).items() if k in ("cpu", "train")
-        },
-    }
-    path = tmp_path / "smpack.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    some = {k: v for k, v in variants(BATCH, LEARNING_RATE).items() if k in ("cpu", "train")}
+    path = write_manifest(tmp_path, KERAS_SOURCE, only=some)
     quick = ["--no-verify", "--no-measure", "--quiet"]
     recurrent(), small_cnn()  # what this process made before: their generators were counted
     result = runner.invoke(app, ["build", str(path), "--out", str(tmp_path / "here"), *quick])
@@ -484,17 +479,9 @@ def test_a_softmax_classifier_is_trained_on_its_logits(tmp_path: Path, loss: str
     kernel = np.array([[12, -12, 0], [0, 12, -12], [-12, 0, 12], [0, 0, 0]], np.float32)
     model.get_layer("logits").set_weights([kernel, np.zeros(3, np.float32)])
     model.save(tmp_path / "model.keras")
-    manifest = {
-        "schema": 1,
-        "name": "real",
-        "version": 1,
-        "source": {"keras": "model.keras", "loss": loss},
-        "variants": {"train": variants(BATCH, LEARNING_RATE)["train"]},
-    }
-    (tmp_path / "smpack.yaml").write_text(yaml.safe_dump(manifest))
-    result = runner.invoke(
-        app, ["build", str(tmp_path / "smpack.yaml"), "--out", str(tmp_path), "--quiet"]
-    )
+    train = {"train": variants(BATCH, LEARNING_RATE)["train"]}
+    path = write_manifest(tmp_path, {**KERAS_SOURCE, "loss": loss}, only=train)
+    result = runner.invoke(app, ["build", str(path), "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
     x = np.eye(4, dtype=np.float32)
     classes = np.array([1, 2, 0, 1])  # the first three 24 below their row's best logit
@@ -517,19 +504,9 @@ def test_adam_takes_the_steps_fit_takes(tmp_path: Path) -> None:
 
     keras.utils.set_random_seed(0)
     small_cnn().save(tmp_path / "model.keras")
-    manifest = {
-        "schema": 1,
-        "name": "real",
-        "version": 1,
-        "source": {"keras": "model.keras", "loss": "sparse_categorical_crossentropy"},
-        "variants": {
-            "train": {"tags": ["train"], "optimizer": {"name": "adam", "learning_rate": 0.01}}
-        },
-    }
-    (tmp_path / "smpack.yaml").write_text(yaml.safe_dump(manifest))
-    result = runner.invoke(
-        app, ["build", str(tmp_path / "smpack.yaml"), "--out", str(tmp_path), "--quiet"]
-    )
+    adam = {"tags": ["train"], "optimizer": {"name": "adam", "learning_rate": 0.01}}
+    path = write_manifest(tmp_path, KERAS_SOURCE, only={"train": adam})
+    result = runner.invoke(app, ["build", str(path), "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
     random = np.random.default_rng(0)
     x = random.normal(size=(BATCH, 16, 16, 3)).astype(np.float32)
