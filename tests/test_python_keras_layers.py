@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import variable_pb2
-from tf_helpers import meta_graph, write_manifest
+from tf_helpers import FLOAT32_AND_FLOAT16_TRAINING, meta_graph, write_manifest
 
 import smpack
 from smpack.package.info import PackageInfo
@@ -43,17 +43,8 @@ def model_fn(ctx: ModelContext) -> ModelSpec:
     loss = tf.reduce_mean(tf.square(y - target))
     return ModelSpec(inputs={"x": x}, outputs={"y": y}, labels={"target": target}, loss=loss)
 """
-SGD = {"name": "sgd", "learning_rate": 0.1}
 VARIANTS = {
-    "cpu": {"tags": ["serve"]},
-    "train": {"tags": ["train"], "optimizer": SGD},
-    "train_gpu": {
-        "tags": ["train", "gpu"],
-        "device": "/device:GPU:0",
-        "precision": "float16",
-        "xla": True,
-        "optimizer": SGD,
-    },
+    **FLOAT32_AND_FLOAT16_TRAINING,
     "xla": {"tags": ["serve", "xla"], "xla": True},
     "tpu": {"tags": ["serve", "tpu"], "batch_size": 8},
     "tpu_bf16": {

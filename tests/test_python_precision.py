@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_helpers import meta_graph, run_v1, run_v2, write_manifest
+from tf_helpers import FLOAT32_AND_FLOAT16_TRAINING, SGD, meta_graph, run_v1, run_v2, write_manifest
 
 import smpack
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
@@ -67,17 +67,8 @@ def model_fn(ctx: ModelContext) -> ModelSpec:
     return ModelSpec(inputs={"x": x}, outputs={"y": y}, labels={"target": target}, loss=loss)
 """
 
-SGD = {"name": "sgd", "learning_rate": 0.1}
 TRAIN_VARIANTS = {
-    "cpu": {"tags": ["serve"]},
-    "train": {"tags": ["train"], "optimizer": SGD},
-    "train_gpu": {
-        "tags": ["train", "gpu"],
-        "device": "/device:GPU:0",
-        "precision": "float16",
-        "xla": True,
-        "optimizer": SGD,
-    },
+    **FLOAT32_AND_FLOAT16_TRAINING,
     "train_bf16": {"tags": ["train", "bf16"], "precision": "bfloat16", "optimizer": SGD},
 }
 FLOAT32, FLOAT16, BFLOAT16 = ("train",), ("train", "gpu"), ("train", "bf16")

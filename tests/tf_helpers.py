@@ -63,6 +63,20 @@ SOURCE_VARIANTS = {
 
 SERVING = {k: v for k, v in SOURCE_VARIANTS.items() if k != "train"}
 
+# A python source trained in float32 and in float16 (pinned, XLA), beside its serving graph.
+SGD = {"name": "sgd", "learning_rate": 0.1}
+FLOAT32_AND_FLOAT16_TRAINING = {
+    "cpu": {"tags": ["serve"]},
+    "train": {"tags": ["train"], "optimizer": SGD},
+    "train_gpu": {
+        "tags": ["train", "gpu"],
+        "device": "/device:GPU:0",
+        "precision": "float16",
+        "xla": True,
+        "optimizer": SGD,
+    },
+}
+
 
 def source_variants(optimizer: dict[str, Any], tpu_batch: int) -> dict[str, Any]:
     """SOURCE_VARIANTS with another train optimizer and serve,tpu batch size."""
