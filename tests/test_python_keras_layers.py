@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.framework import variable_pb2
-from tf_helpers import FLOAT32_AND_FLOAT16_TRAINING, meta_graph, write_manifest
+from tf_helpers import (
+    FLOAT32_AND_FLOAT16_TRAINING,
+    meta_graph,
+    write_python_manifest,
+)
 
 import smpack
 from smpack.package.info import PackageInfo
@@ -80,11 +84,7 @@ def keras_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
     # Layers made in this process before the build: Keras would name the model's `dense_2`.
     keras.layers.Dense(1), keras.layers.Dense(1)
     folder = tmp_path_factory.mktemp("python-keras-layers")
-    (folder / "model.py").write_text(KERAS_MODEL)
-    signatures = {"serving_default": {"method": "predict", "inputs": ["x"], "outputs": ["y"]}}
-    manifest = write_manifest(
-        folder, {"python": "model.py:model_fn"}, variants=VARIANTS, signatures=signatures
-    )
+    manifest = write_python_manifest(folder, KERAS_MODEL, VARIANTS)
     # Built only if every graph verifies (TPU graphs compiled by XLA, one train step each)
     # and every graph's variables are the one checkpoint's.
     return smpack.build(manifest, folder / "out")

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_helpers import FLOAT32_AND_FLOAT16_TRAINING, SGD, meta_graph, run_v1, run_v2, write_manifest
+from tf_helpers import (
+    FLOAT32_AND_FLOAT16_TRAINING,
+    SGD,
+    meta_graph,
+    run_v1,
+    run_v2,
+    write_manifest,
+    write_python_manifest,
+)
 
 import smpack
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
@@ -80,11 +88,7 @@ STATISTICS = ("bn/moving_mean", "bn/moving_variance")
 @pytest.fixture(scope="module")
 def batch_norm_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
     folder = tmp_path_factory.mktemp("python-half-training")
-    (folder / "model.py").write_text(BATCH_NORM_MODEL)
-    signatures = {"serving_default": {"method": "predict", "inputs": ["x"], "outputs": ["y"]}}
-    manifest = write_manifest(
-        folder, {"python": "model.py:model_fn"}, variants=TRAIN_VARIANTS, signatures=signatures
-    )
+    manifest = write_python_manifest(folder, BATCH_NORM_MODEL, TRAIN_VARIANTS)
     # Built only if every graph verifies, the train graphs' one-step check included.
     return smpack.build(manifest, folder / "out")
 

@@ -98,6 +98,15 @@ def write_manifest(folder: Path, source: dict[str, Any], **extra: Any) -> Path:
     return path
 
 
+def write_python_manifest(folder: Path, model_code: str, variants: dict[str, Any]) -> Path:
+    """The manifest of `model_code` (a python source's model.py, `model_fn`) whose serving
+    signature predicts `y` from `x`."""
+    (folder / "model.py").write_text(model_code)
+    signatures = {"serving_default": {"method": "predict", "inputs": ["x"], "outputs": ["y"]}}
+    source = {"python": "model.py:model_fn"}
+    return write_manifest(folder, source, variants=variants, signatures=signatures)
+
+
 def make_tf_module(folder: Path) -> Path:
     """A two-layer TF2 model with a second, variable-less signature."""
     import tensorflow as tf
