@@ -14,23 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_helpers import meta_graph, run_v1, write_manifest
+from tf_helpers import meta_graph, run_v1, serving_variants, write_manifest
 
 import smpack
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.package.info import PackageInfo
 
 SEQUENCE, WIDTH, BATCH = 6, 8, 2
-VARIANTS = {
-    "cpu": {"tags": ["serve"]},
-    "gpu": {
-        "tags": ["serve", "gpu"],
-        "device": "/device:GPU:0",
-        "precision": "float16",
-        "xla": True,
-    },
-    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": BATCH},
-}
+VARIANTS = serving_variants(BATCH)
 X = np.random.default_rng(0).normal(size=(BATCH, SEQUENCE, WIDTH)).astype(np.float32)
 
 

@@ -23,6 +23,7 @@ from tf_helpers import (
     meta_graph,
     run_v1,
     run_v2,
+    serving_variants,
     write_manifest,
     write_python_manifest,
 )
@@ -222,14 +223,7 @@ def model_fn(ctx: ModelContext) -> ModelSpec:
 VOCABULARY = ["the", "cat", "sat", "mat"]
 WORDS = np.array([["the", "cat", "sat"], ["a", "mat", "the"]], dtype=object)
 SERVING_VARIANTS = {
-    "cpu": {"tags": ["serve"]},
-    "gpu": {
-        "tags": ["serve", "gpu"],
-        "device": "/device:GPU:0",
-        "precision": "float16",
-        "xla": True,
-    },
-    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 2},
+    **serving_variants(2),
     # float32 variants placed as the half-precision ones are trace ctx.compute alike.
     "xla32": {"tags": ["serve", "xla32"], "xla": True},
     "tpu32": {"tags": ["serve", "tpu32"], "tpu": True, "batch_size": 2},

@@ -48,16 +48,23 @@ def meta_graph(export_dir: Path, tags: Sequence[str]) -> Any:
     return next(m for m in saved_model.meta_graphs if set(m.meta_info_def.tags) == set(tags))
 
 
+def serving_variants(tpu_batch: int) -> dict[str, Any]:
+    """serve, serve,gpu (float16, XLA) and serve,tpu (bfloat16, batches of `tpu_batch`)."""
+    return {
+        "cpu": {"tags": ["serve"]},
+        "gpu": {
+            "tags": ["serve", "gpu"],
+            "device": "/device:GPU:0",
+            "precision": "float16",
+            "xla": True,
+        },
+        "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": tpu_batch},
+    }
+
+
 SOURCE_VARIANTS = {
-    "cpu": {"tags": ["serve"]},
+    **serving_variants(4),
     "train": {"tags": ["train"], "optimizer": {"name": "momentum", "learning_rate": 0.05}},
-    "gpu": {
-        "tags": ["serve", "gpu"],
-        "device": "/device:GPU:0",
-        "precision": "float16",
-        "xla": True,
-    },
-    "tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 4},
 }
 
 
