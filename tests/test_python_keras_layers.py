@@ -10,18 +10,25 @@ each train step, as `model.fit` runs them.
 from __future__ import annotations
 
 import functools
+import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import file_digests
 from tensorflow.core.framework import variable_pb2
 from tf_helpers import (
     FLOAT32_AND_FLOAT16_TRAINING,
     meta_graph,
+    run_v1,
     write_python_manifest,
 )
 
 import smpack
+from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.package.info import PackageInfo
 
 KERAS_MODEL = """
@@ -29,14 +36,18 @@ import keras
 import tensorflow as tf
 from smpack import ModelContext, ModelSpec
 
+glorot = keras.initializers.GlorotNormal
+# Made at module level, as a Keras user makes a model's layers: each variant's graph gets
+# its own (the file is imported in it), named as in every other variant.
+hidden = keras.layers.Dense(3, kernel_initializer=glorot(seed=1))
+scale = tf.Variable(tf.ones([3]), name="scale")
+
 
 def model_fn(ctx: ModelContext) -> ModelSpec:
     x = tf.compat.v1.placeholder(tf.float32, [8, 4], name="x")
 
     def net(x):
-        scale = tf.Variable(tf.ones([3]), name="scale")
-        glorot = keras.initializers.GlorotNormal
-        h = keras.layers.Dense(3, kernel_initializer=glorot(seed=1))(x) * scale
+        h = hidden(x) * scale
         h = keras.layers.BatchNormalization()(h, training=ctx.training)
         return keras.layers.Dense(1, kernel_initializer=glorot(seed=2))(tf.nn.relu(h))
 
@@ -58,8 +69,8 @@ VARIANTS = {
         "batch_size": 8,
     },
 }
-# Keras's second Dense is `dense_1`; its name scope is `dense_1_1` in a graph where the
-# first Dense's call already opened `dense_1` (as in any TF1 graph Keras builds in).
+# The names Keras gives them (`variable.path`, as in a `.keras` file or an eager model):
+# the second Dense is `dense_1`, though its TF1 name scope is `dense_1_1`.
 MODEL_VARIABLES = {
     "scale",
     "dense/kernel",
@@ -68,8 +79,8 @@ MODEL_VARIABLES = {
     "batch_normalization/beta",
     "batch_normalization/moving_mean",
     "batch_normalization/moving_variance",
-    "dense_1_1/kernel",
-    "dense_1_1/bias",
+    "dense_1/kernel",
+    "dense_1/bias",
 }
 STATISTICS = {"batch_normalization/moving_mean", "batch_normalization/moving_variance"}
 X = (np.random.default_rng(0).normal(size=(8, 4)) * 3 + 1).astype(np.float32)
@@ -85,9 +96,9 @@ def keras_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
     keras.layers.Dense(1), keras.layers.Dense(1)
     folder = tmp_path_factory.mktemp("python-keras-layers")
     manifest = write_python_manifest(folder, KERAS_MODEL, VARIANTS)
-    # Built only if every graph verifies (TPU graphs compiled by XLA, one train step each)
-    # and every graph's variables are the one checkpoint's.
-    return smpack.build(manifest, folder / "out")
+    # Built only if every graph's variables are the one checkpoint's; the tests below run
+    # the graphs (verify, which runs them all, would cost this file a third more).
+    return smpack.build(manifest, folder / "out", measure=False)
 
 
 def train(package: PackageInfo, tags: tuple[str, ...], steps: int):
@@ -127,6 +138,15 @@ def test_every_variant_names_the_keras_variables_alike(keras_package) -> None:
     assert {stored[name] for name in MODEL_VARIABLES} == {tf.float32}
 
 
+def test_tpu_computations_compile_and_answer_as_the_serve_graph(keras_package) -> None:
+    # The module-level `scale` is a variable of each variant's graph that the computation
+    # reads without making it: read through its handle inside tpu.rewrite, as XLA needs.
+    (expected,) = run_v1(keras_package.path, ["serve"], {"x": X}).values()
+    for tags, tolerance in ((("serve", "tpu"), 1e-5), (("serve", "tpu", "bf16"), 5e-2)):
+        outputs = run_tpu_graph_on_cpu(keras_package.path, tags, "serving_default", {"x": X})
+        np.testing.assert_allclose(outputs["y"], expected, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("tags", [FLOAT32, FLOAT16], ids=["float32", "float16"])
 def test_batch_normalization_updates_its_moving_statistics_each_step(
     keras_package, twenty_steps, tags
@@ -152,3 +172,59 @@ def test_float16_trains_like_float32(twenty_steps) -> None:
     reference, _ = twenty_steps(FLOAT32)
     losses, _ = twenty_steps(FLOAT16)
     np.testing.assert_allclose(losses, reference, rtol=2e-2)
+
+
+UNSEEDED_MODEL = """
+import keras
+import numpy as np
+import tensorflow as tf
+from smpack import ModelContext, ModelSpec
+
+# Unseeded: Keras draws the initializer's seed from Python's random.
+hidden = keras.layers.Dense(4)
+offset = tf.Variable(np.random.normal(size=[2]).astype(np.float32), name="offset")
+
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+
+    def net(x):
+        return keras.layers.Dense(2)(hidden(x)) + offset
+
+    y = tf.identity(ctx.compute(net, x), name="y")
+    return ModelSpec(inputs={"x": x}, outputs={"y": y})
+"""
+
+
+@pytest.mark.slow
+def test_unseeded_initial_weights_are_the_same_in_every_build(tmp_path: Path) -> None:
+    half = {"tags": ["serve", "half"], "precision": "float16"}
+    manifest = write_python_manifest(
+        tmp_path, UNSEEDED_MODEL, {"cpu": {"tags": ["serve"]}, "half": half}
+    )
+    # A fresh process, its Python random seeded by the OS, and this one, whose state is
+    # whatever the tests before left: the same bytes.
+    command = [
+        sys.executable,
+        "-m",
+        "smpack",
+        "build",
+        str(manifest),
+        "--out",
+        str(tmp_path / "fresh"),
+    ]
+    fresh = subprocess.Popen(
+        [*command, "--no-verify", "--no-measure"], stderr=subprocess.PIPE, text=True
+    )
+    random.random(), np.random.random()
+    state = random.getstate(), np.random.get_state()
+    here = smpack.build(manifest, tmp_path / "here", measure=False).path
+    assert fresh.wait(timeout=120) == 0, fresh.communicate()[1]
+    assert file_digests(tmp_path / "fresh" / "imported" / "1") == file_digests(here)
+    # The build put this process's random state back.
+    assert random.getstate() == state[0]
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state[1], strict=True))
+    # Every weight drawn, none left at zero.
+    checkpoint = tf.train.load_checkpoint(str(here / "variables" / "variables"))
+    for name in ("dense/kernel", "dense_1/kernel", "offset"):
+        assert np.abs(checkpoint.get_tensor(name)).min() > 0, name

@@ -18,7 +18,7 @@ from smpack.errors import GraphError, ModelError, SmpackError, first_line
 from smpack.manifest import LoadedManifest, Signature, Variant
 from smpack.model import ModelContext, ModelSpec
 from smpack.package.layout import TRAIN_FUNCTION_COLLECTION
-from smpack.sources.python import keras_names_from_zero
+from smpack.sources.python import keras_named_variables, same_start_per_variant
 
 TRAIN_SIGNATURE_KEY = "train"
 
@@ -86,7 +86,7 @@ def build_variant_graph(
                 graph, loaded, asset, asset_files, source_assets or {}
             ),
         )
-        with keras_names_from_zero():
+        with same_start_per_variant(), tf.variable_creator_scope(keras_named_variables):
             spec = _call_model(loaded, model_fn, ctx)
         model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
         where: dict[str, Any] = {"file": loaded.path, "field": field_path}

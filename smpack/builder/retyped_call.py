@@ -38,6 +38,7 @@ from smpack.errors import ModelError
 from smpack.sources.graph_def import node_name, tensor_name
 from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.precision import HalfTarget, retyped
+from smpack.sources.python import keras_named_variables
 from smpack.sources.training_mode import register_state_updates
 
 # What tf.compat.v1.get_variable takes besides its name (a custom getter also sees the
@@ -83,6 +84,8 @@ class TracedCompute:
     device_outputs: list[str]
     updates: list[str]  # ops of the device part that UPDATE_OPS lists
     variables: dict[str, dict[str, Any]]  # handle tensor -> get_variable's arguments
+    # Handle tensor -> the variant graph's variable `fn` reads but did not make.
+    outer_variables: dict[str, tf.Tensor] = field(default_factory=dict)
     host_outputs: dict[str, tf.Tensor] = field(default_factory=dict)  # output -> host tensor
     outputs: list[str] = field(default_factory=list)  # the flattened result's tensors
 
@@ -95,6 +98,7 @@ class TracedCompute:
             for h, arguments in self.variables.items()
             if h in read
         }
+        input_map.update({h: v for h, v in self.outer_variables.items() if h in read})
         for name, tensor in zip(self.device_input_names, tensors, strict=True):
             # Floating inputs arrive in half precision, as retyped asks.
             input_map[name] = tf.cast(tensor, dtype) if tensor.dtype.is_floating else tensor
@@ -141,6 +145,7 @@ def trace_in_float32(
                 auxiliary_name_scope=False,
             ),
             tf.variable_creator_scope(_recording_creator(created)),
+            tf.variable_creator_scope(keras_named_variables),
         ):
             result = fn(*tensors)
         # A result `fn` passed through unchanged is still the trace's own tensor.
@@ -207,7 +212,13 @@ def trace_in_float32(
             del node.attr["_class"]
     defined = {n.name for n in device.node}
     read = {tensor_name(i) for n in device.node for i in n.input if not i.startswith("^")}
-    device_input_names = sorted(t for t in read - set(handles) if node_name(t) not in defined)
+    # A variable of the variant's graph that `fn` reads without making it (made by the model
+    # file at module level, or outside ctx.compute) is read through its handle, as the
+    # variables `fn` makes are, not fed to the device computation as a tensor.
+    outer_variables = {t: v for t, v in captured.items() if v.dtype == tf.resource}
+    device_input_names = sorted(
+        t for t in read - set(handles) - set(outer_variables) if node_name(t) not in defined
+    )
     flat_outputs = [t.name for t in outputs]
     host_tensors: dict[str, tf.Tensor] = {}
     if split.host is not None:
@@ -227,6 +238,7 @@ def trace_in_float32(
             h: variables[recorded[lifted_h]] if lifted_h in recorded else created[lifted_h]
             for h, lifted_h in handles.items()
         },
+        outer_variables=outer_variables,
         host_outputs={t: host_tensors[t] for t in flat_outputs if t in host_tensors},
         outputs=flat_outputs,
     )

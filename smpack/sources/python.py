@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib.util
+import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,11 +17,27 @@ from typing import Any
 from smpack.errors import ModelError
 from smpack.manifest import LoadedManifest
 
+# What Python's and NumPy's random generators are seeded with while a model's code runs.
+RANDOM_SEED = 0
+
 
 def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
-    """Import `source.python` and return the named function."""
-    assert loaded.python_file is not None  # only called for python sources
-    return import_function(loaded.python_file, loaded.function_name, loaded.path, "source.python")
+    """`source.python`'s function, its file imported afresh at each call.
+
+    Each variant calls it in its own graph, so what the file makes at module level (a Keras
+    layer, a `tf.Module`, a `tf.Variable`, a constant) is made in that variant's graph, as
+    what the function makes is, and named alike in every variant: one set of weights,
+    one checkpoint. Imported once and reused, it would hold the first variant's variables,
+    which no other graph can read.
+    """
+    python_file = loaded.python_file
+    assert python_file is not None  # only called for python sources
+
+    def model_fn(ctx: Any) -> Any:
+        function = import_function(python_file, loaded.function_name, loaded.path, "source.python")
+        return function(ctx)
+
+    return model_fn
 
 
 def import_function(path: Path, name: str, manifest: Path, field: str) -> Callable[..., Any]:
@@ -59,21 +76,77 @@ def import_function(path: Path, name: str, manifest: Path, field: str) -> Callab
     return function
 
 
+def keras_named_variables(next_creator: Callable[..., Any], **kwargs: Any) -> Any:
+    """A variable creator naming the variables a Keras layer makes by their Keras path
+    (`dense_1/kernel`), as Keras names them everywhere (its own `variable.path`, a `.keras`
+    file, an eager model), instead of by the graph's name scope.
+
+    In a TF1 graph every name scope a layer opens is made unique: the first `Dense`
+    opens `dense` twice (building, then calling), taking `dense_1`, so the second `Dense`,
+    which Keras names `dense_1`, would make `dense_1_1/kernel`.
+    """
+    name = kwargs.get("name")
+    # Keras refuses a `/` in a variable's name: one holding it is named already.
+    if not isinstance(name, str) or "/" in name or "keras" not in sys.modules:
+        return next_creator(**kwargs)
+    from keras.src.backend.common.name_scope import current_path
+
+    path = current_path()
+    if not path:  # not made inside a Keras layer
+        return next_creator(**kwargs)
+    import tensorflow as tf
+
+    with tf.compat.v1.get_default_graph().name_scope(None):
+        return next_creator(**{**kwargs, "name": f"{path}/{name}"})
+
+
 @contextlib.contextmanager
-def keras_names_from_zero() -> Iterator[None]:
-    """Keras's layer-name counters start from zero while one variant is built, and are put
-    back after: each variant's Keras layers get the same names (`dense`, not `dense_1` in
-    the second variant), so all variants share one checkpoint and builds are reproducible."""
-    if "keras" not in sys.modules:  # no model code has imported it: no layer to name
+def same_start_per_variant() -> Iterator[None]:
+    """The process-wide state a model's code draws on starts alike for every variant and
+    every build, and is put back after, whatever the process did before.
+
+    - Keras's layer-name counters start from zero: each variant's layers get the same names
+      (`dense`, not `dense_1` in the second variant), so all variants share one checkpoint.
+    - Python's `random` and NumPy's global generator are seeded with `RANDOM_SEED`, as
+      `keras.utils.set_random_seed` seeds them (the graph's own seed is set with the
+      graph): an initializer built without `seed=` draws its seed from Python's `random`,
+      so two builds of one file hold the same initial weights, and so do all variants.
+      Code that seeds them itself runs after, and its seeds win.
+    - Keras's global seed generator (the one `keras.random` functions called without a
+      seed use) is made anew, in the variant's graph.
+    """
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(RANDOM_SEED)
+    np.random.seed(RANDOM_SEED)
+    try:
+        with _keras_globals_afresh():
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def _keras_globals_afresh() -> Iterator[None]:
+    if "keras" not in sys.modules:  # nothing has been named or seeded by Keras yet
         yield
         return
     # Private, but it is what keras.backend.clear_session resets (which also drops the
     # rest of Keras's global state, the caller's models included).
     from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
 
-    saved = global_state.get_global_attribute("object_name_uids")
-    global_state.set_global_attribute("object_name_uids", collections.defaultdict(int))
+    fresh: dict[str, Any] = {
+        "object_name_uids": collections.defaultdict(int),
+        GLOBAL_SEED_GENERATOR: None,
+    }
+    saved = {name: global_state.get_global_attribute(name) for name in fresh}
+    for name, value in fresh.items():
+        global_state.set_global_attribute(name, value)
     try:
         yield
     finally:
-        global_state.set_global_attribute("object_name_uids", saved)
+        for name, value in saved.items():
+            global_state.set_global_attribute(name, value)
