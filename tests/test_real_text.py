@@ -42,7 +42,7 @@ from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.cli.commands import app
 from smpack.package.info import PackageInfo, read_package
 from smpack.package.protos import read_saved_model
-from smpack.package.vocabulary import vocabulary_words
+from smpack.package.vocabulary import PLAIN_TEXT, parsed_string_inputs, vocabulary_words
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 4
@@ -141,6 +141,10 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return Built(case, path, package, source_outputs(path, case))
 
 
+def is_text(case: Case) -> bool:
+    return batch(case).dtype == object
+
+
 def feeds(built: Built) -> dict[str, np.ndarray]:
     return {built.case.input_key: batch(built.case)}
 
@@ -161,32 +165,67 @@ def test_every_variant_verifies(built: Built) -> None:
     failed = [f"{label}: {c.name}: {c.detail}" for label, c in report.rows() if not c.passed]
     assert not failed
     assert [g.tag_set for g in report.graphs] == ["train", "serve", "serve,gpu", "serve,tpu"]
-    # Without examples, the made-up strings are words of the vocabulary, and they pass
-    # outright: no "failed on inputs verify made up" warning.
+    # Without examples, the made-up strings are words of the vocabulary (plain text for the
+    # tokenizer), and they pass outright: no "failed on inputs verify made up" warning.
     assert not [c.name for _, c in report.rows() if c.warning]
     runs = [c.name for _, c in report.rows() if " runs on synthetic inputs" in c.name]
     assert len(runs) == 4
     assert all(("(vocabulary words)" in name) == bool(built.case.words) for name in runs)
+    plain = is_text(built.case) and not built.case.words
+    assert all(("(plain text)" in name) == plain for name in runs)
 
 
 @pytest.mark.slow
-def test_synthetic_strings_are_words_the_tables_know(built: Built) -> None:
+def test_synthetic_strings_are_words_the_tables_know_else_plain_text(built: Built) -> None:
     meta_graphs = read_saved_model(built.package.path).meta_graphs
     for meta_graph in meta_graphs:
         words = {w.decode() for w in vocabulary_words(meta_graph, built.package.path)}
         assert words == built.case.words or (words and words < built.case.words)
-    if not built.case.words:
+    if not is_text(built.case):
         return
     (serve,) = [m for m in meta_graphs if list(m.meta_info_def.tags) == ["serve"]]
     signature = serve.signature_def["serving_default"]
+    assert parsed_string_inputs(serve)["serving_default"] == frozenset()
     synthetic = spec_inputs(signature, vocabulary_words(serve, built.package.path))
     (strings,) = synthetic.values()
-    assert {s.decode() for s in strings.flat} <= built.case.words
-    # They reach real lookups: the answer is not the one every unknown string gets.
+    # A tokenizer whose vocabulary is compiled into its op gets lines of plain text.
+    expected = {w.encode() for w in built.case.words} or set(PLAIN_TEXT)
+    assert set(strings.flat) <= expected and all(strings.flat)
+    # They reach real lookups and real tokens: the answer is not the one every unknown
+    # (or empty) string gets.
     unknown = {key: np.full_like(value, b"") for key, value in synthetic.items()}
     (answer,) = run_v1(built.package.path, ["serve"], synthetic).values()
     (fallback,) = run_v1(built.package.path, ["serve"], unknown).values()
     assert not np.allclose(answer, fallback)
+
+
+def test_a_string_the_graph_parses_is_made_up_empty_and_text_as_text() -> None:
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    with tf.Graph().as_default() as graph:
+        examples = tf.compat.v1.placeholder(tf.string, [None], name="examples")
+        text = tf.compat.v1.placeholder(tf.string, [None], name="text")
+        parsed = tf.io.parse_example(
+            tf.identity(examples), {"x": tf.io.FixedLenFeature([1], tf.float32, [0.0])}
+        )
+        lengths = tf.strings.length(tf.strings.lower(text))
+        signature = tf.compat.v1.saved_model.predict_signature_def(
+            {"examples": examples, "text": text}, {"x": parsed["x"], "lengths": lengths}
+        )
+    meta_graph = meta_graph_pb2.MetaGraphDef(graph_def=graph.as_graph_def())
+    meta_graph.signature_def["serving_default"].CopyFrom(signature)
+
+    parsed_inputs = parsed_string_inputs(meta_graph)
+    assert parsed_inputs == {"serving_default": frozenset({"examples"})}
+    for second in (False, True):
+        inputs = spec_inputs(signature, second=second, parsed=parsed_inputs["serving_default"])
+        assert set(inputs["examples"].flat) == {b""}  # an empty tf.Example: valid
+        assert set(inputs["text"].flat) <= set(PLAIN_TEXT) and all(inputs["text"].flat)
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(
+                [parsed["x"], lengths], {examples: inputs["examples"], text: inputs["text"]}
+            )
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from smpack.manifest.evaluation_data import (
 from smpack.package.info import GraphInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.package.protos import read_saved_model
-from smpack.package.vocabulary import vocabulary_words
+from smpack.package.vocabulary import parsed_string_inputs, vocabulary_words
 from smpack.progress import StepCallback, Steps
 
 NOT_MEASURED_HERE = "not measured here"
@@ -239,7 +239,9 @@ def measure_package(
         key, signature = chosen
         request = (examples or {}).get(key) or next(iter(stored.get(key, [])), None)
         if request is None:
-            feeds = spec_inputs(signature, vocabulary_words(meta_graph, export_dir))
+            words = vocabulary_words(meta_graph, export_dir)
+            parsed = parsed_string_inputs(meta_graph).get(key, frozenset())
+            feeds = spec_inputs(signature, words, parsed=parsed)
         else:
             feeds = dict(request)
         try:

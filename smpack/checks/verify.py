@@ -34,7 +34,7 @@ from smpack.package.info import PackageInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE, RECORD_PATH
 from smpack.package.protos import read_saved_model
 from smpack.package.record import checked_records
-from smpack.package.vocabulary import vocabulary_words
+from smpack.package.vocabulary import PLAIN_TEXT, parsed_string_inputs, vocabulary_words
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import graph_ops_unregistered, import_op_libraries
 
@@ -200,12 +200,13 @@ def _verify_graphs(
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
         words = vocabulary_words(meta_graph, export_dir)
+        parsed = parsed_string_inputs(meta_graph)
         try:
             checks, graph_outputs = run_in_own_process(
                 _check_graph,
                 export_dir,
                 index,
-                requests.with_words(words),
+                requests.with_words(words, parsed),
                 package.op_libraries,
                 description=f"smpack verify {info.tag_set}",
             )
@@ -350,9 +351,11 @@ class _Requests:
     examples: Mapping[str, list[dict[str, np.ndarray]]]
     warmup: Mapping[str, list[dict[str, np.ndarray]]]
     words: Sequence[bytes] = ()  # what synthetic string inputs hold: the graph's vocabulary
+    # By signature key, the string inputs the graph parses (made up empty, not as text).
+    parsed: Mapping[str, Set[str]] = field(default_factory=dict)
 
-    def with_words(self, words: Sequence[bytes]) -> _Requests:
-        return dataclasses.replace(self, words=words)
+    def with_words(self, words: Sequence[bytes], parsed: Mapping[str, Set[str]]) -> _Requests:
+        return dataclasses.replace(self, words=words, parsed=parsed)
 
     def feeds_synthetic(self, key: str) -> bool:
         """Whether signature `key` runs on inputs verify makes up (no example or request)."""
@@ -363,9 +366,15 @@ class _Requests:
             if found.get(key):
                 count = len(found[key])
                 return _Feeds(found[key], f"on its {count} {kind}{'s' if count > 1 else ''}", False)
-        described = "on synthetic inputs" + (" (vocabulary words)" if self.words else "")
-        second = spec_inputs(signature, self.words, second=True)
-        return _Feeds([spec_inputs(signature, self.words)], described, True, second)
+        parsed = self.parsed.get(key, frozenset())
+        text = any(
+            dtype_name(info.dtype) == "string" and name not in parsed
+            for name, info in signature.inputs.items()
+        )
+        kind = " (vocabulary words)" if self.words else " (plain text)"
+        described = "on synthetic inputs" + (kind if text else "")
+        second = spec_inputs(signature, self.words, second=True, parsed=parsed)
+        return _Feeds([spec_inputs(signature, self.words, parsed=parsed)], described, True, second)
 
 
 @dataclass(frozen=True)
@@ -447,12 +456,18 @@ def _fails_alike(again: Callable[[], object], reason: str) -> bool:
 
 
 def spec_inputs(
-    signature: Any, words: Sequence[bytes] = (), *, second: bool = False
+    signature: Any,
+    words: Sequence[bytes] = (),
+    *,
+    second: bool = False,
+    parsed: Set[str] = frozenset(),
 ) -> dict[str, np.ndarray]:
     """Inputs matching each input's dtype and shape (unknown sizes become 8) that no model
     can find out of range: integers 0 (a valid index, id and class), strings cycling through
-    `words` (words the graph's tables know: a token, or a one-word text) or empty without
-    them, False, and floats in [-1, 1).
+    `words` (words the graph's tables know: a token, or a one-word text) or without them
+    through lines of plain English text (which a tokenizer splits into its real tokens),
+    False, and floats in [-1, 1). The string inputs in `parsed`, which the graph decodes
+    (a serialized tf.Example, an image), are empty: an empty tf.Example is valid.
 
     `second` makes another set, every value and unknown size changed: sizes 5, integers 1,
     True, other floats, in [0, 1) (the range of most normalised inputs), and the words
@@ -467,7 +482,7 @@ def spec_inputs(
         shape = tuple(d.size if d.size >= 0 else unknown for d in info.tensor_shape.dim)
         dtype = dtype_name(info.dtype)
         if dtype == "string":
-            cycle = list(words) or [b""]
+            cycle = [b""] if key in parsed else list(words or PLAIN_TEXT)
             if second:
                 cycle = cycle[1:] + cycle[:1]
             size = int(np.prod(shape, dtype=np.int64))

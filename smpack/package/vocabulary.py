@@ -1,8 +1,11 @@
-"""The words a graph's lookup tables know, read from its table initialisers without TensorFlow.
+"""What verify and measure make up for a string input, read from the graph without TensorFlow.
 
 Verify makes up inputs for signatures that have no examples or warmup requests. For a text
-model, an empty string only exercises the out-of-vocabulary path; words the model's own
-tables hold exercise its real lookups.
+model, an empty string only exercises the out-of-vocabulary path (and a tokenizer makes no
+token of it); words the model's own tables hold exercise its real lookups, and plain text,
+for a graph without such a table (a tokenizer whose vocabulary is compiled into its op),
+its real tokenization. A string the graph parses (a serialized `tf.Example`, an image) is
+not text: it stays empty, an empty `tf.Example` being valid where no made-up text is.
 """
 
 from __future__ import annotations
@@ -22,6 +25,47 @@ _STRING = 7  # DT_STRING
 # and wordpiece continuations (##s), which are never a word on their own.
 _SPECIAL = re.compile(rb"^(\[[^\]]*\]|<[^>]*>|##.*|\s*)$")
 _LINES_READ = 256  # a vocabulary's first words are enough; a file may hold millions
+# Ops reading a string as encoded data, not text: what feeds them is made up empty.
+_PARSING_OPS = frozenset(
+    {
+        "ParseExample",
+        "ParseExampleV2",
+        "ParseSingleExample",
+        "ParseSequenceExample",
+        "ParseSequenceExampleV2",
+        "ParseSingleSequenceExample",
+        "DecodeJSONExample",
+        "DecodeProtoV2",
+        "ParseTensor",
+        "DecodeRaw",
+        "DecodePaddedRaw",
+        "DecodeCompressed",
+        "DecodeBase64",
+        "DecodeCSV",
+        "DecodeJpeg",
+        "DecodeAndCropJpeg",
+        "DecodePng",
+        "DecodeGif",
+        "DecodeBmp",
+        "DecodeWebP",
+        "DecodeImage",
+        "DecodeWav",
+    }
+)
+# Ops a string passes through unchanged on its way to what reads it.
+_PASSING_OPS = frozenset({"Identity", "IdentityN", "StopGradient", "Reshape", "ExpandDims"})
+# Made-up text for a graph whose tables know no word: short lines of common English words,
+# of different lengths, which a tokenizer's vocabulary is likely to hold.
+PLAIN_TEXT: tuple[bytes, ...] = (
+    b"the cat sat on the mat",
+    b"a dog",
+    b"they are the greatest",
+    b"hello world",
+    b"it was the best of times",
+    b"on",
+    b"the quick brown fox jumps over the lazy dog",
+    b"to be or not to be",
+)
 
 
 def vocabulary_words(meta_graph: Any, export_dir: Path, count: int = 8) -> list[bytes]:
@@ -91,3 +135,32 @@ def _file_keys(path: Path, node: Any) -> Iterator[bytes]:
                         yield columns[key_index]
     except OSError:
         return  # verify's own "assets present" check reports a missing vocabulary
+
+
+def parsed_string_inputs(meta_graph: Any) -> dict[str, frozenset[str]]:
+    """By signature key, the string inputs the graph parses as encoded data (a serialized
+    `tf.Example`, a tensor proto, an image, CSV) rather than reading as text."""
+    consumers: dict[str, list[Any]] = {}
+    for node in meta_graph.graph_def.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor.partition(":")[0].lstrip("^"), []).append(node)
+    parsed = {}
+    for key, signature in meta_graph.signature_def.items():
+        parsed[key] = frozenset(
+            name
+            for name, info in signature.inputs.items()
+            if info.dtype == _STRING and _reaches_parser(consumers, info.name.partition(":")[0])
+        )
+    return parsed
+
+
+def _reaches_parser(consumers: dict[str, list[Any]], node_name: str) -> bool:
+    seen, pending = set(), [node_name]
+    while pending:
+        for node in consumers.get(pending.pop(), []):
+            if node.op in _PARSING_OPS:
+                return True
+            if node.op in _PASSING_OPS and node.name not in seen:
+                seen.add(node.name)
+                pending.append(node.name)
+    return False
