@@ -36,10 +36,11 @@ import keras
 import tensorflow as tf
 from smpack import ModelContext, ModelSpec
 
-glorot = keras.initializers.GlorotNormal
-# Made at module level, as a Keras user makes a model's layers: each variant's graph gets
-# its own (the file is imported in it), named as in every other variant.
-hidden = keras.layers.Dense(3, kernel_initializer=glorot(seed=1))
+from keras_model_layers import glorot, hidden
+
+# Made at module level, here and in the module beside it, as a Keras user makes a model's
+# layers: each variant's graph gets its own (both files are imported in it), named as in
+# every other variant.
 scale = tf.Variable(tf.ones([3]), name="scale")
 
 
@@ -57,6 +58,12 @@ def model_fn(ctx: ModelContext) -> ModelSpec:
     target = tf.compat.v1.placeholder(tf.float32, [8, 1], name="target")
     loss = tf.reduce_mean(tf.square(y - target))
     return ModelSpec(inputs={"x": x}, outputs={"y": y}, labels={"target": target}, loss=loss)
+"""
+LAYERS_MODULE = """
+import keras
+
+glorot = keras.initializers.GlorotNormal
+hidden = keras.layers.Dense(3, kernel_initializer=glorot(seed=1))
 """
 VARIANTS = {
     **FLOAT32_AND_FLOAT16_TRAINING,
@@ -95,6 +102,7 @@ def keras_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
     # Layers made in this process before the build: Keras would name the model's `dense_2`.
     keras.layers.Dense(1), keras.layers.Dense(1)
     folder = tmp_path_factory.mktemp("python-keras-layers")
+    (folder / "keras_model_layers.py").write_text(LAYERS_MODULE)
     manifest = write_python_manifest(folder, KERAS_MODEL, VARIANTS)
     # Built only if every graph's variables are the one checkpoint's; the tests below run
     # the graphs (verify, which runs them all, would cost this file a third more).

@@ -22,7 +22,8 @@ RANDOM_SEED = 0
 
 
 def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
-    """`source.python`'s function, its file imported afresh at each call.
+    """`source.python`'s function, its file imported afresh at each call, with the modules
+    it imports from its own folder.
 
     Each variant calls it in its own graph, so what the file makes at module level (a Keras
     layer, a `tf.Module`, a `tf.Variable`, a constant) is made in that variant's graph, as
@@ -32,12 +33,29 @@ def load_model_function(loaded: LoadedManifest) -> Callable[..., Any]:
     """
     python_file = loaded.python_file
     assert python_file is not None  # only called for python sources
+    folder = python_file.parent.resolve()
+    helpers: set[str] = set()  # modules from `folder` the model's code imported
 
     def model_fn(ctx: Any) -> Any:
-        function = import_function(python_file, loaded.function_name, loaded.path, "source.python")
-        return function(ctx)
+        for name in helpers:
+            sys.modules.pop(name, None)
+        before = set(sys.modules)
+        try:
+            function = import_function(
+                python_file, loaded.function_name, loaded.path, "source.python"
+            )
+            return function(ctx)
+        finally:
+            helpers.update(
+                name for name in set(sys.modules) - before if _is_in(sys.modules.get(name), folder)
+            )
 
     return model_fn
+
+
+def _is_in(module: Any, folder: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    return file is not None and Path(file).resolve().is_relative_to(folder)
 
 
 def import_function(path: Path, name: str, manifest: Path, field: str) -> Callable[..., Any]:
