@@ -20,7 +20,8 @@ class ModelContext:
     Create variables (`tf.compat.v1.get_variable`, `tf.Variable`, Keras layers) inside the
     function given to `compute`: smpack stores them as float32 (one checkpoint for every
     variant), whatever dtype is asked, and the variant's precision decides what their
-    reads compute in.
+    reads compute in. Float32 variables and Keras layers made at module level work too:
+    the model file is imported afresh in each variant's graph.
     """
 
     variant: str
