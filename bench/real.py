@@ -69,6 +69,9 @@ model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weig
     "resnet50": """
 model = keras.applications.ResNet50(input_shape=(64, 64, 3), weights=None, classes=10)
 """,
+    "densenet121": """
+model = keras.applications.DenseNet121(input_shape=(64, 64, 3), weights=None, classes=10)
+""",
     "efficientnet_b0": """
 model = keras.applications.EfficientNetB0(input_shape=(64, 64, 3), weights=None, classes=10)
 """,
