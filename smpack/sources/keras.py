@@ -129,9 +129,13 @@ def _export_with_training_call(model: Any, exported: Path) -> None:
     weights its serving variants read.
     """
     import keras
+    import tensorflow as tf
 
-    # The input signature `model.export` itself derives from the model (not public API).
+    # What `model.export` itself uses (not public API): the model's input signature, and
+    # the variables a traced function reads, trainable ones first.
     from keras.src.export.export_utils import get_input_signature
+    from keras.src.export.saved_model_export_archive import _list_variables_used_by_fns
+    from tensorflow.saved_model.experimental import TrackableResource
 
     from smpack.sources.training_mode import KERAS_TRAINING_ENDPOINT
 
@@ -141,6 +145,25 @@ def _export_with_training_call(model: Any, exported: Path) -> None:
         return model(*args, training=True)
 
     archive = keras.export.ExportArchive()
-    archive.track_and_add_endpoint("serve", model, signature)  # also serving_default
+    archive.track_and_add_endpoint("serve", model, signature)
     archive.add_endpoint(KERAS_TRAINING_ENDPOINT, training_call, signature)
-    archive.write_out(str(exported), verbose=False)
+    # What `archive.write_out` saves, for two traces of the model instead of five: its
+    # endpoints' traces are saved as signatures without the `tf.function`s, which
+    # `tf.saved_model.save` would trace again (its save context is another tracing
+    # context), and the lookup tables to save with them are found in the model's
+    # checkpoint view, not its SavedModel view, which traces its default signature too.
+    # smpack reads only the signatures.
+    root = archive._tf_trackable
+    endpoints = {}
+    for name in ("serve", KERAS_TRAINING_ENDPOINT):
+        endpoints[name] = getattr(root, name).get_concrete_function()
+        delattr(root, name)
+    trainable, frozen = _list_variables_used_by_fns(list(endpoints.values()))
+    root._all_variables = trainable + frozen
+    root._misc_assets = [
+        resource
+        for resource in tf.train.TrackableView(model).descendants()
+        if isinstance(resource, TrackableResource)
+    ]
+    signatures = {**endpoints, "serving_default": endpoints["serve"]}
+    tf.saved_model.save(root, str(exported), signatures=signatures)
