@@ -80,18 +80,23 @@ class StreamingSaver(tf.compat.v1.train.Saver):
         for batch in _batches(self._fresh, _EXTRA_BATCH_BYTES):
             extras.append(prefix.parent / f"smpack_extra_{len(extras)}")
             _save_values(extras[-1], sess.run({v.op.name: v.initial_value for v in batch}))
-        _, entries = read_bundle(self._source)
-        sliced = sliced_names(entries, self._keys)
-        extras += save_whole(self._source, sliced, entries, prefix.parent, len(extras))
-        linked = {name: key for name, key in self._keys.items() if name not in sliced}
-        write_variables(
-            prefix,
-            self._source,
-            linked,
-            extras,
-            also_used=slice_bytes_per_shard(self._source, set(sliced.values())),
-        )
+        save_streamed(prefix, self._source, self._keys, extras)
         return save_path
+
+
+def save_streamed(prefix: Path, source: Path, keys: Mapping[str, str], extras: list[Path]) -> None:
+    """Write the bundle `prefix`: `keys`' variables from `source`'s shards, and `extras`."""
+    _, entries = read_bundle(source)
+    sliced = sliced_names(entries, keys)
+    extras = extras + save_whole(source, sliced, entries, prefix.parent, len(extras))
+    linked = {name: key for name, key in keys.items() if name not in sliced}
+    write_variables(
+        prefix,
+        source,
+        linked,
+        extras,
+        also_used=slice_bytes_per_shard(source, set(sliced.values())),
+    )
 
 
 def _batches(variables: list[Any], limit: int) -> list[list[Any]]:

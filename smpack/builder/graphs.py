@@ -32,21 +32,45 @@ class VariableSpec:
 
 
 @dataclass
+class AssembledGraph:
+    """A variant's graph assembled as protos (smpack/builder/assembled.py), to be exported.
+
+    `graph_def` is what the Python graph's `as_graph_def(add_shapes=True)` would be;
+    `variable_nodes` each variable's handle and read nodes, what its Saver is built over;
+    `collections` the exported collections (name -> serialized entries).
+    """
+
+    graph_def: Any
+    variable_nodes: list[Any]
+    collections: dict[str, list[bytes]]
+    init_op_name: str
+
+
+@dataclass
 class VariantGraph:
-    """A finished variant graph and everything the writer needs to add it to the package."""
+    """A finished variant graph and everything the writer needs to add it to the package.
+
+    Built in Python (`graph`, `init_op`) or assembled as protos (`assembled`).
+    """
 
     name: str
     variant: Variant
-    graph: tf.Graph
+    graph: tf.Graph | None
     signature_defs: dict[str, Any]
-    init_op: tf.Operation
+    init_op: tf.Operation | None
     variables: dict[str, VariableSpec]
     model_variables: list[str]
     asset_files: dict[str, str] = field(default_factory=dict)  # tensor name -> assets/ path
+    assembled: AssembledGraph | None = None
 
     @property
     def tags(self) -> list[str]:
         return self.variant.tags
+
+    @property
+    def built(self) -> object:
+        """What the graph is made of: variants sharing one graph share this."""
+        return self.graph if self.graph is not None else self.assembled
 
 
 def build_variant_graph(
@@ -93,16 +117,7 @@ def build_variant_graph(
         _check_targeting_applied(variant, bool(compute_calls), where)
         _check_static_batch(spec, variant, where)
 
-        outputs = dict(spec.outputs)
-        signature_specs = _signature_specs(loaded, variant, spec)
-        # Point at the signature where the manifest wrote it: in the variant or at the top.
-        signatures_field = f"{field_path}.signatures" if variant.signatures else "signatures"
-        signature_defs = {
-            key: build_signature_def(
-                key, sig, spec.inputs, outputs, {**where, "field": f"{signatures_field}.{key}"}
-            )
-            for key, sig in signature_specs.items()
-        }
+        signature_defs = serving_signature_defs(loaded, name, variant, spec)
         if variant.is_training:
             assert variant.optimizer is not None  # guaranteed by the manifest schema
             loss = _checked_loss(spec, where)
@@ -129,16 +144,12 @@ def build_variant_graph(
                 },
                 method_name=TRAIN_METHOD,
             )
-        init_op = tf.group(
-            tf.compat.v1.tables_initializer(),
-            tf.compat.v1.local_variables_initializer(),
-            name="smpack_init",
-        )
+        init_op = make_init_op()
         variables = {
             v.op.name: VariableSpec(tuple(v.shape.as_list()), v.dtype.base_dtype.name)
             for v in tf.compat.v1.global_variables()
         }
-    _check_float32_storage(variables, variant, where)
+    check_float32_storage(variables, where)
     return VariantGraph(
         name=name,
         variant=variant,
@@ -148,6 +159,15 @@ def build_variant_graph(
         variables=variables,
         model_variables=model_variables,
         asset_files=asset_files,
+    )
+
+
+def make_init_op() -> tf.Operation:
+    """The default graph's init op, run by every loader after restoring: fills its tables."""
+    return tf.group(
+        tf.compat.v1.tables_initializer(),
+        tf.compat.v1.local_variables_initializer(),
+        name="smpack_init",
     )
 
 
@@ -170,6 +190,25 @@ def built_before(
 
 def _computes_as(variant: Variant) -> tuple[Any, ...]:
     return (variant.model_dump_json(exclude={"tags"}), variant.is_training, variant.on_tpu)
+
+
+def serving_signature_defs(
+    loaded: LoadedManifest, name: str, variant: Variant, spec: ModelSpec
+) -> dict[str, Any]:
+    """The SignatureDefs of variant `name` over `spec`'s inputs and outputs (no train one)."""
+    where: dict[str, Any] = {"file": loaded.path}
+    # Point at the signature where the manifest wrote it: in the variant or at the top.
+    signatures_field = f"variants.{name}.signatures" if variant.signatures else "signatures"
+    return {
+        key: build_signature_def(
+            key,
+            signature,
+            spec.inputs,
+            dict(spec.outputs),
+            {**where, "field": f"{signatures_field}.{key}"},
+        )
+        for key, signature in _signature_specs(loaded, variant, spec).items()
+    }
 
 
 def _signature_specs(
@@ -313,9 +352,8 @@ def _checked_loss(spec: ModelSpec, where: dict[str, Any]) -> tf.Tensor:
     return loss
 
 
-def _check_float32_storage(
-    variables: dict[str, VariableSpec], variant: Variant, where: dict[str, Any]
-) -> None:
+def check_float32_storage(variables: dict[str, VariableSpec], where: dict[str, Any]) -> None:
+    """Refuse a graph storing a variable in half precision: the checkpoint is float32."""
     for name, spec in variables.items():
         if spec.dtype in ("float16", "bfloat16"):
             msg = (

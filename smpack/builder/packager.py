@@ -78,6 +78,7 @@ def _build(
     remote_source: str | None,
 ) -> PackageInfo:
     remote_destination = is_url(destination)
+    from smpack.builder.assembled import assembled_graph
     from smpack.builder.assets import copy_assets
     from smpack.builder.graphs import VariantGraph, build_variant_graph, built_before
     from smpack.builder.provenance import (
@@ -107,6 +108,10 @@ def _build(
             step(f"building variant {name} ({','.join(variant.tags)})")
             graphs.append(
                 built_before(loaded, graphs, name, variant)
+                or (
+                    source.serving_import is not None
+                    and assembled_graph(loaded, source.serving_import(variant), name, variant)
+                )
                 or build_variant_graph(
                     loaded, source.model_fn, name, variant, source.assets, source.train_function
                 )

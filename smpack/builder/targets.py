@@ -66,7 +66,7 @@ def compute_for(variant: Variant) -> Callable[..., Any]:
             outputs = tf.compat.v1.tpu.rewrite(float32_body, tensors)
             # The serving host reads results outside the TPU cluster; give them host names.
             return [tf.identity(t) for t in outputs]
-        with _device(variant.device), _xla(variant.xla):
+        with placement(variant):
             return float32_body(*tensors)
 
     return compute
@@ -100,6 +100,13 @@ def _float32_storage_getter(
         return getter(name, *args, **kwargs)
     kwargs["dtype"] = tf.float32
     return tf.cast(getter(name, *args, **kwargs), requested)
+
+
+@contextlib.contextmanager
+def placement(variant: Variant) -> Iterator[None]:
+    """Where a variant not on a TPU puts its device computation: its device, its XLA mark."""
+    with _device(variant.device), _xla(variant.xla):
+        yield
 
 
 @contextlib.contextmanager

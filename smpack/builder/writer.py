@@ -1,9 +1,10 @@
 """Writing variant graphs into one SavedModel that shares one checkpoint.
 
-The graph holding every variable goes through `add_meta_graph_and_variables` (the only
-time variables are written); every other graph through `add_meta_graph`. TF's builder
-checks neither that the other graphs' variables are in that checkpoint nor that tag sets
-are distinct, so this module does, before anything is written.
+Each distinct graph is exported once, as `SavedModelBuilder` exports it (the graph holding
+every variable, through the Saver that writes the variables; a graph assembled as protos,
+see builder/assembled.py, with the Saver its Python twin would get), and the SavedModel is
+written in one piece. Nothing checks that the other graphs' variables are in that checkpoint
+nor that tag sets are distinct, so this module does, before anything is written.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from smpack.builder.checkpoint_bundle import StreamingSaver, read_bundle
+from smpack.builder.checkpoint_bundle import StreamingSaver, read_bundle, save_streamed
 from smpack.builder.graphs import VariableSpec, VariantGraph
 from smpack.errors import GraphError, ManifestError, PackageError
 from smpack.manifest import LoadedManifest
-from smpack.package.protos import read_saved_model
 from smpack.sources.model_source import ModelSource
+
+# The SignatureDef every loader runs after restoring (tf.estimator's builder's, and TF2's).
+INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 
 
 def write_saved_model(
@@ -38,44 +41,99 @@ def write_saved_model(
     """
     first = graph_holding_all_variables(graphs, loaded.path)
     ordered = [first] + [g for g in graphs if g is not first]
-    # The builder tf.estimator used: it stores the init op as the __saved_model_init_op
-    # signature every loader reads (tf.compat.v1.saved_model.Builder only writes the
-    # legacy main_op collection).
-    builder = tf.__internal__.saved_model.SavedModelBuilder(str(export_dir))
     savers = SharedSavers()
     # Variants sharing one graph (see graphs.built_before) share its exported MetaGraph.
-    exported = {id(g.graph): g for g in reversed(ordered)}
+    exported: dict[int, Any] = {}
+    saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=1)
     for variant_graph in ordered:
-        if exported[id(variant_graph.graph)] is not variant_graph:
-            continue
-        options = {
-            "tags": variant_graph.tags,
-            "signature_def_map": variant_graph.signature_defs,
-            "init_op": variant_graph.init_op,
-            # Plain serve graphs carry no placement, so they run wherever they are loaded.
-            "clear_devices": variant_graph.variant.device is None,
-        }
-        with variant_graph.graph.as_default():
+        key = id(variant_graph.built)
+        if key not in exported:
             if variant_graph is first:
-                with tf.compat.v1.Session(graph=variant_graph.graph, config=_soft_placement()) as s:
-                    saver = None
-                    if source.checkpoint is not None and variant_graph.model_variables:
-                        keys = _checkpoint_keys(variant_graph, loaded, source)
-                        saver = savers.streaming(source.checkpoint, keys)
-                    else:
-                        s.run(tf.compat.v1.global_variables_initializer())
-                    with _disk_errors():
-                        builder.add_meta_graph_and_variables(
-                            s, strip_default_attrs=True, saver=saver, **options
-                        )
-            else:
-                builder.add_meta_graph(saver=savers.for_default_graph(), **options)
-    with _disk_errors():
-        builder.save(as_text=as_text)
-    if len(exported) < len(ordered):
-        shared = [exported[id(g.graph)] for g in ordered]
-        _copy_shared_meta_graphs(export_dir, ordered, shared, as_text)
-    _register_assets(export_dir, ordered, as_text)
+                _write_variables(export_dir, variant_graph, loaded, source, savers)
+            exported[key] = _exported(variant_graph, savers)
+        meta_graph = saved_model.meta_graphs.add()
+        meta_graph.CopyFrom(exported[key])
+        meta_graph.meta_info_def.tags.extend(variant_graph.tags)
+        _register_assets(meta_graph, variant_graph)
+    _write_saved_model_proto(export_dir, saved_model, as_text)
+
+
+def _write_variables(
+    export_dir: Path,
+    variant_graph: VariantGraph,
+    loaded: LoadedManifest,
+    source: ModelSource,
+    savers: SharedSavers,
+) -> None:
+    """Write the checkpoint of `variant_graph`, which holds every variable, as `variables/`."""
+    prefix = export_dir / "variables" / "variables"
+    prefix.parent.mkdir(exist_ok=True)
+    keys = None
+    if source.checkpoint is not None and variant_graph.model_variables:
+        keys = _checkpoint_keys(variant_graph, loaded, source)
+    if variant_graph.graph is None:
+        # Assembled graphs are an imported source's, every variable from its checkpoint.
+        assert source.checkpoint is not None and keys is not None
+        with _disk_errors():
+            save_streamed(prefix, source.checkpoint, keys, [])
+        return
+    with (
+        variant_graph.graph.as_default(),
+        tf.compat.v1.Session(graph=variant_graph.graph, config=_soft_placement()) as session,
+    ):
+        if keys is not None:
+            assert source.checkpoint is not None
+            saver = savers.streaming(source.checkpoint, keys)
+        else:
+            session.run(tf.compat.v1.global_variables_initializer())
+            saver = savers.for_default_graph() or _builders_saver()
+        with _disk_errors():
+            saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
+
+
+def _exported(variant_graph: VariantGraph, savers: SharedSavers) -> Any:
+    """`variant_graph`'s MetaGraph as `SavedModelBuilder.add_meta_graph` exports it, untagged."""
+    # Plain serve graphs carry no placement, so they run wherever they are loaded.
+    clear_devices = variant_graph.variant.device is None
+    init = meta_graph_pb2.SignatureDef()
+    if variant_graph.assembled is not None:
+        assembled = variant_graph.assembled
+        # An empty graph as the default: exporting a GraphDef reads nothing from it.
+        with tf.Graph().as_default():
+            saver = _SplicedSaver(*savers.made_for(assembled.variable_nodes))
+            exported = saver.export_assembled(assembled.graph_def, clear_devices)
+        for key, values in sorted(assembled.collections.items()):
+            exported.collection_def[key].bytes_list.value.extend(values)
+        init_op_name = assembled.init_op_name
+    else:
+        assert variant_graph.graph is not None and variant_graph.init_op is not None
+        with variant_graph.graph.as_default():
+            saver = savers.for_default_graph() or _builders_saver()
+            exported = saver.export_meta_graph(
+                clear_devices=clear_devices, strip_default_attrs=True
+            )
+        init_op_name = variant_graph.init_op.name
+    # What `build_tensor_info_from_op` makes of an op: its name, no dtype, no shape.
+    init.outputs[INIT_OP_SIGNATURE_KEY].name = init_op_name
+    init.outputs[INIT_OP_SIGNATURE_KEY].tensor_shape.unknown_rank = True
+    for key, signature_def in {
+        **variant_graph.signature_defs,
+        INIT_OP_SIGNATURE_KEY: init,
+    }.items():
+        exported.signature_def[key].CopyFrom(signature_def)
+    return exported
+
+
+def _builders_saver() -> tf.compat.v1.train.Saver:
+    """The Saver `SavedModelBuilder` makes when given none: sharded, every saveable."""
+    from tensorflow.python.ops import variables
+
+    return tf.compat.v1.train.Saver(
+        variables._all_saveable_objects(),  # noqa: SLF001
+        sharded=True,
+        write_version=tf.compat.v1.train.SaverDef.V2,
+        allow_empty=True,
+    )
 
 
 class SharedSavers:
@@ -92,16 +150,21 @@ class SharedSavers:
         self._made: dict[tuple[bytes, ...], tuple[Any, list[Any], list[Any]]] = {}
 
     def for_default_graph(self) -> _SplicedSaver | None:
-        """The Saver to export the default graph with; None leaves it to the builder."""
+        """The Saver to export the default graph with; None leaves it to the builder's."""
         graph = tf.compat.v1.get_default_graph()
         stand_ins = _variable_nodes(graph)
         # Without variables the builder's Saver is empty and costs nothing.
         if not stand_ins or graph.unique_name("save", mark_as_used=False) != "save":
             return None
+        return _SplicedSaver(*self.made_for(stand_ins))
+
+    def made_for(self, stand_ins: list[Any]) -> tuple[Any, list[Any], list[Any]]:
+        """The Saver over the variables whose handle and read nodes are `stand_ins`: its
+        SaverDef, its nodes and their op defs."""
         key = tuple(node.SerializeToString(deterministic=True) for node in stand_ins)
         if key not in self._made:
             self._made[key] = _saver_nodes(stand_ins)
-        return _SplicedSaver(*self._made[key])
+        return self._made[key]
 
     def streaming(self, checkpoint: Path, keys: dict[str, str]) -> tf.compat.v1.train.Saver:
         """A `StreamingSaver` of the default graph from `checkpoint`, its ops shared."""
@@ -258,6 +321,23 @@ class _SplicedSaver(tf.compat.v1.train.Saver):
         exported = super().export_meta_graph(
             *args, clear_devices=clear_devices and not in_place, **kwargs
         )
+        return self._spliced(exported, clear_devices, in_place)
+
+    def export_assembled(self, graph_def: Any, clear_devices: bool) -> Any:
+        """What `export_meta_graph(clear_devices=..., strip_default_attrs=True)` gives for a
+        graph whose `as_graph_def(add_shapes=True)` is `graph_def` and whose collections
+        the caller adds."""
+        from tensorflow.python.framework import meta_graph
+
+        exported = meta_graph.create_meta_graph_def(
+            graph_def=graph_def,
+            saver_def=self.saver_def,
+            collection_list=[],
+            strip_default_attrs=True,
+        )
+        return self._spliced(exported, clear_devices, in_place=clear_devices)
+
+    def _spliced(self, exported: Any, clear_devices: bool, in_place: bool) -> Any:
         start = 0 if in_place else len(exported.graph_def.node)
         if in_place:
             # TF's copy writes the function library even when it is empty.
@@ -356,41 +436,20 @@ def _checkpoint_keys(
     return keys
 
 
-def _copy_shared_meta_graphs(
-    export_dir: Path, ordered: list[VariantGraph], exported_as: list[VariantGraph], as_text: bool
-) -> None:
-    """One MetaGraph per variant, in order: those sharing a graph get a copy with their tags."""
-    saved_model = read_saved_model(export_dir, saved_model_pb2.SavedModel)
-    written = [g for g, e in zip(ordered, exported_as, strict=True) if g is e]
-    meta_graphs = {id(g): m for g, m in zip(written, saved_model.meta_graphs, strict=True)}
-    copies = []
-    for variant_graph, source in zip(ordered, exported_as, strict=True):
-        copy = meta_graph_pb2.MetaGraphDef()
-        copy.CopyFrom(meta_graphs[id(source)])
-        copy.meta_info_def.tags[:] = variant_graph.tags
-        copies.append(copy)
-    del saved_model.meta_graphs[:]
-    saved_model.meta_graphs.extend(copies)
-    _write_saved_model_proto(export_dir, saved_model, as_text)
-
-
-def _register_assets(export_dir: Path, ordered: list[VariantGraph], as_text: bool) -> None:
+def _register_assets(meta_graph: Any, variant_graph: VariantGraph) -> None:
     """Add AssetFileDefs keeping folder structure (TF's builder flattens to basenames)."""
-    if not any(g.asset_files for g in ordered):
+    if not variant_graph.asset_files:
         return
-    saved_model = read_saved_model(export_dir, saved_model_pb2.SavedModel)
-    for meta_graph, variant_graph in zip(saved_model.meta_graphs, ordered, strict=True):
-        constants = {node.name: node for node in meta_graph.graph_def.node if node.op == "Const"}
-        for tensor_name, filename in sorted(variant_graph.asset_files.items()):
-            asset = meta_graph.asset_file_def.add()
-            asset.filename = filename
-            asset.tensor_info.name = tensor_name
-            # Loaders feed this tensor the packaged copy's path; the build-time value was
-            # the source file's absolute path, which would make the package depend on
-            # where it was built.
-            value = constants[tensor_name.partition(":")[0]].attr["value"].tensor
-            value.string_val[:] = [filename.encode()]
-    _write_saved_model_proto(export_dir, saved_model, as_text)
+    constants = {node.name: node for node in meta_graph.graph_def.node if node.op == "Const"}
+    for tensor_name, filename in sorted(variant_graph.asset_files.items()):
+        asset = meta_graph.asset_file_def.add()
+        asset.filename = filename
+        asset.tensor_info.name = tensor_name
+        # Loaders feed this tensor the packaged copy's path; the build-time value was
+        # the source file's absolute path, which would make the package depend on
+        # where it was built.
+        value = constants[tensor_name.partition(":")[0]].attr["value"].tensor
+        value.string_val[:] = [filename.encode()]
 
 
 def _write_saved_model_proto(export_dir: Path, saved_model: Any, as_text: bool) -> None:

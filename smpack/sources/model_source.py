@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smpack.errors import ManifestError
-from smpack.manifest import LoadedManifest
+from smpack.manifest import LoadedManifest, Variant
+
+if TYPE_CHECKING:
+    from smpack.sources.savedmodel import ImportedModel
 
 
 @dataclass
@@ -33,6 +36,8 @@ class ModelSource:
     weights_field: str = "source.checkpoint"
     # What a train variant's graph runs, as inspect, the card and smpack.json say it.
     train_function: str = "the model function, called with ctx.training true"
+    # An imported source's computation, as the serving variant given replays it.
+    serving_import: Callable[[Variant], ImportedModel] | None = None
 
 
 @contextmanager
@@ -66,7 +71,12 @@ def open_source(loaded: LoadedManifest) -> Iterator[ModelSource]:
 def _imported(
     loaded: LoadedManifest, path: Path, signature: str, train_signature: str | None
 ) -> ModelSource:
-    from smpack.sources.savedmodel import load_saved_model, model_function, restore_map
+    from smpack.sources.savedmodel import (
+        load_saved_model,
+        model_function,
+        replayed_by,
+        restore_map,
+    )
     from smpack.sources.training_mode import named_like, training_import
 
     kind = "savedmodel" if loaded.spec.source.savedmodel is not None else "keras"
@@ -101,6 +111,7 @@ def _imported(
         assets=serving.assets,
         weights_field=where["field"],
         train_function=description,
+        serving_import=lambda variant: replayed_by(variant, serving, compiled),
     )
 
 

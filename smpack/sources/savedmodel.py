@@ -205,12 +205,10 @@ def model_function(
         variant = loaded.spec.variants[ctx.variant]
         if ctx.training and training is not None:
             imported = training
-        elif compiled is not None and (variant.xla or variant.on_tpu):
-            imported = compiled
         else:
-            imported = serving
+            imported = replayed_by(variant, serving, compiled)
         placeholders = {
-            t.key: tf.compat.v1.placeholder(t.dtype, _batched(t.shape, ctx.batch_size), name=t.key)
+            t.key: tf.compat.v1.placeholder(t.dtype, batched(t.shape, ctx.batch_size), name=t.key)
             for t in imported.inputs
         }
 
@@ -256,6 +254,15 @@ def model_function(
         return ModelSpec(inputs=placeholders, outputs=outputs, labels=labels, loss=value)
 
     return model_fn
+
+
+def replayed_by(
+    variant: Variant, serving: ImportedModel, compiled: ImportedModel | None
+) -> ImportedModel:
+    """What a variant not training replays: `compiled` where XLA compiles it, if given."""
+    if compiled is not None and (variant.xla or variant.on_tpu):
+        return compiled
+    return serving
 
 
 def _host_tensors(
@@ -553,9 +560,10 @@ def _variable(variable: SourceVariable) -> Any:
     )
 
 
-def _batched(
+def batched(
     shape: tuple[int | None, ...] | None, batch_size: int | None
 ) -> list[int | None] | None:
+    """A signature input's placeholder shape: its first dimension the static batch size."""
     if shape is None:
         return None
     if batch_size is None or not shape:
