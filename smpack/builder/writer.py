@@ -50,7 +50,7 @@ def write_saved_model(
         if key not in exported:
             if variant_graph is first:
                 _write_variables(export_dir, variant_graph, loaded, source, savers)
-            exported[key] = _exported(variant_graph, savers)
+            exported[key] = exported_meta_graph(variant_graph, savers)
         meta_graph = saved_model.meta_graphs.add()
         meta_graph.CopyFrom(exported[key])
         meta_graph.meta_info_def.tags.extend(variant_graph.tags)
@@ -91,7 +91,7 @@ def _write_variables(
             saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
 
 
-def _exported(variant_graph: VariantGraph, savers: SharedSavers) -> Any:
+def exported_meta_graph(variant_graph: VariantGraph, savers: SharedSavers) -> Any:
     """`variant_graph`'s MetaGraph as `SavedModelBuilder.add_meta_graph` exports it, untagged."""
     # Plain serve graphs carry no placement, so they run wherever they are loaded.
     clear_devices = variant_graph.variant.device is None

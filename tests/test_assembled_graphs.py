@@ -1,0 +1,95 @@
+"""Serving graphs assembled as protos are, byte for byte, the graphs Python builds.
+
+An imported source's serving variants are assembled from GraphDefs (builder/assembled.py)
+instead of being imported into a Python graph and exported from it. The Python path is
+still how train and TPU variants are built, and it is the reference here: for the same
+source and variant both give the same MetaGraph, the same signatures and variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tf_helpers import make_looping_module, make_tf_module, serving_variants, write_manifest
+
+from smpack.builder.assembled import assembled_graph
+from smpack.builder.graphs import VariantGraph, build_variant_graph
+from smpack.builder.writer import SharedSavers, exported_meta_graph
+from smpack.manifest import LoadedManifest, load_manifest
+from smpack.sources.model_source import ModelSource, open_source
+
+VARIANTS = {
+    **serving_variants(4),
+    # Half precision and XLA without a device, and a device without XLA.
+    "cpu_bfloat16": {"tags": ["serve", "cpu"], "precision": "bfloat16", "xla": True},
+    "pinned": {"tags": ["serve", "pinned"], "device": "/device:CPU:0", "precision": "float16"},
+    "train": {"tags": ["train"], "optimizer": {"name": "sgd", "learning_rate": 0.1}},
+}
+# The looping source's XLA variants compile its `While` op, a call: built in Python.
+ASSEMBLED = [
+    *[("two_layers", name) for name in ("cpu", "gpu", "cpu_bfloat16", "pinned")],
+    *[("looping", name) for name in ("cpu", "pinned")],
+]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Each source's manifest (every variant above) and its opened source."""
+    with contextlib.ExitStack() as stack:
+        opened = {}
+        for make in (make_tf_module, make_looping_module):
+            folder = tmp_path_factory.mktemp(make.__name__)
+            model = make(folder)
+            source = {"savedmodel": model.name, "loss": "mse"}
+            loaded = load_manifest(write_manifest(folder, source, variants=VARIANTS))
+            opened[model.name] = (loaded, stack.enter_context(open_source(loaded)))
+        yield opened
+
+
+def both_ways(
+    loaded: LoadedManifest, source: ModelSource, name: str
+) -> tuple[VariantGraph, VariantGraph | None]:
+    variant = loaded.spec.variants[name]
+    in_python = build_variant_graph(
+        loaded, source.model_fn, name, variant, source.assets, source.train_function
+    )
+    assert source.serving_import is not None
+    return in_python, assembled_graph(loaded, source.serving_import(variant), name, variant)
+
+
+def serialized(variant_graph: VariantGraph) -> bytes:
+    meta_graph = exported_meta_graph(variant_graph, SharedSavers())
+    return bytes(meta_graph.SerializeToString(deterministic=True))
+
+
+@pytest.mark.parametrize(("model", "name"), ASSEMBLED)
+def test_an_assembled_serving_graph_is_the_one_python_builds(sources, model, name) -> None:
+    loaded, source = sources[model]
+    in_python, assembled = both_ways(loaded, source, name)
+
+    assert assembled is not None and assembled.graph is None
+    assert serialized(assembled) == serialized(in_python)
+    assert assembled.signature_defs == in_python.signature_defs
+    assert assembled.variables == in_python.variables
+    assert assembled.model_variables == in_python.model_variables
+
+
+@pytest.mark.parametrize("name", ["tpu", "train"])
+def test_train_and_tpu_variants_are_built_in_python(sources, name) -> None:
+    loaded, source = sources["two_layers"]
+    variant = loaded.spec.variants[name]
+    assert source.serving_import is not None
+
+    assert assembled_graph(loaded, source.serving_import(variant), name, variant) is None
+
+
+def test_a_loop_xla_compiles_is_built_in_python(sources) -> None:
+    # The `While` op XLA compiles calls its cond and body: a function library.
+    loaded, source = sources["looping"]
+    variant = loaded.spec.variants["gpu"]
+    assert source.serving_import is not None
+
+    assert assembled_graph(loaded, source.serving_import(variant), "gpu", variant) is None
