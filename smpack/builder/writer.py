@@ -48,9 +48,10 @@ def write_saved_model(
     for variant_graph in ordered:
         key = id(variant_graph.built)
         if key not in exported:
+            saver = None
             if variant_graph is first:
-                _write_variables(export_dir, variant_graph, loaded, source, savers)
-            exported[key] = exported_meta_graph(variant_graph, savers)
+                saver = _write_variables(export_dir, variant_graph, loaded, source, savers)
+            exported[key] = exported_meta_graph(variant_graph, savers, saver)
         meta_graph = saved_model.meta_graphs.add()
         meta_graph.CopyFrom(exported[key])
         meta_graph.meta_info_def.tags.extend(variant_graph.tags)
@@ -64,8 +65,12 @@ def _write_variables(
     loaded: LoadedManifest,
     source: ModelSource,
     savers: SharedSavers,
-) -> None:
-    """Write the checkpoint of `variant_graph`, which holds every variable, as `variables/`."""
+) -> tf.compat.v1.train.Saver | None:
+    """Write the checkpoint of `variant_graph`, which holds every variable, as `variables/`.
+
+    Returns the Saver that wrote it, which the graph is exported with; None for an
+    assembled graph.
+    """
     prefix = export_dir / "variables" / "variables"
     prefix.parent.mkdir(exist_ok=True)
     keys = None
@@ -76,7 +81,7 @@ def _write_variables(
         assert source.checkpoint is not None and keys is not None
         with _disk_errors():
             save_streamed(prefix, source.checkpoint, keys, [])
-        return
+        return None
     with (
         variant_graph.graph.as_default(),
         tf.compat.v1.Session(graph=variant_graph.graph, config=_soft_placement()) as session,
@@ -86,13 +91,19 @@ def _write_variables(
             saver = savers.streaming(source.checkpoint, keys)
         else:
             session.run(tf.compat.v1.global_variables_initializer())
-            saver = savers.for_default_graph() or _builders_saver()
+            saver = _builders_saver()
         with _disk_errors():
             saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
+    return saver
 
 
-def exported_meta_graph(variant_graph: VariantGraph, savers: SharedSavers) -> Any:
-    """`variant_graph`'s MetaGraph as `SavedModelBuilder.add_meta_graph` exports it, untagged."""
+def exported_meta_graph(
+    variant_graph: VariantGraph,
+    savers: SharedSavers,
+    saver: tf.compat.v1.train.Saver | None = None,
+) -> Any:
+    """`variant_graph`'s MetaGraph as `SavedModelBuilder` exports it (with `saver`, the one
+    that wrote the variables, if given), untagged."""
     # Plain serve graphs carry no placement, so they run wherever they are loaded.
     clear_devices = variant_graph.variant.device is None
     init = meta_graph_pb2.SignatureDef()
@@ -108,7 +119,7 @@ def exported_meta_graph(variant_graph: VariantGraph, savers: SharedSavers) -> An
     else:
         assert variant_graph.graph is not None and variant_graph.init_op is not None
         with variant_graph.graph.as_default():
-            saver = savers.for_default_graph() or _builders_saver()
+            saver = saver or savers.for_default_graph() or _builders_saver()
             exported = saver.export_meta_graph(
                 clear_devices=clear_devices, strip_default_attrs=True
             )
