@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 from tensorflow.python.client import pywrap_tf_session as c_api
 from tensorflow.python.framework import c_api_util, ops
 
@@ -98,11 +98,12 @@ def _assembled(
         or tensor.key
         for tensor in imported.inputs  # without a host part, what the device part reads
     }
+    initial_values = set(template.initial_value_ops)
     for node in template.graph_def.node:
         placed = head.node.add()
         placed.CopyFrom(node)
         # get_variable makes initial values under `device(None)` (VariablesTemplate.create).
-        placed.device = "" if node.name in template.initial_value_ops else device
+        placed.device = "" if node.name in initial_values else device
         _mark(placed, marks)
     fed.update({handle: variable for handle, variable in imported.handles.items()})
     _add_computation(head, computation, fed, device, marks)
@@ -135,8 +136,8 @@ def _assembled(
             copy.CopyFrom(nodes[node])
             variable_nodes.append(copy)
     for node in graph_def.node:
-        if shapes[node.name]:
-            node.attr["_output_shapes"].list.shape.extend(shapes[node.name])
+        if shapes[node.name] is not None:
+            node.attr["_output_shapes"].CopyFrom(shapes[node.name])
     defs = [variable_def for _, variable_def in template.variable_defs]
     collections = {
         tf.compat.v1.GraphKeys.GLOBAL_VARIABLES: [d.SerializeToString() for d in defs],
@@ -171,25 +172,33 @@ def _check_names(imported: ImportedModel, variable_nodes: Iterable[str]) -> None
         raise _NotAssembled
 
 
-def _placement(variant: Variant) -> tuple[str, dict[str, Any]]:
-    """The device string and scoped attributes (XLA marks) `variant` gives its computation."""
+def _placement(variant: Variant) -> tuple[str, Any]:
+    """The device string `variant` gives its computation, and the attributes its scopes
+    add (XLA marks), as a NodeDef holding only those."""
     graph = tf.Graph()
     with graph.as_default(), placement(variant):
         probe = tf.no_op()
-    return probe.device, dict(probe.node_def.attr)
+    marks = node_def_pb2.NodeDef()
+    for key, value in probe.node_def.attr.items():
+        marks.attr[key].CopyFrom(value)
+    return probe.device, marks
 
 
-def _mark(node: Any, marks: dict[str, Any]) -> None:
-    # An attribute scope sets only what a node does not have already.
-    for key, value in marks.items():
-        if key not in node.attr:
-            node.attr[key].CopyFrom(value)
+def _mark(node: Any, marks: Any) -> None:
+    """Add `marks` (a NodeDef holding only attributes) to `node`'s attributes."""
+    if any(key in node.attr for key in marks.attr):
+        # An attribute scope sets only what a node does not have already.
+        for key, value in marks.attr.items():
+            if key not in node.attr:
+                node.attr[key].CopyFrom(value)
+    else:
+        node.MergeFrom(marks)
 
 
 class _Casts:
     """The casts a variant's device computation starts and ends with, named as `tf.cast`."""
 
-    def __init__(self, device: str, marks: dict[str, Any]) -> None:
+    def __init__(self, device: str, marks: Any) -> None:
         self._device = device
         self._marks = marks
         self._made = 0
@@ -212,7 +221,7 @@ def _in_scope(tensor: str) -> str:
 
 
 def _add_computation(
-    graph_def: Any, computation: Any, fed: dict[str, str], device: str, marks: dict[str, Any]
+    graph_def: Any, computation: Any, fed: dict[str, str], device: str, marks: Any
 ) -> None:
     """`computation`'s nodes under `model/`, its inputs and handles read from `fed`."""
     unused = set(fed)
@@ -268,21 +277,29 @@ def _imported(
     return list(c_api.TF_ImportGraphDefResultsReturnOutputs(scoped.results))
 
 
-def _graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, list[Any]]]:
-    """The graph's GraphDef and each node's inferred output shapes, as `as_graph_def`'s."""
+def _graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
+    """The graph's GraphDef and each node's `_output_shapes` (None: no outputs), the
+    inferred shapes `as_graph_def(add_shapes=True)` gives."""
     with graph._c_graph.get() as c_graph:  # noqa: SLF001
         graph_def = graph_pb2.GraphDef()
         graph_def.CopyFrom(c_api.TF_GraphToGraphDefPybind(c_graph))
     if not graph_def.library.function:
         graph_def.ClearField("library")
     shapes = {}
+    made: dict[tuple[Any, ...], Any] = {}  # most nodes share a few shapes: each made once
     for c_op in graph.new_operations():
         # An Operation holding only its outputs: graph registration, device functions and
         # control-flow bookkeeping, what makes import_graph_def slow, are not needed here.
         op = ops.Operation(c_op, ops.SymbolicTensor)
         op.graph = graph
         op._init_outputs()  # noqa: SLF001
-        shapes[op.name] = [output.shape.as_proto() for output in op.outputs]
+        # (dims, unknown rank) of each output, from the C++ graph.
+        inferred = (output._shape for output in op.outputs)  # noqa: SLF001
+        key = tuple(None if unknown else tuple(dims) for dims, unknown in inferred)
+        if key and key not in made:
+            made[key] = attr_value_pb2.AttrValue()
+            made[key].list.shape.extend(tf.TensorShape(shape).as_proto() for shape in key)
+        shapes[op.name] = made.get(key)
     return graph_def, shapes
 
 
@@ -292,7 +309,7 @@ def _signature_defs(
     imported: ImportedModel,
     variant: Variant,
     nodes: dict[str, Any],
-    shapes: dict[str, list[Any]],
+    shapes: dict[str, Any],
     results: dict[str, str],
 ) -> dict[str, Any]:
     """The variant's SignatureDefs, over its inputs and outputs made again in a graph alone."""
@@ -306,7 +323,7 @@ def _signature_defs(
         outputs = {}
         for key, node in results.items():
             dtype = tf.as_dtype(nodes[node].attr["T"].type)
-            shape = tf.TensorShape(shapes[node][0])
+            shape = tf.TensorShape(shapes[node].list.shape[0])
             outputs[key] = tf.compat.v1.placeholder(dtype, shape, name=key)
         spec = ModelSpec(inputs=inputs, outputs=outputs)
         return serving_signature_defs(loaded, name, variant, spec)
