@@ -163,6 +163,10 @@ def _assembled(
 
 
 def _check_names(imported: ImportedModel, variable_nodes: Iterable[str]) -> None:
+    for side in (imported.inputs, imported.outputs):
+        if len({t.tensor for t in side}) < len(side):
+            # Two keys, one tensor: the Python graph feeds both from the last one made.
+            raise _NotAssembled
     keys = [t.key for t in imported.inputs] + [t.key for t in imported.outputs]
     names = [*keys, *variable_nodes]
     lowered = [name.lower() for name in names]
