@@ -3,8 +3,8 @@
 Each distinct graph is exported once, as `SavedModelBuilder` exports it (the graph holding
 every variable, through the Saver that writes the variables; a graph assembled as protos,
 see builder/assembled.py, with the Saver its Python twin would get), and the SavedModel is
-written in one piece. Nothing checks that the other graphs' variables are in that checkpoint
-nor that tag sets are distinct, so this module does, before anything is written.
+written in one piece. TensorFlow checks neither that the other graphs' variables are in that
+checkpoint nor that tag sets are distinct, so this module does, before anything is written.
 """
 
 from __future__ import annotations
