@@ -136,7 +136,8 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     manifest = {"schema": 1, "name": request.param, "version": 1, "source": source}
     manifest["variants"] = VARIANTS
     (folder / "smpack.yaml").write_text(yaml.safe_dump(manifest))
-    package = smpack.build(folder / "smpack.yaml", folder / "out")
+    # Not measured: no test here reads the timings (test_packages.py measures a text model).
+    package = smpack.build(folder / "smpack.yaml", folder / "out", measure=False)
     path = folder / (source.get("savedmodel") or source["keras"])
     return Built(case, path, package, source_outputs(path, case))
 
