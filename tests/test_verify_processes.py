@@ -126,6 +126,8 @@ smpack.verify(sys.argv[1])
 """
 
 
+# Real `smpack verify` processes, each importing TensorFlow twice (itself and its server).
+@pytest.mark.slow
 @pytest.mark.parametrize("interrupted", ["smpack verify, Ctrl-C", "a script, SIGINT to it alone"])
 def test_interrupting_verify_leaves_no_process_behind(
     linear_package: PackageInfo, interrupted: str, tmp_path: Path
