@@ -66,13 +66,10 @@ def test_a_tabular_model_of_mixed_dtype_inputs_verifies(tabular: tuple[Path, Pat
     report = verify_package(package)
     assert not _failures(report)
     assert [g.tag_set for g in report.graphs] == ["train", "serve", "serve,gpu", "serve,tpu"]
-    # Made-up rows saturate the features: the output is 0.03 from terms near 1, and float16's
-    # rounding is beyond the tolerance of that scale. Not a failure, a request for examples.
+    # The float16 graph agrees with serve on made-up rows (the string column made up as plain
+    # text); where made-up rows alone cannot tell, verify warns instead (tests/test_examples.py).
     (gpu_check,) = [c for label, c in report.rows() if label == "serve,gpu" and "agrees" in c.name]
-    assert gpu_check.warning, gpu_check
-    assert gpu_check.detail.endswith(
-        "give the manifest examples: to check the graph on valid inputs"
-    )
+    assert gpu_check.passed, gpu_check
     # On real rows, the float32 graph is the Keras model and float16 is within tolerance.
     expected = np.asarray(keras.saving.load_model(source)(TABULAR))
     serve = run_v1(package, ["serve"], TABULAR)["output_0"]
