@@ -23,7 +23,7 @@ graph would make unique differently.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import tensorflow as tf
@@ -39,11 +39,11 @@ from smpack.builder.graphs import (
     make_init_op,
     serving_signature_defs,
 )
-from smpack.builder.targets import placement
+from smpack.builder.targets import compute_for, placement
 from smpack.manifest import LoadedManifest, Variant
 from smpack.model import ModelSpec
 from smpack.sources.graph_def import node_name
-from smpack.sources.savedmodel import ImportedModel, batched
+from smpack.sources.savedmodel import ImportedModel, VariablesTemplate, batched
 
 _MODEL_SCOPE = "model"
 # Names the Python graph gives nodes it makes after the imports; a source or signature
@@ -59,7 +59,7 @@ def assembled_graph(
     loaded: LoadedManifest, imported: ImportedModel, name: str, variant: Variant
 ) -> VariantGraph | None:
     """Serving variant `name` replaying `imported`, assembled; None to build it in Python."""
-    if variant.is_training or variant.on_tpu or imported.host is not None:
+    if variant.is_training or imported.host is not None:
         return None
     try:
         return _assembled(loaded, imported, name, variant)
@@ -83,50 +83,8 @@ def _assembled(
     }
     check_float32_storage(variables, {"file": loaded.path, "field": f"variants.{name}"})
 
-    device, marks = _placement(variant)
-    compute_dtype = tf.as_dtype(variant.precision)
-    casts = _Casts(device, marks)
-    head = graph_pb2.GraphDef()
-    head.versions.CopyFrom(computation.versions)
-    for tensor in imported.inputs:
-        placeholder = head.node.add(name=tensor.key, op="Placeholder")
-        placeholder.attr["dtype"].type = tf.as_dtype(tensor.dtype).as_datatype_enum
-        shape = tf.TensorShape(batched(tensor.shape, variant.batch_size))
-        placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
-    fed = {
-        tensor.tensor: casts.add(head, tensor.key, tf.as_dtype(tensor.dtype), compute_dtype)
-        or tensor.key
-        for tensor in imported.inputs  # without a host part, what the device part reads
-    }
-    initial_values = set(template.initial_value_ops)
-    for node in template.graph_def.node:
-        placed = head.node.add()
-        placed.CopyFrom(node)
-        # get_variable makes initial values under `device(None)` (VariablesTemplate.create).
-        placed.device = "" if node.name in initial_values else device
-        _mark(placed, marks)
-    fed.update({handle: variable for handle, variable in imported.handles.items()})
-    _add_computation(head, computation, fed, device, marks)
-
-    graph = tf.Graph()
-    on_device = [_in_scope(t.tensor) for t in imported.outputs]
-    outputs = _imported(graph, head, returning=on_device)
-    tail = graph_pb2.GraphDef()
-    tail.versions.CopyFrom(head.versions)
-    results = {}
-    for tensor, output in zip(imported.outputs, outputs, strict=True):
-        dtype = tf.dtypes.as_dtype(c_api.TF_OperationOutputType(output))
-        cast = casts.add(tail, _in_scope(tensor.tensor), dtype, tf.float32)
-        identity = tail.node.add(name=tensor.key, op="Identity")
-        identity.input.append(cast or _in_scope(tensor.tensor))
-        identity.attr["T"].type = (tf.float32 if cast else dtype).as_datatype_enum
-        results[tensor.key] = identity.name
-    init_graph = tf.Graph()
-    with init_graph.as_default():
-        init_op_name = make_init_op().name
-    tail.node.extend(init_graph.as_graph_def().node)
-    _imported(graph, tail, mapped=dict(zip(on_device, outputs, strict=True)))
-
+    build = _on_tpu if variant.on_tpu else _placed
+    graph, results, init_op_name = build(imported, variant, computation, template)
     graph_def, shapes = _graph_def_and_shapes(graph)
     nodes = {node.name: node for node in graph_def.node}
     variable_nodes = []
@@ -160,6 +118,235 @@ def _assembled(
             init_op_name=init_op_name,
         ),
     )
+
+
+def _placed(
+    imported: ImportedModel, variant: Variant, computation: Any, template: VariablesTemplate
+) -> tuple[tf.Graph, dict[str, str], str]:
+    """The graph of a variant not on a TPU: its computation placed and marked, as
+    `targets.placement` puts it; with each output key's node and the init op's name."""
+    device, marks = _placement(variant)
+    compute_dtype = tf.as_dtype(variant.precision)
+    casts = _Casts(device, marks)
+    head = graph_pb2.GraphDef()
+    head.versions.CopyFrom(computation.versions)
+    for tensor in imported.inputs:
+        placeholder = head.node.add(name=tensor.key, op="Placeholder")
+        placeholder.attr["dtype"].type = tf.as_dtype(tensor.dtype).as_datatype_enum
+        shape = tf.TensorShape(batched(tensor.shape, variant.batch_size))
+        placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
+    fed = {
+        tensor.tensor: casts.add(head, tensor.key, tf.as_dtype(tensor.dtype), compute_dtype)
+        or tensor.key
+        for tensor in imported.inputs  # without a host part, what the device part reads
+    }
+    initial_values = set(template.initial_value_ops)
+    for node in template.graph_def.node:
+        placed = head.node.add()
+        placed.CopyFrom(node)
+        # get_variable makes initial values under `device(None)` (VariablesTemplate.create).
+        placed.device = "" if node.name in initial_values else device
+        _mark(placed, marks)
+    fed.update({handle: variable for handle, variable in imported.handles.items()})
+
+    def place(node: Any) -> None:
+        node.device = device
+        _mark(node, marks)
+
+    _add_computation(head, computation, fed, place)
+
+    graph = tf.Graph()
+    on_device = [_in_scope(t.tensor) for t in imported.outputs]
+    outputs = _imported(graph, head, returning=on_device)
+    tail = graph_pb2.GraphDef()
+    tail.versions.CopyFrom(head.versions)
+    results = {}
+    for tensor, output in zip(imported.outputs, outputs, strict=True):
+        dtype = tf.dtypes.as_dtype(c_api.TF_OperationOutputType(output))
+        cast = casts.add(tail, _in_scope(tensor.tensor), dtype, tf.float32)
+        identity = tail.node.add(name=tensor.key, op="Identity")
+        identity.input.append(cast or _in_scope(tensor.tensor))
+        identity.attr["T"].type = (tf.float32 if cast else dtype).as_datatype_enum
+        results[tensor.key] = identity.name
+    init_graph = tf.Graph()
+    with init_graph.as_default():
+        init_op_name = make_init_op().name
+    tail.node.extend(init_graph.as_graph_def().node)
+    _imported(graph, tail, mapped=dict(zip(on_device, outputs, strict=True)))
+
+    return graph, results, init_op_name
+
+
+def _on_tpu(
+    imported: ImportedModel, variant: Variant, computation: Any, template: VariablesTemplate
+) -> tuple[tf.Graph, dict[str, str], str]:
+    """The graph of a TPU variant: its computation inside `tpu.rewrite`'s cluster.
+
+    What the rewrite makes around the computation (replicated inputs, pivot, metadata,
+    casts, output identities, replicated outputs) and everything after it is taken from the
+    Python path itself, run on a stand-in computation (`_TpuScaffolding`); the computation's
+    nodes get what `TPUReplicateContext.AddOp` gives an imported op.
+    """
+    for tensor in imported.inputs:
+        shape = batched(tensor.shape, variant.batch_size)
+        if not shape or shape[0] is None:
+            raise _NotAssembled  # the Python path refuses it (a TPU graph's batch is static)
+    if any(node.op in _NOT_ON_TPU or _TPU_REPLICATE in node.attr for node in computation.node):
+        raise _NotAssembled  # the rewrite logs, refuses or nests these its own way
+    outputs = {node.name: node for node in computation.node}
+    scaffolding = _TpuScaffolding(
+        imported,
+        variant,
+        # The dtype each output has in the variant's precision (checked after the import).
+        dtypes=[_computed_dtype(t.dtype, variant) for t in imported.outputs],
+        devices=[outputs[node_name(t.tensor)].device for t in imported.outputs],
+    )
+    taken = {_base_name(node.name) for node in scaffolding.before + scaffolding.after}
+    if any(_base_name(node.name) in taken for node in template.graph_def.node):
+        raise _NotAssembled  # the Python graph would name its own nodes around these
+
+    graph_def = graph_pb2.GraphDef()
+    graph_def.versions.CopyFrom(computation.versions)
+    graph_def.node.extend(scaffolding.before)
+    # Imported outside the cluster (`VariablesTemplate.create`), with no device to apply.
+    graph_def.node.extend(template.graph_def.node)
+    fed = dict(zip(imported.device_inputs, scaffolding.computation_inputs, strict=True))
+    fed.update({handle: variable for handle, variable in imported.handles.items()})
+    metadata = scaffolding.metadata
+
+    def replicate(node: Any) -> None:
+        # Every imported op gets the metadata op the computation's `control_dependencies`
+        # name (an imported op's inputs never dominate them), and the cluster's mark.
+        node.input.append("^" + metadata.name)
+        node.attr[_TPU_REPLICATE].CopyFrom(metadata.attr[_TPU_REPLICATE])
+
+    _add_computation(graph_def, computation, fed, replicate)
+    on_device = [_in_scope(t.tensor) for t in imported.outputs]
+    graph_def.node.extend(scaffolding.reading(on_device))
+
+    graph = tf.Graph()
+    returned = _imported(graph, graph_def, returning=on_device)
+    made = [tf.as_dtype(c_api.TF_OperationOutputType(output)) for output in returned]
+    if made != scaffolding.dtypes:
+        raise _NotAssembled  # the retyped computation kept an output in another dtype
+    return graph, {t.key: t.key for t in imported.outputs}, scaffolding.init_op_name
+
+
+_TPU_REPLICATE = "_tpu_replicate"
+_STAND_IN = "smpack_stand_in"
+# Ops `TPUReplicateContext.AddOp` logs as unsupported or denied, and variables read
+# through references, which it refuses: left to the Python path.
+_NOT_ON_TPU = {
+    "Placeholder",
+    "Print",
+    "AudioSummary",
+    "AudioSummaryV2",
+    "HistogramSummary",
+    "ImageSummary",
+    "MergeSummary",
+    "ScalarSummary",
+    "TensorSummary",
+    "TensorSummaryV2",
+    "Variable",
+    "VariableV2",
+    "TemporaryVariable",
+}
+
+
+def _computed_dtype(dtype: str, variant: Variant) -> tf.DType:
+    """A signature output's dtype once the computation is retyped to `variant`'s precision."""
+    source = tf.as_dtype(dtype)
+    if source == tf.float32 and variant.precision != "float32":
+        return tf.as_dtype(variant.precision)
+    return source
+
+
+def _base_name(name: str) -> str:
+    """A node name's first part, lowered, without the `_N` suffix that makes names unique."""
+    return re.sub(r"_\d+$", "", name.partition("/")[0].lower())
+
+
+class _TpuScaffolding:
+    """A TPU variant's graph built the Python way around a stand-in computation.
+
+    The stand-in is one constant per output, of that output's dtype and on its device,
+    imported under `model/` where the source's computation would be: the nodes made before
+    it (`before`) and after it are the real graph's, the latter reading the stand-ins
+    where the real graph reads the computation's outputs.
+    """
+
+    def __init__(
+        self,
+        imported: ImportedModel,
+        variant: Variant,
+        dtypes: list[tf.DType],
+        devices: list[str],
+    ) -> None:
+        self.dtypes = dtypes
+        stand_ins = graph_pb2.GraphDef()
+        for index, (dtype, device) in enumerate(zip(dtypes, devices, strict=True)):
+            node = stand_ins.node.add(name=f"{_STAND_IN}_{index}", op="Const", device=device)
+            node.attr["dtype"].type = dtype.as_datatype_enum
+            node.attr["value"].tensor.dtype = dtype.as_datatype_enum
+        computation_inputs: list[str] = []
+
+        def compute(*device_inputs: tf.Tensor) -> list[tf.Tensor]:
+            computation_inputs.extend(t.name for t in device_inputs)
+            return tf.graph_util.import_graph_def(  # type: ignore[no-any-return]
+                stand_ins,
+                return_elements=[f"{node.name}:0" for node in stand_ins.node],
+                name=_MODEL_SCOPE,
+            )
+
+        graph = tf.Graph()
+        with graph.as_default():
+            # As `savedmodel.model_function` and `graphs.build_variant_graph` make them.
+            placeholders = {
+                t.tensor: tf.compat.v1.placeholder(
+                    t.dtype, batched(t.shape, variant.batch_size), name=t.key
+                )
+                for t in imported.inputs
+            }
+            results = compute_for(variant)(
+                compute, *(placeholders[t] for t in imported.device_inputs), retype=False
+            )
+            for tensor, result in zip(imported.outputs, results, strict=True):
+                tf.identity(result, name=tensor.key)
+            self.init_op_name = make_init_op().name
+        self.computation_inputs = [
+            name[: -len(":0")] if name.endswith(":0") else name for name in computation_inputs
+        ]
+        nodes = list(graph.as_graph_def().node)
+        stand_in_nodes = {f"{_MODEL_SCOPE}/{node.name}" for node in stand_ins.node}
+        first = next(i for i, node in enumerate(nodes) if node.name in stand_in_nodes)
+        self.before = nodes[:first]
+        self.after = nodes[first + len(stand_in_nodes) :]
+        if {node.name for node in nodes[first : first + len(stand_in_nodes)]} != stand_in_nodes:
+            raise _NotAssembled
+        self.metadata = next(n for n in self.before if n.op == "TPUReplicateMetadata")
+
+    def reading(self, outputs: list[str]) -> list[Any]:
+        """The nodes after the computation, reading `outputs` where they read stand-ins."""
+        real = {
+            f"{_MODEL_SCOPE}/{_STAND_IN}_{index}": output for index, output in enumerate(outputs)
+        }
+        nodes = []
+        for node in self.after:
+            copy = type(node)()
+            copy.CopyFrom(node)
+            copy.input[:] = [_read_from(name, real) for name in node.input]
+            nodes.append(copy)
+        return nodes
+
+
+def _read_from(name: str, real: dict[str, str]) -> str:
+    control = name.startswith("^")
+    node, _, index = name.lstrip("^").partition(":")
+    if node not in real:
+        return name
+    if control or index not in ("", "0"):
+        raise _NotAssembled  # the stand-ins have one output, read as data
+    return real[node]
 
 
 def _check_names(imported: ImportedModel, variable_nodes: Iterable[str]) -> None:
@@ -225,9 +412,10 @@ def _in_scope(tensor: str) -> str:
 
 
 def _add_computation(
-    graph_def: Any, computation: Any, fed: dict[str, str], device: str, marks: Any
+    graph_def: Any, computation: Any, fed: dict[str, str], place: Callable[[Any], None]
 ) -> None:
-    """`computation`'s nodes under `model/`, its inputs and handles read from `fed`."""
+    """`computation`'s nodes under `model/`, its inputs and handles read from `fed`, each
+    then given what the variant's device context gives it (`place`)."""
     unused = set(fed)
     for node in computation.node:
         added = graph_def.node.add()
@@ -245,8 +433,7 @@ def _add_computation(
             else:
                 inputs.append(_in_scope(name))
         added.input[:] = inputs
-        added.device = device
-        _mark(added, marks)
+        place(added)
     if unused:
         raise _NotAssembled  # import_graph_def refuses a mapping it cannot use
 
