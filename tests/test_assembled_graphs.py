@@ -1,9 +1,10 @@
 """Serving graphs assembled as protos are, byte for byte, the graphs Python builds.
 
-An imported source's serving variants are assembled from GraphDefs (builder/assembled.py)
-instead of being imported into a Python graph and exported from it. The Python path is
-still how train and TPU variants are built, and it is the reference here: for the same
-source and variant both give the same MetaGraph, the same signatures and variables.
+An imported source's serving variants, TPU ones included, are assembled from GraphDefs
+(builder/assembled.py) instead of being imported into a Python graph and exported from it.
+The Python path is still how train variants (and what the assembly leaves) are built, and
+it is the reference here: for the same source and variant both give the same MetaGraph, the
+same signatures and variables.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tf_helpers import make_looping_module, make_tf_module, serving_variants, write_manifest
+from tf_helpers import (
+    make_branching_module,
+    make_looping_module,
+    make_tf_module,
+    serving_variants,
+    write_manifest,
+)
 
 from smpack.builder.assembled import assembled_graph
 from smpack.builder.graphs import VariantGraph, build_variant_graph
@@ -26,12 +33,16 @@ VARIANTS = {
     # Half precision and XLA without a device, and a device without XLA.
     "cpu_bfloat16": {"tags": ["serve", "cpu"], "precision": "bfloat16", "xla": True},
     "pinned": {"tags": ["serve", "pinned"], "device": "/device:CPU:0", "precision": "float16"},
+    # tpu.rewrite in float32, batches of 2.
+    "tpu_float32": {"tags": ["serve", "tpu", "float32"], "precision": "float32", "batch_size": 2},
     "train": {"tags": ["train"], "optimizer": {"name": "sgd", "learning_rate": 0.1}},
 }
-# The looping source's XLA variants compile its `While` op, a call: built in Python.
+# The looping source's XLA and TPU variants compile its `While` op, a call: built in Python.
 ASSEMBLED = [
     *[("two_layers", name) for name in ("cpu", "gpu", "cpu_bfloat16", "pinned")],
+    *[("two_layers", name) for name in ("tpu", "tpu_float32")],
     *[("looping", name) for name in ("cpu", "pinned")],
+    *[("branching", name) for name in ("tpu", "tpu_float32")],
 ]
 
 
@@ -40,7 +51,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """Each source's manifest (every variant above) and its opened source."""
     with contextlib.ExitStack() as stack:
         opened = {}
-        for make in (make_tf_module, make_looping_module):
+        for make in (make_tf_module, make_looping_module, make_branching_module):
             folder = tmp_path_factory.mktemp(make.__name__)
             model = make(folder)
             source = {"savedmodel": model.name, "loss": "mse"}
@@ -77,19 +88,19 @@ def test_an_assembled_serving_graph_is_the_one_python_builds(sources, model, nam
     assert assembled.model_variables == in_python.model_variables
 
 
-@pytest.mark.parametrize("name", ["tpu", "train"])
-def test_train_and_tpu_variants_are_built_in_python(sources, name) -> None:
+def test_a_train_variant_is_built_in_python(sources) -> None:
     loaded, source = sources["two_layers"]
+    variant = loaded.spec.variants["train"]
+    assert source.serving_import is not None
+
+    assert assembled_graph(loaded, source.serving_import(variant), "train", variant) is None
+
+
+@pytest.mark.parametrize("name", ["gpu", "tpu"])
+def test_a_loop_xla_compiles_is_built_in_python(sources, name) -> None:
+    # The `While` op XLA (and the TPU) compiles calls its cond and body: a function library.
+    loaded, source = sources["looping"]
     variant = loaded.spec.variants[name]
     assert source.serving_import is not None
 
     assert assembled_graph(loaded, source.serving_import(variant), name, variant) is None
-
-
-def test_a_loop_xla_compiles_is_built_in_python(sources) -> None:
-    # The `While` op XLA compiles calls its cond and body: a function library.
-    loaded, source = sources["looping"]
-    variant = loaded.spec.variants["gpu"]
-    assert source.serving_import is not None
-
-    assert assembled_graph(loaded, source.serving_import(variant), "gpu", variant) is None

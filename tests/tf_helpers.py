@@ -176,6 +176,26 @@ def make_looping_module(folder: Path) -> Path:
     return path
 
 
+def make_branching_module(folder: Path) -> Path:
+    """A TF2 model whose function has a tf.cond (no loop) reading a variable."""
+    import tensorflow as tf
+
+    class Branching(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([3, 3], seed=[7, 7]), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y = tf.cond(tf.reduce_sum(x) > 0, lambda: tf.matmul(x, self.w), lambda: x - 1.0)
+            return {"y": tf.nn.softmax(y)}
+
+    module = Branching()
+    path = folder / "branching"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
 def make_table_module(folder: Path) -> Path:
     """A TF2 model whose signature looks words up in a table filled in its checkpoint."""
     import tensorflow as tf

@@ -14,10 +14,16 @@ does. That graph's GraphDef, with its inferred shapes, is what the Python graph'
 (`writer.SharedSavers`). `tests/test_assembled_graphs.py` holds the MetaGraphs to the Python
 path's, byte for byte.
 
-Not assembled (the variant is built in Python, as before): train and TPU variants (TF1
-gradients and `tpu.rewrite` work on Python graphs), sources with a host part (tables), a
-computation that calls functions (a loop kept for XLA), and anything whose names the Python
-graph would make unique differently.
+A TPU variant is the same computation inside `tpu.rewrite`'s cluster: what the rewrite and
+the rest of the Python path make around the computation is taken from that path itself,
+run on a stand-in computation of one constant per output, and the computation's nodes get
+what `TPUReplicateContext.AddOp` gives an imported op (the cluster's mark, a control input
+on the metadata op).
+
+Not assembled (the variant is built in Python, as before): train variants (TF1 gradients
+work on Python graphs), sources with a host part (tables), a computation that calls
+functions (a loop kept for XLA or a TPU), ops the TPU rewrite logs or refuses, and anything
+whose names the Python graph would make unique differently.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from smpack.builder.targets import compute_for, placement
 from smpack.manifest import LoadedManifest, Variant
 from smpack.model import ModelSpec
 from smpack.sources.graph_def import node_name
+from smpack.sources.precision import output_dtype
 from smpack.sources.savedmodel import ImportedModel, VariablesTemplate, batched
 
 _MODEL_SCOPE = "model"
@@ -193,13 +200,21 @@ def _on_tpu(
             raise _NotAssembled  # the Python path refuses it (a TPU graph's batch is static)
     if any(node.op in _NOT_ON_TPU or _TPU_REPLICATE in node.attr for node in computation.node):
         raise _NotAssembled  # the rewrite logs, refuses or nests these its own way
-    outputs = {node.name: node for node in computation.node}
+    nodes = {node.name: node for node in computation.node}
+    if any(node_name(t.tensor) not in nodes for t in imported.outputs):
+        raise _NotAssembled  # an input returned as it is
+    dtypes = []
+    for tensor in imported.outputs:
+        _, _, index = tensor.tensor.partition(":")
+        dtype = output_dtype(nodes[node_name(tensor.tensor)], int(index or 0))
+        if not dtype:
+            raise _NotAssembled  # (checked again after the import)
+        dtypes.append(tf.as_dtype(dtype))
     scaffolding = _TpuScaffolding(
         imported,
         variant,
-        # The dtype each output has in the variant's precision (checked after the import).
-        dtypes=[_computed_dtype(t.dtype, variant) for t in imported.outputs],
-        devices=[outputs[node_name(t.tensor)].device for t in imported.outputs],
+        dtypes=dtypes,
+        devices=[nodes[node_name(t.tensor)].device for t in imported.outputs],
     )
     taken = {_base_name(node.name) for node in scaffolding.before + scaffolding.after}
     if any(_base_name(node.name) in taken for node in template.graph_def.node):
@@ -228,7 +243,7 @@ def _on_tpu(
     returned = _imported(graph, graph_def, returning=on_device)
     made = [tf.as_dtype(c_api.TF_OperationOutputType(output)) for output in returned]
     if made != scaffolding.dtypes:
-        raise _NotAssembled  # the retyped computation kept an output in another dtype
+        raise _NotAssembled  # an op definition said less than the import found
     return graph, {t.key: t.key for t in imported.outputs}, scaffolding.init_op_name
 
 
@@ -251,14 +266,6 @@ _NOT_ON_TPU = {
     "VariableV2",
     "TemporaryVariable",
 }
-
-
-def _computed_dtype(dtype: str, variant: Variant) -> tf.DType:
-    """A signature output's dtype once the computation is retyped to `variant`'s precision."""
-    source = tf.as_dtype(dtype)
-    if source == tf.float32 and variant.precision != "float32":
-        return tf.as_dtype(variant.precision)
-    return source
 
 
 def _base_name(name: str) -> str:

@@ -302,10 +302,17 @@ class _Types:
         node = self.nodes.get(name)
         if node is None:
             return self.external.get(tensor, self.external.get(f"{tensor}:0"))
-        op_def = self.op_def(node)
-        outputs = _arg_types(node, op_def.output_arg) if op_def is not None else []
-        position = int(index or 0)
-        return outputs[position] if position < len(outputs) else None
+        return output_dtype(node, int(index or 0))
+
+
+def output_dtype(node: Any, index: int) -> int | None:
+    """The dtype (enum) of `node`'s output `index`, as its op definition and attrs say;
+    None if they do not say."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(node.op)
+    outputs = _arg_types(node, op_def.output_arg) if op_def is not None else []
+    return outputs[index] if index < len(outputs) else None
 
 
 def _arg_types(node: Any, args: Any) -> list[int]:
