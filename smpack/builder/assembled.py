@@ -217,7 +217,8 @@ def _on_tpu(
         devices=[nodes[node_name(t.tensor)].device for t in imported.outputs],
     )
     taken = {_base_name(node.name) for node in scaffolding.before + scaffolding.after}
-    if any(_base_name(node.name) in taken for node in template.graph_def.node):
+    # Every template node is under its variable's name.
+    if any(_base_name(variable.name) in taken for variable, _ in template.variable_defs):
         raise _NotAssembled  # the Python graph would name its own nodes around these
 
     graph_def = graph_pb2.GraphDef()
