@@ -300,7 +300,7 @@ class _TpuScaffolding:
 
         def compute(*device_inputs: tf.Tensor) -> list[tf.Tensor]:
             computation_inputs.extend(t.name for t in device_inputs)
-            return tf.graph_util.import_graph_def(  # type: ignore[no-any-return]
+            return tf.graph_util.import_graph_def(
                 stand_ins,
                 return_elements=[f"{node.name}:0" for node in stand_ins.node],
                 name=_MODEL_SCOPE,
