@@ -36,6 +36,7 @@ import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 from tensorflow.python.client import pywrap_tf_session as c_api
 from tensorflow.python.framework import c_api_util, ops
+from tensorflow.python.tpu import tpu_replication
 
 from smpack.builder.graphs import (
     AssembledGraph,
@@ -250,23 +251,13 @@ def _on_tpu(
 
 _TPU_REPLICATE = "_tpu_replicate"
 _STAND_IN = "smpack_stand_in"
-# Ops `TPUReplicateContext.AddOp` logs as unsupported or denied, and variables read
-# through references, which it refuses: left to the Python path.
-_NOT_ON_TPU = {
-    "Placeholder",
-    "Print",
-    "AudioSummary",
-    "AudioSummaryV2",
-    "HistogramSummary",
-    "ImageSummary",
-    "MergeSummary",
-    "ScalarSummary",
-    "TensorSummary",
-    "TensorSummaryV2",
-    "Variable",
-    "VariableV2",
-    "TemporaryVariable",
-}
+# Ops `TPUReplicateContext.AddOp` logs as denied or unsupported (its own lists), and
+# variables read through references, which it refuses: left to the Python path.
+_NOT_ON_TPU = (
+    tpu_replication._DENYLISTED_OPS  # noqa: SLF001
+    | tpu_replication._UNSUPPORTED_OPS  # noqa: SLF001
+    | {"Variable", "VariableV2", "TemporaryVariable"}
+)
 
 
 def _base_name(name: str) -> str:
