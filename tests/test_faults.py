@@ -27,7 +27,6 @@ from smpack.io.staging import _RENAME_EXCHANGE, _rename
 # Real builds in subprocesses, stopped at chosen moments: slow by nature.
 pytestmark = pytest.mark.slow
 
-
 @pytest.fixture(scope="module")
 def previous(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An output folder holding a complete earlier build of the package the faults hit."""
@@ -241,3 +240,5 @@ def test_force_swaps_packages_so_readers_never_see_a_mix(
     # The reader can miss a short gap, so also check how the swap was made: moving the old
     # package away and the new one in (two renames) would leave one; renameat2 does not.
     assert not [pair for pair in renames if str(package) in pair]
+
+

@@ -41,7 +41,10 @@ def build_summary(info: PackageInfo) -> Group:
         f"shared variables: {len(info.variables)} in one checkpoint, "
         f"{_bytes(info.variables_bytes)} on disk"
     )
-    assets = Text(f"assets: {', '.join(info.assets) or 'none'}; assets.extra: {_extra_files(info)}")
+    assets = Text(
+        f"assets: {', '.join(info.assets) or 'none'}; "
+        f"assets.extra: {_extra_files(info)}"
+    )
     return Group(table, variables, assets)
 
 
@@ -133,7 +136,7 @@ def verify_verdict(report: VerifyReport) -> Text:
 
 
 def _warnings(report: VerifyReport) -> str:
-    """ ", with N warnings (...)" naming the checks that passed but prove nothing."""
+    """", with N warnings (...)" naming the checks that passed but prove nothing."""
     warned = [f"{label}: {check.name}" for label, check in report.rows() if check.warning]
     if not warned:
         return ""

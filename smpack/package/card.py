@@ -41,6 +41,7 @@ from smpack.package.record import read_record
 _TEMPLATE_FRAMES = re.compile(r"^(top-level template code|template|block '.*')$")
 
 
+
 class CardTemplateError(ManifestError):
     """A card template cannot be found, parsed or rendered: a syntax error, a misspelt
     variable, or an operation Jinja2's sandbox forbids. `file` and `line` point into the

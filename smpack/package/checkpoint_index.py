@@ -25,7 +25,6 @@ _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byt
 _TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _NO_COMPRESSION, _SNAPPY = 0, 1
 
-
 def _crc32c_table() -> list[int]:
     table = []
     for byte in range(256):
