@@ -13,7 +13,7 @@ import pytest
 from tf_helpers import meta_graph, run_v1, run_v2
 
 import smpack
-from smpack.package.info import PackageInfo
+from smpack.package.info import PackageInfo, read_package
 
 SERVE_TAG_SETS = [("serve",), ("serve", "gpu"), ("train",)]
 ALL_TAG_SETS = {"serve", "train", "serve,gpu", "serve,tpu"}
@@ -42,6 +42,17 @@ def test_variables_are_written_once_and_cover_every_graph(linear_package: Packag
     # The first MetaGraph is the one whose variables were saved: the train graph, although
     # the manifest lists it second.
     assert linear_package.graphs[0].tags == ("train",)
+
+
+@pytest.mark.parametrize("package", ["linear_package", "text_package"])
+def test_a_build_describes_the_package_as_reading_it_does(
+    package: str, request: pytest.FixtureRequest
+) -> None:
+    # A build reads its graphs once, then only the files it adds: it must still describe
+    # the finished package (cards, record, fingerprint, warmup and serving configs included).
+    built = request.getfixturevalue(package)
+    assert built == read_package(built.path)
+    assert "model_card.md" in built.assets_extra
 
 
 @pytest.mark.parametrize("tags", SERVE_TAG_SETS, ids=",".join)

@@ -15,7 +15,7 @@ from smpack.io.storage import exists, fetched, fetched_checkpoint, is_url, join,
 from smpack.io.tf_quietly import import_tensorflow_quietly
 from smpack.manifest import LoadedManifest, load_manifest
 from smpack.package.digests import hashing_ahead
-from smpack.package.info import PackageInfo, read_package
+from smpack.package.info import PackageInfo, read_package, reread_files
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.progress import Step, StepCallback, Steps
 
@@ -128,6 +128,8 @@ def _build(
             write_requests(staging, warmup)
         if examples:
             write_requests(staging, examples, EXAMPLES_FILE)
+        # Read once: nothing after this point writes saved_model.pb or variables/, so the
+        # later descriptions only read again the files added beside them.
         written = read_package(staging)
         names = {
             graph.tag_set: name
@@ -165,7 +167,7 @@ def _build(
         # Last, so the cards describe (and hash) every other file of the finished package.
         step("writing model cards")
         write_cards(
-            staging,
+            reread_files(written),
             loaded.card,
             template=loaded.card_template,
             name=loaded.spec.name,
@@ -173,7 +175,7 @@ def _build(
         )
         seal_provenance(staging)
         # Read now: a remote package's local copy is gone once it has been uploaded.
-        info = read_package(staging)
+        info = reread_files(written)
         if verify is not None and not verify(staging):
             # Raised to leave the block without publishing; a good package at the
             # destination, even with --force, is never replaced by a failing one.

@@ -33,7 +33,7 @@ from smpack.manifest.card_spec import CardSpec
 from smpack.package.card_context import card_context
 from smpack.package.card_json import model_card_json
 from smpack.package.front_matter import to_yaml
-from smpack.package.info import PackageInfo, package_at, read_package
+from smpack.package.info import PackageInfo, package_at
 from smpack.package.layout import ASSETS_EXTRA, RECORD_PATH
 from smpack.package.record import read_record
 
@@ -229,20 +229,21 @@ def _read_within(descriptor: int, seconds: float) -> bytes:
 
 
 def write_cards(
-    export_dir: Path,
+    info: PackageInfo,
     spec: CardSpec | None,
     *,
     template: Path | None = None,
     name: str | None = None,
     version: int | None = None,
 ) -> list[Path]:
-    """Render the cards of the package at `export_dir` into its `assets.extra/`: Markdown,
-    HTML, and the Model Card Toolkit's JSON.
+    """Render the cards of the package `info` describes (read once every file the cards
+    list is written) into its `assets.extra/`: Markdown, HTML, and the Model Card Toolkit's
+    JSON.
 
     `template` replaces the built-in template of the format its name ends in; the other card
     keeps the built-in one. Returns the files written.
     """
-    info = read_package(export_dir)
+    export_dir = info.path
     (export_dir / ASSETS_EXTRA).mkdir(exist_ok=True)
     written = []
     formats: tuple[Literal["md", "html"], ...] = ("md", "html")

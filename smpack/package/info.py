@@ -143,8 +143,26 @@ def read_package(export_dir: str | Path) -> PackageInfo:
     the warmup file cannot be read.
     """
     export_dir = Path(export_dir)
-    try:
+    with _reading(export_dir):
         return _read_package(export_dir)
+
+
+def reread_files(info: PackageInfo) -> PackageInfo:
+    """`info` after files were added beside its SavedModel (assets.extra, fingerprint.pb):
+    what it says of them read again, its graphs and variables kept.
+
+    For a package being written, whose saved_model.pb and variables/ are final: reading
+    them again, the costly part of `read_package`, would give the same graphs and
+    variables. Raises `PackageError` as `read_package` does.
+    """
+    with _reading(info.path):
+        return dataclasses.replace(info, **_file_facts(info.path))
+
+
+@contextlib.contextmanager
+def _reading(export_dir: Path) -> Iterator[None]:
+    try:
+        yield
     except OSError as e:  # an unreadable folder or file, a symlink loop, a vanished file
         msg = f"cannot read the package: {e.strerror or e}"
         raise PackageError(msg, file=e.filename or export_dir) from e
@@ -159,7 +177,6 @@ def _read_package(export_dir: Path) -> PackageInfo:
     variables = tuple(
         VariableInfo(entry.name, entry.shape, entry.dtype, entry.size) for entry in entries.values()
     )
-    warmup = export_dir / ASSETS_EXTRA / WARMUP_FILE
     return PackageInfo(
         path=export_dir,
         graphs=tuple(
@@ -167,16 +184,24 @@ def _read_package(export_dir: Path) -> PackageInfo:
             for meta_graph in saved_model.meta_graphs
         ),
         variables=variables,
-        variables_bytes=_size(export_dir / "variables"),
-        assets=_files(export_dir / "assets"),
-        assets_extra=_files(export_dir / ASSETS_EXTRA),
-        fingerprint=_fingerprint(export_dir / FINGERPRINT_FILE),
-        warmup_requests=count_tfrecords(warmup) if warmup.is_file() else None,
-        saved_model_file="saved_model.pb"
+        **_file_facts(export_dir),
+    )
+
+
+def _file_facts(export_dir: Path) -> dict[str, Any]:
+    """What `PackageInfo` says of the package's files, all but its graphs and variables."""
+    warmup = export_dir / ASSETS_EXTRA / WARMUP_FILE
+    return {
+        "variables_bytes": _size(export_dir / "variables"),
+        "assets": _files(export_dir / "assets"),
+        "assets_extra": _files(export_dir / ASSETS_EXTRA),
+        "fingerprint": _fingerprint(export_dir / FINGERPRINT_FILE),
+        "warmup_requests": count_tfrecords(warmup) if warmup.is_file() else None,
+        "saved_model_file": "saved_model.pb"
         if (export_dir / "saved_model.pb").is_file()
         else "saved_model.pbtxt",
-        op_libraries=recorded_op_libraries(export_dir),
-    )
+        "op_libraries": recorded_op_libraries(export_dir),
+    }
 
 
 def recorded_op_libraries(export_dir: Path) -> tuple[str, ...]:
@@ -227,8 +252,8 @@ def _graph_info(meta_graph: Any, fingerprint: VariantFingerprint) -> GraphInfo:
     )
 
 
-# What _graph_facts found, by the digest of the GraphDef it read. Building a package reads
-# it three times, and variants differing only in tags are copies of one MetaGraph, so each
+# What _graph_facts found, by the digest of the GraphDef it read. A build's verify reads the
+# package again, and variants differing only in tags are copies of one MetaGraph, so each
 # distinct GraphDef is scanned once per process (a scan costs ~20 us a node).
 _FACTS: dict[str, dict[str, Any]] = {}
 _FACTS_KEPT = 64
