@@ -263,14 +263,38 @@ def _xla_compilable_ops() -> set[str]:
 
 
 def _tensor_types(graph_def: graph_pb2.GraphDef) -> dict[str, _Types]:
-    """Node name -> the dtypes of its data inputs and of its outputs."""
+    """Node name -> the dtypes of its data inputs and of its outputs, as TF's importer infers
+    them.
+
+    Read from the imported C++ graph alone: Python operations for every node, which
+    `import_graph_def` makes, cost ~0.1 ms a node (0.7 s of a 1,000-variable source's load).
+    """
+    from tensorflow.python.client import pywrap_tf_session as c_api
+    from tensorflow.python.framework import c_api_util
+
     graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    return {
-        op.name: ([t.dtype for t in op.inputs], [t.dtype for t in op.outputs])
-        for op in graph.get_operations()
-    }
+    options = c_api_util.ScopedTFImportGraphDefOptions()
+    serialized = c_api.TF_NewBufferFromString(graph_def.SerializeToString())
+    try:
+        with graph._c_graph.get() as c_graph:  # noqa: SLF001
+            c_api_util.ScopedTFImportGraphDefResults(
+                c_api.TF_GraphImportGraphDefWithResults(c_graph, serialized, options.options)
+            )
+    finally:
+        c_api.TF_DeleteBuffer(serialized)
+    types: dict[str, _Types] = {}
+    for c_op in graph.new_operations():
+        inputs: list[tf.DType] = []
+        for index in range(c_api.TF_OperationNumInputs(c_op)):
+            data_input = c_api.TF_Input()
+            data_input.oper, data_input.index = c_op, index
+            inputs.append(tf.as_dtype(c_api.TF_OperationInputType(data_input)))
+        outputs = [
+            tf.as_dtype(c_api.TF_OperationOutputType(c_api_util.tf_output(c_op, index)))
+            for index in range(c_api.TF_OperationNumOutputs(c_op))
+        ]
+        types[c_api.TF_OperationName(c_op)] = (inputs, outputs)
+    return types
 
 
 def _table_tensors(nodes: dict[str, Any], types: dict[str, _Types]) -> set[str]:
