@@ -68,6 +68,11 @@ def render_card(
     `info.path` holds no readable saved_model.pb.
     """
     context = card_context(info, spec, name=name, version=version, measurements=measurements)
+    return _rendered(context, fmt, template)
+
+
+def _rendered(context: dict[str, Any], fmt: Literal["md", "html"], template: Path | None) -> str:
+    """`context` rendered by `template`, else by the built-in template of `fmt`."""
     if template is None:
         environment = _environment(jinja2.Environment, jinja2.FunctionLoader(_builtin), fmt)
         return _render(environment, f"model_card.{fmt}.j2", context, None, None)
@@ -247,13 +252,14 @@ def write_cards(
     (export_dir / ASSETS_EXTRA).mkdir(exist_ok=True)
     written = []
     formats: tuple[Literal["md", "html"], ...] = ("md", "html")
+    # One context for the three cards (each would parse saved_model.pb again); a custom
+    # template renders it in a child process, so no card sees another's changes.
+    context = card_context(info, spec, name=name, version=version)
     for fmt in formats:
         chosen = template if template is not None and card_format(template) == fmt else None
-        text = render_card(info, spec, fmt=fmt, template=chosen, name=name, version=version)
         target = export_dir / ASSETS_EXTRA / f"model_card.{fmt}"
-        target.write_text(text, encoding="utf-8")
+        target.write_text(_rendered(context, fmt, chosen), encoding="utf-8")
         written.append(target)
-    context = card_context(info, spec, name=name, version=version)
     target = export_dir / ASSETS_EXTRA / "model_card.json"
     target.write_text(model_card_json(context), encoding="utf-8")
     return [*written, target]
