@@ -241,9 +241,9 @@ def write_cards(
     name: str | None = None,
     version: int | None = None,
 ) -> list[Path]:
-    """Render the cards of the package `info` describes (read once every file the cards
-    list is written) into its `assets.extra/`: Markdown, HTML, and the Model Card Toolkit's
-    JSON.
+    """Render the cards of the package `info` describes (as read after every file the cards
+    list was written) into its `assets.extra/`: Markdown, HTML, and the Model Card
+    Toolkit's JSON.
 
     `template` replaces the built-in template of the format its name ends in; the other card
     keeps the built-in one. Returns the files written.
