@@ -63,9 +63,7 @@ def _with_unusual_nodes(exported: Any) -> Any:
     call.attr["Truncate"].b = False
     for name, colour in [("default_colour", [255, 0, 0, 255]), ("green", [0, 255, 0, 255])]:
         summary = graph_def.node.add(name=name, op="ImageSummary")
-        summary.attr["bad_color"].tensor.CopyFrom(
-            tf.make_tensor_proto(np.array(colour, np.uint8))
-        )
+        summary.attr["bad_color"].tensor.CopyFrom(tf.make_tensor_proto(np.array(colour, np.uint8)))
     return unusual
 
 
