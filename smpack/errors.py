@@ -6,6 +6,8 @@ where the problem is (file, line, field) and what to do about it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -70,3 +72,20 @@ class GraphError(SmpackError):
 
 class PackageError(SmpackError):
     """The output package cannot be written: destination exists, disk full, interrupted."""
+
+
+class GraphRefused(SmpackError):
+    """TensorFlow refused a package's graph, a tensor name it holds or an input set fed to it:
+    that graph's failure in verify and measure, not smpack's."""
+
+
+@contextlib.contextmanager
+def refused_by_tensorflow(*documented: type[Exception]) -> Iterator[None]:
+    """Raise the exceptions of the `documented` types, which the TensorFlow call in the block
+    documents raising for a graph, name or value it refuses (KeyError, ValueError, ...), as
+    `GraphRefused` with their telling line. Only around that call: the same types raised by
+    smpack's own code are its bugs, and must not read as a broken package."""
+    try:
+        yield
+    except documented as e:
+        raise GraphRefused(telling_line(e)) from e

@@ -37,7 +37,8 @@ from tf_helpers import run_v1, source_variants
 from typer.testing import CliRunner
 
 import smpack
-from smpack.checks.verify import spec_inputs, verify_package
+from smpack.checks.feeds import spec_inputs
+from smpack.checks.verify import verify_package
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.cli.commands import app
 from smpack.package.info import PackageInfo, read_package

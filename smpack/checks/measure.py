@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from smpack.builder.warmup import read_requests
-from smpack.checks.verify import spec_inputs
+from smpack.checks.feeds import MadeUpInputs
 from smpack.errors import ManifestError, first_line
 from smpack.io.storage import fetched
 from smpack.manifest import LoadedManifest
@@ -37,7 +37,6 @@ from smpack.manifest.evaluation_data import (
 from smpack.package.info import GraphInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.package.protos import read_saved_model
-from smpack.package.vocabulary import parsed_string_inputs, vocabulary_words
 from smpack.progress import StepCallback, Steps
 
 NOT_MEASURED_HERE = "not measured here"
@@ -239,9 +238,7 @@ def measure_package(
         key, signature = chosen
         request = (examples or {}).get(key) or next(iter(stored.get(key, [])), None)
         if request is None:
-            words = vocabulary_words(meta_graph, export_dir)
-            parsed = parsed_string_inputs(meta_graph).get(key, frozenset())
-            feeds = spec_inputs(signature, words, parsed=parsed)
+            feeds = MadeUpInputs.of_graph(meta_graph, export_dir).inputs(key, signature)
         else:
             feeds = dict(request)
         try:

@@ -22,6 +22,7 @@ import tensorflow as tf
 from smpack.builder.provenance import check_provenance, claims_smpack
 from smpack.builder.training import TRAIN_METHOD
 from smpack.builder.warmup import read_requests
+from smpack.checks.feeds import MadeUpInputs
 from smpack.checks.graph_process import GraphProcessDied, run_in_own_process, start_server
 from smpack.checks.placement import pins_this_host_lacks
 from smpack.checks.xla_check import tpu_graph_on_cpu
@@ -34,7 +35,6 @@ from smpack.package.info import PackageInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE, RECORD_PATH
 from smpack.package.protos import read_saved_model
 from smpack.package.record import checked_records
-from smpack.package.vocabulary import PLAIN_TEXT, parsed_string_inputs, vocabulary_words
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import graph_ops_unregistered, import_op_libraries
 
@@ -199,14 +199,13 @@ def _verify_graphs(
         step(f"loading and running {info.tag_set}")
         report.checks.append(_variables_check(meta_graph, checkpoint))
         report.checks.append(_assets_check(meta_graph, export_dir))
-        words = vocabulary_words(meta_graph, export_dir)
-        parsed = parsed_string_inputs(meta_graph)
+        made_up = MadeUpInputs.of_graph(meta_graph, export_dir)
         try:
             checks, graph_outputs = run_in_own_process(
                 _check_graph,
                 export_dir,
                 index,
-                requests.with_words(words, parsed),
+                dataclasses.replace(requests, made_up=made_up),
                 package.op_libraries,
                 description=f"smpack verify {info.tag_set}",
             )
@@ -350,12 +349,7 @@ class _Requests:
 
     examples: Mapping[str, list[dict[str, np.ndarray]]]
     warmup: Mapping[str, list[dict[str, np.ndarray]]]
-    words: Sequence[bytes] = ()  # what synthetic string inputs hold: the graph's vocabulary
-    # By signature key, the string inputs the graph parses (made up empty, not as text).
-    parsed: Mapping[str, Set[str]] = field(default_factory=dict)
-
-    def with_words(self, words: Sequence[bytes], parsed: Mapping[str, Set[str]]) -> _Requests:
-        return dataclasses.replace(self, words=words, parsed=parsed)
+    made_up: MadeUpInputs = MadeUpInputs()  # how the graph's inputs are made up without them
 
     def feeds_synthetic(self, key: str) -> bool:
         """Whether signature `key` runs on inputs verify makes up (no example or request)."""
@@ -366,15 +360,9 @@ class _Requests:
             if found.get(key):
                 count = len(found[key])
                 return _Feeds(found[key], f"on its {count} {kind}{'s' if count > 1 else ''}", False)
-        parsed = self.parsed.get(key, frozenset())
-        text = any(
-            dtype_name(info.dtype) == "string" and name not in parsed
-            for name, info in signature.inputs.items()
-        )
-        kind = " (vocabulary words)" if self.words else " (plain text)"
-        described = "on synthetic inputs" + (kind if text else "")
-        second = spec_inputs(signature, self.words, second=True, parsed=parsed)
-        return _Feeds([spec_inputs(signature, self.words, parsed=parsed)], described, True, second)
+        described = "on synthetic inputs" + self.made_up.text_kind(key, signature)
+        second = self.made_up.inputs(key, signature, second=True)
+        return _Feeds([self.made_up.inputs(key, signature)], described, True, second)
 
 
 @dataclass(frozen=True)
@@ -453,49 +441,6 @@ def _fails_alike(again: Callable[[], object], reason: str) -> bool:
     except _GRAPH_FAILURES as e:
         return telling_line(e)[:300] == reason
     return False
-
-
-def spec_inputs(
-    signature: Any,
-    words: Sequence[bytes] = (),
-    *,
-    second: bool = False,
-    parsed: Set[str] = frozenset(),
-) -> dict[str, np.ndarray]:
-    """Inputs matching each input's dtype and shape (unknown sizes become 8) that no model
-    can find out of range: integers 0 (a valid index, id and class), strings cycling through
-    `words` (words the graph's tables know: a token, or a one-word text) or without them
-    through lines of plain English text (which a tokenizer splits into its real tokens),
-    False, and floats in [-1, 1). The string inputs in `parsed`, which the graph decodes
-    (a serialized tf.Example, an image), are empty: an empty tf.Example is valid.
-
-    `second` makes another set, every value and unknown size changed: sizes 5, integers 1,
-    True, other floats, in [0, 1) (the range of most normalised inputs), and the words
-    shifted by one. What fails alike on both fails whatever the inputs (see _check).
-    """
-    rng = np.random.default_rng(1 if second else 0)
-    low = 0.0 if second else -1.0
-    inputs = {}
-    for key in sorted(signature.inputs):
-        info = signature.inputs[key]
-        unknown = 5 if second else 8
-        shape = tuple(d.size if d.size >= 0 else unknown for d in info.tensor_shape.dim)
-        dtype = dtype_name(info.dtype)
-        if dtype == "string":
-            cycle = [b""] if key in parsed else list(words or PLAIN_TEXT)
-            if second:
-                cycle = cycle[1:] + cycle[:1]
-            size = int(np.prod(shape, dtype=np.int64))
-            inputs[key] = np.array(
-                [cycle[i % len(cycle)] for i in range(size)], dtype=object
-            ).reshape(shape)
-        elif dtype in ("float16", "bfloat16", "float32", "float64"):
-            inputs[key] = rng.uniform(low, 1, size=shape).astype(
-                np.float32 if dtype != "float64" else np.float64
-            )
-        else:
-            inputs[key] = np.full(shape, 1 if second else 0, dtype=dtype)
-    return inputs
 
 
 def _compare_with_float32(

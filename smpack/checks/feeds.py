@@ -1,0 +1,93 @@
+"""What verify and measure feed a signature that has no stored input set: inputs made up
+from its specs.
+
+Made-up strings are words the graph's tables know (else plain text), and empty for the
+inputs the graph parses (see smpack.package.vocabulary). Importing this imports no
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smpack.package.dtypes import dtype_name
+from smpack.package.vocabulary import PLAIN_TEXT, parsed_string_inputs, vocabulary_words
+
+
+@dataclass(frozen=True)
+class MadeUpInputs:
+    """How inputs are made up for one graph's signatures: the words its tables know, and by
+    signature key the string inputs it parses."""
+
+    words: tuple[bytes, ...] = ()
+    parsed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of_graph(cls, meta_graph: Any, export_dir: Path) -> MadeUpInputs:
+        words = tuple(vocabulary_words(meta_graph, export_dir))
+        return cls(words, parsed_string_inputs(meta_graph))
+
+    def inputs(self, key: str, signature: Any, *, second: bool = False) -> dict[str, np.ndarray]:
+        """Made-up inputs for signature `key` (see `spec_inputs`; `second`: the other set)."""
+        parsed = self.parsed.get(key, frozenset())
+        return spec_inputs(signature, self.words, second=second, parsed=parsed)
+
+    def text_kind(self, key: str, signature: Any) -> str:
+        """What the made-up text of signature `key` is, for a check's name: " (vocabulary
+        words)", " (plain text)", or "" if no input is text."""
+        parsed = self.parsed.get(key, frozenset())
+        text = any(
+            dtype_name(info.dtype) == "string" and name not in parsed
+            for name, info in signature.inputs.items()
+        )
+        if not text:
+            return ""
+        return " (vocabulary words)" if self.words else " (plain text)"
+
+
+def spec_inputs(
+    signature: Any,
+    words: Sequence[bytes] = (),
+    *,
+    second: bool = False,
+    parsed: Set[str] = frozenset(),
+) -> dict[str, np.ndarray]:
+    """Inputs matching each input's dtype and shape (unknown sizes become 8) that no model
+    can find out of range: integers 0 (a valid index, id and class), strings cycling through
+    `words` (words the graph's tables know: a token, or a one-word text) or without them
+    through lines of plain English text (which a tokenizer splits into its real tokens),
+    False, and floats in [-1, 1). The string inputs in `parsed`, which the graph decodes
+    (a serialized tf.Example, an image), are empty: an empty tf.Example is valid.
+
+    `second` makes another set, every value and unknown size changed: sizes 5, integers 1,
+    True, other floats, in [0, 1) (the range of most normalised inputs), and the words
+    shifted by one. What fails alike on both fails whatever the inputs (see verify's _check).
+    """
+    rng = np.random.default_rng(1 if second else 0)
+    low = 0.0 if second else -1.0
+    inputs = {}
+    for key in sorted(signature.inputs):
+        info = signature.inputs[key]
+        unknown = 5 if second else 8
+        shape = tuple(d.size if d.size >= 0 else unknown for d in info.tensor_shape.dim)
+        dtype = dtype_name(info.dtype)
+        if dtype == "string":
+            cycle = [b""] if key in parsed else list(words or PLAIN_TEXT)
+            if second:
+                cycle = cycle[1:] + cycle[:1]
+            size = int(np.prod(shape, dtype=np.int64))
+            inputs[key] = np.array(
+                [cycle[i % len(cycle)] for i in range(size)], dtype=object
+            ).reshape(shape)
+        elif dtype in ("float16", "bfloat16", "float32", "float64"):
+            inputs[key] = rng.uniform(low, 1, size=shape).astype(
+                np.float32 if dtype != "float64" else np.float64
+            )
+        else:
+            inputs[key] = np.full(shape, 1 if second else 0, dtype=dtype)
+    return inputs
