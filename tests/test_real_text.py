@@ -230,6 +230,29 @@ def test_a_string_the_graph_parses_is_made_up_empty_and_text_as_text() -> None:
             )
 
 
+def test_a_string_reaching_a_parser_only_through_a_control_edge_is_text() -> None:
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    with tf.Graph().as_default() as graph:
+        examples = tf.compat.v1.placeholder(tf.string, [None], name="examples")
+        text = tf.compat.v1.placeholder(tf.string, [None], name="text")
+        lengths = tf.strings.length(text)
+        # Decoded after `text` is read (control edges: "^text", "^Identity"), but never
+        # reading its value.
+        with tf.control_dependencies([text, tf.identity(text)]):
+            decoded = tf.io.decode_base64(examples)
+        signature = tf.compat.v1.saved_model.predict_signature_def(
+            {"examples": examples, "text": text}, {"decoded": decoded, "lengths": lengths}
+        )
+    meta_graph = meta_graph_pb2.MetaGraphDef(graph_def=graph.as_graph_def())
+    meta_graph.signature_def["serving_default"].CopyFrom(signature)
+    [decoder] = [n for n in meta_graph.graph_def.node if n.op == "DecodeBase64"]
+    assert sorted(decoder.input) == ["^Identity", "^text", "examples"]
+
+    assert parsed_string_inputs(meta_graph) == {"serving_default": frozenset({"examples"})}
+
+
 @pytest.mark.slow
 def test_float32_variants_answer_exactly_as_the_source(built: Built) -> None:
     for tags in (["serve"], ["train"]):

@@ -140,10 +140,12 @@ def _file_keys(path: Path, node: Any) -> Iterator[bytes]:
 def parsed_string_inputs(meta_graph: Any) -> dict[str, frozenset[str]]:
     """By signature key, the string inputs the graph parses as encoded data (a serialized
     `tf.Example`, a tensor proto, an image, CSV) rather than reading as text."""
-    consumers: dict[str, list[Any]] = {}
+    consumers: dict[str, list[Any]] = {}  # by node, the nodes reading its outputs
     for node in meta_graph.graph_def.node:
         for tensor in node.input:
-            consumers.setdefault(tensor.partition(":")[0].lstrip("^"), []).append(node)
+            # A control input ("^name") only orders the node after `name`: it reads no value.
+            if not tensor.startswith("^"):
+                consumers.setdefault(tensor.partition(":")[0], []).append(node)
     parsed = {}
     for key, signature in meta_graph.signature_def.items():
         parsed[key] = frozenset(
