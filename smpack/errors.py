@@ -79,6 +79,17 @@ class GraphRefused(SmpackError):
     that graph's failure in verify and measure, not smpack's."""
 
 
+# What TensorFlow documents raising, besides its OpError, for what a package holds:
+# its v1 loader for a SavedModel it cannot load (a missing or unparsable file, no MetaGraph
+# with the tags, variables without a saver) and its graph import for a GraphDef it refuses;
+LOADER_REFUSALS: tuple[type[Exception], ...] = (OSError, RuntimeError, ValueError)
+# Graph.get_tensor_by_name for a name the graph does not hold;
+NAME_REFUSALS: tuple[type[Exception], ...] = (KeyError, ValueError)
+# Session.run for a fetch or feed it refuses (a name the graph lacks, a value of another
+# shape or dtype).
+RUN_REFUSALS: tuple[type[Exception], ...] = (TypeError, ValueError)
+
+
 @contextlib.contextmanager
 def refused_by_tensorflow(*documented: type[Exception]) -> Iterator[None]:
     """Raise the exceptions of the `documented` types, which the TensorFlow call in the block
@@ -88,4 +99,6 @@ def refused_by_tensorflow(*documented: type[Exception]) -> Iterator[None]:
     try:
         yield
     except documented as e:
-        raise GraphRefused(telling_line(e)) from e
+        # A KeyError's str() is its message's repr, in quotes.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise GraphRefused(telling_line(Exception(message))) from e

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import check_golden, invoke, tree_state
+from tensorflow.core.protobuf import saved_model_pb2
 
-from smpack.checks.verify import Check, VerifyReport, verify_package
+from smpack.checks.verify import Check, VerifyReport, _check_graph, _Requests, verify_package
 from smpack.io.tf_quietly import schedule_xla_cpu_for_memory
 from smpack.package.info import PackageInfo
 
@@ -82,6 +83,76 @@ def test_catches_variable_missing_from_checkpoint(
     result = invoke(monkeypatch, ["verify", "1"])
     assert result.exit_code == 1
     check_golden("verify_missing_variable.txt", result.stdout)
+
+
+def _graph_index(package: Path, tags: list[str]) -> int:
+    saved_model = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    found = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+    return found.index(tags)
+
+
+def test_a_signature_naming_no_tensor_fails_its_checks_with_one_line_each(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
+    """What TF refuses (KeyError, ValueError from a tensor name the graph lacks) is the graph's
+    failure, in a Session and on XLA:CPU alike, with TF's own telling line."""
+    package = tmp_path / "broken"
+    shutil.copytree(linear_package.path, package)
+    saved_model = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    kept = [m for m in saved_model.meta_graphs if "serve" in m.meta_info_def.tags]
+    del saved_model.meta_graphs[:]
+    for meta_graph in kept:
+        if "gpu" not in meta_graph.meta_info_def.tags:  # two graphs are enough
+            meta_graph.signature_def["serving_default"].outputs["output"].name = "nosuch:0"
+            saved_model.meta_graphs.add().CopyFrom(meta_graph)
+    (package / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+
+    report = verify_package(package)
+
+    failed = [(tag_set, c.name, c.detail) for tag_set, c in report.rows() if not c.passed]
+    alike = "failed alike on two sets of made-up inputs, whatever their values: "
+    missing = "The name 'nosuch:0' refers to a Tensor which does not exist."
+    assert failed[1:] == [
+        ("serve", "signature tensors resolve", f"{missing} The operation, 'nosuch', does "
+         "not exist in the graph."),
+        ("serve", "signature serving_default runs on synthetic inputs", f"{alike}Argument "
+         f"`fetch` = nosuch:0 cannot be interpreted as a Tensor. (\"{missing} The "
+         "operation, 'nosuch', does not exist in the graph.\")"),
+        ("serve,tpu", "signature tensors resolve (in the GraphDef)",
+         "no such node: serving_default: nosuch:0"),
+        ("serve,tpu", "signature serving_default runs on synthetic inputs (TPU computation "
+         "on XLA:CPU)", f"{alike}the graph has no node 'nosuch'"),
+    ]  # fmt: skip
+    assert failed[0][0] == "(package)" and failed[0][2].startswith("saved_model.pb was modified")
+
+
+def test_a_bug_in_verify_is_raised_not_recorded_as_a_failed_check(
+    linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyError or ValueError from smpack's own code around TF's calls is a bug: it must
+    not read as the graph failing to load or run."""
+
+    def bug(*args: object) -> None:
+        raise KeyError("injected")  # noqa: EM101
+
+    def other_bug(*args: object) -> None:
+        raise ValueError("injected")  # noqa: EM101
+
+    serve = _graph_index(linear_package.path, ["serve"])
+    tpu = _graph_index(linear_package.path, ["serve", "tpu"])
+    no_requests = _Requests({}, {})
+    with monkeypatch.context() as patched:
+        patched.setattr("smpack.checks.verify.pins_this_host_lacks", bug)
+        with pytest.raises(KeyError, match="injected"):
+            _check_graph(linear_package.path, serve, no_requests, ())
+    with monkeypatch.context() as patched:
+        patched.setattr("smpack.checks.verify.feed_dict", other_bug)
+        with pytest.raises(ValueError, match="injected"):
+            _check_graph(linear_package.path, serve, no_requests, ())
+    with monkeypatch.context() as patched:
+        patched.setattr("smpack.checks.xla_check._host_graph", bug)
+        with pytest.raises(KeyError, match="injected"):
+            _check_graph(linear_package.path, tpu, no_requests, ())
 
 
 def test_tf2_saved_model_passes(tmp_path: Path) -> None:

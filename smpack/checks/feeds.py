@@ -1,5 +1,5 @@
-"""What verify and measure feed a signature that has no stored input set: inputs made up
-from its specs.
+"""What verify and measure feed a signature: a stored input set, named as a Session wants
+it, or inputs made up from the signature's specs for a graph that has none.
 
 Made-up strings are words the graph's tables know (else plain text), and empty for the
 inputs the graph parses (see smpack.package.vocabulary). Importing this imports no
@@ -15,8 +15,22 @@ from typing import Any
 
 import numpy as np
 
+from smpack.errors import GraphRefused
 from smpack.package.dtypes import dtype_name
 from smpack.package.vocabulary import PLAIN_TEXT, parsed_string_inputs, vocabulary_words
+
+
+def feed_dict(signature: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """`inputs`, by the signature's input keys, as a Session's feeds, by tensor name.
+
+    Raises `GraphRefused` for a key the signature has no input for (a stored request made
+    for another signature): indexing the signature's map would make up an empty input.
+    """
+    unknown = sorted(inputs.keys() - signature.inputs.keys())
+    if unknown:
+        msg = f"the signature has no input {unknown[0]!r}; its inputs: {sorted(signature.inputs)}"
+        raise GraphRefused(msg)
+    return {signature.inputs[key].name: value for key, value in inputs.items()}
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,20 @@ import tensorflow as tf
 from smpack.builder.provenance import check_provenance, claims_smpack
 from smpack.builder.training import TRAIN_METHOD
 from smpack.builder.warmup import read_requests
-from smpack.checks.feeds import MadeUpInputs
+from smpack.checks.feeds import MadeUpInputs, feed_dict
 from smpack.checks.graph_process import GraphProcessDied, run_in_own_process, start_server
 from smpack.checks.placement import pins_this_host_lacks
 from smpack.checks.xla_check import tpu_graph_on_cpu
-from smpack.errors import ManifestError, SmpackError, telling_line
+from smpack.errors import (
+    LOADER_REFUSALS,
+    NAME_REFUSALS,
+    RUN_REFUSALS,
+    GraphRefused,
+    ManifestError,
+    SmpackError,
+    refused_by_tensorflow,
+    telling_line,
+)
 from smpack.io.storage import fetched, is_url
 from smpack.io.tf_quietly import schedule_xla_cpu_for_memory
 from smpack.manifest import METHODS
@@ -38,10 +47,11 @@ from smpack.package.record import checked_records
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import graph_ops_unregistered, import_op_libraries
 
-# What a broken graph raises: TF's runtime errors, a tensor name the graph lacks
-# (KeyError, ValueError), a feed its dtype refuses (TypeError), the XLA check's verdict.
-# Anything else is a bug in verify and surfaces as one.
-_GRAPH_FAILURES = (tf.errors.OpError, KeyError, ValueError, TypeError, SmpackError)
+# What a broken graph raises: TF's runtime errors, and SmpackError, which is how smpack
+# reports what TF refuses before running anything (a tensor name the graph lacks, a feed its
+# placeholder rejects: `refused_by_tensorflow`) and the XLA check's verdict. Anything else,
+# KeyError and ValueError from smpack's own code included, is a bug and surfaces as one.
+_GRAPH_FAILURES = (tf.errors.OpError, SmpackError)
 
 # How far a variant's outputs may stray from the float32 graph's, as a fraction of each
 # output's scale (its largest magnitude in the float32 graph): about 20 units of float16's
@@ -308,14 +318,16 @@ def _run_graph(
             # Without the pins this host cannot honour: soft placement would move them to
             # the same devices, logging every moved variable's colocation group.
             clear_devices = pins_this_host_lacks(meta_graph)
-            tf.compat.v1.saved_model.loader.load(
-                session, tags, str(export_dir), clear_devices=clear_devices
-            )
+            with refused_by_tensorflow(*LOADER_REFUSALS):
+                tf.compat.v1.saved_model.loader.load(
+                    session, tags, str(export_dir), clear_devices=clear_devices
+                )
         if not report.checks[-1].passed:
             return results
         with _check(report, "signature tensors resolve"):
             for _, name in _signature_tensors(meta_graph):
-                session.graph.get_tensor_by_name(name)
+                with refused_by_tensorflow(*NAME_REFUSALS):
+                    session.graph.get_tensor_by_name(name)
         for key, signature in sorted(signatures.items()):
             feeds = requests.feeds(key, signature)
             name = f"signature {key} runs {feeds.description}"
@@ -334,13 +346,15 @@ def _run_graph(
                 for output, value in _run(session, signature, feeds.values[0]).items():
                     if not np.isfinite(value).all():
                         msg = f"{output} is {value} after one step"
-                        raise ValueError(msg)
+                        raise GraphRefused(msg)
     return results
 
 
 def _run(session: Any, signature: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     fetches = {k: v.name for k, v in signature.outputs.items()}
-    return dict(session.run(fetches, {signature.inputs[k].name: v for k, v in inputs.items()}))
+    feeds = feed_dict(signature, inputs)
+    with refused_by_tensorflow(*RUN_REFUSALS):
+        return dict(session.run(fetches, feeds))
 
 
 @dataclass(frozen=True)

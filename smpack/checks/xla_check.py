@@ -22,7 +22,16 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from smpack.errors import SmpackError, telling_line
+from smpack.checks.feeds import feed_dict
+from smpack.errors import (
+    LOADER_REFUSALS,
+    NAME_REFUSALS,
+    RUN_REFUSALS,
+    GraphRefused,
+    SmpackError,
+    refused_by_tensorflow,
+    telling_line,
+)
 
 _CLUSTER = "_tpu_replicate"
 
@@ -41,17 +50,19 @@ class TpuGraphOnCpu:
     def run(self, signature_key: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature on `inputs`; returns its outputs by output key.
 
-        Raises `SmpackError` if XLA cannot compile or run a computation the signature needs.
+        Raises `SmpackError` if XLA cannot compile or run a computation the signature needs,
+        `GraphRefused` for what TensorFlow refuses in the graph or the inputs.
         """
         signature = self._meta_graph.signature_def[signature_key]
-        feeds: dict[str, Any] = {signature.inputs[k].name: v for k, v in inputs.items()}
+        feeds = feed_dict(signature, inputs)
         fetches = {key: info.name for key, info in signature.outputs.items()}
         # Clusters are in creation order, so one that consumes another's output comes after it.
         for cluster in _clusters_reached(self._tpu_graph, fetches.values()):
             if cluster not in self._calls:
                 self._calls[cluster] = _ClusterCall(self.session.graph, self._tpu_graph, cluster)
             feeds.update(self._calls[cluster].run(self.session, feeds))
-        return self.session.run(fetches, feeds)
+        with refused_by_tensorflow(*RUN_REFUSALS):
+            return self.session.run(fetches, feeds)
 
 
 def run_tpu_graph_on_cpu(
@@ -77,10 +88,12 @@ def tpu_graph_on_cpu(
 
     Variables are restored from the package's checkpoint and the init op runs with asset paths
     pointing into `<export_dir>/assets`, as any SavedModel loader does. The session is closed
-    when the block ends; the restored variables go with it once it is collected.
+    when the block ends; the restored variables go with it once it is collected. Raises
+    `GraphRefused` for a package TF's loader refuses.
     """
-    loader = loader_impl.SavedModelLoader(os.fspath(export_dir))
-    meta_graph = loader.get_meta_graph_def_from_tags(tags)
+    with refused_by_tensorflow(*LOADER_REFUSALS):
+        loader = loader_impl.SavedModelLoader(os.fspath(export_dir))
+        meta_graph = loader.get_meta_graph_def_from_tags(tags)
     tpu_graph = graph_pb2.GraphDef()
     tpu_graph.CopyFrom(meta_graph.graph_def)
     # A Session places every node of its graph, and the TPU ops have no CPU kernel. Swapping
@@ -89,7 +102,8 @@ def tpu_graph_on_cpu(
     meta_graph.graph_def.CopyFrom(_host_graph(tpu_graph))
     # closing(), not `with session`: the graph is made default only while ops are added.
     with contextlib.closing(tf.compat.v1.Session(graph=tf.Graph())) as session:
-        loader.load(session, tags)
+        with refused_by_tensorflow(*LOADER_REFUSALS):
+            loader.load(session, tags)
         yield TpuGraphOnCpu(session, meta_graph, tpu_graph)
 
 
@@ -114,9 +128,13 @@ class _ClusterCall:
         arguments = {}
         self._host_tensors: list[str] = []  # by name, the way feeds name them
         for name in boundary:
-            producer = producers[_node(name)]
+            producer = producers.get(_node(name))
+            if producer is None:
+                msg = f"TPU computation {cluster!r} reads {name!r}, which no node makes"
+                raise GraphRefused(msg)
             source = _tensor(producer.input[0] if producer.op == "TPUReplicatedInput" else name)
-            arguments[name] = graph.get_tensor_by_name(source)
+            with refused_by_tensorflow(*NAME_REFUSALS):
+                arguments[name] = graph.get_tensor_by_name(source)
             if producer.op != "VarHandleOp":
                 self._host_tensors.append(source)
         fetches = list(outputs.values())
@@ -127,7 +145,8 @@ class _ClusterCall:
                 body, input_map=arguments, return_elements=fetches, name=cluster
             )
 
-        with graph.as_default():
+        # What TF's graph import raises for a GraphDef it refuses (an input of another dtype).
+        with graph.as_default(), refused_by_tensorflow(ValueError):
             self._results = computation(arguments)
 
     def run(self, session: tf.compat.v1.Session, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -137,7 +156,8 @@ class _ClusterCall:
         fallback to TensorFlow kernels.
         """
         # The host part first, on its own: its failures are not XLA's.
-        host_values = session.run(self._host_tensors, feeds)
+        with refused_by_tensorflow(*RUN_REFUSALS):
+            host_values = session.run(self._host_tensors, feeds)
         # Fed back, so the host part is not run twice.
         computation_feeds = {**feeds, **dict(zip(self._host_tensors, host_values, strict=True))}
         try:
@@ -179,6 +199,9 @@ def _clusters_reached(graph: graph_pb2.GraphDef, tensors: Iterable[str]) -> list
     while pending:
         name = pending.pop()
         if name not in seen:
+            if name not in nodes:
+                msg = f"the graph has no node {name!r}"
+                raise GraphRefused(msg)
             seen.add(name)
             pending.extend(_node(i) for i in nodes[name].input)
     order = [_cluster_of(n) for n in graph.node if n.name in seen]
