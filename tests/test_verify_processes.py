@@ -16,6 +16,7 @@ import pytest
 from conftest import invoke, json_result
 
 from smpack.checks.graph_process import GraphProcessBug, GraphProcessDied, run_in_own_process
+from smpack.errors import PackageError
 from smpack.package.info import PackageInfo
 
 
@@ -74,6 +75,50 @@ def test_a_graph_process_that_dies_or_raises_is_reported() -> None:
     with pytest.raises(GraphProcessBug, match="^checking: ZeroDivisionError") as raised:
         run_in_own_process(operator.truediv, 1, 0, description="checking")
     assert "Traceback" in str(raised.value)
+    # A user error stays one, file and field included.
+    raising = (
+        "from smpack.errors import PackageError\nraise PackageError('gone', file='p', field='f')"
+    )
+    with pytest.raises(PackageError) as user_error:
+        run_in_own_process(exec, raising)
+    assert str(user_error.value) == "p: f: gone"
+
+
+# Run in a graph process instead of verify's `_check_graph`: the same, with one smpack
+# function patched to raise KeyError there (as a bug in smpack's own code would).
+INJECTED_BUG = """\
+import smpack.checks.verify as verify
+
+def pins_this_host_lacks(meta_graph):
+    raise KeyError("injected")
+
+verify.pins_this_host_lacks = pins_this_host_lacks
+verify._check_graph(*arguments)
+"""
+
+
+def test_a_bug_in_a_graph_process_is_an_smpack_bug_not_a_failed_check(
+    linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def with_the_bug(function: object, *args: object, description: str) -> object:
+        return run_in_own_process(exec, INJECTED_BUG, {"arguments": args}, description=description)
+
+    monkeypatch.setattr("smpack.checks.verify.run_in_own_process", with_the_bug)
+    monkeypatch.delenv("SMPACK_DEBUG", raising=False)
+    result = invoke(monkeypatch, ["verify", str(linear_package.path)])
+    assert result.exit_code == 70, result.output
+    assert result.stderr.splitlines() == [
+        "smpack bug: GraphProcessBug: smpack verify train: KeyError: 'injected'; please report "
+        "it (SMPACK_DEBUG=1 shows the traceback)"
+    ]
+    # SMPACK_DEBUG=1: the exception itself, ending with the graph process's traceback.
+    monkeypatch.setenv("SMPACK_DEBUG", "1")
+    result = invoke(monkeypatch, ["verify", str(linear_package.path)])
+    assert isinstance(result.exception, GraphProcessBug)
+    child_traceback = str(result.exception).partition("\n")[2]
+    assert child_traceback.startswith("Traceback (most recent call last):")
+    assert "in _run_graph" in child_traceback
+    assert child_traceback.rstrip().endswith("KeyError: 'injected'")
 
 
 def test_a_killed_graph_process_fails_that_graph_naming_the_signal(

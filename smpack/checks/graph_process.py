@@ -106,7 +106,8 @@ def run_in_own_process(
     """`function(*args)` in a fresh process forked from the server; its return value.
 
     `function` and `args` must pickle (a module-level function). Raises `GraphProcessDied`
-    if the process ends without a result, `GraphProcessBug` if `function` raised. The
+    if the process ends without a result, the `SmpackError` `function` raised, and
+    `GraphProcessBug` (with the process's traceback) if it raised anything else. The
     process never outlives the call: on any exception here (Ctrl-C included) it is killed,
     and the server with it (the next call starts another).
     """
@@ -134,6 +135,8 @@ def run_in_own_process(
     if exit_code != 0 or not result:
         raise GraphProcessDied(exit_code)
     kind, payload = pickle.loads(result)
+    if kind == "error":
+        raise payload
     if kind == "bug":
         msg = f"{description}: {payload}"
         raise GraphProcessBug(msg)

@@ -3,8 +3,9 @@
 Run as `python -m smpack.checks.graph_server`: it imports TensorFlow once, then for each
 request on its stdin (a pickled function, its arguments, the caller's environment and
 working folder) forks a process that runs it, and answers on its stdout with the process's
-id, then its exit code and what it returned. It ends when its stdin closes, or when its
-caller dies.
+id, then its exit code and what it returned or raised: a SmpackError as it is, anything
+else (a bug) as its traceback's text. It ends when its stdin closes, or when its caller
+dies.
 Importing this module imports nothing heavy: the caller uses its framing.
 """
 
@@ -19,6 +20,8 @@ import struct
 import sys
 import traceback
 from typing import IO, Any, NoReturn
+
+from smpack.errors import SmpackError
 
 _LENGTH = struct.Struct("<Q")
 
@@ -107,6 +110,8 @@ def _run(request: bytes, results_end: int) -> NoReturn:
         os.environ.update(environment)
         os.chdir(folder)
         outcome = pickle.dumps(("result", function(*args)))
+    except SmpackError as e:  # the user's to fix: raised again in the caller, as it is
+        outcome = pickle.dumps(("error", e))
     except BaseException as e:
         outcome = pickle.dumps(("bug", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     with os.fdopen(results_end, "wb") as results:
