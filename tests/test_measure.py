@@ -16,7 +16,9 @@ from conftest import VARIANTS, front_matter, hub_card_data, mct_problems
 from typer.testing import CliRunner
 
 import smpack
+from smpack.checks.measure import Evaluation, measure_package
 from smpack.cli.commands import app
+from smpack.errors import ManifestError
 from smpack.manifest.evaluation_data import EvaluationDataError, read_evaluation_data
 from smpack.package.info import PackageInfo
 
@@ -171,6 +173,36 @@ def test_evaluation_data_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"error: {tmp_path / 'rounding.yaml'}:10: evaluate.data: ")
     assert "eval.npz has no array 'input'; it must hold the inputs ['input']" in result.stderr
     assert not (tmp_path / "rounding").exists()
+
+
+def test_what_a_graph_refuses_is_not_measured_and_says_why(rounding: Path, tmp_path: Path) -> None:
+    """Inputs TF refuses before running (a ValueError, not an OpError) are the graph's
+    failure: a stored request gets no number and the reason; evaluation data, one line."""
+    requests = {
+        "of another shape": {"input": np.zeros((2, 3), np.float32)},
+        "for another signature": {"features": np.zeros(2, np.float32)},
+    }
+    reasons = {}
+    for kind, request in requests.items():
+        measured = measure_package(rounding, examples={"serving_default": request}, runs=1)
+        reasons[kind] = next(m.reason for m in measured if m.tag_set == "serve")
+    assert reasons["of another shape"].startswith(
+        "could not run serving_default: Cannot feed value of shape (2, 3) for Tensor input:0"
+    )
+    assert reasons["for another signature"] == (
+        "could not run serving_default: the signature has no input 'features'; its inputs: "
+        "['input']"
+    )
+    np.savez(tmp_path / "eval.npz", input=np.zeros((4, 3), np.float32), labels=np.zeros(4))
+    evaluation = Evaluation(
+        tmp_path / "eval.npz", ("mse",), "serving_default", None, tmp_path / "m.yaml"
+    )
+    with pytest.raises(ManifestError) as raised:
+        measure_package(rounding, evaluation=evaluation, runs=1)
+    assert str(raised.value).startswith(
+        f"{tmp_path / 'm.yaml'}: evaluate.data: eval.npz does not fit signature "
+        "'serving_default': Cannot feed value of shape (4, 3)"
+    )
 
 
 def test_tfrecord_evaluation_data_gives_the_npz_metrics(rounding: Path) -> None:

@@ -25,8 +25,15 @@ import numpy as np
 import tensorflow as tf
 
 from smpack.builder.warmup import read_requests
-from smpack.checks.feeds import MadeUpInputs
-from smpack.errors import ManifestError, first_line
+from smpack.checks.feeds import MadeUpInputs, feed_dict
+from smpack.errors import (
+    LOADER_REFUSALS,
+    RUN_REFUSALS,
+    GraphRefused,
+    ManifestError,
+    first_line,
+    refused_by_tensorflow,
+)
 from smpack.io.storage import fetched
 from smpack.manifest import LoadedManifest
 from smpack.manifest.evaluation_data import (
@@ -139,13 +146,14 @@ class Evaluation:
         except EvaluationDataError as e:
             raise self._error(str(e), "data") from e
         try:
-            predictions = np.concatenate(
-                [
-                    session.run(signature.outputs[output].name, feeds)
-                    for feeds in _batches(signature, arrays)
-                ]
-            )[: len(labels)]
-        except tf.errors.OpError as e:
+            with refused_by_tensorflow(*RUN_REFUSALS):
+                predictions = np.concatenate(
+                    [
+                        session.run(signature.outputs[output].name, feeds)
+                        for feeds in _batches(signature, arrays)
+                    ]
+                )[: len(labels)]
+        except (tf.errors.OpError, GraphRefused) as e:
             msg = f"{self.data.name} does not fit signature {self.signature!r}: {first_line(e)}"
             raise self._error(msg, "data") from e
         return {name: _metric(name, predictions, labels) for name in self.metrics}
@@ -245,7 +253,7 @@ def measure_package(
             timing, metrics, outputs[graph.tag_set] = _run(
                 export_dir, graph.tags, signature, feeds, runs, evaluation
             )
-        except tf.errors.OpError as e:
+        except (tf.errors.OpError, GraphRefused) as e:
             # A graph that fails on its own request is verify's to report; no number here.
             reason = f"could not run {key}: {first_line(e)}"
             measurements.append(Measurement(graph.tag_set, host, reason))
@@ -291,15 +299,17 @@ def _run(
     """Load time and p50/p99 of `runs` warm runs; the evaluation metrics; the outputs."""
     with tf.compat.v1.Session(graph=tf.Graph()) as session:
         start = time.perf_counter()
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), str(export_dir))
+        with refused_by_tensorflow(*LOADER_REFUSALS):
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), str(export_dir))
         load_seconds = time.perf_counter() - start
         fetches = {key: info.name for key, info in signature.outputs.items()}
-        feed_dict = {signature.inputs[key].name: value for key, value in feeds.items()}
-        outputs = session.run(fetches, feed_dict)
+        named_feeds = feed_dict(signature, feeds)
+        with refused_by_tensorflow(*RUN_REFUSALS):
+            outputs = session.run(fetches, named_feeds)
         times = []
         for _ in range(runs):
             start = time.perf_counter()
-            session.run(fetches, feed_dict)
+            session.run(fetches, named_feeds)
             times.append(time.perf_counter() - start)
         metrics = evaluation.run(session, meta_graph) if evaluation is not None else {}
     p50, p99 = np.percentile(np.array(times) * 1000, [50, 99])
