@@ -139,7 +139,9 @@ class _ClusterCall:
                 self._host_tensors.append(source)
         fetches = list(outputs.values())
 
-        @tf.function(jit_compile=True)
+        # No autograph (nothing to convert): it would write the function to a temporary file
+        # that the graph process, ending without Python's teardown, leaves behind.
+        @tf.function(jit_compile=True, autograph=False)
         def computation(arguments: dict[str, tf.Tensor]) -> list[tf.Tensor]:
             return tf.graph_util.import_graph_def(
                 body, input_map=arguments, return_elements=fetches, name=cluster

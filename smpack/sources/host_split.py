@@ -253,7 +253,9 @@ def _xla_compilable_ops() -> set[str]:
     if not _XLA_OPS:
         from tensorflow.python.framework import kernels
 
-        tf.function(jit_compile=True)(lambda: tf.constant(0) + 1)()
+        # No autograph: it would write the lambda to a temporary file that a process ending
+        # without Python's teardown (the CLI, a graph process) leaves behind.
+        tf.function(jit_compile=True, autograph=False)(lambda: tf.constant(0) + 1)()
         _XLA_OPS.update(
             k.op
             for k in kernels.get_all_registered_kernels().kernel
