@@ -18,6 +18,7 @@ from conftest import invoke, json_result
 from smpack.checks.graph_process import GraphProcessBug, GraphProcessDied, run_in_own_process
 from smpack.errors import PackageError
 from smpack.package.info import PackageInfo
+from smpack.package.protos import read_saved_model
 
 
 def _children(pid: int) -> list[int]:
@@ -119,6 +120,33 @@ def test_a_bug_in_a_graph_process_is_an_smpack_bug_not_a_failed_check(
     assert child_traceback.startswith("Traceback (most recent call last):")
     assert "in _run_graph" in child_traceback
     assert child_traceback.rstrip().endswith("KeyError: 'injected'")
+
+
+# Verify's checks of the TPU graph (an XLA computation) in a graph process whose temporary
+# files go to `folder`.
+CHECK_THE_TPU_GRAPH = """\
+import tempfile
+from smpack.checks.verify import _check_graph, _Requests
+
+tempfile.tempdir = folder
+checks, _ = _check_graph(package, index, _Requests({}, {}), ())
+assert [check.passed for check in checks] == [True, True], checks
+"""
+
+
+def test_a_graph_process_leaves_no_temporary_file(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
+    """A graph process ends without Python's teardown, which is what removes the files
+    TensorFlow's autograph writes for each function it converts."""
+    tags = [sorted(m.meta_info_def.tags) for m in read_saved_model(linear_package.path).meta_graphs]
+    arguments = {
+        "folder": str(tmp_path),
+        "package": linear_package.path,
+        "index": tags.index(["serve", "tpu"]),
+    }
+    run_in_own_process(exec, CHECK_THE_TPU_GRAPH, arguments)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_killed_graph_process_fails_that_graph_naming_the_signal(
