@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from html.parser import HTMLParser
@@ -34,6 +35,31 @@ from smpack.package.info import PackageInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ROOT / "variants"
+
+
+_RUN_TEMPORARY: list[str] = []  # this process's folder for the run's temporary files
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary files in a folder of the run's own, removed when the run ends: TensorFlow's
+    autograph writes a file for each function it converts and removes it at Python's
+    teardown, which a process the tests kill, or a CLI run (os._exit), never reaches.
+
+    Through TMPDIR, the processes the tests start (and xdist's workers, each with a folder
+    of its own inside the first) use it too. Open to all, as /tmp is: the hostile cases run
+    `smpack` as `nobody`. pytest's own folders stay where they were, kept for a look after
+    the run.
+    """
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    folder = tempfile.mkdtemp(prefix="smpack-tests-")
+    os.chmod(folder, 0o1777)
+    _RUN_TEMPORARY.append(folder)
+    os.environ["TMPDIR"] = tempfile.tempdir = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _RUN_TEMPORARY:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # Most of the suite's CPU time: they start first, on a worker of their own, so that they
