@@ -344,7 +344,9 @@ def _run_graph(
             again = feeds.again(functools.partial(_run, session, signature))
             with _check(report, name, feeds.synthetic, again):
                 for output, value in _run(session, signature, feeds.values[0]).items():
-                    if not np.isfinite(value).all():
+                    # A loss is a number; an output of another kind (a string) has no inf.
+                    value = np.asarray(value)
+                    if value.dtype.kind in "fc" and not np.isfinite(value).all():
                         msg = f"{output} is {value} after one step"
                         raise GraphRefused(msg)
     return results
