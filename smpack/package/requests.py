@@ -17,7 +17,7 @@ from pathlib import Path
 
 from smpack.errors import PackageError
 from smpack.package.dtypes import ITEM_SIZES, dtype_name
-from smpack.package.wire import decode_varint, message_fields
+from smpack.package.wire import WireFormatError, decode_varint, message_fields
 
 PREDICT_LOG, CLASSIFY_LOG, REGRESS_LOG = 6, 2, 3  # PredictionLog's oneof fields
 # TensorProto's typed value fields, each holding elements of these dtypes (TensorFlow writes
@@ -96,28 +96,36 @@ def read_logged_requests(path: Path) -> list[LoggedRequest]:
     """
     if not path.is_file():
         return []
-    try:
-        return [logged_request(raw) for raw in tfrecords(path)]
-    # From decoding fields that are absent, of another type or cut short.
-    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
-        msg = f"not a file of PredictionLogs: {e}"
-        raise PackageError(msg, file=path) from e
+    requests = []
+    for number, raw in enumerate(tfrecords(path), 1):
+        try:
+            requests.append(logged_request(raw))
+        except WireFormatError as e:
+            msg = f"not a file of PredictionLogs: record {number}: {e}"
+            raise PackageError(msg, file=path) from e
+    return requests
 
 
 def logged_request(raw: bytes) -> LoggedRequest:
-    """One serialized PredictionLog's request. Raises ValueError, KeyError or IndexError
-    for bytes that are not one."""
-    [(log_type, log)] = _fields(raw).items()
-    request = _fields(log[0])[1][0]
-    fields = _fields(request)
-    signature = _fields(fields[1][0]).get(3, [b"serving_default"])[0].decode()
+    """One serialized PredictionLog's request. Raises `WireFormatError` for bytes that are
+    not one."""
+    logs = _fields(raw)
+    if len(logs) != 1:
+        msg = f"a PredictionLog holds one log, this one {len(logs)}"
+        raise WireFormatError(msg)
+    [(log_type, log)] = logs.items()
+    fields = _fields(_first(_fields(log[0]), 1, "the log's request"))
+    model_spec = _fields(_first(fields, 1, "the request's model_spec"))
+    signature = _text(model_spec.get(3, [b"serving_default"])[0])
     if log_type != PREDICT_LOG:
-        example_list = _fields(_fields(fields[2][0])[1][0])
+        request_input = _fields(_first(fields, 2, "the request's input"))
+        example_list = _fields(_first(request_input, 1, "the input's example_list"))
         return LoggedRequest(signature, {}, tuple(example_list.get(1, [])))
     tensors = {}
     for entry in fields.get(2, []):
         key_and_tensor = _fields(entry)
-        tensors[key_and_tensor[1][0].decode()] = key_and_tensor[2][0]
+        key = _text(_first(key_and_tensor, 1, "an input's key"))
+        tensors[key] = _first(key_and_tensor, 2, f"input {key!r}'s tensor")
     return LoggedRequest(signature, tensors)
 
 
@@ -206,3 +214,19 @@ def _fields(message: bytes) -> dict[int, list[bytes]]:
         if isinstance(value, bytes):
             fields.setdefault(number, []).append(value)
     return fields
+
+
+def _first(fields: dict[int, list[bytes]], number: int, what: str) -> bytes:
+    """The first value of field `number`; `what` names it for the error if it is absent."""
+    if number not in fields:
+        msg = f"{what} (field {number}) is missing"
+        raise WireFormatError(msg)
+    return fields[number][0]
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError as e:
+        msg = f"a name is not UTF-8: {e}"
+        raise WireFormatError(msg) from e

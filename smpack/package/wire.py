@@ -11,6 +11,12 @@ import struct
 from collections.abc import Iterator
 
 
+class WireFormatError(ValueError):
+    """Bytes that are not the protobuf message expected: cut short, of another wire type, or
+    lacking a field. Its own type, so a ValueError (or KeyError, IndexError) from the code
+    decoding them stays that code's bug."""
+
+
 def encode_varint(value: int) -> bytes:
     """`value` (non-negative) as a base-128 varint."""
     out = bytearray()
@@ -22,7 +28,7 @@ def encode_varint(value: int) -> bytes:
 
 
 def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """The varint at `data[pos:]` and the position after it; ValueError if truncated."""
+    """The varint at `data[pos:]` and the position after it; WireFormatError if truncated."""
     result = shift = 0
     while pos < len(data) and shift < 70:
         byte = data[pos]
@@ -32,7 +38,7 @@ def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
             return result, pos
         shift += 7
     msg = f"truncated varint at byte {pos}"
-    raise ValueError(msg)
+    raise WireFormatError(msg)
 
 
 def length_delimited(number: int, payload: bytes) -> bytes:
@@ -44,7 +50,7 @@ def message_fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
     """Yield (field number, value) of a protobuf message: ints, or bytes if length-delimited."""
     if isinstance(message, int):  # a submessage's field number arrived with a numeric wire type
         msg = "protobuf field is a number where a message was expected"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     pos = 0
     while pos < len(message):
         tag, pos = decode_varint(message, pos)
@@ -56,7 +62,7 @@ def message_fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
             size = 8 if wire_type == 1 else 4
             if pos + size > len(message):
                 msg = "protobuf field runs past its message"
-                raise ValueError(msg)
+                raise WireFormatError(msg)
             (value,) = struct.unpack_from("<Q" if size == 8 else "<I", message, pos)
             pos += size
         elif wire_type == 2:
@@ -64,8 +70,8 @@ def message_fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
             value, pos = message[pos : pos + length], pos + length
             if pos > len(message):
                 msg = "protobuf field runs past its message"
-                raise ValueError(msg)
+                raise WireFormatError(msg)
         else:
             msg = f"unexpected protobuf wire type {wire_type}"
-            raise ValueError(msg)
+            raise WireFormatError(msg)
         yield tag >> 3, value
