@@ -7,6 +7,7 @@ where the problem is (file, line, field) and what to do about it.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def first_line(error: BaseException) -> str:
     """The first line of `error`'s message: TF and Keras errors run on over several lines
     (NodeDef, op signature, stack), and the first says what failed."""
     return next(iter(str(error).strip().splitlines()), "")
+
+
+# How eager TensorFlow wraps an op's error: "{{function_node ...}} what [Op:Name] name: ".
+_EAGER_WRAPPING = re.compile(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$")
+
+
+def eager_line(error: BaseException) -> str:
+    """The first line of an eager op's error, without the function and op TF wraps it in."""
+    return _EAGER_WRAPPING.sub("", first_line(error))
 
 
 # Lines of a TF runtime error that say where, not what ("Graph execution error:", ...).

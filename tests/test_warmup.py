@@ -13,13 +13,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tf_helpers import run_v1
 from typer.testing import CliRunner
 
+import smpack.package.requests
+from smpack.builder.warmup import read_requests
 from smpack.checks.verify import verify_package
 from smpack.cli.commands import app
+from smpack.errors import PackageError
+from smpack.package.layout import WARMUP_FILE
 from smpack.package.record import measured_records
+from smpack.package.requests import read_logged_requests
 
 runner = CliRunner()
 EIGHT = [float(x) for x in range(8)]  # the linear example's TPU variant takes batches of 8
@@ -176,3 +182,105 @@ def test_requests_that_would_break_serving_are_refused(
     assert message in line
     assert "linear.yaml" in line
     assert not out.exists()
+
+
+def predict_log(tensor: Any) -> bytes:
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.model_spec.name = "m"
+    log.predict_log.request.inputs["x"].CopyFrom(tensor)
+    return bytes(log.SerializeToString())
+
+
+GOOD_RECORD = predict_log(tf.make_tensor_proto(np.zeros([2], np.float32)))
+
+
+def write_warmup(package: Path, *records: bytes) -> Path:
+    (package / "assets.extra").mkdir()
+    path = package / "assets.extra" / WARMUP_FILE
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+    return path
+
+
+def tensor(**fields: Any) -> Any:
+    return tensor_pb2.TensorProto(**fields)
+
+
+def dims(*sizes: int) -> Any:
+    return tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in sizes]
+    )
+
+
+@pytest.mark.parametrize(
+    ("second", "problem"),
+    [
+        (b"\x32\x00", "the log's request (field 1) is missing"),
+        (b"\x0a\x03abc", "protobuf field runs past its message"),
+        (
+            predict_log(tensor(dtype=1, tensor_shape=dims(*[1 << 62] * 6))),
+            "input 'x': its shape claims over 67108864 elements",
+        ),
+        (
+            predict_log(tensor(dtype=1, tensor_shape=dims(3), tensor_content=b"\0" * 4)),
+            "input 'x': cannot reshape array of size 1 into shape (3,)",
+        ),
+        (predict_log(tensor(dtype=20)), "input 'x': a resource tensor has no values to send"),
+        (predict_log(tensor(dtype=999)), "input 'x': Cannot convert the argument `type_value`"),
+        (predict_log(tensor(dtype=101)), "input 'x': Unsupported tensor type: 101."),
+    ],
+    ids=[
+        "no-request",
+        "cut-short",
+        "shape-overflows",
+        "content-short",
+        "resource-dtype",
+        "unknown-dtype",
+        "reference-dtype",
+    ],
+)
+def test_a_record_that_is_not_a_request_is_named_in_one_line(
+    tmp_path: Path, second: bytes, problem: str
+) -> None:
+    path = write_warmup(tmp_path, GOOD_RECORD, second)
+    with pytest.raises(PackageError) as refused:
+        read_requests(tmp_path)
+    assert str(refused.value).startswith(
+        f"{path}: not a warmup file TF Serving can replay: record 2: {problem}"
+    )
+    assert "\n" not in str(refused.value)
+
+
+def test_a_record_whose_checksum_fails_is_named(tmp_path: Path) -> None:
+    path = write_warmup(tmp_path, GOOD_RECORD, GOOD_RECORD)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # the second record's last data byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(PackageError) as refused:
+        read_requests(tmp_path)
+    assert str(refused.value) == (
+        f"{path}: not a warmup file TF Serving can replay: record 2: corrupted record at 62"
+    )
+
+
+@pytest.mark.parametrize("bug", [KeyError, IndexError, TypeError, ValueError])
+@pytest.mark.parametrize(
+    "read",
+    [read_requests, lambda package: read_logged_requests(package / "assets.extra" / WARMUP_FILE)],
+    ids=["read_requests", "read_logged_requests"],
+)
+def test_a_bug_decoding_a_good_warmup_file_is_not_blamed_on_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: Any, bug: type[Exception]
+) -> None:
+    write_warmup(tmp_path, GOOD_RECORD)
+    assert [*read(tmp_path)]  # the file is good
+
+    mistake = "smpack's own mistake"
+
+    def broken(message: bytes) -> None:
+        raise bug(mistake)
+
+    monkeypatch.setattr(smpack.package.requests, "_fields", broken)
+    with pytest.raises(bug, match=mistake):
+        read(tmp_path)

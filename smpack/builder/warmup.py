@@ -14,8 +14,10 @@ which pins TensorFlow's exact minor version, as a dependency.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,12 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2
 
 from smpack.builder.graphs import TRAIN_SIGNATURE_KEY
-from smpack.errors import ManifestError, PackageError, first_line
+from smpack.errors import ManifestError, PackageError, eager_line, first_line
 from smpack.manifest import EXAMPLE_METHODS, METHODS, LoadedManifest, WarmupRequest
+from smpack.package.dtypes import HANDLE_DTYPES, dtype_name
 from smpack.package.layout import ASSETS_EXTRA, WARMUP_FILE
 from smpack.package.requests import CLASSIFY_LOG, PREDICT_LOG, REGRESS_LOG, logged_request
-from smpack.package.wire import length_delimited
+from smpack.package.wire import WireFormatError, length_delimited
 
 # A warmup request is replayed on every model load; one that needs more is a mistake.
 MAX_WARMUP_FILE_BYTES = 64 << 20
@@ -114,39 +117,66 @@ def read_requests(
 
     Predict requests give their input tensors; classify and regress requests give their
     tf.Examples serialized into the signature's one `inputs` key, as TF Serving feeds them.
-    No file means no requests.
+    No file means no requests. Raises `PackageError` naming the record that is not one.
     """
     path = export_dir / ASSETS_EXTRA / name
     requests: dict[str, list[dict[str, np.ndarray]]] = {}
     if not path.is_file():
         return requests
-    try:
-        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-            signature, feeds = _request_feeds(raw)
-            requests.setdefault(signature, []).append(feeds)
-    # A file that is not what smpack writes: wrong framing (OpError), wrong messages (the
-    # rest, from decoding fields that are absent or of another type).
-    except (tf.errors.OpError, DecodeError, ValueError, KeyError, IndexError, TypeError) as e:
-        msg = f"not a warmup file TF Serving can replay: {first_line(e)}"
-        raise PackageError(msg, file=path) from e
+    for number, raw in enumerate(_records(path), 1):
+        signature, feeds = _request_feeds(raw, path, number)
+        requests.setdefault(signature, []).append(feeds)
     return requests
 
 
-def _request_feeds(raw: bytes) -> tuple[str, dict[str, np.ndarray]]:
-    """One PredictionLog's signature key and feeds."""
-    request = logged_request(raw)
+def _records(path: Path) -> Iterator[bytes]:
+    """The records of a TFRecord file, read by TensorFlow as TF Serving reads them."""
+    records = tf.data.TFRecordDataset(str(path)).as_numpy_iterator()
+    for number in itertools.count(1):
+        try:
+            raw = next(records)
+        except StopIteration:
+            return
+        # Framing or a checksum that does not hold.
+        except tf.errors.OpError as e:
+            raise _not_replayable(path, number, eager_line(e)) from e
+        yield raw
+
+
+def _request_feeds(raw: bytes, path: Path, number: int) -> tuple[str, dict[str, np.ndarray]]:
+    """Record `number`'s signature key and feeds."""
+    try:
+        request = logged_request(raw)
+    except WireFormatError as e:
+        raise _not_replayable(path, number, str(e)) from e
     if request.examples is not None:
         return request.signature, {"inputs": np.array(request.examples, dtype=object)}
     feeds = {}
     for key, serialized in request.tensors.items():
-        tensor = tensor_pb2.TensorProto.FromString(serialized)
-        # A shape is a promise the bytes need not keep; check it before numpy allocates it.
-        elements = int(np.prod([d.size for d in tensor.tensor_shape.dim], dtype=np.float64))
-        if elements > MAX_WARMUP_FILE_BYTES:
-            msg = f"a tensor's shape claims {elements:.0f} elements"
-            raise ValueError(msg)
-        feeds[key] = tf.make_ndarray(tensor)
+        try:
+            tensor = tensor_pb2.TensorProto.FromString(serialized)
+        except DecodeError as e:
+            raise _not_replayable(path, number, f"input {key!r}: {first_line(e)}") from e
+        # A shape is a promise the bytes need not keep; check it before numpy allocates it
+        # (in floats: sizes near 2^63 overflow integers).
+        if math.prod(float(d.size) for d in tensor.tensor_shape.dim) > MAX_WARMUP_FILE_BYTES:
+            problem = f"input {key!r}: its shape claims over {MAX_WARMUP_FILE_BYTES} elements"
+            raise _not_replayable(path, number, problem)
+        if dtype_name(tensor.dtype) in HANDLE_DTYPES:  # TF's decoder meets these with KeyError
+            problem = f"input {key!r}: a {dtype_name(tensor.dtype)} tensor has no values to send"
+            raise _not_replayable(path, number, problem)
+        try:
+            feeds[key] = tf.make_ndarray(tensor)
+        # TypeError: a dtype TF does not know or decode; ValueError: values that do not fill
+        # the shape.
+        except (TypeError, ValueError) as e:
+            raise _not_replayable(path, number, f"input {key!r}: {first_line(e)}") from e
     return request.signature, feeds
+
+
+def _not_replayable(path: Path, number: int, problem: str) -> PackageError:
+    msg = f"not a warmup file TF Serving can replay: record {number}: {problem}"
+    return PackageError(msg, file=path)
 
 
 def _request_values(loaded: LoadedManifest, request: WarmupRequest, field: str) -> dict[str, Any]:
@@ -177,12 +207,14 @@ def _values(
                 raise ManifestError(msg, file=loaded.path, field=where)
             if path.suffix == ".npy":
                 values[key] = _load_npy(path, size)
-            else:
-                values[key] = _array(json.loads(path.read_bytes()), loaded.path, where)
+                continue
+            document = json.loads(path.read_bytes())
+        # ValueError: numpy's .npy reader and json (UnicodeDecodeError too) refusing a file;
         # RecursionError: JSON nested deeper than the parser's stack.
         except (OSError, ValueError, RecursionError) as e:
             msg = f"cannot read {relative!r}: {first_line(e)}"
             raise ManifestError(msg, file=loaded.path, field=where) from e
+        values[key] = _array(document, loaded.path, where)
     return values
 
 
@@ -190,7 +222,8 @@ def _array(value: Any, manifest: Path, field: str) -> np.ndarray:
     """`value` (nested lists) as one array; refused if ragged or mixing kinds of value."""
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError, RecursionError) as e:
+    # ValueError: ragged lists; RecursionError: a list holding itself (a YAML alias).
+    except (ValueError, RecursionError) as e:
         msg = f"not a rectangular array of one type: {first_line(e)}"
         raise ManifestError(msg, file=manifest, field=field) from e
     if array.dtype == object:

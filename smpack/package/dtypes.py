@@ -45,6 +45,8 @@ DTYPES: dict[int, str] = {number: name for number, (name, _) in _TABLE.items()}
 ENUM_NAMES: dict[int, str] = {number: enum for number, (_, enum) in _TABLE.items()}
 FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 HALF_PRECISIONS = frozenset({"float16", "bfloat16"})
+# Handles to state inside a running TensorFlow: no values a file or request can carry.
+HANDLE_DTYPES = frozenset({"resource", "variant"})
 # Bytes per element of the dtypes whose elements have a fixed size that numpy shares.
 ITEM_SIZES: dict[str, int] = {
     "float16": 2,

@@ -674,7 +674,7 @@ CASES = [
         package(write("assets.extra/tf_serving_warmup_requests", tfrecord(b"\x0a\x03abc"))),
         ("verify", "{pkg}"),
         "{pkg}/assets.extra/tf_serving_warmup_requests: not a warmup file TF Serving can "
-        "replay: protobuf field runs past its message",
+        "replay: record 1: protobuf field runs past its message",
     ),
     Case(
         "package_unreadable",
