@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from smpack.builder.checkpoint_bundle import table
 from smpack.errors import PackageError
+from smpack.package import checkpoint_index
 from smpack.package.checkpoint_index import CheckpointIndex, _entry, crc32c, read_checkpoint_index
 
 v1 = tf.compat.v1
@@ -198,3 +201,37 @@ def test_dtype_names_match_tensorflow() -> None:
             name = f"dtype_{number}"
         entry = _entry("t", bytes([0x08, number]))  # field 1 (dtype), varint
         assert entry.dtype == name
+
+
+@pytest.mark.parametrize("bug", [ValueError("a bug"), KeyError("a bug"), struct.error("a bug")])
+def test_a_bug_in_the_reader_is_not_blamed_on_the_index(
+    v1_prefix: str, monkeypatch: pytest.MonkeyPatch, bug: Exception
+) -> None:
+    """Only WireFormatError, what the decoder raises for bad bytes, is a corrupt index."""
+
+    def broken(name: str, value: bytes) -> None:
+        raise bug
+
+    monkeypatch.setattr(checkpoint_index, "_entry", broken)
+    with pytest.raises(type(bug)) as caught:
+        read_checkpoint_index(v1_prefix)
+    assert caught.value is bug
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([(b"", b"\x08\x01"), (b"\xff", b"")], "a tensor name is not UTF-8"),
+        ([(b"", b"\x08\x01"), (b"x", b"\x08")], "truncated varint"),
+        ([(b"", b"\x0a\x00")], "protobuf field 1 is length-delimited where"),
+        ([(b"x", b"")], "no bundle header"),
+    ],
+    ids=["name not utf-8", "entry cut short", "header of another wire type", "no header"],
+)
+def test_index_entries_that_are_not_bundle_protos(
+    tmp_path: Path, items: list[tuple[bytes, bytes]], message: str
+) -> None:
+    (tmp_path / "bad.index").write_bytes(table(items))
+
+    with pytest.raises(PackageError, match=f"corrupt checkpoint index: {message}"):
+        read_checkpoint_index(tmp_path / "bad")

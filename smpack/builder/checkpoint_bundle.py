@@ -27,7 +27,7 @@ from smpack.errors import PackageError
 from smpack.io.staging import link_or_copy
 from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
 from smpack.package.digests import keep_digest
-from smpack.package.wire import encode_varint
+from smpack.package.wire import WireFormatError, encode_varint
 
 # Link a shard whole only if the package uses most of it; else copy what it uses.
 _LINK_WHEN_USED = 0.9
@@ -40,7 +40,7 @@ def read_bundle(prefix: Path) -> tuple[tensor_bundle_pb2.BundleHeaderProto, dict
     path = Path(f"{prefix}.index")
     try:
         items = list(table_items(path.read_bytes()))
-    except (OSError, ValueError, struct.error) as e:
+    except (OSError, WireFormatError) as e:
         msg = f"cannot read checkpoint index: {e}"
         raise PackageError(msg, file=path) from e
     header = tensor_bundle_pb2.BundleHeaderProto()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from smpack.errors import PackageError
 from smpack.package.dtypes import dtype_name
-from smpack.package.wire import decode_varint, message_fields
+from smpack.package.wire import WireFormatError, decode_varint, message_fields
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of every LevelDB-format table
 _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic
@@ -70,7 +70,7 @@ def read_checkpoint_index(prefix: str | os.PathLike[str]) -> CheckpointIndex:
         raise PackageError(msg, file=path) from error
     try:
         return _parse_index(data)
-    except (ValueError, struct.error) as error:
+    except WireFormatError as error:
         msg = f"corrupt checkpoint index: {error}"
         raise PackageError(msg, file=path) from error
 
@@ -78,11 +78,11 @@ def read_checkpoint_index(prefix: str | os.PathLike[str]) -> CheckpointIndex:
 def table_items(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) of a LevelDB-format table such as a checkpoint index, in key order.
 
-    Raises ValueError if the table is corrupt.
+    Raises WireFormatError if the table is corrupt.
     """
     if len(data) < _FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
         msg = "not a TensorFlow table (file too short or bad magic number)"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     footer = len(data) - _FOOTER_SIZE
     _, pos = _handle(data, footer)  # the metaindex block: TF writes no filters, so it is empty
     index_block, _ = _handle(data, pos)
@@ -99,11 +99,19 @@ def _parse_index(data: bytes) -> CheckpointIndex:
         elif not key.startswith(b"\x00"):
             # Slices of partitioned variables have OrderedCode keys (0, name, slice spec),
             # so they start with a 0 byte; the whole variable has its own plain-name entry.
-            entries.append(_entry(key.decode(), value))
+            entries.append(_entry(_name(key), value))
     if num_shards is None:
         msg = "no bundle header (empty key) in the table"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     return CheckpointIndex(num_shards=num_shards, entries=tuple(entries))
+
+
+def _name(key: bytes) -> str:
+    try:
+        return key.decode()
+    except UnicodeDecodeError as e:
+        msg = f"a tensor name is not UTF-8: {e}"
+        raise WireFormatError(msg) from e
 
 
 def _entry(name: str, value: bytes) -> CheckpointEntry:
@@ -126,7 +134,7 @@ def _int(fields: dict[int, int | bytes], number: int) -> int:
     value = fields.get(number, 0)
     if isinstance(value, bytes):
         msg = f"protobuf field {number} is length-delimited where a number was expected"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
@@ -135,29 +143,32 @@ def _read_block(data: bytes, handle: tuple[int, int]) -> bytes:
     end = offset + size
     if end + _TRAILER_SIZE > len(data) - _FOOTER_SIZE:
         msg = f"block at offset {offset} runs past the end of the file"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     kind, masked_crc = struct.unpack_from("<BI", data, end)
     # TF always verifies these; a damaged block would otherwise decode into plausible garbage.
     if masked_crc32c(data[offset : end + 1]) != masked_crc:
         msg = f"checksum mismatch in block at offset {offset}"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     if kind == _SNAPPY:
         msg = "snappy-compressed blocks are not supported (TF's bundle writer never makes them)"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     if kind != _NO_COMPRESSION:
         msg = f"unknown block compression type {kind}"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     return data[offset:end]
 
 
 def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
     """Yield a block's (key, value) pairs; each key shares a prefix with the one before it."""
+    if len(block) < 4:
+        msg = "block too short to hold its restart count"
+        raise WireFormatError(msg)
     # The restart array only serves binary search; a full scan just has to stop before it.
     (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
     limit = len(block) - 4 * (num_restarts + 1)
     if limit < 0:
         msg = "block restart array is larger than the block"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     key, pos = b"", 0
     while pos < limit:
         shared, pos = decode_varint(block, pos)
@@ -165,7 +176,7 @@ def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         value_size, pos = decode_varint(block, pos)
         if shared > len(key) or pos + unshared + value_size > limit:
             msg = "block entry runs past its block"
-            raise ValueError(msg)
+            raise WireFormatError(msg)
         key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
         yield key, block[pos : pos + value_size]

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 
 
 class WireFormatError(ValueError):
-    """Bytes that are not the protobuf message expected: cut short, of another wire type, or
-    lacking a field. Its own type, so a ValueError (or KeyError, IndexError) from the code
-    decoding them stays that code's bug."""
+    """Bytes that are not the protobuf message expected (or the checkpoint index table that
+    holds such messages): cut short, of another wire type, or lacking a field. Its own type,
+    so a ValueError (or KeyError, IndexError) from the code decoding them stays that code's
+    bug."""
 
 
 def encode_varint(value: int) -> bytes:
