@@ -19,6 +19,7 @@ import smpack
 from smpack.checks.measure import Evaluation, measure_package
 from smpack.cli.commands import app
 from smpack.errors import ManifestError
+from smpack.manifest import evaluation_data
 from smpack.manifest.evaluation_data import EvaluationDataError, read_evaluation_data
 from smpack.package.info import PackageInfo
 
@@ -302,3 +303,35 @@ def test_tfrecords_that_are_not_a_table_are_refused(
     _write_examples(path, rows)
     with pytest.raises(EvaluationDataError, match=re.escape(problem)):
         read_evaluation_data(path)
+
+
+def test_a_packed_float_list_cut_mid_float_is_refused(tmp_path: Path) -> None:
+    # Example{features{feature{key: "x" value{float_list{value: <5 packed bytes>}}}}}
+    float_list = b"\x0a\x05" + b"\x00" * 5
+    feature = b"\x12" + bytes([len(float_list)]) + float_list
+    entry = b"\x0a\x01x\x12" + bytes([len(feature)]) + feature
+    features = b"\x0a" + bytes([len(entry)]) + entry
+    path = tmp_path / "eval.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(b"\x0a" + bytes([len(features)]) + features)
+
+    problem = "record 1 is not a tf.Example: a packed FloatList of 5 bytes, not a multiple of 4"
+    with pytest.raises(EvaluationDataError, match=re.escape(problem)):
+        read_evaluation_data(path)
+
+
+def test_a_bug_in_the_example_reader_is_not_blamed_on_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what the wire decoder raises for bad bytes makes a record 'not a tf.Example'."""
+    path = tmp_path / "eval.tfrecord"
+    _write_examples(path, [{"x": [1.0], "labels": [1]}])
+    bug = ValueError("a bug")
+
+    def broken(feature: bytes) -> None:
+        raise bug
+
+    monkeypatch.setattr(evaluation_data, "_feature", broken)
+    with pytest.raises(ValueError) as caught:  # EvaluationDataError is a ValueError too
+        read_evaluation_data(path)
+    assert caught.value is bug

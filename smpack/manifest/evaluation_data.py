@@ -18,7 +18,7 @@ import numpy as np
 from smpack.errors import PackageError
 from smpack.manifest.schema import TFRECORD_SUFFIXES
 from smpack.package.requests import tfrecords
-from smpack.package.wire import decode_varint, message_fields
+from smpack.package.wire import WireFormatError, decode_varint, message_fields
 
 # Feature's oneof fields: what each holds.
 _KINDS = {1: "bytes", 2: "float", 3: "int64"}
@@ -114,9 +114,9 @@ def _example(raw: bytes, number: int) -> dict[str, tuple[str, list[object]]]:
                 key, feature = parts.get(1, b""), parts.get(2, b"")
                 if not isinstance(key, bytes) or not isinstance(feature, bytes):
                     msg = "a feature entry is not a name and a feature"
-                    raise ValueError(msg)
+                    raise WireFormatError(msg)
                 features[key.decode()] = _feature(feature)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (WireFormatError, UnicodeDecodeError) as e:
         msg = f"record {number} is not a tf.Example: {e}"
         raise EvaluationDataError(msg) from e
     return features
@@ -140,6 +140,9 @@ def _values(kind: str, value: int | bytes) -> list[object]:
     if kind == "float":
         if isinstance(value, int):  # one unpacked float, read as its 32 bits
             return [float(np.array(value, np.uint32).view(np.float32))]
+        if len(value) % 4:
+            msg = f"a packed FloatList of {len(value)} bytes, not a multiple of 4"
+            raise WireFormatError(msg)
         return np.frombuffer(value, "<f4").tolist()
     if isinstance(value, int):
         return [value - (1 << 64) if value >= 1 << 63 else value]
