@@ -21,8 +21,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from tensorflow_serving.config import model_server_config_pb2
 
 import smpack
-from smpack.package.info import PackageInfo
-from smpack.package.requests import raw_tensor
+from smpack.package import requests
+from smpack.package.info import PackageInfo, SignatureInfo, TensorInfo
+from smpack.package.requests import LoggedRequest, NoRawFormError, raw_tensor
+from smpack.package.serving_config import triton_warmups
 
 
 def _triton_model_config() -> ModuleType:
@@ -381,3 +383,39 @@ def test_raw_tensors_are_the_examples_bytes(value: np.ndarray) -> None:
     else:
         decoded = np.frombuffer(tensor.triton_bytes(), value.dtype).reshape(value.shape)
         np.testing.assert_array_equal(decoded, value)
+
+
+@pytest.mark.parametrize(
+    ("serialized", "problem"),
+    [
+        (tf.make_tensor_proto(np.zeros([2, 2], np.float32)).SerializeToString()[:-3], "runs past"),
+        # dtype resource (20): a handle, no elements to hand over.
+        (b"\x08\x14", "a resource tensor has no raw form"),
+        # dtype float32, one float_val sent as a varint wider than 32 bits.
+        (b"\x08\x01\x28" + bytes([0xFF] * 9) + b"\x01", "a float32 value of more than 4 bytes"),
+    ],
+    ids=["truncated", "resource", "wide float"],
+)
+def test_tensors_without_a_raw_form_are_refused(serialized: bytes, problem: str) -> None:
+    with pytest.raises(NoRawFormError, match=problem):
+        raw_tensor(serialized)
+
+
+def test_a_bug_in_the_tensor_decoder_is_not_a_skipped_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """triton_warmups skips examples without a raw form; a bug decoding one stays loud."""
+    tensor = TensorInfo("x", "x:0", "float32", (2,))
+    signature = SignatureInfo("serving_default", "tensorflow/serving/predict", (tensor,), ())
+    serialized = tf.make_tensor_proto(np.array([1.0, 2.0], np.float32)).SerializeToString()
+    example = LoggedRequest("serving_default", {"x": serialized})
+    assert len(triton_warmups(signature, [example])) == 1
+    bug = ValueError("a bug")
+
+    def broken(dim: bytes) -> int:
+        raise bug
+
+    monkeypatch.setattr(requests, "_dim_size", broken)
+    with pytest.raises(ValueError) as caught:
+        triton_warmups(signature, [example])
+    assert caught.value is bug

@@ -129,9 +129,20 @@ def logged_request(raw: bytes) -> LoggedRequest:
     return LoggedRequest(signature, tensors)
 
 
+class NoRawFormError(ValueError):
+    """A TensorProto with no raw row-major form: a dtype without a fixed size (nor a string),
+    values that do not fill its shape as TensorFlow would, or bytes that are not one."""
+
+
 def raw_tensor(serialized: bytes) -> RawTensor:
-    """A serialized TensorProto's elements. Raises ValueError for a dtype without a fixed
-    size or string, or values that do not fill the shape as TensorFlow would."""
+    """A serialized TensorProto's elements. Raises `NoRawFormError` if it has none."""
+    try:
+        return _raw_tensor(serialized)
+    except WireFormatError as e:
+        raise NoRawFormError(str(e)) from e
+
+
+def _raw_tensor(serialized: bytes) -> RawTensor:
     dtype_number = 0
     shape: list[int] = []
     content: bytes | None = None
@@ -157,20 +168,20 @@ def raw_tensor(serialized: bytes) -> RawTensor:
     if dtype == "string":
         if count and not strings or len(strings) > count:
             msg = f"a string tensor of shape {shape} holds {len(strings)} values"
-            raise ValueError(msg)
+            raise WireFormatError(msg)
         # Fewer values than elements: TensorFlow repeats the last one.
         padded = strings + strings[-1:] * (count - len(strings))
         return RawTensor(dtype, tuple(shape), tuple(padded))
     if dtype not in ITEM_SIZES:
         msg = f"a {dtype} tensor has no raw form"
-        raise ValueError(msg)
+        raise WireFormatError(msg)
     size = ITEM_SIZES[dtype]
     if content is None:
         content = _typed_values(dtype, size, values)
     if len(content) != count * size:
         if not content or len(content) > count * size:
             msg = f"a {dtype} tensor of shape {shape} holds {len(content)} bytes"
-            raise ValueError(msg)
+            raise WireFormatError(msg)
         content += content[-size:] * (count - len(content) // size)
     return RawTensor(dtype, tuple(shape), content)
 
@@ -188,6 +199,9 @@ def _typed_values(dtype: str, size: int, values: dict[int, list[int | bytes]]) -
                 element, position = decode_varint(value, position)
                 out += _fixed(element, size)
         elif number in (5, 6):  # one unpacked float, read by message_fields as an int
+            if value >> 8 * size:  # sent as a varint wider than the float
+                msg = f"a {dtype} value of more than {size} bytes"
+                raise WireFormatError(msg)
             out += value.to_bytes(size, "little")
         else:
             out += _fixed(value, size)

@@ -25,7 +25,13 @@ from smpack.package.info import GraphInfo, PackageInfo, SignatureInfo, TensorInf
 from smpack.package.layout import ASSETS_EXTRA, EXAMPLES_FILE
 from smpack.package.load_commands import ServingBase, tf_serving_command
 from smpack.package.record import variant_records
-from smpack.package.requests import LoggedRequest, RawTensor, raw_tensor, read_logged_requests
+from smpack.package.requests import (
+    LoggedRequest,
+    NoRawFormError,
+    RawTensor,
+    raw_tensor,
+    read_logged_requests,
+)
 
 Target = Literal["triton", "tfserving"]
 TARGETS: tuple[Target, ...] = ("triton", "tfserving")
@@ -278,7 +284,7 @@ def triton_warmups(
                 tensors = {"inputs": RawTensor("string", (len(request.examples),), *values)}
             else:
                 tensors = {key: raw_tensor(data) for key, data in request.tensors.items()}
-        except ValueError:
+        except NoRawFormError:
             continue  # not a tensor Triton can be handed raw: no warmup from it
         if tensors.keys() != dtypes.keys() or any(
             tensor.dtype != dtypes[key] for key, tensor in tensors.items()
