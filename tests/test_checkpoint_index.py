@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from smpack.builder.checkpoint_bundle import table
+from smpack.builder.checkpoint_bundle import read_bundle, table
 from smpack.errors import PackageError
 from smpack.package import checkpoint_index
 from smpack.package.checkpoint_index import CheckpointIndex, _entry, crc32c, read_checkpoint_index
@@ -235,3 +235,22 @@ def test_index_entries_that_are_not_bundle_protos(
 
     with pytest.raises(PackageError, match=f"corrupt checkpoint index: {message}"):
         read_checkpoint_index(tmp_path / "bad")
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([(b"", b"\x08\x01"), (b"\xff", b"")], "a tensor name is not UTF-8"),
+        ([(b"", b"\x08\x01"), (b"x", b"\x0a\x05")], "Error parsing message"),
+    ],
+    ids=["name not utf-8", "entry not a BundleEntryProto"],
+)
+def test_a_source_bundle_whose_index_is_not_one_is_refused(
+    tmp_path: Path, items: list[tuple[bytes, bytes]], message: str
+) -> None:
+    """What the packager reads a source checkpoint with names the index, in one line."""
+    (tmp_path / "bad.index").write_bytes(table(items))
+
+    with pytest.raises(PackageError, match=f"cannot read checkpoint index: .*{message}") as caught:
+        read_bundle(tmp_path / "bad")
+    assert caught.value.file == tmp_path / "bad.index"

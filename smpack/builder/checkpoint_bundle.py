@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from smpack.builder.checkpoint_slices import save_whole, slice_bytes_per_shard, sliced_names
 from smpack.errors import PackageError
 from smpack.io.staging import link_or_copy
-from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items
+from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items, tensor_name
 from smpack.package.digests import keep_digest
 from smpack.package.wire import WireFormatError, encode_varint
 
@@ -38,20 +39,19 @@ _EXTRA_BATCH_BYTES = 256 << 20
 def read_bundle(prefix: Path) -> tuple[tensor_bundle_pb2.BundleHeaderProto, dict[str, Any]]:
     """The header and entries (name -> BundleEntryProto) of the bundle at `prefix`."""
     path = Path(f"{prefix}.index")
-    try:
-        items = list(table_items(path.read_bytes()))
-    except (OSError, WireFormatError) as e:
-        msg = f"cannot read checkpoint index: {e}"
-        raise PackageError(msg, file=path) from e
     header = tensor_bundle_pb2.BundleHeaderProto()
     entries = {}
-    for key, value in items:
-        if key == b"":
-            header.ParseFromString(value)
-        elif not key.startswith(b"\x00"):  # slices of partitioned variables
-            entry = tensor_bundle_pb2.BundleEntryProto()
-            entry.ParseFromString(value)
-            entries[key.decode()] = entry
+    try:
+        for key, value in table_items(path.read_bytes()):
+            if key == b"":
+                header.ParseFromString(value)
+            elif not key.startswith(b"\x00"):  # slices of partitioned variables
+                entry = tensor_bundle_pb2.BundleEntryProto()
+                entry.ParseFromString(value)
+                entries[tensor_name(key)] = entry
+    except (OSError, WireFormatError, DecodeError) as e:
+        msg = f"cannot read checkpoint index: {e}"
+        raise PackageError(msg, file=path) from e
     return header, entries
 
 

@@ -99,14 +99,15 @@ def _parse_index(data: bytes) -> CheckpointIndex:
         elif not key.startswith(b"\x00"):
             # Slices of partitioned variables have OrderedCode keys (0, name, slice spec),
             # so they start with a 0 byte; the whole variable has its own plain-name entry.
-            entries.append(_entry(_name(key), value))
+            entries.append(_entry(tensor_name(key), value))
     if num_shards is None:
         msg = "no bundle header (empty key) in the table"
         raise WireFormatError(msg)
     return CheckpointIndex(num_shards=num_shards, entries=tuple(entries))
 
 
-def _name(key: bytes) -> str:
+def tensor_name(key: bytes) -> str:
+    """A (non-slice) table key as the tensor name it is; WireFormatError if not UTF-8."""
     try:
         return key.decode()
     except UnicodeDecodeError as e:
