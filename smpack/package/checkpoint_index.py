@@ -18,7 +18,7 @@ from pathlib import Path
 
 from smpack.errors import PackageError
 from smpack.package.dtypes import dtype_name
-from smpack.package.wire import WireFormatError, decode_varint, message_fields
+from smpack.package.wire import WireFormatError, decode_varint, message_fields, utf8
 
 TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of every LevelDB-format table
 _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic
@@ -108,11 +108,7 @@ def _parse_index(data: bytes) -> CheckpointIndex:
 
 def tensor_name(key: bytes) -> str:
     """A (non-slice) table key as the tensor name it is; WireFormatError if not UTF-8."""
-    try:
-        return key.decode()
-    except UnicodeDecodeError as e:
-        msg = f"a tensor name is not UTF-8: {e}"
-        raise WireFormatError(msg) from e
+    return utf8(key, "a tensor name")
 
 
 def _entry(name: str, value: bytes) -> CheckpointEntry:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from smpack.errors import PackageError
 from smpack.package.dtypes import ITEM_SIZES, dtype_name
-from smpack.package.wire import WireFormatError, decode_varint, message_fields
+from smpack.package.wire import WireFormatError, decode_varint, message_fields, utf8
 
 PREDICT_LOG, CLASSIFY_LOG, REGRESS_LOG = 6, 2, 3  # PredictionLog's oneof fields
 # TensorProto's typed value fields, each holding elements of these dtypes (TensorFlow writes
@@ -239,8 +239,4 @@ def _first(fields: dict[int, list[bytes]], number: int, what: str) -> bytes:
 
 
 def _text(value: bytes) -> str:
-    try:
-        return value.decode()
-    except UnicodeDecodeError as e:
-        msg = f"a name is not UTF-8: {e}"
-        raise WireFormatError(msg) from e
+    return utf8(value, "a name")

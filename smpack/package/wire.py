@@ -18,6 +18,15 @@ class WireFormatError(ValueError):
     bug."""
 
 
+def utf8(value: bytes, what: str) -> str:
+    """`value` decoded; WireFormatError naming `what` if it is not UTF-8."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError as e:
+        msg = f"{what} is not UTF-8: {e}"
+        raise WireFormatError(msg) from e
+
+
 def encode_varint(value: int) -> bytes:
     """`value` (non-negative) as a base-128 varint."""
     out = bytearray()
