@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import check_golden, invoke, tree_state
+from conftest import check_golden, invoke, json_result, tree_state
 from tensorflow.core.protobuf import saved_model_pb2
 
 from smpack.checks.verify import Check, VerifyReport, _check_graph, _Requests, verify_package
@@ -166,6 +166,38 @@ def test_tf2_saved_model_passes(tmp_path: Path) -> None:
     assert report.passed, report
     [graph] = report.graphs
     assert "signature serving_default runs on synthetic inputs" in [c.name for c in graph.checks]
+
+
+def test_made_up_quantized_inputs_run_and_a_handle_input_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A qint8 input is fed as TF feeds one (it was "smpack bug": numpy has no qint8); a
+    variant input, which no request can carry, is the package's one-line error, exit 2."""
+    quantized, handle = tf.Module(), tf.Module()
+    quantized.w = tf.Variable(2.0)
+    quantized.f = tf.function(
+        lambda x: {"y": tf.quantization.dequantize(x, -1.0, 1.0) * quantized.w},
+        input_signature=[tf.TensorSpec([None, 2], tf.qint8)],
+    )
+    handle.f = tf.function(
+        lambda h: {"n": tf.raw_ops.TensorListLength(input_handle=h)},
+        input_signature=[tf.TensorSpec([], tf.variant)],
+    )
+    for name, module in (("quantized", quantized), ("handle", handle)):
+        tf.saved_model.save(module, str(tmp_path / name), signatures=module.f)
+
+    fed = invoke(monkeypatch, ["verify", "--json", str(tmp_path / "quantized")])
+    refused = invoke(monkeypatch, ["verify", str(tmp_path / "handle")])
+
+    assert fed.exit_code == 0, fed.output
+    [graph] = json_result(fed.stdout, "verify")["graphs"]
+    assert {"name": "signature serving_default runs on synthetic inputs", "passed": True,
+            "detail": "", "warning": False} in graph["checks"]  # fmt: skip
+    assert refused.exit_code == 2
+    assert refused.stderr.splitlines() == [
+        f"error: {tmp_path / 'handle'}: signature 'serving_default': input 'h' takes variant "
+        "values, which no request can carry"
+    ]
 
 
 OVERFLOWING_MODEL = """\

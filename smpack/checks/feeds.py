@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from smpack.errors import GraphRefused
-from smpack.package.dtypes import dtype_name
+from smpack.package.dtypes import FLOATING, dtype_name, numpy_dtype
 from smpack.package.vocabulary import PLAIN_TEXT, parsed_string_inputs, vocabulary_words
 
 
@@ -40,16 +40,23 @@ class MadeUpInputs:
 
     words: tuple[bytes, ...] = ()
     parsed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    package: Path | None = None  # the package holding the graph, for errors
 
     @classmethod
     def of_graph(cls, meta_graph: Any, export_dir: Path) -> MadeUpInputs:
         words = tuple(vocabulary_words(meta_graph, export_dir))
-        return cls(words, parsed_string_inputs(meta_graph))
+        return cls(words, parsed_string_inputs(meta_graph), export_dir)
 
     def inputs(self, key: str, signature: Any, *, second: bool = False) -> dict[str, np.ndarray]:
-        """Made-up inputs for signature `key` (see `spec_inputs`; `second`: the other set)."""
+        """Made-up inputs for signature `key` (see `spec_inputs`; `second`: the other set).
+
+        Raises `GraphRefused`, naming the file and signature, for an input no value can be
+        made up for."""
         parsed = self.parsed.get(key, frozenset())
-        return spec_inputs(signature, self.words, second=second, parsed=parsed)
+        try:
+            return spec_inputs(signature, self.words, second=second, parsed=parsed)
+        except GraphRefused as e:
+            raise GraphRefused(e.message, file=self.package, field=f"signature {key!r}") from e
 
     def text_kind(self, key: str, signature: Any) -> str:
         """What the made-up text of signature `key` is, for a check's name: " (vocabulary
@@ -81,6 +88,11 @@ def spec_inputs(
     `second` makes another set, every value and unknown size changed: sizes 5, integers 1,
     True, other floats, in [0, 1) (the range of most normalised inputs), and the words
     shifted by one. What fails alike on both fails whatever the inputs (see verify's _check).
+
+    Each array is of the numpy dtype TensorFlow gives the input's values (quantized
+    integers as its records, bfloat16 and narrower floats as ml_dtypes'). Raises
+    `GraphRefused` for an input of a handle (resource, variant) or a dtype TensorFlow does
+    not know: no request can carry one.
     """
     rng = np.random.default_rng(1 if second else 0)
     low = 0.0 if second else -1.0
@@ -90,6 +102,10 @@ def spec_inputs(
         unknown = 5 if second else 8
         shape = tuple(d.size if d.size >= 0 else unknown for d in info.tensor_shape.dim)
         dtype = dtype_name(info.dtype)
+        values = numpy_dtype(dtype)
+        if values is None:
+            msg = f"input {key!r} takes {dtype} values, which no request can carry"
+            raise GraphRefused(msg)
         if dtype == "string":
             cycle = [b""] if key in parsed else list(words or PLAIN_TEXT)
             if second:
@@ -98,10 +114,12 @@ def spec_inputs(
             inputs[key] = np.array(
                 [cycle[i % len(cycle)] for i in range(size)], dtype=object
             ).reshape(shape)
-        elif dtype in ("float16", "bfloat16", "float32", "float64"):
-            inputs[key] = rng.uniform(low, 1, size=shape).astype(
-                np.float32 if dtype != "float64" else np.float64
+        elif dtype in FLOATING:
+            # Drawn in float32 (float64 for float64) and rounded once more to the input's.
+            drawn = rng.uniform(low, 1, size=shape)
+            inputs[key] = drawn.astype(np.float64 if dtype == "float64" else np.float32).astype(
+                values
             )
         else:
-            inputs[key] = np.full(shape, 1 if second else 0, dtype=dtype)
+            inputs[key] = np.full(shape, 1 if second else 0, dtype=values)
     return inputs

@@ -41,6 +41,7 @@ from smpack.manifest.evaluation_data import (
     check_columns,
     read_evaluation_data,
 )
+from smpack.package.dtypes import numpy_dtype
 from smpack.package.info import GraphInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.package.protos import read_saved_model
@@ -164,7 +165,8 @@ class Evaluation:
         kinds = {"string": "OSU", "bool": "b"}.get(dtype.name)
         if kinds is None:
             # Integers feed floats too (a tf.Example's YAML-typed 0 or 1); nothing else mixes.
-            kinds = "fiub" if dtype.is_floating else "iub" if dtype.is_integer else ""
+            integer = dtype.is_integer or dtype.is_quantized
+            kinds = "fiub" if dtype.is_floating else "iub" if integer else ""
         if column.dtype.kind not in kinds:
             held = {"O": "bytes", "S": "bytes", "U": "string", "f": "float", "b": "bool"}
             msg = (
@@ -172,7 +174,7 @@ class Evaluation:
                 f"values, but signature {self.signature!r} takes {dtype.name}"
             )
             raise EvaluationDataError(msg)
-        return column if dtype == tf.string else column.astype(dtype.as_numpy_dtype)
+        return column if dtype == tf.string else column.astype(numpy_dtype(dtype.name))
 
 
 def host_description() -> str:

@@ -4,6 +4,10 @@ The one table smpack reads dtypes from: `saved_model.pb`, the checkpoint index a
 warmup file all store them as these numbers. Reference types are the value types plus 100.
 """
 
+from __future__ import annotations
+
+import numpy as np
+
 # Enum value -> (`tf.DType.name`, enum name), in enum order.
 _TABLE = {
     1: ("float32", "DT_FLOAT"),
@@ -63,6 +67,34 @@ ITEM_SIZES: dict[str, int] = {
     "uint64": 8,
     "bool": 1,
 }
+
+
+# Every floating-point dtype: FLOATS, and the 8- and 4-bit ones no variant computes in.
+FLOATING = FLOATS | {name for name in DTYPES.values() if name.startswith(("float8_", "float4_"))}
+
+
+# The quantized dtypes' values, as TensorFlow gives them to numpy: a record of one field named
+# after the dtype, holding its integer (tensorflow/python/framework/dtypes.py).
+_QUANTIZED = {"qint8": "i1", "quint8": "u1", "qint16": "<i2", "quint16": "<u2", "qint32": "<i4"}
+# The dtypes numpy lacks, whose values are ml_dtypes' types of the same name.
+_ML_DTYPES = FLOATING - {"float16", "float32", "float64"} | {"int4", "uint4", "int2", "uint2"}
+
+
+def numpy_dtype(name: str) -> np.dtype | None:
+    """The numpy dtype of dtype `name`'s values, as `tf.DType.as_numpy_dtype` has it: numpy's
+    own, ml_dtypes' narrow floats and integers (bfloat16, float8_*, int4, ...), records for
+    the quantized ones, object for strings; None for handles and numbers TF does not know."""
+    if name == "string":
+        return np.dtype(object)
+    if name in _QUANTIZED:
+        return np.dtype([(name, _QUANTIZED[name])])
+    if name in _ML_DTYPES:
+        import ml_dtypes  # TensorFlow's own dependency; imported only for these dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+    if name in HANDLE_DTYPES or name not in DTYPES.values():
+        return None
+    return np.dtype(name)
 
 
 def dtype_name(number: int) -> str:
