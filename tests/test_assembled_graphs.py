@@ -10,21 +10,28 @@ same signatures and variables.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from tf_helpers import (
     make_branching_module,
     make_looping_module,
     make_tf_module,
     serving_variants,
+    source_outputs,
     write_manifest,
 )
 
+import smpack
 from smpack.builder.assembled import assembled_graph
 from smpack.builder.graphs import VariantGraph, build_variant_graph
 from smpack.builder.writer import SharedSavers, exported_meta_graph
+from smpack.checks.xla_check import tpu_graph_on_cpu
+from smpack.errors import GraphError, SmpackError
 from smpack.manifest import LoadedManifest, load_manifest
 from smpack.sources.model_source import ModelSource, open_source
 
@@ -104,3 +111,73 @@ def test_a_loop_xla_compiles_is_built_in_python(sources, name) -> None:
     assert source.serving_import is not None
 
     assert assembled_graph(loaded, source.serving_import(variant), name, variant) is None
+
+
+TPU = {"tpu": {"tags": ["serve", "tpu"], "precision": "bfloat16", "batch_size": 2}}
+ROWS_OF_3 = tf.TensorSpec([None, 3], tf.float32)
+
+
+def tpu_source(
+    folder: Path,
+    compute: Callable[[tf.Tensor, tf.Variable], tf.Tensor],
+    spec: tf.TensorSpec = ROWS_OF_3,
+    variable: str = "w",
+) -> tuple[Path, LoadedManifest]:
+    """A one-variable SavedModel computing `compute(x, w)` and the manifest of its TPU variant."""
+    module = tf.Module()
+    module.w = tf.Variable(tf.random.stateless_normal([3, 3], seed=[1, 1]), name=variable)
+    module.f = tf.function(lambda x: {"y": compute(x, module.w)}, input_signature=[spec])
+    tf.saved_model.save(module, str(folder / "model"), signatures=module.f)
+    manifest = write_manifest(folder, {"savedmodel": "model"}, variants=TPU)
+    return folder / "model", load_manifest(manifest)
+
+
+def is_assembled(loaded: LoadedManifest) -> bool:
+    variant = loaded.spec.variants["tpu"]
+    with open_source(loaded) as source:
+        assert source.serving_import is not None
+        return assembled_graph(loaded, source.serving_import(variant), "tpu", variant) is not None
+
+
+def test_a_variable_named_like_the_tpu_scaffolding_is_built_in_python(tmp_path: Path) -> None:
+    # The rewrite names its own scope `cluster`: the Python graph makes the names unique.
+    model, loaded = tpu_source(tmp_path, tf.matmul, variable="cluster/centroids")
+    assert not is_assembled(loaded)
+
+    package = smpack.build(loaded.path, tmp_path / "out", measure=False)
+
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    with tpu_graph_on_cpu(package.path, ["serve", "tpu"]) as graph:
+        y = graph.run("serving_default", {"x": x})["y"]
+    np.testing.assert_allclose(y, source_outputs(model, "serving_default", x=x)["y"], rtol=4e-2)
+
+
+def test_an_op_the_tpu_rewrite_logs_as_unsupported_is_built_in_python(tmp_path: Path) -> None:
+    """`Print` is on TF's unsupported list: the rewrite logs it, the Python path builds the
+    graph as it always did, and the package loads; XLA then refuses to compile `Print`, which
+    is verify's to report."""
+    _, loaded = tpu_source(tmp_path, lambda x, w: tf.compat.v1.Print(tf.matmul(x, w), [x]))
+    assert not is_assembled(loaded)
+
+    package = smpack.build(loaded.path, tmp_path / "out", measure=False)
+
+    with tpu_graph_on_cpu(package.path, ["serve", "tpu"]) as graph:
+        with pytest.raises(SmpackError, match="XLA cannot compile .*: .*Print"):
+            graph.run("serving_default", {"x": np.zeros((2, 3), np.float32)})
+
+
+def test_an_input_without_a_batch_dimension_is_left_to_python_which_refuses_it(
+    tmp_path: Path,
+) -> None:
+    _, loaded = tpu_source(tmp_path, lambda x, w: tf.reduce_sum(w) * x, tf.TensorSpec([]))
+    assert not is_assembled(loaded)
+
+    with pytest.raises(GraphError) as refused:
+        smpack.build(loaded.path, tmp_path / "out", measure=False)
+
+    assert str(refused.value) == (
+        f"{loaded.path}: variants.tpu: input 'x' has shape (); a TPU graph needs the static "
+        "batch size 2 as its first dimension (build placeholders with shape "
+        "[ctx.batch_size, ...])"
+    )
+    assert not (tmp_path / "out").exists()
