@@ -15,7 +15,15 @@ import tensorflow as tf
 from smpack.builder.checkpoint_bundle import read_bundle, table
 from smpack.errors import PackageError
 from smpack.package import checkpoint_index
-from smpack.package.checkpoint_index import CheckpointIndex, _entry, crc32c, read_checkpoint_index
+from smpack.package.checkpoint_index import (
+    TABLE_MAGIC,
+    CheckpointIndex,
+    _entry,
+    crc32c,
+    masked_crc32c,
+    read_checkpoint_index,
+)
+from smpack.package.wire import encode_varint
 
 v1 = tf.compat.v1
 
@@ -254,3 +262,47 @@ def test_a_source_bundle_whose_index_is_not_one_is_refused(
     with pytest.raises(PackageError, match=f"cannot read checkpoint index: .*{message}") as caught:
         read_bundle(tmp_path / "bad")
     assert caught.value.file == tmp_path / "bad.index"
+
+
+def table_with_data_block(block: bytes) -> bytes:
+    """A table whose one data block is `block`, as it is, behind a valid trailer, index
+    block and footer: what the reader meets when only the block's own bytes are wrong."""
+    out = bytearray()
+
+    def append(block: bytes) -> bytes:
+        handle = encode_varint(len(out)) + encode_varint(len(block))
+        out.extend(block + b"\x00" + struct.pack("<I", masked_crc32c(block + b"\x00")))
+        return handle
+
+    data = append(block)
+    meta = append(struct.pack("<II", 0, 1))  # no entries, one restart point
+    # One entry (no shared prefix, key b"", the data block's handle), restart at 0.
+    entry = encode_varint(0) + encode_varint(0) + encode_varint(len(data)) + data
+    index = append(entry + struct.pack("<II", 0, 1))
+    footer = meta + index
+    return bytes(out + footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", TABLE_MAGIC))
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (b"\x01\x00", "block too short to hold its restart count"),
+        (struct.pack("<I", 2), "block restart array is larger than the block"),
+    ],
+    ids=["two bytes", "restarts past the start"],
+)
+def test_a_data_block_too_short_for_its_restarts_is_corrupt(
+    tmp_path: Path, block: bytes, message: str
+) -> None:
+    (tmp_path / "bad.index").write_bytes(table_with_data_block(block))
+
+    with pytest.raises(PackageError, match=f"corrupt checkpoint index: {message}$"):
+        read_checkpoint_index(tmp_path / "bad")
+
+
+def test_the_crafted_table_is_one_the_reader_takes_with_a_valid_block() -> None:
+    """The crafted table is sound but for its block: with a valid one, it reads."""
+    header = b"\x08\x01"  # BundleHeaderProto: num_shards 1
+    block = encode_varint(0) + encode_varint(0) + encode_varint(2) + header
+    crafted = table_with_data_block(block + struct.pack("<II", 0, 1))
+    assert list(checkpoint_index.table_items(crafted)) == [(b"", header)]
