@@ -28,6 +28,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from smpack.builder.graphs import TRAIN_SIGNATURE_KEY
 from smpack.errors import ManifestError, PackageError, eager_line, first_line
+from smpack.io.npy import npy_header
 from smpack.manifest import EXAMPLE_METHODS, METHODS, LoadedManifest, WarmupRequest
 from smpack.package.dtypes import HANDLE_DTYPES, dtype_name
 from smpack.package.layout import ASSETS_EXTRA, WARMUP_FILE
@@ -233,21 +234,9 @@ def _array(value: Any, manifest: Path, field: str) -> np.ndarray:
 
 
 def _load_npy(path: Path, size: int) -> np.ndarray:
-    """A .npy file, its header checked against the file's size before any data is read:
-    a header may claim 10^12 elements in a file of a few bytes."""
+    """A .npy file, its header checked against the file's size before any data is read."""
     with path.open("rb") as stream:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-        if dtype.hasobject:
-            msg = "holds Python objects, which are only read by unpickling"
-            raise ValueError(msg)
-        expected = stream.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if any(d < 0 for d in shape) or expected != size:
-            msg = f"its header promises {shape} {dtype} ({expected} bytes), the file has {size}"
-            raise ValueError(msg)
+        npy_header(stream, size)
     return np.load(path, allow_pickle=False)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from smpack.errors import PackageError
+from smpack.io.npy import load_npz
 from smpack.manifest.schema import TFRECORD_SUFFIXES
 from smpack.package.requests import tfrecords
 from smpack.package.wire import WireFormatError, decode_varint, message_fields
@@ -33,8 +34,7 @@ def read_evaluation_data(path: Path) -> dict[str, np.ndarray]:
     if path.suffix in TFRECORD_SUFFIXES:
         return _tfrecord_columns(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+        return load_npz(path)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         msg = f"cannot read {path.name} as a .npz file: {e}"
         raise EvaluationDataError(msg) from e

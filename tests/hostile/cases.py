@@ -157,6 +157,23 @@ def good_npy(array: np.ndarray) -> bytes:
     return stream.getvalue()
 
 
+def npz(members: dict[str, bytes], claimed: int | None = None) -> bytes:
+    """A .npz (a zip) storing `members`; its directory claims `claimed` bytes for the first,
+    if given, whatever it holds."""
+    import io
+    import zipfile
+
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    data = bytearray(stream.getvalue())
+    if claimed is not None:
+        entry = data.index(b"PK\x01\x02")  # the first member's central directory entry
+        data[entry + 24 : entry + 28] = struct.pack("<I", claimed)  # its uncompressed size
+    return bytes(data)
+
+
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -182,6 +199,7 @@ def _crc32c(data: bytes) -> int:
 
 BUILD = ("build", "{src}/m.yaml", "--out", "{out}", "--force")
 WARMUP_REQUEST = "warmup:\n  - files: {input: data/x.%s}\n"
+EVALUATE = "evaluate: {data: data/eval.npz, metrics: [mse]}\n"
 BOMB = "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
 )
@@ -521,6 +539,61 @@ CASES = [
         with_manifest("warmup:\n  - inputs: {input: &r [1, *r]}\n"),
         BUILD,
         "{src}/m.yaml:9: invalid YAML: alias *r refers to a node that contains it",
+    ),
+    # ---- evaluation data: read with the manifest, checked before numpy allocates ------------
+    Case(
+        "evaluation_npz_array_header_claims_10_to_the_12_elements",
+        with_manifest(
+            EVALUATE,
+            write(
+                "data/eval.npz",
+                npz(
+                    {
+                        "input.npy": npy(
+                            {"descr": "<f4", "fortran_order": False, "shape": (10**12,)},
+                            b"\0" * 16,
+                        ),
+                        "labels.npy": good_npy(np.zeros(4, np.float32)),
+                    }
+                ),
+            ),
+        ),
+        BUILD,
+        "{src}/m.yaml:8: evaluate.data: cannot read eval.npz as a .npz file: 'input.npy': its "
+        "header promises (1000000000000,) float32 (4000000000128 bytes), the file has 144",
+    ),
+    Case(
+        "evaluation_npz_directory_claims_4_gib_for_144_stored_bytes",
+        with_manifest(
+            EVALUATE,
+            write(
+                "data/eval.npz",
+                npz(
+                    {
+                        # A header agreeing with the directory: only the directory can tell.
+                        "input.npy": npy(
+                            {"descr": "|u1", "fortran_order": False, "shape": (2**32 - 129,)},
+                            b"\0" * 16,
+                        ),
+                        "labels.npy": good_npy(np.zeros(4, np.float32)),
+                    },
+                    claimed=2**32 - 1,
+                ),
+            ),
+        ),
+        BUILD,
+        "{src}/m.yaml:8: evaluate.data: cannot read eval.npz as a .npz file: 'input.npy' claims "
+        "4294967295 bytes, more than the 144 stored for it can hold",
+    ),
+    Case(
+        "evaluation_npz_cut_in_half",
+        with_manifest(
+            EVALUATE,
+            write("data/eval.npz", npz({"labels.npy": good_npy(np.zeros(64, np.float32))})[:200]),
+        ),
+        BUILD,
+        "{src}/m.yaml:8: evaluate.data: cannot read eval.npz as a .npz file: File is not a zip "
+        "file",
     ),
     # ---- card templates: budgets and includes ---------------------------------------------
     Case(
