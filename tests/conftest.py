@@ -42,8 +42,8 @@ _RUN_TEMPORARY: list[str] = []  # this process's folder for the run's temporary 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Temporary files in a folder of the run's own, removed when the run ends: TensorFlow's
-    autograph writes a file for each function it converts and removes it at Python's
-    teardown, which a process the tests kill, or a CLI run (os._exit), never reaches.
+    autograph writes a file for each function it converts and removes it at exit, which a
+    process the tests kill never reaches.
 
     Through TMPDIR, the processes the tests start (and xdist's workers, each with a folder
     of its own inside the first) use it too. Open to all, as /tmp is: the hostile cases run

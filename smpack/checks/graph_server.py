@@ -22,6 +22,7 @@ import traceback
 from typing import IO, Any, NoReturn
 
 from smpack.errors import SmpackError
+from smpack.io.quick_exit import autograph_files, exit_now
 
 _LENGTH = struct.Struct("<Q")
 
@@ -81,7 +82,7 @@ def main() -> NoReturn:
         try:
             request = _read_frame(requests)
         except EOFError:  # the caller is done
-            os._exit(0)  # without Python's teardown of TensorFlow (2-3 s)
+            exit_now(0)  # without Python's teardown of TensorFlow (2-3 s)
         results, results_end = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -101,6 +102,7 @@ def _run(request: bytes, results_end: int) -> NoReturn:
     """In the forked process: run the request, write what it returned or raised, and exit."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with_parent()
+    inherited = autograph_files()
     try:
         function, args, environment, folder = pickle.loads(request)
         # The caller's environment and folder now, not the server's when it started
@@ -117,7 +119,7 @@ def _run(request: bytes, results_end: int) -> NoReturn:
     with os.fdopen(results_end, "wb") as results:
         results.write(outcome)
     sys.stderr.flush()
-    os._exit(0)
+    exit_now(0, inherited)
 
 
 if __name__ == "__main__":

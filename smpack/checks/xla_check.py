@@ -140,7 +140,7 @@ class _ClusterCall:
         fetches = list(outputs.values())
 
         # No autograph (nothing to convert): it would write the function to a temporary file
-        # that the graph process, ending without Python's teardown, leaves behind.
+        # for nothing.
         @tf.function(jit_compile=True, autograph=False)
         def computation(arguments: dict[str, tf.Tensor]) -> list[tf.Tensor]:
             return tf.graph_util.import_graph_def(

@@ -20,6 +20,7 @@ from typer.exceptions import TyperException
 import smpack
 from smpack import __version__
 from smpack.errors import PackageError, SmpackError, first_line
+from smpack.io.quick_exit import exit_now
 from smpack.io.staging import write_atomically
 from smpack.progress import Step, StepCallback
 
@@ -554,7 +555,8 @@ def main() -> None:
 
     Once the command has returned and its output is flushed, the process ends without
     Python's teardown: after a large build, freeing every object and unloading TensorFlow
-    took 2-3 s that bought nothing, every file being closed by then. Only here, never in
+    took 2-3 s that bought nothing, every file being closed by then; only the files autograph
+    wrote for the user's functions are removed first (`exit_now`). Only here, never in
     the library: a caller of `smpack.build` keeps its interpreter. An exception that is not
     an exit (a bug, shown with SMPACK_DEBUG=1) takes the ordinary way out, traceback and all.
     """
@@ -570,4 +572,4 @@ def main() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)

@@ -253,8 +253,8 @@ def _xla_compilable_ops() -> set[str]:
     if not _XLA_OPS:
         from tensorflow.python.framework import kernels
 
-        # No autograph: it would write the lambda to a temporary file that a process ending
-        # without Python's teardown (the CLI, a graph process) leaves behind.
+        # No autograph (nothing to convert): it would write the lambda to a temporary file
+        # for nothing.
         tf.function(jit_compile=True, autograph=False)(lambda: tf.constant(0) + 1)()
         _XLA_OPS.update(
             k.op

@@ -387,7 +387,7 @@ def _register_xla_kernels() -> None:
     # Eagerly, outside whatever graph is being built: tf.init_scope would add the call to
     # that graph when it is a plain tf.Graph (and the first build of a process would differ).
     with context.eager_mode():
-        # No autograph: it would write the lambda to a temporary file that a process ending
-        # without Python's teardown (the CLI, a graph process) leaves behind.
+        # No autograph (nothing to convert): it would write the lambda to a temporary file
+        # for nothing.
         tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.constant(0.0))
     _xla_registered = True
