@@ -149,7 +149,10 @@ def _build(
             def progress(measuring: Step) -> None:
                 step(measuring.description)
 
-            for measurement in measure_package(staging, evaluation=evaluation, on_step=progress):
+            measurements = measure_package(
+                staging, evaluation=evaluation, on_step=progress, package=written
+            )
+            for measurement in measurements:
                 measured[measurement.tag_set] = measurement.record()
         variants = {
             graph.tag_set: {

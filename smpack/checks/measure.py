@@ -42,7 +42,7 @@ from smpack.manifest.evaluation_data import (
     read_evaluation_data,
 )
 from smpack.package.dtypes import numpy_dtype
-from smpack.package.info import GraphInfo, read_package
+from smpack.package.info import GraphInfo, PackageInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.package.protos import read_saved_model
 from smpack.progress import StepCallback, Steps
@@ -220,14 +220,16 @@ def measure_package(
     evaluation: Evaluation | None = None,
     runs: int = WARM_RUNS,
     on_step: StepCallback | None = None,
+    package: PackageInfo | None = None,
 ) -> list[Measurement]:
     """Measure every MetaGraph of the local package at `export_dir`, in file order.
 
     `examples` maps a signature key to one request (input key -> array): the hook for the
     manifest's examples. Each variant runs its `serving_default` signature, else its first.
+    `package` is the package as read already (a build's), else it is read here.
     Raises `ManifestError` for evaluation data that does not fit the graphs.
     """
-    info = read_package(export_dir)
+    info = package or read_package(export_dir)
     saved_model = read_saved_model(export_dir)
     step = Steps(len(info.graphs), on_step)
     host = host_description()
