@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import VARIANTS
-from tf_helpers import run_v1
+from tf_helpers import run_v1, write_converting_source
 from typer.testing import CliRunner
 
 from smpack.cli.commands import app
@@ -138,20 +139,27 @@ def test_debug_variable_brings_back_the_traceback(variants_copy: Path, tmp_path:
 
 
 @pytest.mark.slow
-def test_a_real_process_flushes_everything_before_it_skips_teardown(tmp_path: Path) -> None:
-    # main() ends the process with os._exit: a pipe's buffered output must get out first.
-    command = [sys.executable, "-m", "smpack", "build", str(VARIANTS / "linear.yaml")]
+def test_a_real_process_skips_teardown_after_flushing_and_removing_autograph_files(
+    tmp_path: Path,
+) -> None:
+    """main() ends the process with os._exit: a pipe's buffered output must get out first,
+    and the module autograph wrote for the source's tf.function, which its exit hook would
+    have removed, must go (every build of such a source left one in /tmp)."""
+    manifest = write_converting_source(tmp_path / "source")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    command = [sys.executable, "-m", "smpack", "build", str(manifest), "--out", str(tmp_path)]
+    env = {**os.environ, "TMPDIR": str(temporary)}
     built = subprocess.run(
-        [*command, "--out", str(tmp_path), "--json"], capture_output=True, text=True, timeout=180
+        [*command, "--json"], capture_output=True, text=True, env=env, timeout=180
     )
     assert built.returncode == 0, built.stderr
     (outcome,) = json.loads(built.stdout)["result"]
     assert outcome["verified"] and not outcome["failed_checks"]
     assert Path(outcome["package"], "saved_model.pb").is_file()
+    assert list(temporary.iterdir()) == []
 
-    again = subprocess.run(
-        [*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=180
-    )
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
     assert again.returncode == 2
     assert again.stderr.startswith("error: ") and "already exists" in again.stderr
 

@@ -274,3 +274,41 @@ def save_checkpoint(prefix: Path, var_1: float, var_2: list[float] | float) -> N
         ]
         session.run(tf.compat.v1.global_variables_initializer())
         tf.compat.v1.train.Saver(variables).save(session, str(prefix))
+
+
+# A python source whose computation calls a tf.function with a tensor-dependent `if`, which
+# autograph converts, writing a module for it into the temporary folder. `convert` checks
+# that it did, so that a process leaving no such file proves it removed the file.
+CONVERTING_MODEL = """\
+import pathlib
+import tempfile
+
+import tensorflow as tf
+from smpack import ModelSpec
+
+
+@tf.function
+def flipped(x):
+    if tf.reduce_sum(x) < 0:
+        return -x
+    return x
+
+
+def convert(x):
+    y = flipped(x)
+    written = list(pathlib.Path(tempfile.gettempdir()).glob("__autograph_generated_file*"))
+    assert written, "autograph wrote no file"
+    return y
+
+
+def model_fn(ctx):
+    x = tf.compat.v1.placeholder(tf.float32, [ctx.batch_size], name="x")
+    y = tf.identity(ctx.compute(convert, x), name="y")
+    return ModelSpec(inputs={"x": x}, outputs={"y": y})
+"""
+
+
+def write_converting_source(folder: Path) -> Path:
+    """CONVERTING_MODEL as `model.py` in `folder`, and the manifest of its serve variant."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_python_manifest(folder, CONVERTING_MODEL, {"cpu": {"tags": ["serve"]}})
