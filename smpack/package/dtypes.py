@@ -51,27 +51,8 @@ FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 HALF_PRECISIONS = frozenset({"float16", "bfloat16"})
 # Handles to state inside a running TensorFlow: no values a file or request can carry.
 HANDLE_DTYPES = frozenset({"resource", "variant"})
-# Bytes per element of the dtypes whose elements have a fixed size that numpy shares.
-ITEM_SIZES: dict[str, int] = {
-    "float16": 2,
-    "bfloat16": 2,
-    "float32": 4,
-    "float64": 8,
-    "int8": 1,
-    "int16": 2,
-    "int32": 4,
-    "int64": 8,
-    "uint8": 1,
-    "uint16": 2,
-    "uint32": 4,
-    "uint64": 8,
-    "bool": 1,
-}
-
-
 # Every floating-point dtype: FLOATS, and the 8- and 4-bit ones no variant computes in.
 FLOATING = FLOATS | {name for name in DTYPES.values() if name.startswith(("float8_", "float4_"))}
-
 
 # The quantized dtypes' values, as TensorFlow gives them to numpy: a record of one field named
 # after the dtype, holding its integer (tensorflow/python/framework/dtypes.py).

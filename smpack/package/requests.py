@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smpack.errors import PackageError
-from smpack.package.dtypes import ITEM_SIZES, dtype_name
+from smpack.package.dtypes import dtype_name, numpy_dtype
 from smpack.package.wire import WireFormatError, decode_varint, message_fields, utf8
 
 PREDICT_LOG, CLASSIFY_LOG, REGRESS_LOG = 6, 2, 3  # PredictionLog's oneof fields
@@ -32,6 +32,8 @@ _VALUE_FIELDS = {
     16: ("uint32",),  # uint32_val
     17: ("uint64",),  # uint64_val
 }
+# The dtypes with a raw form: elements of a fixed size, each held by one of those fields.
+_RAW_DTYPES = frozenset(dtype for dtypes in _VALUE_FIELDS.values() for dtype in dtypes)
 
 
 @dataclass(frozen=True)
@@ -172,10 +174,11 @@ def _raw_tensor(serialized: bytes) -> RawTensor:
         # Fewer values than elements: TensorFlow repeats the last one.
         padded = strings + strings[-1:] * (count - len(strings))
         return RawTensor(dtype, tuple(shape), tuple(padded))
-    if dtype not in ITEM_SIZES:
+    element = numpy_dtype(dtype) if dtype in _RAW_DTYPES else None
+    if element is None:
         msg = f"a {dtype} tensor has no raw form"
         raise WireFormatError(msg)
-    size = ITEM_SIZES[dtype]
+    size = element.itemsize
     if content is None:
         content = _typed_values(dtype, size, values)
     if len(content) != count * size:
