@@ -206,20 +206,28 @@ def test_interrupting_verify_leaves_no_process_behind(
     linear_package: PackageInfo, interrupted: str, tmp_path: Path
 ) -> None:
     """Ctrl-C reaches the terminal's whole process group; `kill -INT` only the caller, who
-    must end its graph process and server itself."""
+    must end its graph process and server itself. Both run from a folder holding another
+    `smpack/` (a checkout, a user's own package of that name), which `python -m` would put
+    first on sys.path: the graph processes must run the caller's smpack, not that one."""
 
     def as_a_user_starts_it() -> None:
         # A test runner's workers may ignore SIGINT, and children inherit that.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.setpgrp()  # a terminal's foreground process group of its own
 
+    working_folder = tmp_path / "cwd"
+    (working_folder / "smpack").mkdir(parents=True)
+    (working_folder / "smpack" / "__init__.py").write_text(
+        'raise SystemExit("the smpack in the working folder ran")\n'
+    )
     if interrupted.startswith("a script"):
         (tmp_path / "check.py").write_text(SCRIPT)
         command = [sys.executable, str(tmp_path / "check.py")]
     else:
-        command = [sys.executable, "-m", "smpack", "verify"]
+        command = [str(Path(sys.executable).with_name("smpack")), "verify"]
     verify = subprocess.Popen(
         [*command, str(linear_package.path)],
+        cwd=working_folder,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

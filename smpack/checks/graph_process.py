@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
+import smpack
 from smpack.checks.graph_server import read_message, write_message
 
 Result = TypeVar("Result")
@@ -52,6 +53,21 @@ class GraphProcessBug(RuntimeError):
 
 _RUNNING_INTERPRETER = "/proc/self/exe"
 
+# Runs the server from the smpack package this process imported (its folder is argv[1]),
+# under -P: `python -m` would put the working folder first on sys.path, and a `smpack/`
+# there (a checkout, a user's own package of that name) would be what the graph processes
+# ran, or a `numpy/` what they imported.
+_BOOTSTRAP = """\
+import importlib.util, runpy, sys
+folder = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location(
+    "smpack", folder + "/__init__.py", submodule_search_locations=[folder]
+)
+sys.modules["smpack"] = module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+runpy.run_module("smpack.checks.graph_server", run_name="__main__", alter_sys=True)
+"""
+
 
 class _Server:
     """The running server: its process and the pipes to it."""
@@ -64,7 +80,7 @@ class _Server:
         # gosu) may run an interpreter whose folders its user cannot search, and could not
         # start it again by path.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "smpack.checks.graph_server"],
+            [sys.executable, "-P", "-c", _BOOTSTRAP, os.path.dirname(smpack.__file__)],
             executable=_RUNNING_INTERPRETER if os.path.exists(_RUNNING_INTERPRETER) else None,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
