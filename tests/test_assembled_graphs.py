@@ -175,9 +175,11 @@ def test_an_input_without_a_batch_dimension_is_left_to_python_which_refuses_it(
     with pytest.raises(GraphError) as refused:
         smpack.build(loaded.path, tmp_path / "out", measure=False)
 
+    # What an imported source can do: not the python source's placeholders.
     assert str(refused.value) == (
         f"{loaded.path}: variants.tpu: input 'x' has shape (); a TPU graph needs the static "
-        "batch size 2 as its first dimension (build placeholders with shape "
-        "[ctx.batch_size, ...])"
+        "batch size 2 as its first dimension, which batch_size sets on each input of the "
+        "source's signature that has a first dimension, and this one has none; export the "
+        "source with it batched (shape [None, ...])"
     )
     assert not (tmp_path / "out").exists()

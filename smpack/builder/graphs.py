@@ -115,7 +115,8 @@ def build_variant_graph(
         model_variables = [v.op.name for v in tf.compat.v1.global_variables()]
         where: dict[str, Any] = {"file": loaded.path, "field": field_path}
         _check_targeting_applied(variant, bool(compute_calls), where)
-        _check_static_batch(spec, variant, where)
+        imported = loaded.spec.source.python is None
+        _check_static_batch(spec, variant, imported, where)
 
         signature_defs = serving_signature_defs(loaded, name, variant, spec)
         if variant.is_training:
@@ -318,7 +319,9 @@ def _check_targeting_applied(variant: Variant, computed: bool, where: dict[str, 
         raise GraphError(message, **where)
 
 
-def _check_static_batch(spec: ModelSpec, variant: Variant, where: dict[str, Any]) -> None:
+def _check_static_batch(
+    spec: ModelSpec, variant: Variant, imported: bool, where: dict[str, Any]
+) -> None:
     if not variant.on_tpu:
         return
     for key, tensor in spec.inputs.items():
@@ -326,13 +329,19 @@ def _check_static_batch(spec: ModelSpec, variant: Variant, where: dict[str, Any]
         if shape.rank is None or shape.rank == 0 or shape[0] != variant.batch_size:
             msg = (
                 f"input {key!r} has shape {shape}; a TPU graph needs the static batch size "
-                f"{variant.batch_size} as its first dimension (build placeholders with "
-                "shape [ctx.batch_size, ...])"
+                f"{variant.batch_size} as its first dimension"
             )
-            raise GraphError(
-                msg,
-                **where,
-            )
+            if imported:
+                # An imported input's first dimension, fixed or free, is made batch_size
+                # (savedmodel.batched): only an input without one gets here.
+                msg += (
+                    ", which batch_size sets on each input of the source's signature that "
+                    "has a first dimension, and this one has none; export the source with "
+                    "it batched (shape [None, ...])"
+                )
+            else:
+                msg += " (build placeholders with shape [ctx.batch_size, ...])"
+            raise GraphError(msg, **where)
 
 
 def _checked_loss(spec: ModelSpec, where: dict[str, Any]) -> tf.Tensor:
