@@ -355,3 +355,26 @@ def test_a_bug_in_the_example_reader_is_not_blamed_on_the_file(
     with pytest.raises(ValueError) as caught:  # EvaluationDataError is a ValueError too
         read_evaluation_data(path)
     assert caught.value is bug
+
+
+def test_an_integer_evaluation_column_feeds_a_quantized_input(
+    tmp_path: Path,
+) -> None:
+    """An integer column feeds a qint8 input (numpy has no qint8: it was refused as "holds
+    integer values, but signature takes qint8"), and the model sees the same integers."""
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: {"y": tf.quantization.dequantize(x, -127.0, 127.0, mode="SCALED")},
+        input_signature=[tf.TensorSpec([None], tf.qint8)],
+    )
+    tf.saved_model.save(module, str(tmp_path / "model"), signatures=module.f)
+    values = np.array([-100, -3, 0, 5, 127])
+    np.savez(tmp_path / "eval.npz", x=values, labels=values.astype(np.float32))
+    evaluation = Evaluation(
+        tmp_path / "eval.npz", ("mae",), "serving_default", "y", tmp_path / "smpack.yaml"
+    )
+
+    [measured] = measure_package(tmp_path / "model", evaluation=evaluation, runs=1)
+
+    assert measured.reason == ""
+    assert measured.metrics == {"mae": 0.0}
