@@ -19,6 +19,7 @@ from tf_helpers import (
     make_looping_module,
     make_table_module,
     make_tf_module,
+    make_unknown_rank_module,
     meta_graph,
     run_v1,
     run_v2,
@@ -111,6 +112,30 @@ def test_variable_less_signature(tf_source: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(run_v1(package.path, ["serve"], {"x": X})["doubled"], expected)
     half = run_v1(package.path, ["serve", "gpu"], {"x": X})["doubled"]
     np.testing.assert_allclose(half, expected, rtol=1e-3)
+
+
+def test_inputs_of_unknown_rank_serve_any_shape(tmp_path: Path) -> None:
+    """`TensorSpec(None)` inputs, numeric and text, as TF Serving loads them: any rank runs."""
+    source = make_unknown_rank_module(tmp_path)
+    variants = {k: v for k, v in SERVING.items() if k != "tpu"}
+    manifest = write_manifest(tmp_path, {"savedmodel": source.name}, variants=variants)
+    package = smpack.build(manifest, tmp_path / "out", measure=False)
+
+    for graph in package.graphs:
+        assert {t.key: t.shape_text for t in graph.signatures[0].inputs} == {
+            "text": "unknown rank",
+            "x": "unknown rank",
+        }
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(package.path), tags=["serve"]).signatures["serving_default"]
+    for x, text in ((np.float32(3), "abc"), (X, [["ab", ""], ["abcd", "a"]])):
+        outputs = served(x=tf.constant(x), text=tf.constant(text))
+        expected = source_outputs(source, "serving_default", x=x, text=np.array(text))
+        for key in ("y", "lengths"):
+            np.testing.assert_array_equal(outputs[key].numpy(), expected[key])
+    half = run_v1(package.path, ["serve", "gpu"], {"x": X, "text": np.array(["ab"])})
+    np.testing.assert_allclose(half["y"], 2 * X, rtol=1e-3)
 
 
 def test_gathers_straight_from_a_variable(tf_source, tmp_path) -> None:

@@ -216,6 +216,26 @@ def make_table_module(folder: Path) -> Path:
     return path
 
 
+def make_unknown_rank_module(folder: Path) -> Path:
+    """A TF2 model whose inputs have unknown rank (`TensorSpec(None)`): numbers and text."""
+    import tensorflow as tf
+
+    class AnyShape(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = tf.Variable(2.0, name="scale")
+
+        @tf.function(input_signature=[tf.TensorSpec(None), tf.TensorSpec(None, tf.string)])
+        def predict(self, x: tf.Tensor, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            lengths = tf.cast(tf.strings.length(text), tf.float32)
+            return {"y": x * self.scale, "lengths": lengths * self.scale}
+
+    module = AnyShape()
+    path = folder / "any_shape"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
 def make_batch_norm_module(folder: Path) -> Path:
     """A TF2 model with a fused batch norm, an op whose statistics must stay float32."""
     import tensorflow as tf

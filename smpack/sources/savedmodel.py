@@ -310,6 +310,16 @@ def _inlined(
 
     item = meta_graph_pb2.MetaGraphDef()
     item.graph_def.CopyFrom(meta_graph.graph_def)
+    # A placeholder of unknown rank (`TensorSpec(None)`) is saved without its `shape` attr
+    # (the default), and Grappler refuses to import a graph with such a placeholder. Given an
+    # explicit unknown shape it imports; the attr is dropped again below, so the flat graph
+    # keeps the source's own placeholders (Grappler would have made them scalars).
+    shapeless = {
+        n.name for n in item.graph_def.node if n.op == "Placeholder" and "shape" not in n.attr
+    }
+    for node in item.graph_def.node:
+        if node.name in shapeless:
+            node.attr["shape"].shape.unknown_rank = True
     if keep_loops:
         _inlinable_must_compile(item.graph_def)
     item.collection_def["train_op"].node_list.value.extend(fetches)
@@ -332,6 +342,8 @@ def _inlined(
     # the signature to unrelated functions (the restore function) and to the source's
     # variables, where the variant's own placement must decide.
     for node in flat.node:
+        if node.name in shapeless:
+            del node.attr["shape"]
         if "_class" in node.attr:
             del node.attr["_class"]
         # The traced function each inlined node came from, named by a process-wide counter
