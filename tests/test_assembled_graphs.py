@@ -183,3 +183,18 @@ def test_an_input_without_a_batch_dimension_is_left_to_python_which_refuses_it(
         "source with it batched (shape [None, ...])"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_input_of_unknown_rank_is_refused_by_a_tpu_variant(tmp_path: Path) -> None:
+    _, loaded = tpu_source(tmp_path, lambda x, w: tf.reduce_sum(w) * x, tf.TensorSpec(None))
+
+    with pytest.raises(GraphError) as refused:
+        smpack.build(loaded.path, tmp_path / "out", measure=False)
+
+    assert str(refused.value) == (
+        f"{loaded.path}: variants.tpu: input 'x' has shape <unknown>; a TPU graph needs the "
+        "static batch size 2 as its first dimension, which batch_size sets on each input of "
+        "the source's signature that has a first dimension, and this one may have none "
+        "(unknown rank); export the source with it batched (shape [None, ...])"
+    )
+    assert not (tmp_path / "out").exists()

@@ -333,10 +333,12 @@ def _check_static_batch(
             )
             if imported:
                 # An imported input's first dimension, fixed or free, is made batch_size
-                # (savedmodel.batched): only an input without one gets here.
+                # (savedmodel.batched): only an input without one, or of unknown rank
+                # (`TensorSpec(None)`), gets here.
+                lacks = "has none" if shape.rank == 0 else "may have none (unknown rank)"
                 msg += (
                     ", which batch_size sets on each input of the source's signature that "
-                    "has a first dimension, and this one has none; export the source with "
+                    f"has a first dimension, and this one {lacks}; export the source with "
                     "it batched (shape [None, ...])"
                 )
             else:
