@@ -378,3 +378,36 @@ def test_an_integer_evaluation_column_feeds_a_quantized_input(
 
     assert measured.reason == ""
     assert measured.metrics == {"mae": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values", "refused"),
+    [
+        (tf.int8, [5, 300, -300], "'x' holds 300, outside int8's range [-128, 127]"),
+        (tf.uint8, [5, -1], "'x' holds -1, outside uint8's range [0, 255]"),
+        (tf.qint8, [-200, 0], "'x' holds -200, outside qint8's range [-128, 127]"),
+        (tf.int16, [40000], "'x' holds 40000, outside int16's range [-32768, 32767]"),
+        (tf.float16, [1e5], "'x' holds 100000.0, outside float16's range [-65504.0, 65504.0]"),
+    ],
+    ids=["int8", "uint8", "qint8", "int16", "float16"],
+)
+def test_an_evaluation_value_its_input_dtype_cannot_hold_is_refused(
+    dtype: tf.DType, values: list[float], refused: str, tmp_path: Path
+) -> None:
+    """Cast, 300 would feed an int8 input as 44 (and 1e5 a float16 one as inf): measured
+    numbers of other data than the file's."""
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": tf.identity(x)}, [tf.TensorSpec([None], dtype)])
+    tf.saved_model.save(module, str(tmp_path / "model"), signatures=module.f)
+    np.savez(tmp_path / "eval.npz", x=np.array(values), labels=np.zeros(len(values)))
+    evaluation = Evaluation(
+        tmp_path / "eval.npz", ("mae",), "serving_default", "y", tmp_path / "smpack.yaml"
+    )
+
+    with pytest.raises(ManifestError) as caught:
+        measure_package(tmp_path / "model", evaluation=evaluation, runs=1)
+
+    assert str(caught.value) == (
+        f"{tmp_path / 'smpack.yaml'}: evaluate.data: eval.npz: {refused} that signature "
+        "'serving_default' takes"
+    )

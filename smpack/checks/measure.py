@@ -174,7 +174,30 @@ class Evaluation:
                 f"values, but signature {self.signature!r} takes {dtype.name}"
             )
             raise EvaluationDataError(msg)
-        return column if dtype == tf.string else column.astype(numpy_dtype(dtype.name))
+        if dtype == tf.string:
+            return column
+        if column.dtype.kind in "iuf":
+            # astype wraps an integer (300 as int8 is 44) and overflows a float to inf.
+            low, high = _value_range(dtype)
+            outside = np.isfinite(column) & ((column < low) | (column > high))
+            if outside.any():
+                value = column[outside].flat[0].item()
+                msg = (
+                    f"{self.data.name}: {key!r} holds {value}, outside {dtype.name}'s range "
+                    f"[{low}, {high}] that signature {self.signature!r} takes"
+                )
+                raise EvaluationDataError(msg)
+        return column.astype(numpy_dtype(dtype.name))
+
+
+def _value_range(dtype: tf.DType) -> tuple[Any, Any]:
+    """The least and greatest finite values of `dtype` (a quantized one's: its storage's)."""
+    if dtype.is_quantized:
+        record = numpy_dtype(dtype.name)
+        assert record is not None  # dtypes.py has a record for every quantized dtype
+        storage = np.iinfo(record[0])
+        return storage.min, storage.max
+    return dtype.min, dtype.max
 
 
 def host_description() -> str:
