@@ -31,7 +31,7 @@ from smpack.builder.assembled import assembled_graph
 from smpack.builder.graphs import VariantGraph, build_variant_graph
 from smpack.builder.writer import SharedSavers, exported_meta_graph
 from smpack.checks.xla_check import tpu_graph_on_cpu
-from smpack.errors import GraphError, SmpackError
+from smpack.errors import GraphError, ManifestError, SmpackError
 from smpack.manifest import LoadedManifest, load_manifest
 from smpack.sources.model_source import ModelSource, open_source
 
@@ -196,5 +196,21 @@ def test_an_input_of_unknown_rank_is_refused_by_a_tpu_variant(tmp_path: Path) ->
         "static batch size 2 as its first dimension, which batch_size sets on each input of "
         "the source's signature that has a first dimension, and this one may have none "
         "(unknown rank); export the source with it batched (shape [None, ...])"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fixed_batch_other_than_batch_size_is_refused(tmp_path: Path) -> None:
+    """The source computes on batches of 4 and says so: a batch_size of 2 contradicts it,
+    and was silently made the input's first dimension."""
+    _, loaded = tpu_source(tmp_path, tf.matmul, tf.TensorSpec([4, 3]))
+
+    with pytest.raises(ManifestError) as refused:
+        smpack.build(loaded.path, tmp_path / "out", measure=False)
+
+    assert str(refused.value) == (
+        f"{loaded.path}: variants.tpu.batch_size: batch_size is 2, but input 'x' of the "
+        "source's signature has a fixed batch of 4 (shape [4, 3]); set batch_size: 4, or "
+        "export the source with shape [None, ...]"
     )
     assert not (tmp_path / "out").exists()

@@ -332,9 +332,9 @@ def _check_static_batch(
                 f"{variant.batch_size} as its first dimension"
             )
             if imported:
-                # An imported input's first dimension, fixed or free, is made batch_size
-                # (savedmodel.batched): only an input without one, or of unknown rank
-                # (`TensorSpec(None)`), gets here.
+                # An imported input's first dimension is made batch_size (savedmodel.batched;
+                # a fixed one other than it is refused): only an input without one, or of
+                # unknown rank (`TensorSpec(None)`), gets here.
                 lacks = "has none" if shape.rank == 0 else "may have none (unknown rank)"
                 msg += (
                     ", which batch_size sets on each input of the source's signature that "

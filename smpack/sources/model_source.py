@@ -72,6 +72,7 @@ def _imported(
     loaded: LoadedManifest, path: Path, signature: str, train_signature: str | None
 ) -> ModelSource:
     from smpack.sources.savedmodel import (
+        check_fixed_batch,
         load_saved_model,
         model_function,
         replayed_by,
@@ -104,6 +105,10 @@ def _imported(
             keras=kind == "keras",
             imports=loaded.spec.source.imports,
         )
+    for name, variant in loaded.spec.variants.items():
+        batch_where = {"file": loaded.path, "field": f"variants.{name}.batch_size"}
+        replayed = training if variant.is_training and training is not None else serving
+        check_fixed_batch(replayed, variant.batch_size, batch_where)
     return ModelSource(
         model_function(serving, _loss(loaded), loaded, training, compiled),
         checkpoint_keys={**restore_map(serving), **(restore_map(training) if training else {})},

@@ -27,7 +27,7 @@ from tensorflow.core.protobuf import (
     saved_model_pb2,
 )
 
-from smpack.errors import ModelError, PackageError
+from smpack.errors import ManifestError, ModelError, PackageError
 from smpack.manifest import LoadedManifest, Variant
 from smpack.model import ModelContext, ModelSpec
 from smpack.package.protos import read_saved_model
@@ -574,6 +574,23 @@ def _variable(variable: SourceVariable) -> Any:
         initializer=tf.compat.v1.zeros_initializer(),
         trainable=_trainable(variable),
     )
+
+
+def check_fixed_batch(
+    imported: ImportedModel, batch_size: int | None, where: dict[str, Any]
+) -> None:
+    """Refuse a batch_size other than an input's fixed first dimension, which `batched`
+    would replace: the source computes on batches of its own size, and says so."""
+    for tensor in imported.inputs:
+        if batch_size is None or not tensor.shape or tensor.shape[0] in (None, batch_size):
+            continue
+        shape = ", ".join("None" if d is None else str(d) for d in tensor.shape)
+        msg = (
+            f"batch_size is {batch_size}, but input {tensor.key!r} of the source's signature "
+            f"has a fixed batch of {tensor.shape[0]} (shape [{shape}]); set batch_size: "
+            f"{tensor.shape[0]}, or export the source with shape [None, ...]"
+        )
+        raise ManifestError(msg, **where)
 
 
 def batched(
