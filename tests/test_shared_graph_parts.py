@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
 
 import smpack
-from smpack.builder.checkpoint_bundle import StreamingSaver
-from smpack.builder.writer import SharedSavers
+from smpack.builder.checkpoint_bundle import StreamingSaver, initial_values, soft_placement
+from smpack.builder.writer import SharedSavers, saved_model_bytes
 from smpack.sources.savedmodel import SourceVariable, VariablesTemplate, _variable
 
 VARIABLES = [
@@ -137,6 +138,68 @@ def test_the_saver_writing_the_variables_exports_what_its_own_ops_export(tmp_pat
     assert isinstance(shared.saving, StreamingSaver)  # what writes the variables
     assert shared.saving.saver_def == built_in_the_graph.saver_def
     assert exported(graph, shared) == exported(own, built_in_the_graph)
+
+
+def test_a_saved_model_of_tagged_copies_is_the_bytes_of_the_proto_holding_them() -> None:
+    one, other = exported(graph_with_variables(), None), exported(graph_with_many_variables(), None)
+    meta_graphs = [(one, ["serve"]), (other, ["train"]), (one, ["serve", "canary"])]
+    saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+    for untagged, tags in meta_graphs:
+        copy = saved_model.meta_graphs.add()
+        copy.CopyFrom(untagged)
+        copy.meta_info_def.tags.extend(tags)
+
+    assert saved_model_bytes(meta_graphs) == saved_model.SerializeToString(deterministic=True)
+
+
+def graph_with_optimizer_state(initial_value: Callable[[], Any] | None = None) -> tf.Graph:
+    graph = tf.Graph()
+    with graph.as_default(), tf.device("/device:GPU:0"):
+        tf.compat.v1.set_random_seed(0)
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        weights = tf.compat.v1.get_variable("w", [4, 2])  # Glorot: random, seeded
+        if initial_value is not None:
+            tf.compat.v1.Variable(initial_value(), name="v")
+        step = tf.compat.v1.train.get_or_create_global_step()
+        loss = tf.reduce_sum(tf.matmul(x, weights))
+        tf.compat.v1.train.AdamOptimizer(0.1).minimize(loss, global_step=step)  # slots
+    return graph
+
+
+@tf.function(autograph=False)
+def doubled(value: tf.Tensor) -> tf.Tensor:
+    return value * 2
+
+
+def test_initial_values_are_computed_alone_as_the_graphs_session_computes_them() -> None:
+    graph = graph_with_optimizer_state()
+    with graph.as_default():
+        fresh = tf.compat.v1.global_variables()
+    with tf.compat.v1.Session(graph=graph, config=soft_placement()) as session:
+        expected = session.run({v.op.name: v.initial_value for v in fresh})
+
+    # The session is closed: computed without it.
+    values = initial_values(session, fresh)
+
+    assert "w/Adam" in values and "global_step" in values
+    assert values.keys() == expected.keys()
+    for name, value in values.items():
+        assert (value.dtype, value.tobytes()) == (expected[name].dtype, expected[name].tobytes())
+
+
+def test_initial_values_calling_a_function_are_run_in_the_graphs_session() -> None:
+    graph = graph_with_optimizer_state(lambda: doubled(tf.ones([2])))
+    with graph.as_default():
+        fresh = tf.compat.v1.global_variables()
+    with tf.compat.v1.Session(graph=graph, config=soft_placement()) as session:
+        expected = session.run({v.op.name: v.initial_value for v in fresh})
+    with tf.compat.v1.Session(graph=graph, config=soft_placement()) as session:
+        values = initial_values(session, fresh)
+
+    np.testing.assert_array_equal(values["v"], [2.0, 2.0])
+    assert {k: v.tobytes() for k, v in values.items()} == {
+        k: v.tobytes() for k, v in expected.items()
+    }
 
 
 def test_a_graph_that_already_has_a_saver_keeps_the_builders() -> None:

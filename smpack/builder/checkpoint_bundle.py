@@ -21,6 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
+from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from smpack.builder.checkpoint_slices import save_whole, slice_bytes_per_shard, sliced_names
@@ -29,6 +30,7 @@ from smpack.io.staging import link_or_copy
 from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items, tensor_name
 from smpack.package.digests import keep_digest
 from smpack.package.wire import WireFormatError, encode_varint
+from smpack.sources.graph_def import calls_function
 
 # Link a shard whole only if the package uses most of it; else copy what it uses.
 _LINK_WHEN_USED = 0.9
@@ -79,9 +81,52 @@ class StreamingSaver(tf.compat.v1.train.Saver):
         extras: list[Path] = []
         for batch in _batches(self._fresh, _EXTRA_BATCH_BYTES):
             extras.append(prefix.parent / f"smpack_extra_{len(extras)}")
-            _save_values(extras[-1], sess.run({v.op.name: v.initial_value for v in batch}))
+            _save_values(extras[-1], initial_values(sess, batch))
         save_streamed(prefix, self._source, self._keys, extras)
         return save_path
+
+
+def initial_values(session: tf.compat.v1.Session, variables: list[Any]) -> dict[str, Any]:
+    """The `variables`' initial values by name, as a run in `session` computes them.
+
+    Computed in a graph of just the ops they need, what `session` prunes its graph to: a
+    first run in `session` converts and places all of its graph (a train graph's 20,000
+    ops: half a second) for the few ops making a global step's and optimizer slots' zeros.
+    Where an op they need calls a function, they are run in `session` itself.
+    """
+    from tensorflow.python.framework import op_def_registry
+
+    with session.graph.as_default():  # a variable's graph properties are read in it
+        fetches = {v.op.name: v.initial_value for v in variables}
+    needed: dict[str, tf.Operation] = {}
+    waiting = [tensor.op for tensor in fetches.values()]
+    while waiting:
+        op = waiting.pop()
+        if op.name not in needed:
+            needed[op.name] = op
+            waiting += [tensor.op for tensor in op.inputs] + list(op.control_inputs)
+    graph_def = graph_pb2.GraphDef()
+    graph_def.versions.CopyFrom(session.graph.graph_def_versions)
+    for op in needed.values():
+        node = graph_def.node.add()
+        node.CopyFrom(op.node_def)
+        if calls_function(node) or op_def_registry.get(node.op) is None:
+            return session.run(fetches)  # the graph alone would lack the function library
+        # Colocations name ops left out (the variables); placement changes no value, and
+        # a device this host lacks falls back to the CPU, as in the writer's session.
+        node.attr.pop("_class", None)
+    alone = tf.Graph()
+    with alone.as_default():
+        tensors = tf.graph_util.import_graph_def(
+            graph_def, return_elements=[t.name for t in fetches.values()], name=""
+        )
+    with tf.compat.v1.Session(graph=alone, config=soft_placement()) as computing:
+        return dict(zip(fetches, computing.run(tensors), strict=True))
+
+
+def soft_placement() -> tf.compat.v1.ConfigProto:
+    """A session's configuration running a graph meant for devices this host may lack."""
+    return tf.compat.v1.ConfigProto(allow_soft_placement=True)
 
 
 def save_streamed(prefix: Path, source: Path, keys: Mapping[str, str], extras: list[Path]) -> None:

@@ -18,11 +18,17 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from smpack.builder.checkpoint_bundle import StreamingSaver, read_bundle, save_streamed
+from smpack.builder.checkpoint_bundle import (
+    StreamingSaver,
+    read_bundle,
+    save_streamed,
+    soft_placement,
+)
 from smpack.builder.default_attrs import strip_default_valued_attrs
 from smpack.builder.graphs import VariableSpec, VariantGraph
 from smpack.errors import GraphError, ManifestError, PackageError
 from smpack.manifest import LoadedManifest
+from smpack.package.wire import length_delimited
 from smpack.sources.model_source import ModelSource
 
 # The SignatureDef every loader runs after restoring (tf.estimator's builder's, and TF2's).
@@ -43,9 +49,10 @@ def write_saved_model(
     first = graph_holding_all_variables(graphs, loaded.path)
     ordered = [first] + [g for g in graphs if g is not first]
     savers = SharedSavers()
-    # Variants sharing one graph (see graphs.built_before) share its exported MetaGraph.
+    # Variants sharing one graph (see graphs.built_before) share its exported MetaGraph,
+    # its assets included (the copies' `asset_files` are the graph's).
     exported: dict[int, Any] = {}
-    saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+    meta_graphs: list[tuple[Any, list[str]]] = []
     for variant_graph in ordered:
         key = id(variant_graph.built)
         if key not in exported:
@@ -53,11 +60,9 @@ def write_saved_model(
             if variant_graph is first:
                 saver = _write_variables(export_dir, variant_graph, loaded, source, savers)
             exported[key] = exported_meta_graph(variant_graph, savers, saver)
-        meta_graph = saved_model.meta_graphs.add()
-        meta_graph.CopyFrom(exported[key])
-        meta_graph.meta_info_def.tags.extend(variant_graph.tags)
-        _register_assets(meta_graph, variant_graph)
-    _write_saved_model_proto(export_dir, saved_model, as_text)
+            _register_assets(exported[key], variant_graph)
+        meta_graphs.append((exported[key], variant_graph.tags))
+    _write_saved_model_proto(export_dir, meta_graphs, as_text)
 
 
 def _write_variables(
@@ -85,7 +90,7 @@ def _write_variables(
         return None
     with (
         variant_graph.graph.as_default(),
-        tf.compat.v1.Session(graph=variant_graph.graph, config=_soft_placement()) as session,
+        tf.compat.v1.Session(graph=variant_graph.graph, config=soft_placement()) as session,
     ):
         if keys is not None:
             assert source.checkpoint is not None
@@ -419,10 +424,6 @@ def _describe(spec: VariableSpec) -> str:
     return f"{spec.dtype}{list(spec.shape)}"
 
 
-def _soft_placement() -> tf.compat.v1.ConfigProto:
-    return tf.compat.v1.ConfigProto(allow_soft_placement=True)
-
-
 def _checkpoint_keys(
     graph: VariantGraph, loaded: LoadedManifest, source: ModelSource
 ) -> dict[str, str]:
@@ -465,10 +466,47 @@ def _register_assets(meta_graph: Any, variant_graph: VariantGraph) -> None:
         value.string_val[:] = [filename.encode()]
 
 
-def _write_saved_model_proto(export_dir: Path, saved_model: Any, as_text: bool) -> None:
-    if as_text:
-        (export_dir / "saved_model.pbtxt").write_text(text_format.MessageToString(saved_model))
-    else:
-        (export_dir / "saved_model.pb").write_bytes(
-            saved_model.SerializeToString(deterministic=True)
-        )
+def _write_saved_model_proto(
+    export_dir: Path, meta_graphs: list[tuple[Any, list[str]]], as_text: bool
+) -> None:
+    if not as_text:
+        (export_dir / "saved_model.pb").write_bytes(saved_model_bytes(meta_graphs))
+        return
+    saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=_SCHEMA_VERSION)
+    for untagged, tags in meta_graphs:
+        meta_graph = saved_model.meta_graphs.add()
+        meta_graph.CopyFrom(untagged)
+        meta_graph.meta_info_def.tags.extend(tags)
+    (export_dir / "saved_model.pbtxt").write_text(text_format.MessageToString(saved_model))
+
+
+_SCHEMA_VERSION = 1
+_META_GRAPHS_FIELD = saved_model_pb2.SavedModel.DESCRIPTOR.fields_by_name["meta_graphs"].number
+
+
+def saved_model_bytes(meta_graphs: list[tuple[Any, list[str]]]) -> bytes:
+    """The SavedModel holding `meta_graphs` (each untagged, with its tags) as its
+    `SerializeToString(deterministic=True)` is, each distinct MetaGraph serialized once.
+
+    Variants sharing one graph share one exported MetaGraph (a 7,000-node GraphDef, say):
+    copying it per variant and serializing every copy cost more than exporting it. A
+    deterministic serialization writes fields in number order, `meta_info_def` (1, where
+    the tags are) first, so a tagged MetaGraph's bytes are its tagged `meta_info_def`'s
+    followed by the untagged one's after its `meta_info_def`.
+    """
+    saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=_SCHEMA_VERSION)
+    parts = [saved_model.SerializeToString(deterministic=True)]
+    rest: dict[int, bytes] = {}
+    for meta_graph, tags in meta_graphs:
+        head = meta_graph_pb2.MetaGraphDef()
+        if meta_graph.HasField("meta_info_def"):
+            head.meta_info_def.CopyFrom(meta_graph.meta_info_def)
+        if id(meta_graph) not in rest:
+            whole = meta_graph.SerializeToString(deterministic=True)
+            untagged = head.SerializeToString(deterministic=True)
+            assert whole.startswith(untagged), "a MetaGraph serialized out of field order"
+            rest[id(meta_graph)] = whole[len(untagged) :]
+        head.meta_info_def.tags.extend(tags)
+        tagged = head.SerializeToString(deterministic=True) + rest[id(meta_graph)]
+        parts.append(length_delimited(_META_GRAPHS_FIELD, tagged))
+    return b"".join(parts)

@@ -1,4 +1,5 @@
-"""Names in a GraphDef: a tensor `node:index` or a control input `^node` -> its node."""
+"""Reading GraphDef nodes: names (a tensor `node:index` or a control input `^node` -> its
+node), and what a node needs of its graph."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def through_identities(nodes: Mapping[str, Any], tensor: str) -> str | None:
         if node.op != "Identity":
             return tensor
         tensor = node.input[0]
+
+
+def calls_function(node: Any) -> bool:
+    """Whether `node` names a function of its graph's library in an attribute (a functional
+    `While` or `If`, a `PartitionedCall`)."""
+    return any(
+        attr.WhichOneof("value") == "func"
+        or (attr.WhichOneof("value") == "list" and len(attr.list.func) > 0)
+        for attr in node.attr.values()
+    )

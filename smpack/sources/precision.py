@@ -36,7 +36,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, types_pb2
 
 from smpack.manifest import Variant
-from smpack.sources.graph_def import node_name
+from smpack.sources.graph_def import calls_function, node_name
 
 _FLOAT = types_pb2.DT_FLOAT
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -150,7 +150,11 @@ def _classes(graph: graph_pb2.GraphDef, types: _Types, kernels: _Kernels) -> dic
         elif (
             op_def is None
             or node.op in FLOAT32_OPS
-            or _calls_function(node)
+            # A functional loop or call: its functions are not retyped, so it computes in
+            # float32, its half-precision inputs cast at its edges. So do the TensorLists a
+            # loop reads (a recurrent layer's time steps): their element dtype must be the
+            # one the loop's functions read.
+            or calls_function(node)
             or node.op.startswith("TensorList")
             or not kernels.has_half(node, op_def)
         ):
@@ -172,18 +176,6 @@ def _classes(graph: graph_pb2.GraphDef, types: _Types, kernels: _Kernels) -> dic
                 classes[node.name] = found
                 changed = True
     return classes
-
-
-def _calls_function(node: Any) -> bool:
-    # A functional loop or call (While, If, PartitionedCall): its functions are not retyped,
-    # so it computes in float32, its half-precision inputs cast at its edges. So do the
-    # TensorLists a loop reads (a recurrent layer's time steps): their element dtype must
-    # be the one the loop's functions read.
-    return any(
-        attr.WhichOneof("value") == "func"
-        or (attr.WhichOneof("value") == "list" and len(attr.list.func) > 0)
-        for attr in node.attr.values()
-    )
 
 
 def _has_float32_attr(node: Any) -> bool:
