@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,24 @@ def test_variants_differing_only_in_tags_share_one_graph(tmp_path: Path) -> None
         run_v1(package, ["serve", "canary"], {"x": X})["y"],
         run_v1(package, ["serve"], {"x": X})["y"],
     )
+
+
+def test_a_build_leaves_what_lived_before_it_out_of_collections_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    make_tf_module(tmp_path)
+    variants = {"cpu": {"tags": ["serve"]}}
+    manifest = write_manifest(tmp_path, {"savedmodel": "two_layers"}, variants=variants)
+    frozen_while_building: list[int] = []
+
+    smpack.build(
+        manifest,
+        tmp_path / "out",
+        measure=False,
+        on_step=lambda step: frozen_while_building.append(gc.get_freeze_count()),
+    )
+
+    before_tensorflow, *building = frozen_while_building
+    assert before_tensorflow == 0
+    assert min(building) > 100_000  # TensorFlow's own objects, among others
+    assert gc.get_freeze_count() == 0

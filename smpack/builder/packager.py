@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -62,9 +63,30 @@ def build(
     # The builder modules are imported after this: validating a manifest must not cost a
     # TF import.
     try:
-        return _build(loaded, destination, force, as_text, measure, step, verify, remote_source)
+        with _collected_apart():
+            return _build(loaded, destination, force, as_text, measure, step, verify, remote_source)
     except _Rejected as rejected:
         return dataclasses.replace(rejected.info, published=False)
+
+
+@contextmanager
+def _collected_apart() -> Iterator[None]:
+    """Keep the objects alive before the block out of Python's full collections in it.
+
+    A full collection walks every live object, and TensorFlow's import alone leaves some
+    270,000 that a build never frees: the collections a build's graphs set off walked them
+    each time (0.5 s of a one-variant build, 1-1.4 s of eight). Frozen, they are left out;
+    unfrozen after, what they hold is collected as before. A caller's own freeze, or
+    disabled collection, is left as it is.
+    """
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _build(
