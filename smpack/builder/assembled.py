@@ -34,6 +34,7 @@ from typing import Any
 
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.client import pywrap_tf_session as c_api
 from tensorflow.python.framework import c_api_util, ops
 from tensorflow.python.tpu import tpu_replication
@@ -105,12 +106,14 @@ def _assembled(
         if shapes[node.name] is not None:
             node.attr["_output_shapes"].CopyFrom(shapes[node.name])
     defs = [variable_def for _, variable_def in template.variable_defs]
-    collections = {
-        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES: [d.SerializeToString() for d in defs],
-        tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES: [
-            d.SerializeToString() for d in defs if d.trainable
-        ],
-    }
+    collections = {}
+    for key, chosen in (
+        (tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, defs),
+        (tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES, [d for d in defs if d.trainable]),
+    ):
+        if chosen:
+            collections[key] = meta_graph_pb2.CollectionDef()
+            collections[key].bytes_list.value.extend(d.SerializeToString() for d in chosen)
     return VariantGraph(
         name=name,
         variant=variant,
@@ -122,7 +125,7 @@ def _assembled(
         assembled=AssembledGraph(
             graph_def=graph_def,
             variable_nodes=variable_nodes,
-            collections={k: v for k, v in collections.items() if v},
+            collections=collections,
             init_op_name=init_op_name,
         ),
     )

@@ -37,12 +37,12 @@ class AssembledGraph:
 
     `graph_def` is what the Python graph's `as_graph_def(add_shapes=True)` would be;
     `variable_nodes` each variable's handle and read nodes, what its Saver is built over;
-    `collections` the exported collections (name -> serialized entries).
+    `collections` the exported collections (name -> CollectionDef).
     """
 
     graph_def: Any
     variable_nodes: list[Any]
-    collections: dict[str, list[bytes]]
+    collections: dict[str, Any]
     init_op_name: str
 
 
@@ -80,10 +80,12 @@ def build_variant_graph(
     variant: Variant,
     source_assets: Mapping[str, Path] | None = None,
     train_function: str = "",
+    gradients: Callable[[tf.Tensor], list[tuple[Any, Any]]] | None = None,
 ) -> VariantGraph:
     """Build variant `name` in a fresh graph; `ctx.asset` also finds `source_assets`.
 
-    A train graph records `train_function`, what it trains.
+    A train graph records `train_function`, what it trains; `gradients`, if given, makes
+    its gradients and variables instead of `tf.gradients` (builder/assembled_training.py).
     """
     field_path = f"variants.{name}"
     graph = tf.Graph()
@@ -123,7 +125,10 @@ def build_variant_graph(
             assert variant.optimizer is not None  # guaranteed by the manifest schema
             loss = _checked_loss(spec, where)
             train_op = build_train_op(
-                loss, variant.optimizer, loss_scaling=variant.precision == "float16"
+                loss,
+                variant.optimizer,
+                loss_scaling=variant.precision == "float16",
+                gradients=gradients,
             )
             if train_function:
                 tf.compat.v1.add_to_collection(TRAIN_FUNCTION_COLLECTION, train_function)

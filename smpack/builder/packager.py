@@ -101,6 +101,7 @@ def _build(
 ) -> PackageInfo:
     remote_destination = is_url(destination)
     from smpack.builder.assembled import assembled_graph
+    from smpack.builder.assembled_training import assembled_train_graph
     from smpack.builder.assets import copy_assets
     from smpack.builder.graphs import VariantGraph, build_variant_graph, built_before
     from smpack.builder.provenance import (
@@ -134,6 +135,7 @@ def _build(
                     source.serving_import is not None
                     and assembled_graph(loaded, source.serving_import(variant), name, variant)
                 )
+                or assembled_train_graph(loaded, source, name, variant)
                 or build_variant_graph(
                     loaded, source.model_fn, name, variant, source.assets, source.train_function
                 )

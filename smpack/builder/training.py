@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -17,12 +18,16 @@ _KERAS_ADAM_EPSILON = 1e-7
 
 
 def build_train_op(
-    loss: tf.Tensor, optimizer: Optimizer, loss_scaling: bool = False
+    loss: tf.Tensor,
+    optimizer: Optimizer,
+    loss_scaling: bool = False,
+    gradients: Callable[[tf.Tensor], list[tuple[Any, Any]]] | None = None,
 ) -> tf.Operation:
     """Global step, optimizer slots and the train op, registered where TF tooling looks.
 
     `loss_scaling` (float16 compute) scales the loss dynamically, as Keras's
     LossScaleOptimizer does, so small float16 gradients do not flush to zero.
+    `gradients`, if given, makes the (gradient, variable) pairs `compute_gradients` would.
     """
     global_step = tf.compat.v1.train.get_or_create_global_step()
     v1 = tf.compat.v1.train
@@ -48,7 +53,9 @@ def build_train_op(
     graph = tf.compat.v1.get_default_graph()
     first_gradient_op = len(graph.get_operations())
     by_reference = any(not is_resource_variable(v) for v in tf.compat.v1.trainable_variables())
-    if by_reference:
+    if gradients is not None:
+        grads_and_vars = gradients(loss)
+    elif by_reference:
         grads_and_vars = opt.compute_gradients(loss)
     else:
         grads_and_vars = opt.compute_gradients(loss, gate_gradients=opt.GATE_NONE)

@@ -119,8 +119,8 @@ def exported_meta_graph(
         with tf.Graph().as_default():
             saver = _SplicedSaver(*savers.made_for(assembled.variable_nodes))
             exported = saver.export_assembled(assembled.graph_def, clear_devices)
-        for key, values in sorted(assembled.collections.items()):
-            exported.collection_def[key].bytes_list.value.extend(values)
+        for key, collection in sorted(assembled.collections.items()):
+            exported.collection_def[key].CopyFrom(collection)
         init_op_name = assembled.init_op_name
     else:
         assert variant_graph.graph is not None and variant_graph.init_op is not None
@@ -170,7 +170,7 @@ class SharedSavers:
     def for_default_graph(self) -> _SplicedSaver | None:
         """The Saver to export the default graph with; None leaves it to the builder's."""
         graph = tf.compat.v1.get_default_graph()
-        stand_ins = _variable_nodes(graph)
+        stand_ins = variable_nodes(graph)
         # Without variables the builder's Saver is empty and costs nothing.
         if not stand_ins or graph.unique_name("save", mark_as_used=False) != "save":
             return None
@@ -193,7 +193,7 @@ class SharedSavers:
         return spliced
 
 
-def _variable_nodes(graph: tf.Graph) -> list[Any] | None:
+def variable_nodes(graph: tf.Graph) -> list[Any] | None:
     """Each variable's handle and read nodes, which is all a Saver's ops refer to.
 
     None where the builder's Saver would save something else (saveable objects, reference

@@ -16,7 +16,7 @@ from smpack.errors import ModelError
 # Probabilities are clipped as Keras does, so a confident wrong answer costs a finite loss.
 _EPSILON = 1e-7
 # Ops an import puts between a function's result and the op computing it.
-_PASS_THROUGH = ("Identity", "IdentityN")
+PASS_THROUGH = ("Identity", "IdentityN")
 
 LossFn = Callable[[Mapping[str, tf.Tensor]], tuple[dict[str, tf.Tensor], tf.Tensor]]
 
@@ -59,7 +59,7 @@ def builtin_loss(name: str, where: dict[str, Any]) -> LossFn:
 def _softmax_logits(output: tf.Tensor) -> tf.Tensor | None:
     """The input of the `Softmax` op that computed `output`, if one did."""
     tensor = output
-    while tensor.op.type in _PASS_THROUGH:
+    while tensor.op.type in PASS_THROUGH:
         tensor = tensor.op.inputs[tensor.value_index if tensor.op.type == "IdentityN" else 0]
     return tensor.op.inputs[0] if tensor.op.type == "Softmax" else None
 

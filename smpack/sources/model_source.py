@@ -38,6 +38,10 @@ class ModelSource:
     train_function: str = "the model function, called with ctx.training true"
     # An imported source's computation, as the serving variant given replays it.
     serving_import: Callable[[Variant], ImportedModel] | None = None
+    # What an imported source's train variants replay, and a model function replaying
+    # another computation in its place (builder/assembled_training.py's stand-in).
+    training_import: ImportedModel | None = None
+    replaying: Callable[[ImportedModel], Callable[..., Any]] | None = None
 
 
 @contextmanager
@@ -109,14 +113,17 @@ def _imported(
         batch_where = {"file": loaded.path, "field": f"variants.{name}.batch_size"}
         replayed = training if variant.is_training and training is not None else serving
         check_fixed_batch(replayed, variant.batch_size, batch_where)
+    loss = _loss(loaded)
     return ModelSource(
-        model_function(serving, _loss(loaded), loaded, training, compiled),
+        model_function(serving, loss, loaded, training, compiled),
         checkpoint_keys={**restore_map(serving), **(restore_map(training) if training else {})},
         checkpoint=serving.checkpoint,
         assets=serving.assets,
         weights_field=where["field"],
         train_function=description,
         serving_import=lambda variant: replayed_by(variant, serving, compiled),
+        training_import=training,
+        replaying=lambda imported: model_function(serving, loss, loaded, imported, compiled),
     )
 
 

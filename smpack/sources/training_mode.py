@@ -34,7 +34,7 @@ TRAINING_TWIN = "smpack_training_twin"
 _CALLS = ("StatefulPartitionedCall", "PartitionedCall")
 # The checkpoint tensor holding the TrackableObjectGraph of an object-based checkpoint.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_STATE_UPDATES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
+STATE_UPDATES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
 _CUSTOM_GRADIENT = "_gradient_op_type"
 
 
@@ -64,7 +64,7 @@ def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) ->
 def register_state_updates(operations: Iterable[tf.Operation]) -> None:
     """Put the imported function's variable assignments in `UPDATE_OPS` for the train op."""
     for operation in operations:
-        if operation.type in _STATE_UPDATES:
+        if operation.type in STATE_UPDATES:
             tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, operation)
 
 

@@ -1,0 +1,503 @@
+"""Train graphs of an imported source, their gradients from TensorFlow's C++ registry.
+
+Built in Python, a train variant imports the source's computation op by op (a Python
+`Operation` per node) and differentiates it with TF1's `tf.gradients` (a Python gradient
+function per op): most of a train variant's cost. Here everything around the computation
+is the Python path's own (`graphs.build_variant_graph`: placeholders, variables, the loss,
+the optimizer's `apply_gradients` with its slots, the global step, the train op and its
+collections, the signatures, the init op), run on a stand-in: the computation cut down to
+what the Python path reads of it besides its outputs' values (the chain from each output
+through pass-through ops to a softmax, which the built-in losses read the logits from,
+and the state updates, which gate the step), every other tensor those read a
+`Placeholder` of the same dtype and shape, and each variable's gradient a `Placeholder`
+too. The computation is then spliced in under the same names, the gradients of the loss
+with respect to the variables' reads added by `TF_AddGradientsWithPrefix` (builder/c_graph.py)
+on a C API graph of no Python operations, and the stand-ins rewired to them. As under
+`training._wait_for_readers`, each variable's update waits, by control edges, for the
+gradient ops reading its value. One C++ import gives the graph its default attributes and
+shapes, as the other assembled graphs get them (builder/assembled.py); the Python graph
+stays the one the writer initialises and saves the variables from, since it holds the same
+variables.
+
+Not assembled (the variant is built in Python, as before): precision, device, XLA or TPU
+settings (float16 scales its loss), a source with a host part (tables), a computation that
+calls functions (a `While` loop) or colocates ops, a variable read other than by one
+`ReadVariableOp` (a gather differentiates as `IndexedSlices`), an op the C++ registry has
+no gradient for, and anything the splice cannot place by name (a tensor the Python path
+names otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.framework import meta_graph
+
+from smpack.builder.assembled import _graph_def_and_shapes, _imported, _NotAssembled
+from smpack.builder.c_graph import CGraph, ImportRefused, NoCxxGradient
+from smpack.builder.graphs import AssembledGraph, VariantGraph, build_variant_graph
+from smpack.builder.writer import variable_nodes
+from smpack.manifest import LoadedManifest, Variant
+from smpack.sources.graph_def import node_name, tensor_name
+from smpack.sources.losses import PASS_THROUGH
+from smpack.sources.model_source import ModelSource
+from smpack.sources.savedmodel import ImportedModel, batched
+from smpack.sources.training_mode import STATE_UPDATES
+
+_STAND_IN = "smpack_stand_in"
+_FED = "smpack_fed"
+_GRADIENT = "smpack_gradient"
+# The C++ gradients' scope: the Python path's too.
+# The C++ gradients' scope, inside the Python path's (`tf.gradients` names its ops
+# `gradients/<op>_grad/...`, and those of the loss's ops are made that way here).
+_GRADIENTS = "gradients/computation"
+
+
+def assembled_train_graph(
+    loaded: LoadedManifest, source: ModelSource, name: str, variant: Variant
+) -> VariantGraph | None:
+    """Train variant `name` of an imported source, assembled; None to build it in Python."""
+    training = source.training_import
+    if not variant.is_training or training is None or source.replaying is None:
+        return None
+    if training.host is not None or variant.device_settings:
+        return None
+    computation = training.graph_def
+    if computation.library.function or any("_class" in n.attr for n in computation.node):
+        return None
+    try:
+        return _assembled(loaded, source, source.replaying, training, name, variant)
+    except _NotAssembled:
+        return None
+
+
+def _assembled(
+    loaded: LoadedManifest,
+    source: ModelSource,
+    replaying: Callable[[ImportedModel], Callable[..., Any]],
+    training: ImportedModel,
+    name: str,
+    variant: Variant,
+) -> VariantGraph:
+    stand_in = _StandIn(training, variant)
+    gradients = _Gradients(stand_in)
+    scaffolding = build_variant_graph(
+        loaded,
+        replaying(
+            dataclasses.replace(training, graph_def=stand_in.graph_def, outputs=stand_in.outputs)
+        ),
+        name,
+        variant,
+        source.assets,
+        source.train_function,
+        gradients=gradients.stand_ins,
+    )
+    graph = scaffolding.graph
+    assert graph is not None and scaffolding.init_op is not None
+    with graph.as_default():
+        saved = variable_nodes(graph)
+        if saved is None:
+            raise _NotAssembled  # saved by something else than each variable's read
+        collections = {}
+        for key in sorted(graph.get_all_collection_keys()):
+            exported = meta_graph_pb2.MetaGraphDef()
+            meta_graph.add_collection_def(exported, key, graph=graph)
+            if key in exported.collection_def:
+                collections[key] = exported.collection_def[key]
+    spliced = gradients.spliced(graph.as_graph_def())
+    final = tf.Graph()
+    _imported(final, spliced)
+    graph_def, shapes = _graph_def_and_shapes(final)
+    for node in graph_def.node:
+        if shapes[node.name] is not None:
+            node.attr["_output_shapes"].CopyFrom(shapes[node.name])
+    nodes = {node.name: node for node in graph_def.node}
+    copies = []
+    for node in saved:
+        copy = type(node)()
+        copy.CopyFrom(nodes[node.name])
+        copies.append(copy)
+    return dataclasses.replace(
+        scaffolding,
+        assembled=AssembledGraph(
+            graph_def=graph_def,
+            variable_nodes=copies,
+            collections=collections,
+            init_op_name=scaffolding.init_op.name,
+        ),
+    )
+
+
+class _StandIn:
+    """The source's computation cut down to what the Python path reads of it.
+
+    Kept: each output's chain through pass-through ops (and the softmax it may end in)
+    and the state updates; every other tensor those read is a `Placeholder` named
+    `smpack_stand_in_N`, of the dtype and shape the real computation gives it. An
+    `IdentityN`, `smpack_fed`, reads every input and variable handle the computation is
+    fed, so the Python import maps them all and says what it mapped them to.
+    """
+
+    def __init__(self, training: ImportedModel, variant: Variant) -> None:
+        computation = training.graph_def
+        nodes = {node.name: node for node in computation.node}
+        if _STAND_IN in nodes or _FED in nodes or any(n.startswith(f"{_STAND_IN}_") for n in nodes):
+            raise _NotAssembled
+        self.computation = computation
+        self.fed = list(training.device_inputs) + sorted(training.handles)
+        kept: list[str] = []
+        frontier: list[str] = []
+
+        def stood_in(tensor: str) -> None:
+            if tensor not in frontier:
+                frontier.append(tensor)
+
+        ends = []
+        for output in training.outputs:
+            tensor = tensor_name(output.tensor)
+            if node_name(tensor) not in nodes:
+                raise _NotAssembled  # an input returned as it is
+            while node_name(tensor) in nodes:
+                node = nodes[node_name(tensor)]
+                if node.op in PASS_THROUGH:
+                    kept.append(node.name)
+                    index = int(tensor.partition(":")[2]) if node.op == "IdentityN" else 0
+                    tensor = tensor_name(node.input[index])
+                    continue
+                if node.op == "Softmax":
+                    kept.append(node.name)
+                    tensor = ""
+                break
+            ends.append(tensor)
+        kept += [node.name for node in computation.node if node.op in STATE_UPDATES]
+        self.kept = set(kept)
+        fed = set(self.fed)
+        for output, end in zip(training.outputs, ends, strict=True):
+            if end and end == tensor_name(output.tensor):
+                stood_in(end)
+        for name in dict.fromkeys(kept):
+            for tensor in nodes[name].input:
+                tensor = tensor_name(tensor)
+                if tensor.startswith("^") or node_name(tensor) in self.kept or tensor in fed:
+                    continue
+                stood_in(tensor)
+        self.frontier = {tensor: f"{_STAND_IN}_{i}" for i, tensor in enumerate(frontier)}
+        # What the Python path imports and returns: a stand-in for an output it reads.
+        self.outputs = [
+            dataclasses.replace(t, tensor=f"{self.frontier[tensor_name(t.tensor)]}:0")
+            if tensor_name(t.tensor) in self.frontier
+            else t
+            for t in training.outputs
+        ]
+
+        forward = graph_pb2.GraphDef()
+        forward.versions.CopyFrom(computation.versions)
+        for source_input in training.inputs:
+            placeholder = forward.node.add(name=source_input.key, op="Placeholder")
+            placeholder.attr["dtype"].type = tf.as_dtype(source_input.dtype).as_datatype_enum
+            shape = tf.TensorShape(batched(source_input.shape, variant.batch_size))
+            placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
+        forward.node.extend(training.variables_template().graph_def.node)
+        mapping = {t.tensor: t.key for t in training.inputs}
+        mapping.update(training.handles)
+        self.fed_dtypes = []
+        try:
+            with CGraph(_with_computation(forward, computation, "", mapping)) as real:
+                stand_ins = []
+                for tensor, name in self.frontier.items():
+                    placeholder = node_def_pb2.NodeDef(name=name, op="Placeholder")
+                    placeholder.attr["dtype"].type = real.dtype(tensor).as_datatype_enum
+                    placeholder.attr["shape"].shape.CopyFrom(real.shape(tensor).as_proto())
+                    stand_ins.append(placeholder)
+                self.fed_dtypes = [real.dtype(mapping[t]).as_datatype_enum for t in self.fed]
+        except ImportRefused as e:
+            raise _NotAssembled from e  # the Python path reports it as it always did
+
+        self.graph_def = graph_pb2.GraphDef()
+        self.graph_def.versions.CopyFrom(computation.versions)
+        self.graph_def.node.extend(stand_ins)
+        for node in computation.node:
+            if node.name in self.kept:
+                copy = self.graph_def.node.add()
+                copy.CopyFrom(node)
+                copy.input[:] = [
+                    self.frontier.get(tensor_name(i), i)
+                    for i in node.input
+                    if not i.startswith("^")
+                ]
+        uses = self.graph_def.node.add(name=_FED, op="IdentityN", input=self.fed)
+        uses.attr["T"].list.type.extend(self.fed_dtypes)
+
+    def stood_in(self, scope: str) -> set[str]:
+        """The nodes the Python import of the stand-in made, under `scope`."""
+        return {f"{scope}/{node.name}" for node in self.graph_def.node}
+
+
+class _Gradients:
+    """The stand-in gradients the Python path's optimizer applies, and the splice that
+    replaces them, with the stand-in computation, by the real ones."""
+
+    def __init__(self, stand_in: _StandIn) -> None:
+        self._stand_in = stand_in
+        self._scope = ""
+        self._fed: dict[str, str] = {}
+        self._gradient_nodes: list[Any] = []
+        self._real_gradients: dict[str, str] = {}  # stand-in gradient -> real tensor
+        self._readers: dict[str, list[str]] = {}  # stand-in gradient -> ops to wait for
+
+    def stand_ins(self, loss: tf.Tensor) -> list[tuple[Any, Any]]:
+        """What `opt.compute_gradients(loss)` gives, a `Placeholder` for each gradient."""
+        graph = loss.graph
+        fed_ops = [op for op in graph.get_operations() if op.name.endswith(f"/{_FED}")]
+        if len(fed_ops) != 1:
+            raise _NotAssembled
+        self._scope = fed_ops[0].name[: -len(f"/{_FED}")]
+        self._fed = {
+            key: tensor.name
+            for key, tensor in zip(self._stand_in.fed, fed_ops[0].inputs, strict=True)
+        }
+        variables = tf.compat.v1.trainable_variables() + tf.compat.v1.get_collection(
+            tf.compat.v1.GraphKeys.TRAINABLE_RESOURCE_VARIABLES
+        )
+        # The loss is the Python path's own, and so is its gradient with respect to what
+        # it reads of the computation (the stand-ins): a few ops, which TF's C++ registry
+        # may not cover (a sparse cross-entropy). C++ carries it on from there.
+        stood_in = [
+            graph.get_tensor_by_name(f"{self._scope}/{name}:0")
+            for name in self._stand_in.frontier.values()
+        ]
+        read_by_loss = [
+            (f"{self._scope}/{tensor}", gradient.name)
+            for tensor, gradient in zip(
+                self._stand_in.frontier,
+                tf.compat.v1.gradients(loss, stood_in) if stood_in else [],
+                strict=True,
+            )
+            if isinstance(gradient, tf.Tensor)
+        ]
+        forward = self._spliced(graph.as_graph_def(), {})
+        nodes = {node.name: node for node in forward.node}
+        if any(n.startswith(f"{_GRADIENTS}/") or n == _GRADIENTS for n in nodes):
+            raise _NotAssembled
+        consumers = _consumers(forward)
+        reads: list[str | None] = []
+        for variable in variables:
+            handle = variable.handle.op.name
+            # Through the Identity ops an inlined function passes its inputs on with.
+            in_model = [
+                op
+                for op in _through_identities(f"{handle}:0", consumers, nodes, consumers)
+                if op.startswith(f"{self._scope}/")
+            ]
+            found = [op for op in in_model if nodes[op].op == "ReadVariableOp"]
+            if len(found) > 1 or any(
+                nodes[op].op not in ("ReadVariableOp", *STATE_UPDATES) for op in in_model
+            ):
+                raise _NotAssembled  # summed, or differentiated otherwise, by the Python path
+            reads.append(f"{found[0]}:0" if found else None)
+        reachable = _ancestors(nodes, [node_name(y) for y, _ in read_by_loss])
+        xs = [r for r in reads if r is not None and node_name(r) in reachable]
+        try:
+            differentiable, identity_ns = _without_identity_n(forward)
+            with CGraph(differentiable) as differentiated:
+                dys = (
+                    differentiated.add_gradients(_GRADIENTS, read_by_loss, xs)
+                    if xs and read_by_loss
+                    else []
+                )
+                with_gradients = differentiated.graph_def()
+        except (ImportRefused, NoCxxGradient) as e:
+            raise _NotAssembled from e
+        gradient_of = dict(zip(xs, dys, strict=True))
+        self._gradient_nodes = []
+        for node in with_gradients.node:
+            if node.name.startswith(f"{_GRADIENTS}/"):
+                node.input[:] = [_renamed(name, identity_ns) for name in node.input]
+                self._gradient_nodes.append(node)
+        gradient_consumers = _consumers(with_gradients, only=f"{_GRADIENTS}/")
+        grads_and_vars = []
+        for variable, read in zip(variables, reads, strict=True):
+            real = gradient_of.get(read) if read is not None else None
+            if read is None or real is None:
+                grads_and_vars.append((None, variable))
+                continue
+            stand_in = tf.compat.v1.placeholder(
+                variable.dtype.base_dtype, variable.shape, name=_GRADIENT
+            )
+            self._real_gradients[stand_in.op.name] = real
+            readers = _through_identities(read, gradient_consumers, nodes, consumers)
+            self._readers[stand_in.op.name] = sorted(set(readers) - {node_name(real)})
+            grads_and_vars.append((stand_in, variable))
+        return grads_and_vars
+
+    def spliced(self, scaffolding: Any) -> Any:
+        """The finished scaffolding's GraphDef with the real computation and gradients."""
+        if any(node.name.startswith(f"{_GRADIENTS}/") for node in scaffolding.node):
+            raise _NotAssembled  # named after the gradients were made
+        graph_def = self._spliced(scaffolding, self._real_gradients)
+        graph_def.node.extend(self._gradient_nodes)
+        return graph_def
+
+    def _spliced(self, scaffolding: Any, gradients: dict[str, str]) -> Any:
+        stand_in = self._stand_in
+        scope = self._scope
+        stood_in = stand_in.stood_in(scope)
+        renamed = {
+            f"{scope}/{name}": f"{scope}/{tensor}" for tensor, name in stand_in.frontier.items()
+        }
+        renamed.update(gradients)
+        spliced = graph_pb2.GraphDef()
+        spliced.versions.CopyFrom(scaffolding.versions)
+        spliced.library.CopyFrom(scaffolding.library)
+        computation_added = False
+        for node in scaffolding.node:
+            if node.name in gradients:
+                continue
+            if node.name in stood_in:
+                if not computation_added:
+                    computation = _with_computation(
+                        graph_pb2.GraphDef(), stand_in.computation, scope, self._fed
+                    )
+                    spliced.node.extend(computation.node)
+                    computation_added = True
+                continue
+            copy = spliced.node.add()
+            copy.CopyFrom(node)
+            inputs = [_renamed(i, renamed) for i in node.input]
+            for name in node.input:
+                inputs += [f"^{r}" for r in self._readers.get(node_name(name), [])]
+            copy.input[:] = inputs
+        if not computation_added:
+            raise _NotAssembled
+        return spliced
+
+
+def _with_computation(head: Any, computation: Any, scope: str, fed: dict[str, str]) -> Any:
+    """`head` and `computation`'s nodes under `scope` (none: ""), reading `fed`'s tensors
+    where the computation reads the keys."""
+    prefix = f"{scope}/" if scope else ""
+    graph_def = graph_pb2.GraphDef()
+    graph_def.CopyFrom(head)
+    for node in computation.node:
+        added = graph_def.node.add()
+        added.CopyFrom(node)
+        added.name = prefix + node.name
+        inputs = []
+        for name in node.input:
+            if name.startswith("^"):
+                inputs.append("^" + prefix + name[1:])
+            else:
+                inputs.append(fed.get(tensor_name(name)) or prefix + name)
+        added.input[:] = inputs
+    return graph_def
+
+
+def _without_identity_n(graph_def: Any) -> tuple[Any, dict[str, str]]:
+    """`graph_def` with each `IdentityN` (inlined functions' results), which TF's C++
+    registry has no gradient for, made one `Identity` per output, whose gradient passes
+    the same value on; and each such `Identity` -> the output it stands for."""
+    identities: dict[str, str] = {}
+    made: dict[str, list[str]] = {}
+    result = graph_pb2.GraphDef()
+    result.versions.CopyFrom(graph_def.versions)
+    result.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.op != "IdentityN":
+            result.node.add().CopyFrom(node)
+            continue
+        data = [name for name in node.input if not name.startswith("^")]
+        control = [name for name in node.input if name.startswith("^")]
+        made[node.name] = []
+        for index, (name, dtype) in enumerate(zip(data, node.attr["T"].list.type, strict=True)):
+            identity = result.node.add(
+                name=f"{node.name}/smpack_identity_{index}",
+                op="Identity",
+                input=[name, *control],
+                device=node.device,
+            )
+            identity.attr["T"].type = dtype
+            identities[identity.name] = f"{node.name}:{index}"
+            made[node.name].append(identity.name)
+    if not made:
+        return graph_def, identities
+    for node in result.node:
+        inputs = []
+        for name in node.input:
+            source = node_name(name)
+            if source not in made:
+                inputs.append(name)
+            elif name.startswith("^"):
+                inputs += [f"^{identity}" for identity in made[source]]
+            else:
+                inputs.append(made[source][int(tensor_name(name).partition(":")[2])])
+        node.input[:] = inputs
+    return result, identities
+
+
+def _renamed(name: str, renamed: dict[str, str]) -> str:
+    """Input `name` reading what `renamed` maps its node to (stand-ins have one output)."""
+    node = node_name(name)
+    if node not in renamed:
+        return name
+    target = renamed[node]
+    if name.startswith("^"):
+        return f"^{node_name(target)}"
+    if tensor_name(name) != f"{node}:0":
+        raise _NotAssembled
+    return target[: -len(":0")] if target.endswith(":0") else target
+
+
+def _consumers(graph_def: Any, only: str = "") -> dict[str, list[str]]:
+    """Tensor -> the nodes (named starting with `only`) reading it as data."""
+    consumers: dict[str, list[str]] = {}
+    for node in graph_def.node:
+        if not node.name.startswith(only):
+            continue
+        for name in node.input:
+            if not name.startswith("^"):
+                consumers.setdefault(tensor_name(name), []).append(node.name)
+    return consumers
+
+
+def _ancestors(nodes: dict[str, Any], names: list[str]) -> set[str]:
+    """The nodes `names` depend on through data edges, themselves included."""
+    seen = set(names)
+    pending = list(names)
+    while pending:
+        for tensor in nodes[pending.pop()].input:
+            if tensor.startswith("^"):
+                continue
+            node = node_name(tensor)
+            if node not in seen and node in nodes:
+                seen.add(node)
+                pending.append(node)
+    return seen
+
+
+def _through_identities(
+    tensor: str,
+    readers: dict[str, list[str]],
+    forward: dict[str, Any],
+    forward_readers: dict[str, list[str]],
+) -> list[str]:
+    """The `readers` of `tensor` but Identity ops, directly or through the forward's
+    `Identity` ops, which pass the same handle or value on."""
+    found, pending = [], [tensor]
+    while pending:
+        current = pending.pop()
+        found += [
+            name
+            for name in readers.get(current, [])
+            if name not in forward or forward[name].op != "Identity"
+        ]
+        pending += [
+            f"{name}:0"
+            for name in forward_readers.get(current, [])
+            if forward[name].op == "Identity"
+        ]
+    return found
