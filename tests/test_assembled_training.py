@@ -18,10 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_helpers import make_looping_module, make_table_module, make_tf_module, write_manifest
+from conftest import file_digests
+from tf_helpers import make_looping_module, make_tf_module, meta_graph, write_manifest
 
 from smpack.api import build
 from smpack.builder import assembled_training
+from smpack.manifest import load_manifest
+from smpack.sources.model_source import open_source
 
 OPTIMIZERS = {
     "sgd": {"name": "sgd", "learning_rate": 0.1},
@@ -91,6 +94,44 @@ def train_steps(package: Path, feeds: dict[str, np.ndarray]) -> list[Any]:
     return [losses[0], losses[2], values]
 
 
+def updates_wait_for_the_gradients_reading_their_variable(package: Path) -> int:
+    """How many updates wait for gradient ops reading their variable (`dy @ W^T`), after
+    checking that every update waits for all of those (`training._wait_for_readers`)."""
+    nodes = {node.name: node for node in meta_graph(package, ["train"]).graph_def.node}
+    readers: dict[str, set[str]] = {}
+    for node in nodes.values():
+        for name in node.input:
+            source = nodes.get(name.partition(":")[0])
+            if source is not None and source.op in ("VarHandleOp", "Identity", "ReadVariableOp"):
+                readers.setdefault(source.name, set()).add(node.name)
+
+    def read_by_gradients(variable: str) -> set[str]:
+        found, pending = set(), [variable]
+        while pending:
+            for reader in readers.get(pending.pop(), ()):
+                if nodes[reader].op in ("Identity", "ReadVariableOp"):
+                    pending.append(reader)
+                elif reader.startswith("gradients/"):
+                    found.add(reader)
+        return found
+
+    waiting = 0
+    for node in nodes.values():
+        if not node.op.startswith("ResourceApply"):
+            continue
+        before, pending = set(), [node.name]
+        while pending:
+            for name in nodes[pending.pop()].input:
+                parent = name.lstrip("^").partition(":")[0]
+                if parent not in before:
+                    before.add(parent)
+                    pending.append(parent)
+        gradient_readers = read_by_gradients(node.input[0])
+        assert gradient_readers <= before, node.name
+        waiting += bool(gradient_readers)
+    return waiting
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     dense, cnn = tmp_path_factory.mktemp("dense"), tmp_path_factory.mktemp("cnn")
@@ -122,6 +163,10 @@ def test_assembled_train_graphs_train_as_the_python_paths(
         ours, assembled = built(folder, source, out / "ours", optimizer, monkeypatch, True)
         theirs, _ = built(folder, source, out / "theirs", optimizer, monkeypatch, False)
         assert assembled == ["train"]
+        if optimizer == "adam":
+            again, _ = built(folder, source, out / "again", optimizer, monkeypatch, True)
+            assert file_digests(again) == file_digests(ours)  # reproducible
+        assert updates_wait_for_the_gradients_reading_their_variable(ours)
         first, third, values = train_steps(ours, feeds)
         python_first, python_third, python_values = train_steps(theirs, feeds)
         np.testing.assert_allclose(first, python_first, rtol=RTOL)
@@ -130,3 +175,82 @@ def test_assembled_train_graphs_train_as_the_python_paths(
         assert values.keys() == python_values.keys()
         for variable, value in values.items():
             np.testing.assert_allclose(value, python_values[variable], rtol=RTOL, atol=1e-7)
+
+
+def module_reading(folder: Path, name: str, body: Any) -> Path:
+    """A TF2 model computing `body(x, w)` from its input and one variable."""
+
+    class Reading(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(tf.fill([3, 2], 0.5), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": body(x, self.w)}
+
+    module = Reading()
+    path = folder / name
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+def left_to_python(folder: Path, source: dict[str, Any], **train: Any) -> bool:
+    """Whether the train variant of `source` is left to the Python path."""
+    optimizer = {"name": "sgd", "learning_rate": 0.1}
+    variants = {"train": {"tags": ["train"], "optimizer": optimizer, **train}}
+    loaded = load_manifest(write_manifest(folder, source, variants=variants))
+    with open_source(loaded) as opened:
+        return ASSEMBLE(loaded, opened, "train", loaded.spec.variants["train"]) is None
+
+
+def test_a_source_like_the_dense_one_is_assembled(tmp_path: Path) -> None:
+    """The fallback cases below differ from this one by their reason only."""
+    module_reading(tmp_path, "plain", lambda x, w: tf.matmul(x, w))
+    assert not left_to_python(tmp_path, {"savedmodel": "plain", "loss": "mse"})
+
+
+@pytest.mark.parametrize(
+    ("reason", "body"),
+    [
+        # TF's C++ registry has no gradient for Cumprod (TF_AddGradients says so).
+        ("no C++ gradient", lambda x, w: tf.math.cumprod(tf.matmul(x, w), axis=1)),
+        # Each read's gradient would have to be summed, as tf.gradients does for the handle.
+        ("a variable read twice", lambda x, w: tf.matmul(x, w) + tf.reduce_sum(w)),
+        # A gather differentiates as IndexedSlices of the handle, not through a read.
+        ("a gather", lambda x, w: tf.gather(w, tf.cast(x[:, :2] > 0, tf.int32))[:, :, 0]),
+    ],
+)
+def test_what_the_cxx_registry_or_the_splice_cannot_make_is_left_to_python(
+    reason: str, body: Any, tmp_path: Path
+) -> None:
+    module_reading(tmp_path, "model", body)
+    assert left_to_python(tmp_path, {"savedmodel": "model", "loss": "mse"}), reason
+
+
+def test_a_computation_calling_functions_is_left_to_python(tmp_path: Path) -> None:
+    """The train graph keeps a while loop a `While` op calling its body function."""
+    make_looping_module(tmp_path)
+    assert left_to_python(tmp_path, {"savedmodel": "looping", "loss": "mse"})
+
+
+def test_a_host_part_or_a_precision_is_left_to_python(tmp_path: Path) -> None:
+    class Vocabulary(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            init = tf.lookup.KeyValueTensorInitializer(["a", "b"], [0, 1], tf.string, tf.int64)
+            self.table = tf.lookup.StaticHashTable(init, 2)
+            self.w = tf.Variable(tf.fill([3, 2], 0.5), name="w")
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def predict(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.matmul(tf.one_hot(self.table.lookup(words), 3), self.w)}
+
+    module = Vocabulary()
+    signatures = {"serving_default": module.predict}
+    tf.saved_model.save(module, str(tmp_path / "vocabulary"), signatures=signatures)
+    assert left_to_python(tmp_path, {"savedmodel": "vocabulary", "loss": "mse"})
+    module_reading(tmp_path, "plain", lambda x, w: tf.matmul(x, w))
+    # float16 scales its loss: a cond around the update.
+    source = {"savedmodel": "plain", "loss": "mse"}
+    assert left_to_python(tmp_path, source, precision="float16")

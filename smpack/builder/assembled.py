@@ -20,8 +20,8 @@ run on a stand-in computation of one constant per output, and the computation's 
 what `TPUReplicateContext.AddOp` gives an imported op (the cluster's mark, a control input
 on the metadata op).
 
-Not assembled (the variant is built in Python, as before): train variants (TF1 gradients
-work on Python graphs), sources with a host part (tables), a computation that calls
+Not assembled (the variant is built in Python, as before): train variants (see
+builder/assembled_training.py), sources with a host part (tables), a computation that calls
 functions (a loop kept for XLA or a TPU), ops the TPU rewrite logs or refuses, and anything
 whose names the Python graph would make unique differently.
 """
