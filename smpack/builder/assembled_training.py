@@ -22,7 +22,9 @@ variables.
 Not assembled (the variant is built in Python, as before): precision, device, XLA or TPU
 settings (float16 scales its loss), a source with a host part (tables), a computation that
 calls functions (a `While` loop) or colocates ops, a variable read other than by one
-`ReadVariableOp` (a gather differentiates as `IndexedSlices`), an op the C++ registry has
+`ReadVariableOp` (a gather of the handle differentiates as `IndexedSlices`), a gathered
+read under momentum (TF1's momentum updates only the rows an `IndexedSlices` gradient
+holds; SGD and Adam update sparse and dense gradients alike), an op the C++ registry has
 no gradient for, and anything the splice cannot place by name (a tensor the Python path
 names otherwise).
 """
@@ -52,6 +54,7 @@ from smpack.sources.training_mode import STATE_UPDATES
 _STAND_IN = "smpack_stand_in"
 _FED = "smpack_fed"
 _GRADIENT = "smpack_gradient"
+_GATHERS = ("Gather", "GatherV2")
 # The C++ gradients' scope: the Python path's too.
 # The C++ gradients' scope, inside the Python path's (`tf.gradients` names its ops
 # `gradients/<op>_grad/...`, and those of the loss's ops are made that way here).
@@ -85,7 +88,8 @@ def _assembled(
     variant: Variant,
 ) -> VariantGraph:
     stand_in = _StandIn(training, variant)
-    gradients = _Gradients(stand_in)
+    assert variant.optimizer is not None  # a train variant's, by the manifest schema
+    gradients = _Gradients(stand_in, variant.optimizer.name)
     scaffolding = build_variant_graph(
         loaded,
         replaying(
@@ -242,8 +246,9 @@ class _Gradients:
     """The stand-in gradients the Python path's optimizer applies, and the splice that
     replaces them, with the stand-in computation, by the real ones."""
 
-    def __init__(self, stand_in: _StandIn) -> None:
+    def __init__(self, stand_in: _StandIn, optimizer: str) -> None:
         self._stand_in = stand_in
+        self._optimizer = optimizer
         self._scope = ""
         self._fed: dict[str, str] = {}
         self._gradient_nodes: list[Any] = []
@@ -299,6 +304,12 @@ class _Gradients:
                 nodes[op].op not in ("ReadVariableOp", *STATE_UPDATES) for op in in_model
             ):
                 raise _NotAssembled  # summed, or differentiated otherwise, by the Python path
+            if found and self._optimizer == "momentum":
+                read_by = _through_identities(f"{found[0]}:0", consumers, nodes, consumers)
+                if any(nodes[op].op in _GATHERS for op in read_by):
+                    # tf.gradients makes a gathered read's gradient IndexedSlices, which
+                    # momentum applies to the gathered rows only; C++'s is dense.
+                    raise _NotAssembled
             reads.append(f"{found[0]}:0" if found else None)
         reachable = _ancestors(nodes, [node_name(y) for y, _ in read_by_loss])
         xs = [r for r in reads if r is not None and node_name(r) in reachable]
