@@ -9,10 +9,12 @@ collections, the signatures, the init op), run on a stand-in: the computation cu
 what the Python path reads of it besides its outputs' values (the chain from each output
 through pass-through ops to a softmax, which the built-in losses read the logits from,
 and the state updates, which gate the step), every other tensor those read a
-`Placeholder` of the same dtype and shape, and each variable's gradient a `Placeholder`
-too. The computation is then spliced in under the same names, the gradients of the loss
-with respect to the variables' reads added by `TF_AddGradientsWithPrefix` (builder/c_graph.py)
-on a C API graph of no Python operations, and the stand-ins rewired to them. As under
+`Placeholder` of the same dtype and shape, and each variable's gradient its own read (a
+tensor of that dtype and shape the graph has already). The computation is then spliced in
+under the same names, the gradients of the loss with respect to the variables' reads added
+by `TF_AddGradientsWithPrefix` (builder/c_graph.py) on a C API graph of no Python
+operations, starting from the loss's own gradient with respect to the stand-ins (Python's
+`tf.gradients` on the loss's few ops), and the stand-ins rewired to them. As under
 `training._wait_for_readers`, each variable's update waits, by control edges, for the
 gradient ops reading its value. One C++ import gives the graph its default attributes and
 shapes, as the other assembled graphs get them (builder/assembled.py); the Python graph
@@ -53,7 +55,6 @@ from smpack.sources.training_mode import STATE_UPDATES
 
 _STAND_IN = "smpack_stand_in"
 _FED = "smpack_fed"
-_GRADIENT = "smpack_gradient"
 _GATHERS = ("Gather", "GatherV2")
 # The C++ gradients' scope: the Python path's too.
 # The C++ gradients' scope, inside the Python path's (`tf.gradients` names its ops
@@ -254,9 +255,11 @@ class _Gradients:
         self._gradient_nodes: list[Any] = []
         self._real_gradients: dict[str, str] = {}  # stand-in gradient -> real tensor
         self._readers: dict[str, list[str]] = {}  # stand-in gradient -> ops to wait for
+        self._made_before: set[str] = set()  # the scaffolding's ops before the optimizer's
 
     def stand_ins(self, loss: tf.Tensor) -> list[tuple[Any, Any]]:
-        """What `opt.compute_gradients(loss)` gives, a `Placeholder` for each gradient."""
+        """What `opt.compute_gradients(loss)` gives, each gradient stood in for by its
+        variable's read."""
         graph = loss.graph
         fed_ops = [op for op in graph.get_operations() if op.name.endswith(f"/{_FED}")]
         if len(fed_ops) != 1:
@@ -331,15 +334,18 @@ class _Gradients:
                 node.input[:] = [_renamed(name, identity_ns) for name in node.input]
                 self._gradient_nodes.append(node)
         gradient_consumers = _consumers(with_gradients, only=f"{_GRADIENTS}/")
+        self._made_before = {op.name for op in graph.get_operations()}
         grads_and_vars = []
         for variable, read in zip(variables, reads, strict=True):
             real = gradient_of.get(read) if read is not None else None
             if read is None or real is None:
                 grads_and_vars.append((None, variable))
                 continue
-            stand_in = tf.compat.v1.placeholder(
-                variable.dtype.base_dtype, variable.shape, name=_GRADIENT
-            )
+            # The variable's own read (made already, like every op the optimizer reads
+            # it through) stands in for its gradient in the ops made from here on.
+            stand_in = variable._graph_element  # noqa: SLF001
+            if stand_in.op.type != "ReadVariableOp" or stand_in.value_index:
+                raise _NotAssembled
             self._real_gradients[stand_in.op.name] = real
             readers = _through_identities(read, gradient_consumers, nodes, consumers)
             self._readers[stand_in.op.name] = sorted(set(readers) - {node_name(real)})
@@ -361,14 +367,11 @@ class _Gradients:
         renamed = {
             f"{scope}/{name}": f"{scope}/{tensor}" for tensor, name in stand_in.frontier.items()
         }
-        renamed.update(gradients)
         spliced = graph_pb2.GraphDef()
         spliced.versions.CopyFrom(scaffolding.versions)
         spliced.library.CopyFrom(scaffolding.library)
         computation_added = False
         for node in scaffolding.node:
-            if node.name in gradients:
-                continue
             if node.name in stood_in:
                 if not computation_added:
                     computation = _with_computation(
@@ -380,8 +383,11 @@ class _Gradients:
             copy = spliced.node.add()
             copy.CopyFrom(node)
             inputs = [_renamed(i, renamed) for i in node.input]
-            for name in node.input:
-                inputs += [f"^{r}" for r in self._readers.get(node_name(name), [])]
+            if gradients and node.name not in self._made_before:
+                # The optimizer's ops read the real gradients, and each update waits for
+                # the gradient ops reading its variable.
+                waits = [f"^{r}" for i in node.input for r in self._readers.get(node_name(i), [])]
+                inputs = [_renamed(i, gradients) for i in inputs] + waits
             copy.input[:] = inputs
         if not computation_added:
             raise _NotAssembled
