@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import file_digests
+from conftest import file_digests, run_c
 from tf_helpers import make_looping_module, make_tf_module, meta_graph, write_manifest
 
 from smpack.api import build
@@ -281,3 +281,22 @@ def test_a_host_part_or_a_precision_is_left_to_python(tmp_path: Path) -> None:
     # float16 scales its loss: a cond around the update.
     source = {"savedmodel": "plain", "loss": "mse"}
     assert left_to_python(tmp_path, source, precision="float16")
+
+
+def test_an_assembled_train_graph_loads_in_tensorflows_other_loaders(
+    sources: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c_loader: Path
+) -> None:
+    """The C API (TF Serving's loader) and `tf.saved_model.load`, beside the TF1 loader
+    the test above trains through."""
+    folder, source, feeds = sources["cnn"]
+    package, assembled = built(folder, source, tmp_path, "adam", monkeypatch, True)
+    assert assembled == ["train"]
+    result = run_c(c_loader, package, "train")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["loaded"]
+    loaded = tf.saved_model.load(str(package), tags=["train"])
+    step = loaded.signatures["train"]
+    first = step(**{k: tf.constant(v) for k, v in feeds.items()})["loss"].numpy()
+    second = step(**{k: tf.constant(v) for k, v in feeds.items()})["loss"].numpy()
+    assert np.isfinite(first)
+    assert second != first  # a step was taken
