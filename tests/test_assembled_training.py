@@ -5,9 +5,9 @@ computation, the computation spliced in and differentiated by `TF_AddGradientsWi
 (builder/assembled_training.py). It must train as the Python path's graph does (TF1's
 `tf.gradients`): after one and after three steps of the train signature, the loss and every
 variable (weights, optimizer slots, batch-norm statistics, the global step) equal within
-float32 round-off. The two differentiate some ops by other formulas (the C++ Conv2D and
-FusedBatchNorm gradients sum in another order); measured worst relative difference over
-the cases here: 2e-7 dense, 1e-6 the CNN.
+float32 round-off (rtol 1e-5): the C++ and Python gradient functions of an op are separate
+code, which may sum in another order. A gradient that is zero but for round-off (a bias
+before a batch normalisation) is not comparable: Adam scales it up to full steps.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def test_assembled_train_graphs_train_as_the_python_paths(
         theirs, _ = built(folder, source, out / "theirs", optimizer, monkeypatch, False)
         # A gathered read under momentum is left to Python (see below).
         assert assembled == ([] if (kind, optimizer) == ("embedded", "momentum") else ["train"])
-        if optimizer == "adam":
+        if (kind, optimizer) == ("dense", "adam"):
             again, _ = built(folder, source, out / "again", optimizer, monkeypatch, True)
             assert file_digests(again) == file_digests(ours)  # reproducible
         # A gather's gradient reads only the variable's shape: nothing to wait for.
