@@ -26,6 +26,9 @@ from smpack.builder import assembled_training
 from smpack.manifest import load_manifest
 from smpack.sources.model_source import open_source
 
+# Real Keras CNN, embedding and C-loader builds: tens of seconds, out of `make quick`.
+pytestmark = pytest.mark.slow
+
 OPTIMIZERS = {
     "sgd": {"name": "sgd", "learning_rate": 0.1},
     "momentum": {"name": "momentum", "learning_rate": 0.1, "momentum": 0.9},
