@@ -13,7 +13,15 @@ import tensorflow as tf
 from conftest import check_golden, invoke, json_result, tree_state
 from tensorflow.core.protobuf import saved_model_pb2
 
-from smpack.checks.verify import Check, VerifyReport, _check_graph, _Requests, verify_package
+from smpack.checks.verify import (
+    _MEMORY_BUDGET,
+    Check,
+    VerifyReport,
+    _check_graph,
+    _memory_needed,
+    _Requests,
+    verify_package,
+)
 from smpack.io.tf_quietly import schedule_xla_cpu_for_memory
 from smpack.package.info import PackageInfo
 
@@ -519,3 +527,15 @@ def test_the_xla_schedule_keeps_the_users_flags(
     monkeypatch.setenv("XLA_FLAGS", before)
     schedule_xla_cpu_for_memory()
     assert os.environ["XLA_FLAGS"] == after
+
+
+def test_small_graphs_are_checked_two_at_once_and_a_gibibyte_of_weights_one_at_a_time(
+    linear_package: PackageInfo,
+) -> None:
+    """Two graph processes at once only while both fit the budget: never from 1 GiB of
+    weights up, where verify's memory must stay within 2.25x the weights."""
+    graphs = linear_package.graphs
+    small = sorted(_memory_needed(g, linear_package.variables_bytes) for g in graphs)
+    assert small[-1] + small[-2] <= _MEMORY_BUDGET
+    large = sorted(_memory_needed(g, 1 << 30) for g in graphs)
+    assert large[0] + large[1] > _MEMORY_BUDGET

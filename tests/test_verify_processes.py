@@ -10,12 +10,20 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import invoke, json_result
 
-from smpack.checks.graph_process import GraphProcessBug, GraphProcessDied, run_in_own_process
+from smpack.checks.graph_process import (
+    GraphProcessBug,
+    GraphProcessDied,
+    Job,
+    run_each_in_own_process,
+    run_in_own_process,
+)
 from smpack.errors import PackageError
 from smpack.package.info import PackageInfo
 from smpack.package.protos import read_saved_model
@@ -85,6 +93,36 @@ def test_a_graph_process_that_dies_or_raises_is_reported() -> None:
     assert str(user_error.value) == "p: f: gone"
 
 
+# When it starts and ends (CLOCK_MONOTONIC, one clock for every process), sleeping between.
+NOW = "__import__('time').monotonic()"
+WINDOW = f"({NOW}, __import__('time').sleep(0.3), {NOW})"
+
+
+def test_processes_run_two_at_once_only_while_their_memory_fits_the_budget() -> None:
+    jobs = [Job(eval, (WINDOW,), f"job {i}", memory=100) for i in range(3)]
+    started: list[int] = []
+    first, second, third = run_each_in_own_process(jobs, 300, on_start=started.append)
+    assert started == [0, 1, 2]
+    assert second[0] < first[2]  # the first two at once, and never three
+    assert third[0] >= min(first[2], second[2])
+
+    first, second, third = run_each_in_own_process(jobs, 199)  # no room for two
+    assert first[2] <= second[0] and second[2] <= third[0]
+
+    # A process that dies is its job's outcome; the others' results are unchanged.
+    outcomes = run_each_in_own_process([jobs[0], Job(os._exit, (3,), memory=100)], 200)
+    assert isinstance(outcomes[1], GraphProcessDied) and outcomes[0][2] > outcomes[0][0]
+
+
+def test_of_two_failing_at_once_the_first_in_order_is_raised() -> None:
+    slow, fast = "(__import__('time').sleep(0.5), 1 / 0)", "1 / 0"
+    jobs = [Job(eval, (slow,), "job 0"), Job(eval, (fast,), "job 1"), Job(eval, ("0",), "job 2")]
+    started: list[int] = []
+    with pytest.raises(GraphProcessBug, match="^job 0: ZeroDivisionError"):
+        run_each_in_own_process(jobs, 0, on_start=started.append)
+    assert started == [0, 1]  # none starts once one has failed
+
+
 # Run in a graph process instead of verify's `_check_graph`: the same, with one smpack
 # function patched to raise KeyError there (as a bug in smpack's own code would).
 INJECTED_BUG = """\
@@ -101,10 +139,11 @@ verify._check_graph(*arguments)
 def test_a_bug_in_a_graph_process_is_an_smpack_bug_not_a_failed_check(
     linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def with_the_bug(function: object, *args: object, description: str) -> object:
-        return run_in_own_process(exec, INJECTED_BUG, {"arguments": args}, description=description)
+    def with_the_bug(jobs: list[Job], *args: Any, **kwargs: Any) -> list[Any]:
+        jobs = [replace(j, function=exec, args=(INJECTED_BUG, {"arguments": j.args})) for j in jobs]
+        return run_each_in_own_process(jobs, *args, **kwargs)
 
-    monkeypatch.setattr("smpack.checks.verify.run_in_own_process", with_the_bug)
+    monkeypatch.setattr("smpack.checks.verify.run_each_in_own_process", with_the_bug)
     monkeypatch.delenv("SMPACK_DEBUG", raising=False)
     result = invoke(monkeypatch, ["verify", str(linear_package.path)])
     assert result.exit_code == 70, result.output

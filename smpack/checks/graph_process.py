@@ -8,24 +8,28 @@ hands everything back when it exits.
 The processes are forked from a server (`graph_server`) that imported TensorFlow once and
 has created no session, thread pool or device, so each costs a fork rather than
 TensorFlow's import (6-8 s on a busy 2-core machine). The server starts when first needed,
-serves this process's later calls too, and ends with it. It is not multiprocessing's
-forkserver, whose processes first re-run the caller's `__main__` module: a script calling
-`smpack.verify` would run again, once per graph.
+serves this process's later calls too, and ends with it. Several processes may run at
+once, as many as the caller's memory budget allows (`run_each_in_own_process`). It is not
+multiprocessing's forkserver, whose processes first re-run the caller's `__main__` module:
+a script calling `smpack.verify` would run again, once per graph.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar, cast
 
 import smpack
-from smpack.checks.graph_server import read_message, write_message
+from smpack.checks.graph_server import read_message, write_request
+from smpack.errors import SmpackError
 
 Result = TypeVar("Result")
 
@@ -69,8 +73,27 @@ runpy.run_module("smpack.checks.graph_server", run_name="__main__", alter_sys=Tr
 """
 
 
+@dataclass(frozen=True)
+class Job:
+    """A function to run in a process of its own, and the memory that process may need."""
+
+    function: Callable[..., Any]  # module-level, so that it pickles
+    args: tuple[Any, ...] = ()
+    description: str = "smpack"
+    memory: int = 0  # bytes, at its peak
+
+
+class _Call:
+    """One job sent to the server: its process's id once forked, then how it ended."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.pid = 0
+        self.ended: tuple[int, bytes] | None = None  # exit code, what it wrote
+
+
 class _Server:
-    """The running server: its process and the pipes to it."""
+    """The running server: its process, the pipes to it, and the calls it is running."""
 
     def __init__(self) -> None:
         # Not the caller's sys.path: a script's folder first on it may hold modules named
@@ -85,35 +108,91 @@ class _Server:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+        self._calls: dict[int, _Call] = {}
+        self._numbers = itertools.count()
+        self._changed = threading.Condition()  # a call forked or ended, or the server did
+        self._gone = False
+        # The replies are read on a thread of their own, so the caller can wait for
+        # whichever of its processes ends first (and be interrupted while it waits).
+        threading.Thread(target=self._read_replies, name="smpack-graph-server", daemon=True).start()
 
     @property
     def requests(self) -> IO[bytes]:
         assert self.process.stdin is not None
         return self.process.stdin
 
-    @property
-    def replies(self) -> IO[bytes]:
-        assert self.process.stdout is not None
-        return self.process.stdout
+    def start(self, job: Job) -> _Call:
+        call = _Call(job)
+        with self._changed:
+            number = next(self._numbers)
+            self._calls[number] = call
+        # Not under the condition: the server may be importing TensorFlow, not yet reading.
+        request = (job.function, job.args, dict(os.environ), os.getcwd())
+        write_request(self.requests, number, request)
+        return call
 
-    def stop(self) -> None:
+    def first_ended(self, calls: Collection[_Call]) -> _Call:
+        """Wait for one of `calls` to end; EOFError if the server ended first."""
+        with self._changed:
+            while True:
+                ended = next((c for c in calls if c.ended is not None), None)
+                if ended is not None:
+                    return ended
+                if self._gone:
+                    raise EOFError
+                self._changed.wait()
+
+    def _read_replies(self) -> None:
+        assert self.process.stdout is not None
+        try:
+            with self.process.stdout as replies:
+                while True:
+                    try:
+                        number, reply = read_message(replies)
+                    except EOFError:  # the server ended (or was stopped)
+                        return
+                    with self._changed:
+                        if isinstance(reply, int):
+                            self._calls[number].pid = reply
+                        else:
+                            self._calls.pop(number).ended = reply
+                        self._changed.notify_all()
+        finally:  # also if this thread fails: a waiting caller must not wait forever
+            with self._changed:
+                self._gone = True
+                self._changed.notify_all()
+
+    def stop(self, calls: Iterable[_Call] = ()) -> None:
+        """Kill the server, and `calls`' processes (which die with it anyway)."""
+        for call in calls:
+            if call.pid:
+                _kill(call.pid)
         self.process.kill()
         self.process.wait()
         self.requests.close()
-        self.replies.close()
 
 
 _server: _Server | None = None
-_lock = threading.Lock()  # one graph process at a time, and one server
+_server_lock = threading.Lock()
+# One caller's processes at a time, so that what one call runs at once is all that runs.
+_calls_lock = threading.Lock()
 
 
 def start_server() -> None:
     """Start the server (it imports TensorFlow) if it is not running, without waiting for it:
     its import overlaps whatever the caller does next."""
     global _server
-    with _lock:
+    with _server_lock:
         if _server is None or _server.process.poll() is not None:
             _server = _Server()
+
+
+def _stop_server(server: _Server, calls: Iterable[_Call]) -> None:
+    global _server
+    server.stop(calls)
+    with _server_lock:
+        if _server is server:
+            _server = None
 
 
 def run_in_own_process(
@@ -127,34 +206,93 @@ def run_in_own_process(
     process never outlives the call: on any exception here (Ctrl-C included) it is killed,
     and the server with it (the next call starts another).
     """
-    global _server
+    (outcome,) = run_each_in_own_process([Job(function, args, description)], memory_budget=0)
+    if isinstance(outcome, GraphProcessDied):
+        raise outcome
+    return cast(Result, outcome)
+
+
+def run_each_in_own_process(
+    jobs: Sequence[Job],
+    memory_budget: int,
+    at_once: int = 2,
+    on_start: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """Each job's return value, or the `GraphProcessDied` its process ended with, in order.
+
+    The jobs start in order, each in a fresh process forked from the server; a job starts
+    alongside those running while fewer than `at_once` run and their `memory` and its own
+    add up to no more than `memory_budget` (a job always starts when none runs). Raises the
+    `SmpackError` or `GraphProcessBug` (see `run_in_own_process`) of the first job, in
+    order, that ends with one, as running them one at a time would. No process outlives
+    the call: on any exception (Ctrl-C included) the running ones are killed, and the
+    server with them (the next call starts another). `on_start` hears each job's index as
+    it starts.
+    """
     start_server()
-    with _lock:
-        assert _server is not None
-        server, child = _server, 0
+    outcomes: dict[int, Any] = {}
+    failures: dict[int, Exception] = {}  # a job's SmpackError or GraphProcessBug
+    with _calls_lock:
+        with _server_lock:
+            server = _server
+        assert server is not None
+        waiting = list(enumerate(jobs))
+        running: dict[_Call, int] = {}
         try:
-            write_message(server.requests, (function, args, dict(os.environ), os.getcwd()))
-            child = read_message(server.replies)
-            exit_code, result = read_message(server.replies)
+            # Until every job has ended, or one failed and no job before it still runs
+            # (whose failure would come first, as it would one job at a time).
+            while running or (waiting and not failures):
+                while (
+                    waiting
+                    and not failures
+                    and _fits(waiting[0][1], running, memory_budget, at_once)
+                ):
+                    index, job = waiting.pop(0)
+                    if on_start is not None:
+                        on_start(index)
+                    running[server.start(job)] = index
+                ended = server.first_ended(running)
+                index = running.pop(ended)
+                try:
+                    outcomes[index] = _outcome(ended)
+                except (SmpackError, GraphProcessBug) as e:
+                    failures[index] = e
+                if failures and all(i > min(failures) for i in running.values()):
+                    break
         except BaseException as e:
-            if child:
-                _kill(child)
-            server.stop()
-            _server = None
+            _stop_server(server, running)
             if isinstance(e, (EOFError, BrokenPipeError)):
+                description = next(iter(running)).job.description if running else "smpack"
                 msg = (
                     f"{description}: verify's graph server ended with exit code "
                     f"{server.process.returncode} (its error, if any, is above)"
                 )
                 raise GraphProcessBug(msg) from e
             raise
+        if failures:
+            if running:  # later jobs, whose outcome no longer matters
+                _stop_server(server, running)
+            raise failures[min(failures)]
+    return [outcomes[index] for index in range(len(jobs))]
+
+
+def _fits(job: Job, running: Mapping[_Call, int], memory_budget: int, at_once: int) -> bool:
+    if not running:
+        return True
+    taken = sum(call.job.memory for call in running)
+    return len(running) < at_once and taken + job.memory <= memory_budget
+
+
+def _outcome(call: _Call) -> Any:
+    assert call.ended is not None
+    exit_code, result = call.ended
     if exit_code != 0 or not result:
-        raise GraphProcessDied(exit_code)
+        return GraphProcessDied(exit_code)
     kind, payload = pickle.loads(result)
     if kind == "error":
         raise payload
     if kind == "bug":
-        msg = f"{description}: {payload}"
+        msg = f"{call.job.description}: {payload}"
         raise GraphProcessBug(msg)
     return payload
 

@@ -1,11 +1,12 @@
 """The server verify's graph processes are forked from (`graph_process` starts and uses it).
 
 Run as `python -m smpack.checks.graph_server`: it imports TensorFlow once, then for each
-request on its stdin (a pickled function, its arguments, the caller's environment and
-working folder) forks a process that runs it, and answers on its stdout with the process's
-id, then its exit code and what it returned or raised: a SmpackError as it is, anything
-else (a bug) as its traceback's text. It ends when its stdin closes, or when its caller
-dies.
+request on its stdin (a call number, then a pickled function, its arguments, the caller's
+environment and working folder) forks a process that runs it, and answers on its stdout,
+under the call's number, with the process's id, then, when it has ended, its exit code and
+what it returned or raised: a SmpackError as it is, anything else (a bug) as its
+traceback's text. Several calls may run at once: requests are read while earlier processes
+run. It ends when its stdin closes, or when its caller dies.
 Importing this module imports nothing heavy: the caller uses its framing.
 """
 
@@ -15,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
@@ -25,6 +27,12 @@ from smpack.errors import SmpackError
 from smpack.io.quick_exit import autograph_files, exit_now
 
 _LENGTH = struct.Struct("<Q")
+_CALL = struct.Struct("<Q")
+
+
+def write_request(stream: IO[bytes], call: int, request: Any) -> None:
+    """Ask for `request` (function, arguments, environment, folder) to run as call `call`."""
+    _write_frame(stream, _CALL.pack(call) + pickle.dumps(request))
 
 
 def write_message(stream: IO[bytes], message: Any) -> None:
@@ -52,6 +60,17 @@ def _read_frame(stream: IO[bytes]) -> bytes:
     return data
 
 
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def _die_with_parent() -> None:
     """Be killed when the parent ends (Linux's PR_SET_PDEATHSIG), at once: the server would
     otherwise notice only at its next read (after TensorFlow's import, say); a graph's
@@ -66,8 +85,9 @@ def main() -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     # The pipes to the caller on descriptors of their own; anything else printed (by
-    # TensorFlow, by a model's op library) goes to stderr instead of into the replies.
-    requests = os.fdopen(os.dup(0), "rb")
+    # TensorFlow, by a model's op library) goes to stderr instead of into the replies. The
+    # requests are read unbuffered, so `select` sees every byte not yet read.
+    requests = os.dup(0)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     with open(os.devnull, "rb") as nothing:
@@ -78,24 +98,43 @@ def main() -> NoReturn:
     import_tensorflow_quietly()
     import smpack.checks.verify  # noqa: F401  (what the graph processes run)
 
+    running: dict[int, tuple[int, int, list[bytes]]] = {}  # results fd -> call, pid, read
     while True:
-        try:
-            request = _read_frame(requests)
-        except EOFError:  # the caller is done
-            exit_now(0)  # without Python's teardown of TensorFlow (2-3 s)
-        results, results_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            requests.close()
-            replies.close()
-            os.close(results)
-            _run(request, results_end)
-        os.close(results_end)
-        write_message(replies, pid)
-        with os.fdopen(results, "rb") as result:
-            data = result.read()
-        _, status = os.waitpid(pid, 0)
-        write_message(replies, (os.waitstatus_to_exitcode(status), data))
+        ready, _, _ = select.select([requests, *running], [], [])
+        for fd in ready:
+            if fd != requests:
+                _collect(fd, running, replies)
+                continue
+            try:
+                (length,) = _LENGTH.unpack(_read_exactly(requests, _LENGTH.size))
+                frame = _read_exactly(requests, length)
+            except EOFError:  # the caller is done
+                exit_now(0)  # without Python's teardown of TensorFlow (2-3 s)
+            (call,) = _CALL.unpack_from(frame)
+            results, results_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(requests)
+                replies.close()
+                for other in [results, *running]:
+                    os.close(other)
+                _run(frame[_CALL.size :], results_end)
+            os.close(results_end)
+            running[results] = (call, pid, [])
+            write_message(replies, (call, pid))
+
+
+def _collect(fd: int, running: dict[int, tuple[int, int, list[bytes]]], replies: IO[bytes]) -> None:
+    """Read what a graph process wrote; once it has ended, reply with its exit code and that."""
+    call, pid, chunks = running[fd]
+    chunk = os.read(fd, 1 << 20)
+    if chunk:
+        chunks.append(chunk)
+        return
+    os.close(fd)
+    del running[fd]
+    _, status = os.waitpid(pid, 0)
+    write_message(replies, (call, (os.waitstatus_to_exitcode(status), b"".join(chunks))))
 
 
 def _run(request: bytes, results_end: int) -> NoReturn:
