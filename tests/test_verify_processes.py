@@ -122,6 +122,14 @@ def test_of_two_failing_at_once_the_first_in_order_is_raised() -> None:
         run_each_in_own_process(jobs, 0, on_start=started.append)
     assert started == [0, 1]  # none starts once one has failed
 
+    # A later job still running is killed, not waited for; the server keeps serving.
+    server = run_in_own_process(os.getppid)
+    begun = time.monotonic()
+    with pytest.raises(GraphProcessBug, match="^job 1: ZeroDivisionError"):
+        run_each_in_own_process([jobs[1], Job(time.sleep, (60,))], 0)
+    assert time.monotonic() - begun < 30
+    assert run_in_own_process(os.getppid) == server
+
 
 # Run in a graph process instead of verify's `_check_graph`: the same, with one smpack
 # function patched to raise KeyError there (as a bug in smpack's own code would).

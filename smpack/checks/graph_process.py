@@ -142,6 +142,17 @@ class _Server:
                     raise EOFError
                 self._changed.wait()
 
+    def end(self, calls: Collection[_Call]) -> None:
+        """Kill `calls`' processes and wait until they have ended; the server keeps running."""
+        with self._changed:
+            while not self._gone and any(c.pid == 0 and c.ended is None for c in calls):
+                self._changed.wait()  # a request not forked yet: it is about to be
+            for call in calls:
+                if call.ended is None and call.pid:
+                    _kill(call.pid)
+            while not self._gone and any(c.ended is None for c in calls):
+                self._changed.wait()
+
     def _read_replies(self) -> None:
         assert self.process.stdout is not None
         try:
@@ -224,10 +235,10 @@ def run_each_in_own_process(
     alongside those running while fewer than `at_once` run and their `memory` and its own
     add up to no more than `memory_budget` (a job always starts when none runs). Raises the
     `SmpackError` or `GraphProcessBug` (see `run_in_own_process`) of the first job, in
-    order, that ends with one, as running them one at a time would. No process outlives
-    the call: on any exception (Ctrl-C included) the running ones are killed, and the
-    server with them (the next call starts another). `on_start` hears each job's index as
-    it starts.
+    order, that ends with one, as running them one at a time would; later jobs still
+    running are killed then. No process outlives the call: on any other exception (Ctrl-C
+    included) the running ones are killed, and the server with them (the next call starts
+    another). `on_start` hears each job's index as it starts.
     """
     start_server()
     outcomes: dict[int, Any] = {}
@@ -259,6 +270,8 @@ def run_each_in_own_process(
                     failures[index] = e
                 if failures and all(i > min(failures) for i in running.values()):
                     break
+            server.end(running)  # later jobs, whose outcome no longer matters
+            running.clear()
         except BaseException as e:
             _stop_server(server, running)
             if isinstance(e, (EOFError, BrokenPipeError)):
@@ -270,8 +283,6 @@ def run_each_in_own_process(
                 raise GraphProcessBug(msg) from e
             raise
         if failures:
-            if running:  # later jobs, whose outcome no longer matters
-                _stop_server(server, running)
             raise failures[min(failures)]
     return [outcomes[index] for index in range(len(jobs))]
 
