@@ -41,6 +41,7 @@ from smpack.errors import (
     refused_by_tensorflow,
     telling_line,
 )
+from smpack.io.memory import available_memory
 from smpack.io.storage import fetched, is_url
 from smpack.io.tf_quietly import schedule_xla_cpu_for_memory
 from smpack.manifest import METHODS
@@ -72,7 +73,8 @@ _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 # Two graph processes at once keep both cores of a small machine busy (a restore and an
 # XLA compilation each use one), but only while what both may need (`_memory_needed`) fits
-# in _MEMORY_BUDGET. Two graphs need 2.2x the weights and more, so from about 0.7 GiB of
+# in _MEMORY_BUDGET and in what the machine (or the container's memory cgroup) can still give
+# when verify starts. Two graphs need 2.2x the weights and more, so from about 0.7 GiB of
 # weights up they run one at a time, and verify stays within issue 14's target of 2.25x the
 # weights; below, the runtimes' fixed cost is most of verify's memory anyway.
 _GRAPHS_AT_ONCE = 2
@@ -210,10 +212,11 @@ def _verify_graphs(
     """Each graph's report and outputs, loading each graph in a process of its own.
 
     A graph's process holds the weights while it is checked and returns all its memory when
-    it exits. Two run at once only while the memory both may need fits in _MEMORY_BUDGET;
-    otherwise one at a time, so that verify's peak is the heaviest graph's rather than the
-    sum of them.
+    it exits. Two run at once only while the memory both may need fits in _MEMORY_BUDGET and
+    in what the machine can still give (read once, now); otherwise one at a time, so that
+    verify's peak is the heaviest graph's rather than the sum of them.
     """
+    memory_budget = min(_MEMORY_BUDGET, available_memory())
     checkpoint = {v.name: (v.dtype, v.shape) for v in package.variables}
     requests = _Requests(read_requests(export_dir, EXAMPLES_FILE), read_requests(export_dir))
     reports, jobs = [], []
@@ -236,7 +239,7 @@ def _verify_graphs(
         reports.append(report)
     results = run_each_in_own_process(
         jobs,
-        _MEMORY_BUDGET,
+        memory_budget,
         at_once=_GRAPHS_AT_ONCE,
         on_start=lambda index: step(f"loading and running {reports[index].tag_set}"),
     )
