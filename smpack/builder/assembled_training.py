@@ -56,7 +56,6 @@ from smpack.sources.training_mode import STATE_UPDATES
 _STAND_IN = "smpack_stand_in"
 _FED = "smpack_fed"
 _GATHERS = ("Gather", "GatherV2")
-# The C++ gradients' scope: the Python path's too.
 # The C++ gradients' scope, inside the Python path's (`tf.gradients` names its ops
 # `gradients/<op>_grad/...`, and those of the loss's ops are made that way here).
 _GRADIENTS = "gradients/computation"
