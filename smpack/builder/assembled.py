@@ -131,6 +131,16 @@ def _assembled(
     )
 
 
+def add_input_placeholders(graph_def: Any, inputs: Iterable[Any], batch_size: int | None) -> None:
+    """A `Placeholder` per signature input of the source, named by its key, batched as the
+    variant asks (what `tf.compat.v1.placeholder` writes)."""
+    for tensor in inputs:
+        placeholder = graph_def.node.add(name=tensor.key, op="Placeholder")
+        placeholder.attr["dtype"].type = tf.as_dtype(tensor.dtype).as_datatype_enum
+        shape = tf.TensorShape(batched(tensor.shape, batch_size))
+        placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
+
+
 def _placed(
     imported: ImportedModel, variant: Variant, computation: Any, template: VariablesTemplate
 ) -> tuple[tf.Graph, dict[str, str], str]:
@@ -141,11 +151,7 @@ def _placed(
     casts = _Casts(device, marks)
     head = graph_pb2.GraphDef()
     head.versions.CopyFrom(computation.versions)
-    for tensor in imported.inputs:
-        placeholder = head.node.add(name=tensor.key, op="Placeholder")
-        placeholder.attr["dtype"].type = tf.as_dtype(tensor.dtype).as_datatype_enum
-        shape = tf.TensorShape(batched(tensor.shape, variant.batch_size))
-        placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
+    add_input_placeholders(head, imported.inputs, variant.batch_size)
     fed = {
         tensor.tensor: casts.add(head, tensor.key, tf.as_dtype(tensor.dtype), compute_dtype)
         or tensor.key

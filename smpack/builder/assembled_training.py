@@ -42,7 +42,12 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import meta_graph
 
-from smpack.builder.assembled import _graph_def_and_shapes, _imported, _NotAssembled
+from smpack.builder.assembled import (
+    _graph_def_and_shapes,
+    _imported,
+    _NotAssembled,
+    add_input_placeholders,
+)
 from smpack.builder.c_graph import CGraph, ImportRefused, NoCxxGradient
 from smpack.builder.graphs import AssembledGraph, VariantGraph, build_variant_graph
 from smpack.builder.writer import variable_nodes
@@ -50,7 +55,7 @@ from smpack.manifest import LoadedManifest, Variant
 from smpack.sources.graph_def import node_name, tensor_name
 from smpack.sources.losses import PASS_THROUGH
 from smpack.sources.model_source import ModelSource
-from smpack.sources.savedmodel import ImportedModel, batched
+from smpack.sources.savedmodel import ImportedModel
 from smpack.sources.training_mode import STATE_UPDATES
 
 _STAND_IN = "smpack_stand_in"
@@ -201,11 +206,7 @@ class _StandIn:
 
         forward = graph_pb2.GraphDef()
         forward.versions.CopyFrom(computation.versions)
-        for source_input in training.inputs:
-            placeholder = forward.node.add(name=source_input.key, op="Placeholder")
-            placeholder.attr["dtype"].type = tf.as_dtype(source_input.dtype).as_datatype_enum
-            shape = tf.TensorShape(batched(source_input.shape, variant.batch_size))
-            placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
+        add_input_placeholders(forward, training.inputs, variant.batch_size)
         forward.node.extend(training.variables_template().graph_def.node)
         mapping = {t.tensor: t.key for t in training.inputs}
         mapping.update(training.handles)
