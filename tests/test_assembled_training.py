@@ -264,6 +264,32 @@ def test_a_computation_calling_functions_is_left_to_python(tmp_path: Path) -> No
     assert left_to_python(tmp_path, {"savedmodel": "looping", "loss": "mse"})
 
 
+def colocated(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """A product and an op pinned beside it (a `_class` attr, as `colocate_with` writes)."""
+    product = tf.matmul(x, w)
+    with tf.compat.v1.colocate_with(product.op):
+        return tf.nn.relu(product)
+
+
+def test_a_source_colocating_ops_is_assembled_its_colocations_dropped(tmp_path: Path) -> None:
+    """The import drops every `_class` attr (sources/savedmodel.py `_inlined`), so the
+    fallback for colocated computations never sees one and a colocating source is assembled."""
+    module_reading(tmp_path, "model", colocated)
+    function_nodes = [
+        node
+        for function in meta_graph(tmp_path / "model", ["serve"]).graph_def.library.function
+        for node in function.node_def
+    ]
+    assert any("_class" in node.attr for node in function_nodes)
+    source = {"savedmodel": "model", "loss": "mse"}
+    loaded = load_manifest(write_manifest(tmp_path, source))
+    with open_source(loaded) as opened:
+        training = opened.training_import
+        assert training is not None
+        assert not any("_class" in node.attr for node in training.graph_def.node)
+    assert not left_to_python(tmp_path, source)
+
+
 def test_a_host_part_or_a_precision_is_left_to_python(tmp_path: Path) -> None:
     class Vocabulary(tf.Module):
         def __init__(self) -> None:
