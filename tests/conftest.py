@@ -110,6 +110,23 @@ def text_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
     )
 
 
+@pytest.fixture(scope="session")
+def unknown_rank_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
+    """`make_unknown_rank_module` (an input of unknown rank, one output) served on CPU and
+    GPU (float16, XLA) and trained with SGD, verified."""
+    from tf_helpers import SERVING, make_unknown_rank_module, write_manifest
+
+    folder = tmp_path_factory.mktemp("unknown_rank")
+    source = make_unknown_rank_module(folder, text=False)
+    variants = {
+        "cpu": SERVING["cpu"],
+        "gpu": SERVING["gpu"],
+        "train": {"tags": ["train"], "optimizer": {"name": "sgd", "learning_rate": 0.1}},
+    }
+    manifest = write_manifest(folder, {"savedmodel": source.name, "loss": "mse"}, variants=variants)
+    return smpack.build(manifest, folder / "out", measure=False)
+
+
 @pytest.fixture
 def variants_copy(tmp_path: Path) -> Path:
     """A private copy of variants/, for tests that edit manifests or delete sources."""

@@ -77,3 +77,25 @@ def test_c_api_fails_on_the_tpu_graph_only_for_want_of_tpu_kernels(
     result = run_c(c_loader, linear_package.path, "serve,tpu")
     assert result.returncode == 1
     assert "No OpKernel was registered to support Op 'TPUReplicatedInput'" in result.stderr
+
+
+def test_c_api_runs_an_input_of_unknown_rank(
+    c_loader: Path, unknown_rank_package: PackageInfo
+) -> None:
+    """TF Serving's loader feeds a `TensorSpec(None)` input a vector (`y` reads only `x`),
+    in float32 and in the float16 graph; the train graph loads."""
+    for tag_set in ("serve", "serve,gpu"):
+        graph = unknown_rank_package.graph(*tag_set.split(","))
+        signature = next(s for s in graph.signatures if s.key == "serving_default")
+        x = next(t for t in signature.inputs if t.key == "x")
+        y = next(t for t in signature.outputs if t.key == "y")
+        assert x.shape_text == "unknown rank"
+        path = unknown_rank_package.path
+        result = run_c(c_loader, path, tag_set, x.name, y.name, "1", "-2", "3")
+        assert result.returncode == 0, f"{tag_set}: {result.stderr}"
+        lines = result.stdout.split()
+        assert lines[0] == "loaded"
+        assert [float(v) for v in lines[1:]] == pytest.approx([2.0, -4.0, 6.0], rel=1e-3)
+    result = run_c(c_loader, unknown_rank_package.path, "train")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["loaded"]

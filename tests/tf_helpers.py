@@ -216,8 +216,9 @@ def make_table_module(folder: Path) -> Path:
     return path
 
 
-def make_unknown_rank_module(folder: Path) -> Path:
-    """A TF2 model whose inputs have unknown rank (`TensorSpec(None)`): numbers and text."""
+def make_unknown_rank_module(folder: Path, *, text: bool = True) -> Path:
+    """A TF2 model whose inputs have unknown rank (`TensorSpec(None)`): numbers and text;
+    without `text`, numbers only, to one output (`y`), which a built-in loss can train."""
     import tensorflow as tf
 
     class AnyShape(tf.Module):
@@ -230,9 +231,14 @@ def make_unknown_rank_module(folder: Path) -> Path:
             lengths = tf.cast(tf.strings.length(text), tf.float32)
             return {"y": x * self.scale, "lengths": lengths * self.scale}
 
+        @tf.function(input_signature=[tf.TensorSpec(None)])
+        def predict_numbers(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": x * self.scale}
+
     module = AnyShape()
-    path = folder / "any_shape"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    path = folder / ("any_shape" if text else "any_shape_numbers")
+    signature = module.predict if text else module.predict_numbers
+    tf.saved_model.save(module, str(path), signatures={"serving_default": signature})
     return path
 
 
