@@ -125,6 +125,26 @@ def test_build_writes_the_golden_serving_configs(
     assert files == expected
 
 
+def test_an_input_of_unknown_rank_gets_tf_serving_configs_and_no_triton_one(
+    unknown_rank_package: PackageInfo,
+) -> None:
+    """TF Serving's configs name no shapes; Triton's dims fix the rank (-1 frees a size, not
+    the rank), so no Triton config is written for a `TensorSpec(None)` input."""
+    files = _serving_files(unknown_rank_package.path)
+    golden = GOLDEN / "serving" / "unknown_rank"
+    if UPDATE_GOLDEN:
+        for relative, text in files.items():
+            (golden / relative).parent.mkdir(parents=True, exist_ok=True)
+            (golden / relative).write_text(text, encoding="utf-8")
+    expected = {
+        path.relative_to(golden).as_posix(): path.read_text(encoding="utf-8")
+        for path in sorted(golden.rglob("*"))
+        if path.is_file()
+    }
+    assert files == expected
+    assert not any(name.startswith("triton/") for name in files)
+
+
 def test_triton_configs_parse_as_model_configs(linear_package: PackageInfo) -> None:
     files = _serving_files(linear_package.path)
     configs = {
