@@ -191,6 +191,26 @@ def test_loops_train(tf_source, tmp_path) -> None:
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+def test_an_input_of_unknown_rank_trains(unknown_rank_package: PackageInfo) -> None:
+    """The SGD step of `y = scale * x` on inputs of two ranks, labels shaped like them."""
+    import tensorflow as tf
+
+    assert unknown_rank_package.published  # verified, every graph
+    scale = 2.0
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        path = str(unknown_rank_package.path)
+        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], path)
+        signature = graph.signature_def["train"]
+        for x in (X, X[0]):
+            labels = 3 * x
+            feeds = {signature.inputs["x"].name: x, signature.inputs["labels"].name: labels}
+            loss = session.run(signature.outputs["loss"].name, feeds)
+            np.testing.assert_allclose(loss, np.mean((scale * x - labels) ** 2), rtol=1e-6)
+            scale -= 0.1 * np.mean(2 * (scale * x - labels) * x)
+        (variable,) = tf.compat.v1.trainable_variables()
+        np.testing.assert_allclose(session.run(variable), scale, rtol=1e-6)
+
+
 def test_fused_batch_norm_keeps_float32_statistics(tf_source: Path, tmp_path: Path) -> None:
     from smpack.checks.xla_check import run_tpu_graph_on_cpu
 
