@@ -83,8 +83,6 @@ def _assembled(
     template = imported.variables_template()
     if computation.library.function or not template.variable_defs or not imported.outputs:
         raise _NotAssembled
-    if any("_class" in node.attr for node in computation.node):
-        raise _NotAssembled  # colocations, which decide devices their own way
     _check_names(imported, [node.name for node in template.graph_def.node])
     variables = {
         variable.name: VariableSpec(variable.shape, variable.dtype)

@@ -23,7 +23,7 @@ variables.
 
 Not assembled (the variant is built in Python, as before): precision, device, XLA or TPU
 settings (float16 scales its loss), a source with a host part (tables), a computation that
-calls functions (a `While` loop) or colocates ops, a variable read other than by one
+calls functions (a `While` loop), a variable read other than by one
 `ReadVariableOp` (a gather of the handle differentiates as `IndexedSlices`), a gathered
 read under momentum (TF1's momentum updates only the rows an `IndexedSlices` gradient
 holds; SGD and Adam update sparse and dense gradients alike), an op the C++ registry has
@@ -76,7 +76,7 @@ def assembled_train_graph(
     if training.host is not None or variant.device_settings:
         return None
     computation = training.graph_def
-    if computation.library.function or any("_class" in n.attr for n in computation.node):
+    if computation.library.function:
         return None
     try:
         return _assembled(loaded, source, source.replaying, training, name, variant)
