@@ -98,7 +98,10 @@ BatchingParameters = _batching_parameters_class()
 
 
 def _serving_files(package: Path) -> dict[str, str]:
-    root = package / "assets.extra" / "serving"
+    return _text_files(package / "assets.extra" / "serving")
+
+
+def _text_files(root: Path) -> dict[str, str]:
     return {
         path.relative_to(root).as_posix(): path.read_text(encoding="utf-8")
         for path in sorted(root.rglob("*"))
@@ -106,23 +109,23 @@ def _serving_files(package: Path) -> dict[str, str]:
     }
 
 
+def _check_golden_folder(name: str, files: dict[str, str]) -> None:
+    """`files` must be tests/golden/serving/NAME's, each relative path to its text
+    (SMPACK_UPDATE_GOLDEN=1 writes them there instead)."""
+    golden = GOLDEN / "serving" / name
+    if UPDATE_GOLDEN:
+        for relative, text in files.items():
+            (golden / relative).parent.mkdir(parents=True, exist_ok=True)
+            (golden / relative).write_text(text, encoding="utf-8")
+    assert files == _text_files(golden)
+
+
 @pytest.mark.parametrize("example", ["linear", "text_classifier"])
 def test_build_writes_the_golden_serving_configs(
     example: str, linear_package: PackageInfo, text_package: PackageInfo
 ) -> None:
     package = (linear_package if example == "linear" else text_package).path
-    files = _serving_files(package)
-    golden = GOLDEN / "serving" / example
-    if UPDATE_GOLDEN:
-        for relative, text in files.items():
-            (golden / relative).parent.mkdir(parents=True, exist_ok=True)
-            (golden / relative).write_text(text, encoding="utf-8")
-    expected = {
-        path.relative_to(golden).as_posix(): path.read_text(encoding="utf-8")
-        for path in sorted(golden.rglob("*"))
-        if path.is_file()
-    }
-    assert files == expected
+    _check_golden_folder(example, _serving_files(package))
 
 
 def test_an_input_of_unknown_rank_gets_tf_serving_configs_and_no_triton_one(
@@ -131,17 +134,7 @@ def test_an_input_of_unknown_rank_gets_tf_serving_configs_and_no_triton_one(
     """TF Serving's configs name no shapes; Triton's dims fix the rank (-1 frees a size, not
     the rank), so no Triton config is written for a `TensorSpec(None)` input."""
     files = _serving_files(unknown_rank_package.path)
-    golden = GOLDEN / "serving" / "unknown_rank"
-    if UPDATE_GOLDEN:
-        for relative, text in files.items():
-            (golden / relative).parent.mkdir(parents=True, exist_ok=True)
-            (golden / relative).write_text(text, encoding="utf-8")
-    expected = {
-        path.relative_to(golden).as_posix(): path.read_text(encoding="utf-8")
-        for path in sorted(golden.rglob("*"))
-        if path.is_file()
-    }
-    assert files == expected
+    _check_golden_folder("unknown_rank", files)
     assert not any(name.startswith("triton/") for name in files)
 
 
