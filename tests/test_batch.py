@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from conftest import VARIANTS, json_result
 from typer.testing import CliRunner
 
+from smpack.builder.batch import build_many
 from smpack.cli.commands import app
 from smpack.package.info import PackageInfo
 
@@ -108,3 +110,18 @@ def test_schema_out_json_and_quiet(tmp_path: Path) -> None:
     assert json_result(written.stdout, "schema") == {"path": str(out)}
     # What the examples' `$schema` line points at is exactly this output.
     assert out.read_text() == printed == (VARIANTS / "manifest.schema.json").read_text()
+
+
+def test_build_workers_import_nothing_from_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A spawned worker's start-up (`python -c ...`) imported multiprocessing from the working
+    # folder before it took its parent's sys.path.
+    for module in ("multiprocessing", "smpack"):
+        (tmp_path / module).mkdir()
+        (tmp_path / module / "__init__.py").write_text(f"raise SystemExit('{module} booby-trap')")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    [outcome] = build_many([tmp_path / "absent.yaml"], tmp_path / "out", verify=False)
+    assert outcome.error is not None and "absent.yaml" in outcome.error, outcome.error
+    assert "PYTHONSAFEPATH" not in os.environ

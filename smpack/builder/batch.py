@@ -8,7 +8,10 @@ One failure never stops the others; each outcome is a record, not an exception.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
+import os
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +54,16 @@ def build_many(
     """
     context = multiprocessing.get_context("spawn")
     outcomes: dict[int, BuildOutcome] = {}
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    # The pool starts multiprocessing's resource tracker, and a worker per task submitted.
+    with (
+        _safe_path() as callers_value,
+        concurrent.futures.ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=context,
+            initializer=_set_safe_path,
+            initargs=(callers_value,),
+        ) as pool,
+    ):
         futures = {
             pool.submit(build_and_verify, manifest, out, force, as_text, verify, measure): index
             for index, manifest in enumerate(manifests)
@@ -66,6 +78,34 @@ def build_many(
             if on_step is not None:
                 on_step(Step(f"{manifest.name} finished", len(outcomes), len(manifests)))
     return [outcomes[index] for index in range(len(manifests))]
+
+
+# A spawned worker starts as `python -c "from multiprocessing.spawn import ..."`, and
+# multiprocessing's resource tracker as `python -c ...`: the working folder comes first on
+# sys.path while they import multiprocessing, pickle, socket and the rest, so a
+# `multiprocessing/` or `socket.py` there would run instead. Python's -P, as this variable,
+# leaves the folder out; a worker then takes this process's own sys.path, as spawn does,
+# and the variable as it was.
+_SAFE_PATH = "PYTHONSAFEPATH"
+
+
+@contextlib.contextmanager
+def _safe_path() -> Iterator[str | None]:
+    """PYTHONSAFEPATH set in this process's environment; gives the value it had."""
+    before = os.environ.get(_SAFE_PATH)
+    os.environ[_SAFE_PATH] = "1"
+    try:
+        yield before
+    finally:
+        _set_safe_path(before)
+
+
+def _set_safe_path(value: str | None) -> None:
+    """PYTHONSAFEPATH as `value`, or unset if None (a worker's start, its caller's value)."""
+    if value is None:
+        os.environ.pop(_SAFE_PATH, None)
+    else:
+        os.environ[_SAFE_PATH] = value
 
 
 def build_and_verify(
