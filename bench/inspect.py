@@ -103,13 +103,14 @@ def main() -> None:
             "text_classifier (4 graphs)": folder / "small" / "text_classifier" / "1",
             f"big ({gib:.2f} GiB checkpoint, 3 graphs)": big,
         }
-        python = median_seconds([sys.executable, "-c", "pass"], args.repeat)
+        python = median_seconds([sys.executable, "-P", "-c", "pass"], args.repeat)
         rows = []
         for label, package in packages.items():
             inspect = median_seconds([str(BIN / "smpack"), "inspect", str(package)], args.repeat)
             cli = median_seconds(
                 [
                     sys.executable,
+                    "-P",  # not the working folder first on sys.path
                     "-m",
                     "tensorflow.python.tools.saved_model_cli",
                     "show",

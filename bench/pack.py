@@ -311,7 +311,8 @@ def cgroup_peak(group: Path) -> int:
 
 
 def python(code: str, *args: str) -> list[str]:
-    return [str(BIN / "python"), "-c", code, *args]
+    # -P: not the working folder first on sys.path (a `smpack/` there would be timed instead).
+    return [str(BIN / "python"), "-P", "-c", code, *args]
 
 
 def width_for(mib: float) -> int:

@@ -158,10 +158,11 @@ def main() -> None:
     parser.add_argument("--models", default=",".join([*MODELS, *CORPUS_MODELS]))
     parser.add_argument("--keep", type=Path, help="Keep the models and packages here.")
     args = parser.parse_args()
-    python = str(BIN / "python")
+    # -P: not the working folder first on sys.path (a `smpack/` there would run instead).
+    python = [str(BIN / "python"), "-P"]
     with tempfile.TemporaryDirectory(prefix="smpack-real-") as tmp:
         root = args.keep or Path(tmp)
-        baseline = measure([python, "-c", "import tensorflow"])
+        baseline = measure([*python, "-c", "import tensorflow"])
 
         def extra(run: Run) -> str:
             return f"{max(0, run.peak_rss - baseline.peak_rss) / 2**20:,.0f} MiB"
@@ -175,7 +176,7 @@ def main() -> None:
                 maker = [CORPUS_MAKER, str(folder), CORPUS_MODELS[name], str(CORPUS)]
             else:
                 maker = [PRELUDE + MODELS[name] + KERAS_SAVE, str(folder)]
-            made = subprocess.run([python, "-c", *maker], capture_output=True, text=True)
+            made = subprocess.run([*python, "-c", *maker], capture_output=True, text=True)
             if made.returncode != 0:
                 print(f"{name:20} could not be made: {made.stderr.strip().splitlines()[-1]}")
                 continue
@@ -188,7 +189,7 @@ def main() -> None:
                 saver = [SAVE_BASELINE, str(folder / source["keras"])]
             else:
                 saver = [RESAVE_BASELINE, str(folder / source["savedmodel"])]
-            save = measure([python, "-c", *saver, str(folder / "saved"),
+            save = measure([*python, "-c", *saver, str(folder / "saved"),
                             *source.get("imports", [])])  # fmt: skip
             build_command = [str(BIN / "smpack"), "build", str(folder / "smpack.yaml"), "-f"]
             unchecked = ["--no-verify", "--no-measure"]  # the packaging alone
