@@ -10,6 +10,7 @@ row-major bytes (`raw_tensor`) for servers that take them so, like Triton's warm
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,25 +71,41 @@ class RawTensor:
         return b"".join(struct.pack("<I", len(value)) + value for value in self.elements)
 
 
-def tfrecords(path: Path) -> Iterator[bytes]:
-    """The records of a TFRecord file, from its framing (length, crc, data, crc).
+class RecordTooLarge(PackageError):
+    """A TFRecord record longer than its reader allows."""
 
-    Raises `PackageError` if the file ends inside a record.
+
+def tfrecords(path: Path, largest: int | None = None) -> Iterator[bytes]:
+    """The records of a TFRecord file, from its framing (length, crc, data, crc), read one at
+    a time: the file is never held whole, and a length is checked against what is left of
+    the file (and `largest`, if given) before its record is read.
+
+    Raises `PackageError` if the file ends inside a record, `RecordTooLarge` for a record of
+    more than `largest` bytes.
     """
-    data = path.read_bytes()
-    count = position = 0
-    while position < len(data):
-        if position + 12 > len(data):
-            msg = f"TFRecord file ends inside the header of record {count + 1}"
-            raise PackageError(msg, file=path)
-        (length,) = struct.unpack_from("<Q", data, position)
-        start = position + 12
-        position = start + length + 4
-        if position > len(data):
-            msg = f"TFRecord file ends inside record {count + 1}"
-            raise PackageError(msg, file=path)
-        count += 1
-        yield data[start : start + length]
+    with path.open("rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        count = position = 0
+        while position < size:
+            header = stream.read(12)
+            if len(header) < 12:
+                msg = f"TFRecord file ends inside the header of record {count + 1}"
+                raise PackageError(msg, file=path)
+            (length,) = struct.unpack_from("<Q", header)
+            position += 12 + length + 4
+            if position > size:
+                msg = f"TFRecord file ends inside record {count + 1}"
+                raise PackageError(msg, file=path)
+            if largest is not None and length > largest:
+                msg = f"record {count + 1} is {length:,} bytes, more than {largest:,}"
+                raise RecordTooLarge(msg, file=path)
+            data = stream.read(length)
+            stream.seek(4, os.SEEK_CUR)  # the data's crc
+            if len(data) < length:  # the file shrank while it was read
+                msg = f"TFRecord file ends inside record {count + 1}"
+                raise PackageError(msg, file=path)
+            count += 1
+            yield data
 
 
 def read_logged_requests(path: Path) -> list[LoggedRequest]:
