@@ -357,6 +357,67 @@ def test_a_bug_in_the_example_reader_is_not_blamed_on_the_file(
     assert caught.value is bug
 
 
+def test_tfrecord_evaluation_data_is_read_no_further_than_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "eval.tfrecord"
+    # 1,032 bytes of values in each record (256 float32s, an int64)
+    _write_examples(path, [{"x": [0.5] * 256, "labels": [1]}] * 60)
+    with path.open("ab") as stream:
+        stream.write(b"\xff" * 20)  # a 61st record's framing, cut: never reached
+    problem = "eval.tfrecord's first 51 records hold values more than evaluation holds in memory"
+    with pytest.raises(EvaluationDataError, match=re.escape(problem)):
+        read_evaluation_data(path, limit=50 * 1032)
+    # Within the limit, the columns are packed numbers, not a Python object per value.
+    path.write_bytes(path.read_bytes()[:-20])
+    columns = read_evaluation_data(path, limit=60 * 1032)
+    assert columns["x"].shape == (60, 256) and columns["x"].dtype == np.float32
+    np.testing.assert_array_equal(columns["labels"], [1] * 60)
+
+
+def test_a_tfrecord_row_too_large_to_decode_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "eval.tfrecord"
+    _write_examples(path, [{"x": [b"\0" * 4000], "labels": [1]}])
+    with pytest.raises(EvaluationDataError) as caught:
+        read_evaluation_data(path, limit=48 * 4000)
+    assert str(caught.value) == (
+        "eval.tfrecord: record 1 is 4,035 bytes, more than 4,000: one row may take a 48th of "
+        "the 192,000 bytes evaluation holds in memory"
+    )
+
+
+def test_npz_arrays_past_the_limit_are_refused_before_any_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "eval.npz"
+    np.savez_compressed(path, x=np.zeros((1000, 100), np.float32), labels=np.zeros(1000))
+    assert path.stat().st_size < 4000  # zeros deflate: the directory's sizes tell
+    with pytest.raises(EvaluationDataError) as caught:
+        read_evaluation_data(path, limit=400_000)
+    assert str(caught.value).startswith(
+        "eval.npz holds 408,256 bytes of arrays, more than evaluation holds in memory here"
+    )
+    assert read_evaluation_data(path, limit=408_256)["x"].shape == (1000, 100)
+
+
+def test_evaluation_feeds_a_signature_of_any_batch_size_in_chunks() -> None:
+    """Evaluation data fed whole would need the graph's activations for every row at once."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from smpack.checks.measure import EVALUATION_BATCH, _batches
+
+    signature = meta_graph_pb2.SignatureDef()
+    for key, dims in (("any", [-1, 3]), ("fixed", [8])):
+        info = signature.inputs[key]
+        info.name = f"{key}:0"
+        for size in dims:
+            info.tensor_shape.dim.add(size=size)
+    rows = EVALUATION_BATCH * 2 + 5
+    arrays = {"any": np.arange(rows * 3).reshape(rows, 3)}
+    chunks = [feeds["any:0"] for feeds in _batches(signature, arrays)]
+    assert [len(c) for c in chunks] == [EVALUATION_BATCH, EVALUATION_BATCH, 5]
+    np.testing.assert_array_equal(np.concatenate(chunks), arrays["any"])
+    del signature.inputs["any"]
+    fixed = [feeds["fixed:0"] for feeds in _batches(signature, {"fixed": np.arange(10)})]
+    assert [c.tolist() for c in fixed] == [list(range(8)), [8, 9, 9, 9, 9, 9, 9, 9]]
+
+
 def test_an_integer_evaluation_column_feeds_a_quantized_input(
     tmp_path: Path,
 ) -> None:

@@ -49,6 +49,9 @@ from smpack.progress import StepCallback, Steps
 
 NOT_MEASURED_HERE = "not measured here"
 WARM_RUNS = 30  # timed runs, after one untimed run that pays for lazy initialisation
+# Rows of evaluation data fed at once to a signature of any batch size: the graph's
+# activations grow with them, and the whole file at once could need many times its size.
+EVALUATION_BATCH = 256
 _TINY = float(np.finfo(np.float32).tiny)
 
 Request = Mapping[str, np.ndarray]
@@ -344,18 +347,20 @@ def _run(
 
 
 def _batches(signature: Any, arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, Any]]:
-    """Feeds covering `arrays` row by row: all at once, or in chunks of a static batch size
-    (the last chunk padded by repeating its final row, its padding cut off by the caller)."""
+    """Feeds covering `arrays` row by row, in chunks of a static batch size (the last chunk
+    padded by repeating its final row, its padding cut off by the caller), else of at most
+    `EVALUATION_BATCH` rows."""
     rows = len(next(iter(arrays.values())))
     first_dims = {
         info.tensor_shape.dim[0].size for info in signature.inputs.values() if info.tensor_shape.dim
     }
-    size = first_dims.pop() if len(first_dims) == 1 and -1 not in first_dims else rows
+    static = len(first_dims) == 1 and -1 not in first_dims
+    size = first_dims.pop() if static else EVALUATION_BATCH
     for start in range(0, rows, size):
         feeds = {}
         for key, array in arrays.items():
             chunk = array[start : start + size]
-            if len(chunk) < size:
+            if static and len(chunk) < size:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
             feeds[signature.inputs[key].name] = chunk
         yield feeds

@@ -17,6 +17,14 @@ import numpy as np
 _MOST_GROWS = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}
 
 
+class ArraysTooLarge(ValueError):
+    """Arrays that would take more bytes than their reader allows."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"its arrays take {size} bytes, more than {limit}")
+        self.size, self.limit = size, limit
+
+
 def npy_header(stream: IO[bytes], size: int) -> tuple[tuple[int, ...], bool, np.dtype]:
     """The shape, Fortran order and dtype a .npy file of `size` bytes holds, its `stream`
     left at the data. Raises ValueError for a header that is not one (numpy's own), holds
@@ -36,34 +44,23 @@ def npy_header(stream: IO[bytes], size: int) -> tuple[tuple[int, ...], bool, np.
     return shape, fortran, dtype
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
     """Every array of the .npz archive at `path`, by name (`np.load`'s names: without .npy).
 
     Raises ValueError (numpy's and `npy_header`'s) or zipfile.BadZipFile for an archive
-    that does not hold arrays, or whose members claim more bytes than it could hold.
+    that does not hold arrays, or whose members claim more bytes than it could hold;
+    `ArraysTooLarge` if they claim more than `limit` bytes together.
     """
     arrays = {}
     archive_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            # Each size is a claim of the archive's directory; zipfile checks them only
-            # once the member is read, after numpy would have allocated its array.
-            grows = _MOST_GROWS.get(member.compress_type)
-            if grows is None:
-                msg = (
-                    f"{member.filename!r} is compressed with zip method "
-                    f"{member.compress_type}; np.savez stores or deflates"
-                )
-                raise ValueError(msg)
-            if (
-                member.compress_size > archive_size
-                or member.file_size > member.compress_size * grows
-            ):
-                msg = (
-                    f"{member.filename!r} claims {member.file_size} bytes, more than the "
-                    f"{member.compress_size} stored for it can hold"
-                )
-                raise ValueError(msg)
+        members = archive.infolist()
+        for member in members:
+            _check_claim(member, archive_size)
+        claimed = sum(member.file_size for member in members)
+        if claimed > limit:
+            raise ArraysTooLarge(claimed, limit)
+        for member in members:
             with archive.open(member) as stream:
                 try:
                     shape, fortran, dtype = npy_header(stream, member.file_size)
@@ -79,3 +76,22 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
             array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
             arrays[member.filename.removesuffix(".npy")] = array
     return arrays
+
+
+def _check_claim(member: zipfile.ZipInfo, archive_size: int) -> None:
+    """Refuse a member whose sizes the archive could not hold."""
+    # Each size is a claim of the archive's directory; zipfile checks them only once the
+    # member is read, after numpy would have allocated its array.
+    grows = _MOST_GROWS.get(member.compress_type)
+    if grows is None:
+        msg = (
+            f"{member.filename!r} is compressed with zip method "
+            f"{member.compress_type}; np.savez stores or deflates"
+        )
+        raise ValueError(msg)
+    if member.compress_size > archive_size or member.file_size > member.compress_size * grows:
+        msg = (
+            f"{member.filename!r} claims {member.file_size} bytes, more than the "
+            f"{member.compress_size} stored for it can hold"
+        )
+        raise ValueError(msg)

@@ -10,34 +10,74 @@ The field numbers are the public ones of tensorflow/core/example/{example,featur
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from smpack.errors import PackageError
-from smpack.io.npy import load_npz
+from smpack.io.memory import available_memory
+from smpack.io.npy import ArraysTooLarge, load_npz
 from smpack.manifest.schema import TFRECORD_SUFFIXES
-from smpack.package.requests import tfrecords
+from smpack.package.requests import RecordTooLarge, tfrecords
 from smpack.package.wire import WireFormatError, decode_varint, message_fields
 
 # Feature's oneof fields: what each holds.
 _KINDS = {1: "bytes", 2: "float", 3: "int64"}
 
 
+# Evaluation data is held in memory whole while each variant is evaluated on it (the metrics
+# cover every row), beside the graph and its weights. A file may claim far more than its
+# size (a deflated .npz member grows up to 1032 times, an int64 in a tf.Example eight), so
+# the arrays are counted as they are decoded, and refused past this or a quarter of the
+# memory the machine still has, whichever is less.
+MAX_EVALUATION_BYTES = 1 << 30
+# A tf.Example is decoded into Python objects before its values are packed: up to ~41 bytes
+# per byte of the record (an empty string: 2 bytes on the wire, a bytes object and its
+# pointer), so one record may take at most this share of the limit.
+_RECORD_SHARE = 48
+
+
 class EvaluationDataError(ValueError):
     """The evaluation file cannot be read as evaluation data; the message says why."""
 
 
-def read_evaluation_data(path: Path) -> dict[str, np.ndarray]:
-    """Every column of the evaluation file at `path`, by key (labels included)."""
+def evaluation_data_limit() -> int:
+    """The bytes evaluation data may take once decoded, on this machine now."""
+    available = available_memory()
+    # 0: the machine's memory is unknown (no /proc), not exhausted.
+    return min(MAX_EVALUATION_BYTES, available // 4) if available else MAX_EVALUATION_BYTES
+
+
+def read_evaluation_data(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Every column of the evaluation file at `path`, by key (labels included), refused if
+    its arrays would take more than `limit` bytes (`evaluation_data_limit()` if None)."""
+    limit = evaluation_data_limit() if limit is None else limit
     if path.suffix in TFRECORD_SUFFIXES:
-        return _tfrecord_columns(path)
+        return _tfrecord_columns(path, limit)
     try:
-        return load_npz(path)
+        return load_npz(path, limit)
+    except ArraysTooLarge as e:
+        msg = f"{path.name} holds {_mib(e.size)} of arrays, {_more_than(limit)}"
+        raise EvaluationDataError(msg) from e
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         msg = f"cannot read {path.name} as a .npz file: {e}"
         raise EvaluationDataError(msg) from e
+
+
+def _more_than(limit: int) -> str:
+    """Why `limit`, for a message saying the data needs more."""
+    if limit >= MAX_EVALUATION_BYTES:
+        return f"more than evaluation holds in memory ({_mib(MAX_EVALUATION_BYTES)})"
+    return (
+        "more than evaluation holds in memory here "
+        f"(a quarter of the memory available: {_mib(limit)})"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB" if size >= 2**20 else f"{size:,} bytes"
 
 
 def check_columns(columns: dict[str, np.ndarray], name: str, keys: set[str], label: str) -> None:
@@ -62,11 +102,69 @@ def _named(noun: str, keys: list[str]) -> str:
     return f"{noun}{'s' if len(keys) > 1 else ''} " + ", ".join(repr(k) for k in keys)
 
 
-def _tfrecord_columns(path: Path) -> dict[str, np.ndarray]:
-    rows: list[dict[str, tuple[str, list[object]]]] = []
+class _Column:
+    """One feature's values over the records read so far: packed numbers, or strings."""
+
+    def __init__(self, kind: str, size: int) -> None:
+        self.kind, self.size = kind, size
+        self.dtype = {"bytes": object, "float": np.float32, "int64": np.int64}[kind]
+        self.numbers = bytearray()
+        self.strings: list[bytes] = []
+
+    def add(self, values: list[object]) -> int:
+        """Append one record's values; the bytes they take."""
+        if self.kind == "bytes":
+            self.strings += values  # type: ignore[arg-type]  # _feature's bytes values
+            # A bytes object and the pointer to it, as numpy's object array holds them.
+            return sum(sys.getsizeof(v) + 8 for v in values)
+        packed = np.asarray(values, self.dtype).tobytes()
+        self.numbers += packed
+        return len(packed)
+
+    def array(self, rows: int) -> np.ndarray:
+        if self.kind == "bytes":
+            values = np.empty(len(self.strings), object)
+            values[:] = self.strings
+        else:
+            values = np.frombuffer(self.numbers, self.dtype)
+        column = values.reshape(rows, self.size)
+        return column[:, 0] if self.size == 1 else column
+
+
+def _tfrecord_columns(path: Path, limit: int) -> dict[str, np.ndarray]:
+    """The file's features as columns, read one record at a time and refused as soon as
+    they take more than `limit` bytes."""
+    columns: dict[str, _Column] = {}
+    rows = held = 0
     try:
-        for raw in tfrecords(path):
-            rows.append(_example(raw, len(rows) + 1))
+        for raw in tfrecords(path, limit // _RECORD_SHARE):
+            rows += 1
+            features = _example(raw, rows)
+            if rows == 1:
+                columns = {key: _Column(kind, len(v)) for key, (kind, v) in features.items()}
+            elif features.keys() != columns.keys():
+                differ = sorted(features.keys() ^ columns.keys())[0]
+                where = "record 1" if differ in columns else f"record {rows}"
+                msg = f"{path.name}: feature {differ!r} is in {where} but not in every record"
+                raise EvaluationDataError(msg)
+            for key, (kind, values) in features.items():
+                column = columns[key]
+                if kind != column.kind or len(values) != column.size:
+                    msg = (
+                        f"{path.name}: feature {key!r} is {column.size} {column.kind} value(s) "
+                        f"in record 1 but {len(values)} {kind} value(s) in record {rows}"
+                    )
+                    raise EvaluationDataError(msg)
+                held += column.add(values)
+            if held > limit:
+                msg = f"{path.name}'s first {rows:,} records hold values {_more_than(limit)}"
+                raise EvaluationDataError(msg)
+    except RecordTooLarge as e:
+        msg = (
+            f"{path.name}: {e.message}: one row may take a {_RECORD_SHARE}th of the "
+            f"{_mib(limit)} evaluation holds in memory"
+        )
+        raise EvaluationDataError(msg) from e
     except PackageError as e:
         msg = f"{path.name} is not a TFRecord file: {e.message}"
         raise EvaluationDataError(msg) from e
@@ -76,28 +174,7 @@ def _tfrecord_columns(path: Path) -> dict[str, np.ndarray]:
     if not rows:
         msg = f"{path.name} holds no records"
         raise EvaluationDataError(msg)
-    columns = {}
-    first = rows[0]
-    for number, row in enumerate(rows, 1):
-        if row.keys() != first.keys():
-            differ = sorted(row.keys() ^ first.keys())[0]
-            where = "record 1" if differ in first else f"record {number}"
-            msg = f"{path.name}: feature {differ!r} is in {where} but not in every record"
-            raise EvaluationDataError(msg)
-    for key, (kind, values) in first.items():
-        size = len(values)
-        for number, row in enumerate(rows, 1):
-            other_kind, other = row[key]
-            if other_kind != kind or len(other) != size:
-                msg = (
-                    f"{path.name}: feature {key!r} is {size} {kind} value(s) in record 1 but "
-                    f"{len(other)} {other_kind} value(s) in record {number}"
-                )
-                raise EvaluationDataError(msg)
-        dtype = {"bytes": object, "float": np.float32, "int64": np.int64}[kind]
-        column = np.array([row[key][1] for row in rows], dtype=dtype)
-        columns[key] = column[:, 0] if size == 1 else column
-    return columns
+    return {key: column.array(rows) for key, column in columns.items()}
 
 
 def _example(raw: bytes, number: int) -> dict[str, tuple[str, list[object]]]:

@@ -174,6 +174,36 @@ def npz(members: dict[str, bytes], claimed: int | None = None) -> bytes:
     return bytes(data)
 
 
+def deflated_npz_claiming(size: int) -> bytes:
+    """A .npz whose deflated member `input.npy` claims `size` bytes (its npy header agreeing)
+    for 1 MiB of incompressible bytes, within the 1032 times deflate can grow; and labels."""
+    import io
+    import zipfile
+
+    header = npy({"descr": "|u1", "fortran_order": False, "shape": (size - 128,)}, b"")
+    stored = header + np.random.default_rng(0).bytes(size // 1000)
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        archive.writestr("input.npy", stored, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("labels.npy", good_npy(np.zeros(4, np.float32)))
+    data = bytearray(stream.getvalue())
+    entry = data.index(b"PK\x01\x02")  # the first member's central directory entry
+    data[entry + 24 : entry + 28] = struct.pack("<I", size)  # its uncompressed size
+    return bytes(data)
+
+
+def tfrecord_of_one_sparse_record(length: int) -> Callable[[Path], None]:
+    """data/eval.tfrecord: one record of `length` zero bytes, the file sparse."""
+
+    def step(root: Path) -> None:
+        (root / "data").mkdir(exist_ok=True)
+        with (root / "data" / "eval.tfrecord").open("wb") as stream:
+            stream.write(struct.pack("<Q", length) + b"\0" * 4)
+            stream.truncate(12 + length + 4)
+
+    return step
+
+
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -584,6 +614,25 @@ CASES = [
         BUILD,
         "{src}/m.yaml:8: evaluate.data: cannot read eval.npz as a .npz file: 'input.npy' claims "
         "4294967295 bytes, more than the 144 stored for it can hold",
+    ),
+    # What evaluation holds in memory: 1 GiB, or a quarter of what the machine has available
+    # if less (these lines assume 4 GiB or more available).
+    Case(
+        "evaluation_npz_deflated_to_1_mib_from_1_gib",
+        with_manifest(EVALUATE, write("data/eval.npz", deflated_npz_claiming(2**30 + 2**20))),
+        BUILD,
+        "{src}/m.yaml:8: evaluate.data: eval.npz holds 1,025 MiB of arrays, more than "
+        "evaluation holds in memory (1,024 MiB)",
+    ),
+    Case(
+        "evaluation_tfrecord_of_one_32_mib_row",
+        with_manifest(
+            "evaluate: {data: data/eval.tfrecord, metrics: [mse]}\n",
+            tfrecord_of_one_sparse_record(2**25),
+        ),
+        BUILD,
+        "{src}/m.yaml:8: evaluate.data: eval.tfrecord: record 1 is 33,554,432 bytes, more than "
+        "22,369,621: one row may take a 48th of the 1,024 MiB evaluation holds in memory",
     ),
     Case(
         "evaluation_npz_cut_in_half",
