@@ -37,6 +37,29 @@ from smpack.package.wire import WireFormatError, length_delimited
 
 # A warmup request is replayed on every model load; one that needs more is a mistake.
 MAX_WARMUP_FILE_BYTES = 64 << 20
+# All the requests are held until written, and TF Serving replays every one on each load
+# (verify runs every example on every graph): their values together, at most this much,
+# for the warmup requests, for the examples, and for either read back from a package.
+MAX_REQUEST_VALUES_BYTES = 64 << 20
+# A JSON file's values are Python objects before they are an array: up to 34 times the
+# file ("[[],[],...]": 64 MiB of it took 2.1 GiB).
+MAX_JSON_FILE_BYTES = 8 << 20
+
+
+class _Budget:
+    """What the values of the requests read so far still leave of `MAX_REQUEST_VALUES_BYTES`."""
+
+    def __init__(self, what: str, why: str) -> None:
+        self.left, self.what, self.why = MAX_REQUEST_VALUES_BYTES, what, why
+
+    def take(self, size: int, manifest: Path, field: str) -> None:
+        self.left -= size
+        if self.left < 0:
+            msg = (
+                f"the {self.what} hold more than {MAX_REQUEST_VALUES_BYTES >> 20} MiB of values "
+                f"by here ({self.why})"
+            )
+            raise ManifestError(msg, file=manifest, field=field)
 
 
 def warmup_records(
@@ -47,8 +70,9 @@ def warmup_records(
     `signature_defs` maps each serving variant's name to its SignatureDefs; every request
     must fit each of them. Raises `ManifestError` naming the request that does not.
     """
+    budget = _Budget("warmup requests", "each load of the model replays them all")
     return [
-        _record(loaded, request, f"warmup.{index}", request.signature, signature_defs, {})
+        _record(loaded, request, f"warmup.{index}", request.signature, signature_defs, {}, budget)
         for index, request in enumerate(loaded.spec.warmup)
     ]
 
@@ -61,17 +85,20 @@ def example_records(
     """The manifest's `examples:` as PredictionLogs, checked like warmup requests: each
     example's inputs as a request to its signature on every serving variant, and inputs
     plus labels as a request to the `train` signature of every train variant."""
+    budget = _Budget("examples", "verify runs each on every graph")
     records = []
     for index, example in enumerate(loaded.spec.examples):
         field = f"examples.{index}"
         if not example.has_labels:
-            records.append(_record(loaded, example, field, example.signature, serving, {}))
+            records.append(_record(loaded, example, field, example.signature, serving, {}, budget))
             continue
         names = ("labels", "label_files")
-        labels = _values(loaded, example.labels, example.label_files, field, names)
-        records.append(_record(loaded, example, field, TRAIN_SIGNATURE_KEY, training, labels))
+        labels = _values(loaded, example.labels, example.label_files, field, names, budget)
+        records.append(
+            _record(loaded, example, field, TRAIN_SIGNATURE_KEY, training, labels, budget)
+        )
         if serving:
-            records.append(_record(loaded, example, field, example.signature, serving, {}))
+            records.append(_record(loaded, example, field, example.signature, serving, {}, budget))
     return records
 
 
@@ -82,10 +109,11 @@ def _record(
     signature_key: str,
     signature_defs: Mapping[str, Mapping[str, Any]],
     labels: dict[str, Any],
+    budget: _Budget,
 ) -> bytes:
     """One request, fitted to `signature_key` of every variant in `signature_defs`."""
     where: dict[str, Any] = {"file": loaded.path, "field": field}
-    values = {**_request_values(loaded, request, field), **labels}
+    values = {**_request_values(loaded, request, field, budget), **labels}
     method = None
     for variant, signatures in signature_defs.items():
         if signature_key not in signatures:
@@ -124,8 +152,18 @@ def read_requests(
     requests: dict[str, list[dict[str, np.ndarray]]] = {}
     if not path.is_file():
         return requests
+    held = 0
     for number, raw in enumerate(_records(path), 1):
         signature, feeds = _request_feeds(raw, path, number)
+        # A tensor may hold one value for all its elements (TensorFlow repeats the last):
+        # a small file can decode to any size, one tensor (checked above) after another.
+        held += sum(feed.nbytes for feed in feeds.values())
+        if held > MAX_REQUEST_VALUES_BYTES:
+            msg = (
+                f"its requests hold more than {MAX_REQUEST_VALUES_BYTES >> 20} MiB of values "
+                f"by record {number}, more than a build writes"
+            )
+            raise PackageError(msg, file=path)
         requests.setdefault(signature, []).append(feeds)
     return requests
 
@@ -180,11 +218,13 @@ def _not_replayable(path: Path, number: int, problem: str) -> PackageError:
     return PackageError(msg, file=path)
 
 
-def _request_values(loaded: LoadedManifest, request: WarmupRequest, field: str) -> dict[str, Any]:
+def _request_values(
+    loaded: LoadedManifest, request: WarmupRequest, field: str, budget: _Budget
+) -> dict[str, Any]:
     """Inline values and files merged into one numpy array (or Example list) per input."""
-    if request.examples is not None:
+    if request.examples is not None:  # inline, bounded by the manifest's own limits
         return {"inputs": request.examples}
-    return _values(loaded, request.inputs, request.files, field, ("inputs", "files"))
+    return _values(loaded, request.inputs, request.files, field, ("inputs", "files"), budget)
 
 
 def _values(
@@ -193,20 +233,25 @@ def _values(
     files: Mapping[str, str],
     field: str,
     names: tuple[str, str],
+    budget: _Budget,
 ) -> dict[str, Any]:
-    """Inline values and the `.npy`/`.json` files of others, as numpy arrays by key;
-    `names` are the manifest's fields holding them, for errors."""
+    """Inline values and the `.npy`/`.json` files of others, as numpy arrays by key, each
+    taken from `budget`; `names` are the manifest's fields holding them, for errors."""
     values = {}
     for key, value in inline.items():
-        values[key] = _array(value, loaded.path, f"{field}.{names[0]}.{key}")
+        where = f"{field}.{names[0]}.{key}"
+        values[key] = _array(value, loaded.path, where)
+        budget.take(values[key].nbytes, loaded.path, where)
     for key, relative in files.items():
         path, where = loaded.folder / relative, f"{field}.{names[1]}.{key}"
         try:
             size = path.stat().st_size
-            if size > MAX_WARMUP_FILE_BYTES:
-                msg = f"{relative!r} is larger than {MAX_WARMUP_FILE_BYTES >> 20} MiB"
+            most = MAX_WARMUP_FILE_BYTES if path.suffix == ".npy" else MAX_JSON_FILE_BYTES
+            if size > most:
+                msg = f"{relative!r} is larger than {most >> 20} MiB"
                 raise ManifestError(msg, file=loaded.path, field=where)
             if path.suffix == ".npy":
+                budget.take(size, loaded.path, where)  # before it is read: its header and data
                 values[key] = _load_npy(path, size)
                 continue
             document = json.loads(path.read_bytes())
@@ -216,6 +261,7 @@ def _values(
             msg = f"cannot read {relative!r}: {first_line(e)}"
             raise ManifestError(msg, file=loaded.path, field=where) from e
         values[key] = _array(document, loaded.path, where)
+        budget.take(values[key].nbytes, loaded.path, where)
     return values
 
 

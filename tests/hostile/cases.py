@@ -204,6 +204,33 @@ def tfrecord_of_one_sparse_record(length: int) -> Callable[[Path], None]:
     return step
 
 
+def sparse_npy(relative: str, count: int) -> Callable[[Path], None]:
+    """A .npy of `count` float32 zeros, its data sparse."""
+
+    def step(root: Path) -> None:
+        header = npy({"descr": "<f4", "fortran_order": False, "shape": (count,)}, b"")
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        with (root / relative).open("wb") as stream:
+            stream.write(header)
+            stream.truncate(len(header) + 4 * count)
+
+    return step
+
+
+def repeated_log() -> bytes:
+    """A PredictionLog whose input is a float32 tensor of 2^24 elements holding one value."""
+
+    def message(field: int, body: bytes) -> bytes:
+        return varint(field << 3 | 2) + varint(len(body)) + body
+
+    shape = message(2, varint(1 << 3) + varint(2**24))  # TensorShapeProto{dim{size}}
+    tensor = varint(1 << 3) + varint(1) + message(2, shape) + message(5, struct.pack("<f", 1))
+    request = message(1, message(1, b"tiny")) + message(
+        2, message(1, b"input") + message(2, tensor)
+    )
+    return message(6, message(1, request))
+
+
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -530,9 +557,28 @@ CASES = [
     ),
     Case(
         "warmup_file_larger_than_64_mib",
-        with_manifest(WARMUP_REQUEST % "json", sparse("data/x.json", (64 << 20) + 1)),
+        with_manifest(WARMUP_REQUEST % "npy", sparse("data/x.npy", (64 << 20) + 1)),
         BUILD,
-        "{src}/m.yaml: warmup.0.files.input: 'data/x.json' is larger than 64 MiB",
+        "{src}/m.yaml: warmup.0.files.input: 'data/x.npy' is larger than 64 MiB",
+    ),
+    Case(
+        # Its Python objects before it is an array: up to 34 times the file.
+        "warmup_json_larger_than_8_mib",
+        with_manifest(WARMUP_REQUEST % "json", sparse("data/x.json", (8 << 20) + 1)),
+        BUILD,
+        "{src}/m.yaml: warmup.0.files.input: 'data/x.json' is larger than 8 MiB",
+    ),
+    Case(
+        # Each file within its limit, but every request is held, then written, then
+        # replayed on each load: the first is read (and fits), the second is not.
+        "warmup_two_requests_of_one_40_mib_npy",
+        with_manifest(
+            "warmup:\n  - files: {input: data/x.npy}\n  - files: {input: data/x.npy}\n",
+            sparse_npy("data/x.npy", 10 << 20),
+        ),
+        BUILD,
+        "{src}/m.yaml: warmup.1.files.input: the warmup requests hold more than 64 MiB of "
+        "values by here (each load of the model replays them all)",
     ),
     Case(
         "warmup_json_nested_100000_deep",
@@ -790,6 +836,14 @@ CASES = [
         ("verify", "{pkg}"),
         "{pkg}/assets.extra/tf_serving_warmup_requests: TFRecord file ends inside the header "
         "of record 7",
+    ),
+    Case(
+        # Three tensors of 2^24 float32s, each from one value TensorFlow repeats.
+        "warmup_records_of_64_mib_tensors_from_4_bytes",
+        package(write("assets.extra/tf_serving_warmup_requests", tfrecord(repeated_log()) * 3)),
+        ("verify", "{pkg}"),
+        "{pkg}/assets.extra/tf_serving_warmup_requests: its requests hold more than 64 MiB of "
+        "values by record 2, more than a build writes",
     ),
     Case(
         "warmup_record_not_a_prediction_log",
