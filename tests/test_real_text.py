@@ -455,3 +455,26 @@ def test_core_op_list_is_current() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_vocabulary_words_skip_a_line_too_long_to_be_a_word(tmp_path: Path) -> None:
+    """A vocabulary asset of one endless line is not read whole (a package is user input)."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    meta_graph = meta_graph_pb2.MetaGraphDef()
+    table = meta_graph.graph_def.node.add(name="table", op="HashTableV2")
+    table.attr["key_dtype"].type = types_pb2.DT_STRING
+    meta_graph.graph_def.node.add(name="filename", op="Const")
+    init = meta_graph.graph_def.node.add(name="init", op="InitializeTableFromTextFileV2")
+    init.input.extend(["table", "filename"])
+    init.attr["key_index"].i = -2  # the whole line
+    asset = meta_graph.asset_file_def.add(filename="vocab.txt")
+    asset.tensor_info.name = "filename:0"
+    (tmp_path / "assets").mkdir()
+    with (tmp_path / "assets" / "vocab.txt").open("wb") as stream:
+        stream.write(b"first\n")
+        stream.truncate(6 + (64 << 20))  # 64 MiB of zero bytes, no newline: sparse
+        stream.seek(0, 2)
+        stream.write(b"\nhello\nworld\n")
+    assert vocabulary_words(meta_graph, tmp_path) == [b"first", b"hello", b"world"]

@@ -25,6 +25,10 @@ _STRING = 7  # DT_STRING
 # and wordpiece continuations (##s), which are never a word on their own.
 _SPECIAL = re.compile(rb"^(\[[^\]]*\]|<[^>]*>|##.*|\s*)$")
 _LINES_READ = 256  # a vocabulary's first words are enough; a file may hold millions
+# A longer line is no word worth making up an input of: it is skipped a chunk at a time, not
+# held (a file of one endless line was read whole).
+_LONGEST_LINE = 4096
+_SKIP_CHUNK = 1 << 16
 # Ops reading a string as encoded data, not text: what feeds them is made up empty.
 _PARSING_OPS = frozenset(
     {
@@ -125,7 +129,13 @@ def _file_keys(path: Path, node: Any) -> Iterator[bytes]:
     delimiter = node.attr["delimiter"].s or b"\t"
     try:
         with path.open("rb") as file:
-            for _, line in zip(range(_LINES_READ), file, strict=False):
+            for _ in range(_LINES_READ):
+                line = file.readline(_LONGEST_LINE + 1)
+                if not line:
+                    break
+                if len(line) > _LONGEST_LINE and not line.endswith(b"\n"):
+                    _skip_line(file)
+                    continue
                 line = line.rstrip(b"\r\n")
                 if key_index == _WHOLE_LINE:
                     yield line
@@ -135,6 +145,13 @@ def _file_keys(path: Path, node: Any) -> Iterator[bytes]:
                         yield columns[key_index]
     except OSError:
         return  # verify's own "assets present" check reports a missing vocabulary
+
+
+def _skip_line(file: Any) -> None:
+    """Read past the end of the current line, a chunk at a time."""
+    while chunk := file.readline(_SKIP_CHUNK):
+        if chunk.endswith(b"\n"):
+            return
 
 
 def parsed_string_inputs(meta_graph: Any) -> dict[str, frozenset[str]]:
