@@ -36,7 +36,7 @@ from smpack.package.layout import (
     PACKAGE_DESCRIPTIONS,
     RECORD_PATH,
 )
-from smpack.package.record import record_layout
+from smpack.package.record import MAX_RECORD_BYTES, record_layout
 
 # A record cannot hash itself; the cards, written after it, embed every other hash and the
 # measured numbers, which differ build to build.
@@ -186,6 +186,8 @@ def _sealed_entries(export_dir: Path, relative: str, key: str) -> dict[str, str]
     path = export_dir / relative
     if not path.is_file():
         return f"no {relative}: the package's files cannot be checked"
+    if path.stat().st_size > MAX_RECORD_BYTES:
+        return f"{relative} is larger than {MAX_RECORD_BYTES >> 20} MiB, more than smpack writes"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         entries = record[key]

@@ -219,9 +219,17 @@ def count_tfrecords(path: Path) -> int:
     return sum(1 for _ in tfrecords(path))
 
 
+# A FingerprintDef is five numbers, a version and a UUID; a larger file is no fingerprint,
+# and is refused before it is read.
+_MAX_FINGERPRINT_BYTES = 64 << 10
+
+
 def _fingerprint(path: Path) -> Fingerprint | None:
     if not path.is_file():
         return None
+    if path.stat().st_size > _MAX_FINGERPRINT_BYTES:
+        msg = f"larger than {_MAX_FINGERPRINT_BYTES >> 10} KiB: not a fingerprint"
+        raise PackageError(msg, file=path)
     try:
         message = FingerprintDef.FromString(path.read_bytes())
     except DecodeError as e:

@@ -21,6 +21,11 @@ from typing import Any
 from smpack.errors import PackageError
 from smpack.package.layout import MEASURED_PATH, RECORD_PATH
 
+# A record holds a line per file of the package and per variant: kilobytes, a few megabytes
+# for thousands of asset files. JSON is Python objects before it is anything else, up to
+# ~34 times the file, so a larger one is refused before it is read.
+MAX_RECORD_BYTES = 16 << 20
+
 
 def read_record(export_dir: str | Path, relative: str = RECORD_PATH) -> dict[str, Any] | None:
     """The package's smpack.json (or another of its JSON records, by `relative` path) as a
@@ -29,6 +34,9 @@ def read_record(export_dir: str | Path, relative: str = RECORD_PATH) -> dict[str
     if not path.is_file():
         return None
     try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            msg = f"{relative} is larger than {MAX_RECORD_BYTES >> 20} MiB, more than smpack writes"
+            raise PackageError(msg, file=export_dir)
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         msg = f"{relative} is not readable JSON: {e}"

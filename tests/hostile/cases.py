@@ -846,6 +846,19 @@ CASES = [
         "values by record 2, more than a build writes",
     ),
     Case(
+        "fingerprint_of_1_mib",
+        package(sparse("fingerprint.pb", 1 << 20)),
+        ("card", "{pkg}"),
+        "{pkg}/fingerprint.pb: larger than 64 KiB: not a fingerprint",
+    ),
+    Case(
+        # JSON is Python objects first, up to ~34 times the file.
+        "record_of_17_mib",
+        package(sparse("assets.extra/smpack.json", 17 << 20)),
+        ("inspect", "{pkg}"),
+        "{pkg}: assets.extra/smpack.json is larger than 16 MiB, more than smpack writes",
+    ),
+    Case(
         "warmup_record_not_a_prediction_log",
         package(write("assets.extra/tf_serving_warmup_requests", tfrecord(b"\x0a\x03abc"))),
         ("verify", "{pkg}"),
