@@ -306,3 +306,18 @@ def test_the_crafted_table_is_one_the_reader_takes_with_a_valid_block() -> None:
     block = encode_varint(0) + encode_varint(0) + encode_varint(2) + header
     crafted = table_with_data_block(block + struct.pack("<II", 0, 1))
     assert list(checkpoint_index.table_items(crafted)) == [(b"", header)]
+
+
+@pytest.mark.parametrize("reader", [read_checkpoint_index, read_bundle], ids=["package", "source"])
+def test_an_index_larger_than_smpack_holds_is_refused_unread(
+    reader: Callable[[Path], object], tmp_path: Path
+) -> None:
+    """An index is read whole: a sparse one of gigabytes was, before parsing failed."""
+    with (tmp_path / "big.index").open("wb") as stream:
+        stream.truncate(checkpoint_index.MAX_INDEX_BYTES + 1)
+    with pytest.raises(PackageError) as caught:
+        reader(tmp_path / "big")
+    assert caught.value.file == tmp_path / "big.index"
+    assert caught.value.message.startswith(
+        "a checkpoint index of 1,073,741,825 bytes, more than smpack holds in memory here ("
+    )

@@ -27,7 +27,13 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 from smpack.builder.checkpoint_slices import save_whole, slice_bytes_per_shard, sliced_names
 from smpack.errors import PackageError
 from smpack.io.staging import link_or_copy
-from smpack.package.checkpoint_index import TABLE_MAGIC, masked_crc32c, table_items, tensor_name
+from smpack.package.checkpoint_index import (
+    TABLE_MAGIC,
+    masked_crc32c,
+    read_index_bytes,
+    table_items,
+    tensor_name,
+)
 from smpack.package.digests import keep_digest
 from smpack.package.wire import WireFormatError, encode_varint
 from smpack.sources.graph_def import calls_function
@@ -44,7 +50,7 @@ def read_bundle(prefix: Path) -> tuple[tensor_bundle_pb2.BundleHeaderProto, dict
     header = tensor_bundle_pb2.BundleHeaderProto()
     entries = {}
     try:
-        for key, value in table_items(path.read_bytes()):
+        for key, value in table_items(read_index_bytes(path)):
             if key == b"":
                 header.ParseFromString(value)
             elif not key.startswith(b"\x00"):  # slices of partitioned variables

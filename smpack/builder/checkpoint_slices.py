@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from smpack.package.checkpoint_index import table_items
+from smpack.package.checkpoint_index import read_index_bytes, table_items
 
 # Sliced tensors are restored and saved in batches of at most this many bytes (or one
 # tensor, if a single one is larger): memory holds one batch, never the whole checkpoint.
@@ -40,7 +40,7 @@ def slice_bytes_per_shard(source: Path, sliced_keys: set[str]) -> dict[int, int]
     per_shard: dict[int, int] = {}
     if not sliced_keys:
         return per_shard
-    for key, value in table_items(Path(f"{source}.index").read_bytes()):
+    for key, value in table_items(read_index_bytes(Path(f"{source}.index"))):
         if not key.startswith(b"\x00") or _sliced_tensor_name(key) not in sliced_keys:
             continue
         entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)

@@ -35,6 +35,14 @@ def available_memory(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/c
     return available
 
 
+def within_memory(most: int) -> int:
+    """`most`, or a quarter of `available_memory()` if that is less: how much of a file
+    read whole (and what is made of it) a reader may hold. `most` when the memory is
+    unknown (no /proc: not exhausted, just not said)."""
+    available = available_memory()
+    return min(most, available // 4) if available else most
+
+
 def _mem_available(meminfo: Path) -> int:
     for line in meminfo.read_text().splitlines():
         name, _, value = line.partition(":")

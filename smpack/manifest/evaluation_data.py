@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from smpack.errors import PackageError
-from smpack.io.memory import available_memory
+from smpack.io.memory import within_memory
 from smpack.io.npy import ArraysTooLarge, load_npz
 from smpack.manifest.schema import TFRECORD_SUFFIXES
 from smpack.package.requests import RecordTooLarge, tfrecords
@@ -45,9 +45,7 @@ class EvaluationDataError(ValueError):
 
 def evaluation_data_limit() -> int:
     """The bytes evaluation data may take once decoded, on this machine now."""
-    available = available_memory()
-    # 0: the machine's memory is unknown (no /proc), not exhausted.
-    return min(MAX_EVALUATION_BYTES, available // 4) if available else MAX_EVALUATION_BYTES
+    return within_memory(MAX_EVALUATION_BYTES)
 
 
 def read_evaluation_data(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smpack.errors import PackageError
+from smpack.io.memory import within_memory
 from smpack.package.dtypes import dtype_name
 from smpack.package.wire import WireFormatError, decode_varint, message_fields, utf8
 
@@ -24,6 +25,7 @@ TABLE_MAGIC = 0xDB4775248B80FB57  # the last 8 bytes of every LevelDB-format tab
 _FOOTER_SIZE = 48  # two varint block handles padded to 40 bytes, then the 8-byte magic
 _TRAILER_SIZE = 5  # compression type byte + masked crc32c
 _NO_COMPRESSION, _SNAPPY = 0, 1
+
 
 def _crc32c_table() -> list[int]:
     table = []
@@ -64,7 +66,7 @@ def read_checkpoint_index(prefix: str | os.PathLike[str]) -> CheckpointIndex:
     """Read `<prefix>.index`; raise PackageError if it is missing or corrupt."""
     path = Path(f"{os.fspath(prefix)}.index")
     try:
-        data = path.read_bytes()
+        data = read_index_bytes(path)
     except OSError as error:
         msg = f"cannot read checkpoint index: {error.strerror or error}"
         raise PackageError(msg, file=path) from error
@@ -73,6 +75,25 @@ def read_checkpoint_index(prefix: str | os.PathLike[str]) -> CheckpointIndex:
     except WireFormatError as error:
         msg = f"corrupt checkpoint index: {error}"
         raise PackageError(msg, file=path) from error
+
+
+# An index holds a few dozen bytes per tensor (kilobytes, megabytes for millions of
+# variables) and is read whole, then parsed into an entry per tensor: one larger than this,
+# or a quarter of the memory available if less, is refused before it is read.
+MAX_INDEX_BYTES = 1 << 30
+
+
+def read_index_bytes(path: Path) -> bytes:
+    """The bytes of the checkpoint index at `path`. Raises PackageError for one too large to
+    hold, OSError for one that cannot be read."""
+    size, limit = path.stat().st_size, within_memory(MAX_INDEX_BYTES)
+    if size > limit:
+        msg = (
+            f"a checkpoint index of {size:,} bytes, more than smpack holds in memory here "
+            f"({limit:,}: 1 GiB, or a quarter of the memory available)"
+        )
+        raise PackageError(msg, file=path)
+    return path.read_bytes()
 
 
 def table_items(data: bytes) -> Iterator[tuple[bytes, bytes]]:
