@@ -418,6 +418,35 @@ def test_evaluation_feeds_a_signature_of_any_batch_size_in_chunks() -> None:
     assert [c.tolist() for c in fixed] == [list(range(8)), [8, 9, 9, 9, 9, 9, 9, 9]]
 
 
+def test_evaluation_holds_what_the_metric_compares_not_the_outputs(tmp_path: Path) -> None:
+    """Class scores of 2,048 rows x 1,000 classes (8 MiB) are argmax'd chunk by chunk: the
+    evaluation holds class ids, not every chunk's scores at once."""
+    import tracemalloc
+
+    rows, classes = 2048, 1000
+    np.savez(tmp_path / "eval.npz", x=np.arange(rows, dtype=np.float32), labels=np.arange(rows) % 7)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        # The score of class c is -(x mod 7 - c)^2: row x's top class is x mod 7.
+        scores = -tf.square(tf.math.floormod(x, 7.0)[:, None] - tf.range(classes, dtype=tf.float32))
+        signature = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"scores": scores})
+    meta_graph = tf.compat.v1.MetaGraphDef()
+    meta_graph.signature_def["serving_default"].CopyFrom(signature)
+    evaluation = Evaluation(
+        tmp_path / "eval.npz", ("accuracy",), "serving_default", None, tmp_path / "m.yaml"
+    )
+    with tf.compat.v1.Session(graph=graph) as session:
+        tracemalloc.start()
+        try:
+            metrics = evaluation.run(session, meta_graph)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert metrics == {"accuracy": 1.0}
+    assert peak < rows * classes * 4 / 2, peak  # held all the scores at once before
+
+
 def test_an_integer_evaluation_column_feeds_a_quantized_input(
     tmp_path: Path,
 ) -> None:

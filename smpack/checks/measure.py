@@ -149,18 +149,23 @@ class Evaluation:
             }
         except EvaluationDataError as e:
             raise self._error(str(e), "data") from e
+        # Each chunk's predictions are cut to what the metrics compare with its labels as
+        # they come (class ids, not class scores), so what is held grows with the labels,
+        # not the output (a language model's scores are rows x vocabulary).
+        compared: dict[str, list[np.ndarray]] = {name: [] for name in self.metrics}
+        done = 0
         try:
             with refused_by_tensorflow(*RUN_REFUSALS):
-                predictions = np.concatenate(
-                    [
-                        session.run(signature.outputs[output].name, feeds)
-                        for feeds in _batches(signature, arrays)
-                    ]
-                )[: len(labels)]
+                for feeds in _batches(signature, arrays):
+                    rows = min(len(next(iter(feeds.values()))), len(labels) - done)
+                    predictions = session.run(signature.outputs[output].name, feeds)[:rows]
+                    for name, parts in compared.items():
+                        parts.append(_compared(name, predictions, labels[done : done + rows]))
+                    done += rows
         except (tf.errors.OpError, GraphRefused) as e:
             msg = f"{self.data.name} does not fit signature {self.signature!r}: {first_line(e)}"
             raise self._error(msg, "data") from e
-        return {name: _metric(name, predictions, labels) for name in self.metrics}
+        return {name: _metric(name, np.concatenate(compared[name]), labels) for name in compared}
 
     def _typed(self, key: str, column: np.ndarray, dtype_enum: int) -> np.ndarray:
         """`column` as the signature input's dtype, if its values are of that kind."""
@@ -366,12 +371,19 @@ def _batches(signature: Any, arrays: Mapping[str, np.ndarray]) -> Iterator[dict[
         yield feeds
 
 
-def _metric(name: str, predictions: np.ndarray, labels: np.ndarray) -> float:
+def _compared(name: str, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """What metric `name` compares with `labels`, from the predictions of their rows."""
     if name == "accuracy":
         if predictions.dtype.kind == "f" and predictions.ndim == labels.ndim + 1:
             predictions = np.argmax(predictions, axis=-1)  # class scores -> class ids
-        return float(np.mean(predictions.reshape(labels.shape) == labels))
-    error = predictions.astype(np.float64).reshape(labels.shape) - labels
+        return predictions.reshape(labels.shape)
+    return predictions.astype(np.float64).reshape(labels.shape)
+
+
+def _metric(name: str, compared: np.ndarray, labels: np.ndarray) -> float:
+    if name == "accuracy":
+        return float(np.mean(compared == labels))
+    error = compared - labels
     return float(np.mean(np.square(error)) if name == "mse" else np.mean(np.abs(error)))
 
 
