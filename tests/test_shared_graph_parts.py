@@ -21,6 +21,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
 
 import smpack
+from smpack.builder.assembled import _graph_def_and_shapes, _imported
 from smpack.builder.checkpoint_bundle import StreamingSaver, initial_values, soft_placement
 from smpack.builder.writer import SharedSavers, saved_model_bytes
 from smpack.sources.savedmodel import SourceVariable, VariablesTemplate, _variable
@@ -71,6 +72,28 @@ def test_variables_template_makes_exactly_what_get_variable_makes(context) -> No
     with made_once.as_default():
         trainable = [v.op.name for v in tf.compat.v1.trainable_variables()]
     assert trainable == ["dense/kernel", "dense/bias", "out/kernel"]
+
+
+def test_shapes_read_from_the_cpp_graph_are_the_ones_as_graph_def_adds() -> None:
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        unknown_rank = tf.compat.v1.placeholder(tf.int64, None, name="any")
+        values, _ = tf.unique(tf.reshape(x, [-1]))  # two outputs, one of unknown size
+        tf.identity(unknown_rank)
+        tf.reduce_sum(values)
+        tf.no_op(name="nothing_out")
+    imported = tf.Graph()
+    _imported(imported, graph.as_graph_def())
+
+    graph_def, shapes = _graph_def_and_shapes(imported)
+
+    expected = graph.as_graph_def(add_shapes=True)
+    assert [node.name for node in graph_def.node] == [node.name for node in expected.node]
+    for node in expected.node:
+        added = node.attr["_output_shapes"] if "_output_shapes" in node.attr else None
+        assert shapes[node.name] == added, node.name
+    assert shapes["nothing_out"] is None
 
 
 def graph_with_variables() -> tf.Graph:

@@ -487,7 +487,7 @@ def _graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
     for c_op in graph.new_operations():
         # An Operation holding only its outputs: graph registration, device functions and
         # control-flow bookkeeping, what makes import_graph_def slow, are not needed here.
-        op = ops.Operation(c_op, ops.SymbolicTensor)
+        op = ops.Operation(c_op, _ShapeReader)
         op.graph = graph
         op._init_outputs()  # noqa: SLF001
         # (dims, unknown rank) of each output, from the C++ graph.
@@ -498,6 +498,17 @@ def _graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
             made[key].list.shape.extend(tf.TensorShape(shape).as_proto() for shape in key)
         shapes[op.name] = made.get(key)
     return graph_def, shapes
+
+
+class _ShapeReader(c_api.PyTensor):
+    """An op's output made only to read its inferred shape (`_shape`, from the C++ graph).
+
+    `SymbolicTensor` draws a unique id and looks up a `DType` for every output (a third of
+    reading a graph's shapes); neither is read here.
+    """
+
+    def __new__(cls, op: Any, value_index: int, dtype: int) -> _ShapeReader:
+        return c_api.PyTensor.__new__(cls, op, value_index, dtype, 0)
 
 
 def _signature_defs(
