@@ -24,7 +24,8 @@ import smpack
 from smpack.builder.assembled import _graph_def_and_shapes, _imported
 from smpack.builder.checkpoint_bundle import StreamingSaver, initial_values, soft_placement
 from smpack.builder.writer import SharedSavers, saved_model_bytes
-from smpack.sources.savedmodel import SourceVariable, VariablesTemplate, _variable
+from smpack.sources.savedmodel import ImportedModel, SourceVariable, VariablesTemplate, _variable
+from smpack.sources.training_mode import named_like
 
 VARIABLES = [
     SourceVariable("dense/kernel", "dense/kernel/.ATTRIBUTES/VARIABLE_VALUE", (64, 32), "float32"),
@@ -72,6 +73,35 @@ def test_variables_template_makes_exactly_what_get_variable_makes(context) -> No
     with made_once.as_default():
         trainable = [v.op.name for v in tf.compat.v1.trainable_variables()]
     assert trainable == ["dense/kernel", "dense/bias", "out/kernel"]
+
+
+def imported_with(variables: list[SourceVariable]) -> ImportedModel:
+    return ImportedModel(
+        checkpoint=Path("unread"),
+        inputs=[],
+        outputs=[],
+        variables=variables,
+        handles={},
+        graph_def=tf.compat.v1.GraphDef(),
+        device_inputs=[],
+    )
+
+
+def test_an_import_named_like_the_serving_one_shares_its_variables_template() -> None:
+    serving = imported_with(VARIABLES)
+    # Another import of the source: its own names for the same checkpoint keys.
+    training = named_like(
+        imported_with([dataclasses.replace(v, name=f"train/{v.name}") for v in VARIABLES]),
+        serving,
+    )
+    fewer = named_like(imported_with(VARIABLES[:2]), serving)
+
+    assert training.variables_template() is serving.variables_template()
+    assert fewer.variables_template() is not serving.variables_template()
+    for imported in (serving, training, fewer):
+        made_alone = VariablesTemplate(imported.variables)
+        assert imported.variables_template().graph_def == made_alone.graph_def
+        assert imported.variables_template().variable_defs == made_alone.variable_defs
 
 
 def test_shapes_read_from_the_cpp_graph_are_the_ones_as_graph_def_adds() -> None:

@@ -77,13 +77,17 @@ class ImportedModel:
     host_outputs: set[str] = field(default_factory=set)  # outputs the host part computes
     assets: dict[str, Path] = field(default_factory=dict)  # assets/ name -> the source's file
     _retyped: dict[HalfTarget, graph_pb2.GraphDef] = field(default_factory=dict)
-    _variables_template: VariablesTemplate | None = None
+    # Templates by the variables they are made of, shared by the imports of one source
+    # (`training_mode.named_like`): a train import naming its variables as the serving one
+    # does reads the serving one's template, not a second one made alike.
+    _templates: dict[tuple[SourceVariable, ...], VariablesTemplate] = field(default_factory=dict)
 
     def variables_template(self) -> VariablesTemplate:
         """The package variables' ops, made once and imported into every variant's graph."""
-        if self._variables_template is None:
-            self._variables_template = VariablesTemplate(self.variables)
-        return self._variables_template
+        key = tuple(self.variables)
+        if key not in self._templates:
+            self._templates[key] = VariablesTemplate(self.variables)
+        return self._templates[key]
 
     @property
     def has_lowered_loop(self) -> bool:

@@ -291,4 +291,5 @@ def named_like(other: ImportedModel, serving: ImportedModel) -> ImportedModel:
         other,
         variables=[dataclasses.replace(v, name=renamed[v.name]) for v in other.variables],
         handles={h: renamed[name] for h, name in other.handles.items()},
+        _templates=serving._templates,  # noqa: SLF001 -- one template per set of variables
     )
