@@ -2,14 +2,13 @@
 
 Everything technical on a card (variants, signatures, parameter count, file hashes, versions)
 comes from the package's own files, so the card cannot drift from what ships. Nothing here
-imports TensorFlow: the facts `PackageInfo` lacks come from `saved_model.pb` parsed with
-smpack's own protobuf messages, and from the files themselves.
+imports TensorFlow: the facts come from `PackageInfo` (`read_package`) and from the files
+themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,7 +24,6 @@ from smpack.package.digests import file_sha256, tree_files
 from smpack.package.info import GraphInfo, PackageInfo, TensorInfo, count_tfrecords
 from smpack.package.layout import ASSETS_EXTRA, CARD_FILES, EXAMPLES_FILE, PACKAGE_DESCRIPTIONS
 from smpack.package.load_commands import ServingBase, load_commands
-from smpack.package.protos import VariableDef, read_saved_model
 from smpack.package.record import measured_records
 
 
@@ -63,8 +61,6 @@ def card_context(
     if name is None:
         name = folder.parent.name if folder.name.isdigit() else folder.name
     directory = f"{name}/{version}" if version is not None else name
-    saved_model = read_saved_model(info.path)
-    tf_versions = {graph.meta_info_def.tensorflow_version for graph in saved_model.meta_graphs}
     # Where TF Serving's documentation mounts models; the card travels with the package.
     serving = ServingBase(name=name, base_path=f"/models/{name}")
     if measurements is None:
@@ -94,8 +90,8 @@ def card_context(
             "version": version,
             "directory": directory,
             "smpack_version": __version__,
-            "tensorflow_version": ", ".join(sorted(tf_versions - {""})) or None,
-            "parameter_count": _parameter_count(saved_model, info),
+            "tensorflow_version": ", ".join(info.tensorflow_versions) or None,
+            "parameter_count": info.parameter_count,
             "checkpoint_bytes": info.variables_bytes,
             "variables": [
                 {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)} for v in info.variables
@@ -161,30 +157,6 @@ def _tensor(tensor: TensorInfo) -> dict[str, Any]:
         "shape": None if tensor.shape is None else list(tensor.shape),
         "shape_text": "scalar" if tensor.shape == () else tensor.shape_text,
     }
-
-
-def _parameter_count(saved_model: Any, info: PackageInfo) -> int | None:
-    """Elements of the variables in the graphs' `trainable_variables` collections.
-
-    None when no graph has that collection (TF2 object-graph SavedModels) or when a
-    trainable variable is missing from `info.variables`: an unknown count beats a wrong one.
-    """
-    collections = [
-        graph.collection_def["trainable_variables"]
-        for graph in saved_model.meta_graphs
-        if "trainable_variables" in graph.collection_def
-    ]
-    if not collections:
-        return None
-    names = {
-        VariableDef.FromString(raw).variable_name.rpartition(":")[0]
-        for collection in collections
-        for raw in collection.bytes_list.value
-    }
-    shapes = {variable.name: variable.shape for variable in info.variables}
-    if not names <= shapes.keys():
-        return None
-    return sum(math.prod(shapes[name]) for name in names)
 
 
 def _files(root: Path) -> list[dict[str, Any]]:

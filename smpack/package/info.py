@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from smpack.package.layout import (
     TRAIN_FUNCTION_COLLECTION,
     WARMUP_FILE,
 )
-from smpack.package.protos import FingerprintDef, read_saved_model
+from smpack.package.protos import FingerprintDef, VariableDef, read_saved_model
 from smpack.package.record import read_record
 from smpack.package.requests import tfrecords
 
@@ -118,6 +119,12 @@ class PackageInfo:
     op_libraries: tuple[str, ...] = ()
     # False for a build's package that failed verification and was kept, not published.
     published: bool = True
+    # The TensorFlow versions the MetaGraphs say wrote them (none recorded: empty).
+    tensorflow_versions: tuple[str, ...] = ()
+    # Elements of the variables in the graphs' `trainable_variables` collections; None when
+    # no graph has that collection (TF2 object-graph SavedModels) or a trainable variable is
+    # missing from `variables`: an unknown count beats a wrong one.
+    parameter_count: int | None = None
 
     @property
     def location(self) -> str:
@@ -178,6 +185,7 @@ def _read_package(export_dir: Path) -> PackageInfo:
     variables = tuple(
         VariableInfo(entry.name, entry.shape, entry.dtype, entry.size) for entry in entries.values()
     )
+    versions = {graph.meta_info_def.tensorflow_version for graph in saved_model.meta_graphs}
     return PackageInfo(
         path=export_dir,
         graphs=tuple(
@@ -185,8 +193,29 @@ def _read_package(export_dir: Path) -> PackageInfo:
             for meta_graph in saved_model.meta_graphs
         ),
         variables=variables,
+        tensorflow_versions=tuple(sorted(versions - {""})),
+        parameter_count=_parameter_count(saved_model, variables),
         **_file_facts(export_dir),
     )
+
+
+def _parameter_count(saved_model: Any, variables: tuple[VariableInfo, ...]) -> int | None:
+    collections = [
+        graph.collection_def["trainable_variables"]
+        for graph in saved_model.meta_graphs
+        if "trainable_variables" in graph.collection_def
+    ]
+    if not collections:
+        return None
+    names = {
+        VariableDef.FromString(raw).variable_name.rpartition(":")[0]
+        for collection in collections
+        for raw in collection.bytes_list.value
+    }
+    shapes = {variable.name: variable.shape for variable in variables}
+    if not names <= shapes.keys():
+        return None
+    return sum(math.prod(shapes[name]) for name in names)
 
 
 def _file_facts(export_dir: Path) -> dict[str, Any]:
