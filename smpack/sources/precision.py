@@ -28,13 +28,13 @@ consumes it and used as it is by a float32 op (batch-norm statistics).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, types_pb2
+from tensorflow.python.framework import op_def_registry
 
 from smpack.manifest import Variant
 from smpack.sources.graph_def import calls_function, node_name
@@ -126,19 +126,28 @@ def retyped(graph_def: graph_pb2.GraphDef, target: HalfTarget) -> graph_pb2.Grap
     graph = graph_pb2.GraphDef()
     graph.CopyFrom(graph_def)
     types = _Types(graph, {})
+    # Each node's data inputs, read once: only retyping a node changes its own.
+    reads = {node.name: types.data_inputs(node) for node in graph.node}
     for node in graph.node:
-        for _, tensor, wanted in types.data_inputs(node):
+        for _, tensor, wanted in reads[node.name]:
             if node_name(tensor) not in types.nodes and wanted is not None:
                 types.external[tensor] = target.dtype if wanted == _FLOAT else wanted
-    classes = _classes(graph, types, _Kernels(target))
+    classes = _classes(graph, types, _Kernels(target), reads)
     for node in graph.node:
         if classes.get(node.name) == _HALF:
             _retype_attrs(node, types.op_def(node), target.dtype)
-    _convert_edges(types, target.dtype)
+            types.forget_outputs(node)
+            reads[node.name] = types.data_inputs(node)
+    _convert_edges(types, reads, target.dtype)
     return graph
 
 
-def _classes(graph: graph_pb2.GraphDef, types: _Types, kernels: _Kernels) -> dict[str, int]:
+def _classes(
+    graph: graph_pb2.GraphDef,
+    types: _Types,
+    kernels: _Kernels,
+    reads: dict[str, list[tuple[int, str, int | None]]],
+) -> dict[str, int]:
     """Each node computing in float32 -> its class, to a fixed point (loops are cycles)."""
     classes: dict[str, int] = {}
     following: list[Any] = []  # nodes whose class follows their inputs'
@@ -165,12 +174,16 @@ def _classes(graph: graph_pb2.GraphDef, types: _Types, kernels: _Kernels) -> dic
         else:
             classes[node.name] = _FREE
             following.append(node)
+    float32_inputs = {
+        node.name: [tensor for _, tensor, wanted in reads[node.name] if wanted == _FLOAT]
+        for node in following
+    }
     changed = True
     while changed:  # classes only rise, so this ends
         changed = False
         for node in following:
             found = max(
-                (types.class_of(tensor, classes) for tensor in types.float32_inputs(node)),
+                (types.class_of(tensor, classes) for tensor in float32_inputs[node.name]),
                 default=_FREE,
             )
             if found > classes[node.name]:
@@ -201,11 +214,14 @@ def _retype_attrs(node: Any, op_def: Any, dtype: int) -> None:
             attr.list.type.extend(retyped_list)
 
 
-def _convert_edges(types: _Types, dtype: int) -> None:
-    """Convert each tensor whose dtype is not the one its consumer now reads."""
+def _convert_edges(
+    types: _Types, reads: dict[str, list[tuple[int, str, int | None]]], dtype: int
+) -> None:
+    """Convert each tensor whose dtype is not the one its consumer now reads (`reads`: each
+    node's data inputs, read after retyping)."""
     converted: dict[tuple[str, int], str] = {}
     for node in list(types.graph.node):
-        for position, tensor, wanted in types.data_inputs(node):
+        for position, tensor, wanted in reads[node.name]:
             have = types.output_type(tensor)
             if have == wanted or {have, wanted} != {_FLOAT, dtype}:
                 continue  # the same dtype, or not a difference of precision
@@ -263,14 +279,18 @@ class _Types:
     graph: graph_pb2.GraphDef
     external: dict[str, int]
     nodes: dict[str, Any] = field(init=False)
+    # By op type, and by node (until `forget_outputs`): a graph has few op types, and each
+    # node's outputs are read once per consumer.
+    _op_defs: dict[str, Any] = field(init=False, default_factory=dict)
+    _outputs: dict[str, list[int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.nodes = {n.name: n for n in self.graph.node}
 
     def op_def(self, node: Any) -> Any:
-        from tensorflow.python.framework import op_def_registry
-
-        return op_def_registry.get(node.op)
+        if node.op not in self._op_defs:
+            self._op_defs[node.op] = op_def_registry.get(node.op)
+        return self._op_defs[node.op]
 
     def add(self, name: str, op: str, inputs: list[str]) -> Any:
         node = self.graph.node.add()
@@ -279,19 +299,22 @@ class _Types:
         self.nodes[name] = node
         return node
 
-    def data_inputs(self, node: Any) -> Iterator[tuple[int, str, int | None]]:
+    def data_inputs(self, node: Any) -> list[tuple[int, str, int | None]]:
         """(position in node.input, tensor, dtype the node reads it as) of each data input."""
         op_def = self.op_def(node)
         wanted = _arg_types(node, op_def.input_arg) if op_def is not None else []
+        inputs = []
         index = 0
         for position, tensor in enumerate(node.input):
             if tensor.startswith("^"):
                 continue
-            yield position, tensor, wanted[index] if index < len(wanted) else None
+            inputs.append((position, tensor, wanted[index] if index < len(wanted) else None))
             index += 1
+        return inputs
 
-    def float32_inputs(self, node: Any) -> list[str]:
-        return [t for _, t, wanted in self.data_inputs(node) if wanted == _FLOAT]
+    def forget_outputs(self, node: Any) -> None:
+        """Forget `node`'s output dtypes, read before its attributes changed."""
+        self._outputs.pop(node.name, None)
 
     def class_of(self, tensor: str, classes: dict[str, int]) -> int:
         if node_name(tensor) not in self.nodes:  # a signature input, fed in half precision
@@ -303,14 +326,16 @@ class _Types:
         node = self.nodes.get(name)
         if node is None:
             return self.external.get(tensor, self.external.get(f"{tensor}:0"))
-        return output_dtype(node, int(index or 0))
+        if name not in self._outputs:
+            op_def = self.op_def(node)
+            self._outputs[name] = _arg_types(node, op_def.output_arg) if op_def is not None else []
+        outputs, position = self._outputs[name], int(index or 0)
+        return outputs[position] if position < len(outputs) else None
 
 
 def output_dtype(node: Any, index: int) -> int | None:
     """The dtype (enum) of `node`'s output `index`, as its op definition and attrs say;
     None if they do not say."""
-    from tensorflow.python.framework import op_def_registry
-
     op_def = op_def_registry.get(node.op)
     outputs = _arg_types(node, op_def.output_arg) if op_def is not None else []
     return outputs[index] if index < len(outputs) else None
