@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import check_golden
+from google.protobuf import text_format
+from tensorflow.core.framework import types_pb2
 from tf_helpers import meta_graph, run_v1, serving_variants, write_manifest
 
 import smpack
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.package.info import PackageInfo
+from smpack.sources.precision import HalfTarget, retyped
 
 SEQUENCE, WIDTH, BATCH = 6, 8, 2
 VARIANTS = serving_variants(BATCH)
@@ -229,3 +233,35 @@ def test_python_compute_that_cannot_be_traced_is_one_clear_error(
     assert problem in str(raised.value)
     assert "(building variant 'half')" in str(raised.value)
     assert not (tmp_path / "out").exists()
+
+
+def graph_of_every_class() -> tf.compat.v1.GraphDef:
+    """A graph with a node of each class: matrix products (half), softmax, a mean and the
+    normalisation statistics (float32), a mask constant, integer index arithmetic (free),
+    ops following a half input through an identity, and control inputs."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        ids = tf.compat.v1.placeholder(tf.int32, [None], name="ids")
+        weights = tf.constant(np.arange(12, dtype=np.float32).reshape(4, 3), name="w")
+        hidden = tf.nn.relu(tf.identity(tf.matmul(x, weights)) + tf.constant([0.5, 1.0, 2.0]))
+        masked = hidden + tf.constant(-1e9, name="mask") * tf.cast(ids[:, None] > 1, tf.float32)
+        mean, variance = tf.nn.moments(masked, axes=[1], keepdims=True)
+        with tf.control_dependencies([mean]):
+            normalised = (masked - mean) * tf.math.rsqrt(variance + 1e-3)
+        scores = tf.nn.softmax(tf.matmul(normalised, weights, transpose_b=True))
+        tf.identity(tf.reduce_mean(scores, axis=1), name="out")
+    return graph.as_graph_def()
+
+
+@pytest.mark.parametrize(
+    ("golden", "target"),
+    [
+        ("retyped_float16.pbtxt", HalfTarget(types_pb2.DT_HALF, ("CPU", "GPU"))),
+        ("retyped_bfloat16.pbtxt", HalfTarget(types_pb2.DT_BFLOAT16, ("CPU",))),
+    ],
+)
+def test_a_graph_of_every_class_is_retyped_as_it_always_was(golden, target) -> None:
+    retyped_graph = retyped(graph_of_every_class(), target)
+
+    check_golden(golden, text_format.MessageToString(retyped_graph))
