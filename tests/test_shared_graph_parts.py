@@ -119,6 +119,7 @@ def test_shapes_read_from_the_cpp_graph_are_the_ones_as_graph_def_adds() -> None
     graph_def, shapes = _graph_def_and_shapes(imported)
 
     expected = graph.as_graph_def(add_shapes=True)
+    assert type(graph_def) is type(expected)  # TF's own message, not a copy of it
     assert [node.name for node in graph_def.node] == [node.name for node in expected.node]
     for node in expected.node:
         added = node.attr["_output_shapes"] if "_output_shapes" in node.attr else None

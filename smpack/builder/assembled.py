@@ -478,8 +478,8 @@ def _graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
     """The graph's GraphDef and each node's `_output_shapes` (None: no outputs), the
     inferred shapes `as_graph_def(add_shapes=True)` gives."""
     with graph._c_graph.get() as c_graph:  # noqa: SLF001
-        graph_def = graph_pb2.GraphDef()
-        graph_def.CopyFrom(c_api.TF_GraphToGraphDefPybind(c_graph))
+        # A GraphDef of its own already (`as_graph_def` copies it once more).
+        graph_def = c_api.TF_GraphToGraphDefPybind(c_graph)
     if not graph_def.library.function:
         graph_def.ClearField("library")
     shapes = {}
