@@ -26,6 +26,7 @@ from smpack.builder.checkpoint_bundle import (
 )
 from smpack.builder.default_attrs import strip_default_valued_attrs
 from smpack.builder.graphs import VariableSpec, VariantGraph
+from smpack.builder.restore_groups import checkpoint_groups, split_restores
 from smpack.errors import GraphError, ManifestError, PackageError
 from smpack.manifest import LoadedManifest
 from smpack.package.wire import length_delimited
@@ -53,13 +54,19 @@ def write_saved_model(
     # its assets included (the copies' `asset_files` are the graph's).
     exported: dict[int, Any] = {}
     meta_graphs: list[tuple[Any, list[str]]] = []
+    saver = _write_variables(export_dir, first, loaded, source, savers)
+    # Every graph restores the same checkpoint, so every graph's restore is split alike.
+    prefix = export_dir / "variables" / "variables"
+    # A graph without variables writes no checkpoint (and has no restore to split).
+    entries = read_bundle(prefix)[1] if Path(f"{prefix}.index").exists() else {}
+    restore_groups = checkpoint_groups(entries)
     for variant_graph in ordered:
         key = id(variant_graph.built)
         if key not in exported:
-            saver = None
-            if variant_graph is first:
-                saver = _write_variables(export_dir, variant_graph, loaded, source, savers)
-            exported[key] = exported_meta_graph(variant_graph, savers, saver)
+            exported[key] = exported_meta_graph(
+                variant_graph, savers, saver if variant_graph is first else None
+            )
+            split_restores(exported[key], restore_groups)
             _register_assets(exported[key], variant_graph)
         meta_graphs.append((exported[key], variant_graph.tags))
     _write_saved_model_proto(export_dir, meta_graphs, as_text)
@@ -197,7 +204,7 @@ def variable_nodes(graph: tf.Graph) -> list[Any] | None:
     """Each variable's handle and read nodes, which is all a Saver's ops refer to.
 
     None where the builder's Saver would save something else (saveable objects, reference
-    variables, reads that are not the handle's plain `ReadVariableOp`).
+    variables, partitioned ones, reads that are not the handle's plain `ReadVariableOp`).
     """
     from tensorflow.python.ops import resource_variable_ops
 
@@ -206,6 +213,8 @@ def variable_nodes(graph: tf.Graph) -> list[Any] | None:
     nodes = []
     for variable in tf.compat.v1.global_variables():
         if not resource_variable_ops.is_resource_variable(variable):
+            return None
+        if variable._save_slice_info:  # a part, saved as a slice of one tensor  # noqa: SLF001
             return None
         read = variable._graph_element  # what the Saver saves  # noqa: SLF001
         handle = variable.handle
