@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import run_c
-from tf_helpers import meta_graph, run_v2, write_manifest, write_python_manifest
+from tf_helpers import meta_graph, run_v1, run_v2, write_manifest, write_python_manifest
 
 import smpack
 from smpack.builder import restore_groups
 from smpack.builder.restore_groups import MAX_GROUPS, MIN_GROUP_BYTES
 from smpack.package.info import PackageInfo
+from smpack.package.restore_keys import restored_keys
 
 MIB = 1 << 20
 
@@ -198,3 +199,55 @@ def test_a_split_package_is_the_savedmodel_source_of_another(
         assert len(restore_ops(from_split_package.path, tags)) > 2
         for name in (f"w{i}" for i in range(6)):  # the global step starts afresh
             np.testing.assert_array_equal(restored[name], source[name], err_msg=name)
+
+
+# A partitioned variable of three parts, saved as slices of one tensor `w`, beside `v`.
+PARTITIONED_MODEL = """
+import tensorflow as tf
+
+from smpack import ModelContext, ModelSpec
+
+
+def model_fn(ctx: ModelContext) -> ModelSpec:
+    x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+    init = tf.compat.v1.random_uniform_initializer(seed=1)
+    partitioner = tf.compat.v1.fixed_size_partitioner(3)
+    w = tf.compat.v1.get_variable("w", [400, 3], initializer=init, partitioner=partitioner)
+    v = tf.compat.v1.get_variable("v", [300], tf.float64, initializer=init)
+    total = 2.0 * tf.reduce_sum(tf.concat(list(w), 0)) + tf.cast(tf.reduce_sum(v), tf.float32)
+    return ModelSpec(inputs={"x": x}, outputs={"y": tf.identity(x * total, name="y")})
+"""
+
+
+@pytest.fixture(scope="module")
+def partitioned_package(tmp_path_factory: pytest.TempPathFactory) -> PackageInfo:
+    folder = tmp_path_factory.mktemp("partitioned")
+    manifest = write_python_manifest(folder, PARTITIONED_MODEL, {"cpu": {"tags": ["serve"]}})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(restore_groups, "MIN_GROUP_BYTES", TEST_GROUP_BYTES)
+        verified = lambda path: smpack.verify(path).passed  # noqa: E731
+        return smpack.build(manifest, folder / "out", measure=False, verify=verified)
+
+
+def test_a_partitioned_variables_slices_restore_together_and_verify(
+    partitioned_package: PackageInfo,
+) -> None:
+    # Verified: every part found in the checkpoint as a slice of `w`.
+    assert partitioned_package.published
+    graph = meta_graph(partitioned_package.path, ["serve"])
+    assert restored_keys(graph.graph_def) == {
+        "w/part_0": ("w", "400 3 0,134:0,3"),
+        "w/part_1": ("w", "400 3 134,133:0,3"),
+        "w/part_2": ("w", "400 3 267,133:0,3"),
+        "v": ("v", ""),
+    }
+    nodes = {n.name: n for n in graph.graph_def.node}
+    names = {
+        name: list(nodes[f"{name}/tensor_names"].attr["value"].tensor.string_val)
+        for name in restore_ops(partitioned_package.path, ["serve"])
+    }
+    assert names == {"save/RestoreV2": [b"v"], "save/RestoreV2/part_1": [b"w", b"w", b"w"]}
+    written = checkpoint_values(partitioned_package.path)
+    expected = 2 * np.float32(written["w"].sum()) + np.float32(written["v"].sum())
+    outputs = run_v1(partitioned_package.path, ["serve"], {"x": np.float32([1.0, 3.0])})
+    np.testing.assert_allclose(outputs["y"], np.float32([1.0, 3.0]) * expected, rtol=1e-6)

@@ -50,6 +50,7 @@ from smpack.package.info import GraphInfo, PackageInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE, RECORD_PATH
 from smpack.package.protos import read_saved_model
 from smpack.package.record import checked_records
+from smpack.package.restore_keys import full_shape, restored_keys
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import graph_ops_unregistered, import_op_libraries
 
@@ -286,17 +287,21 @@ def _variables_check(meta_graph: Any, checkpoint: dict[str, tuple[str, tuple[int
     if _OBJECT_GRAPH_KEY in checkpoint:
         return Check("variables in checkpoint", True, "object-based checkpoint: checked by loading")
     problems = []
+    restored = restored_keys(meta_graph.graph_def)
     for node in meta_graph.graph_def.node:
         if node.op not in ("VarHandleOp", "VariableV2", "Variable"):
             continue
+        key, spec = restored.get(node.name, (node.name, ""))
+        named = node.name if key == node.name else f"{node.name} (checkpoint key {key})"
         dtype = dtype_name(node.attr["dtype"].type)
-        shape = tuple(d.size for d in node.attr["shape"].shape.dim)
-        if node.name not in checkpoint:
-            problems.append(f"{node.name} missing from the checkpoint")
-        elif checkpoint[node.name] != (dtype, shape):
-            found = checkpoint[node.name]
+        # A partitioned variable's part restores a slice of the whole tensor.
+        shape = full_shape(spec) if spec else tuple(d.size for d in node.attr["shape"].shape.dim)
+        if key not in checkpoint:
+            problems.append(f"{named} missing from the checkpoint")
+        elif checkpoint[key] != (dtype, shape):
+            found = checkpoint[key]
             problems.append(
-                f"{node.name} is {dtype}{list(shape)} in the graph but "
+                f"{named} is {dtype}{list(shape)} in the graph but "
                 f"{found[0]}{list(found[1])} in the checkpoint"
             )
     return Check("variables in checkpoint", not problems, "; ".join(problems[:3]))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smpack.package.checkpoint_index import CheckpointEntry
+from smpack.package.restore_keys import restored_keys
 
 _VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -68,8 +69,10 @@ def _variables_read(meta_graph: Any, checkpoint: Mapping[str, CheckpointEntry]) 
         # A TF2 SavedModel restores through its object graph, which only the loader matches
         # to keys; every tensor of the checkpoint counts.
         return set(checkpoint)
-    # A TF1 graph restores each variable under its op's name.
-    return {node.name for node in meta_graph.graph_def.node if node.op in _VARIABLE_OPS}
+    # A TF1 graph restores each variable under its op's name, or as its restore ops say.
+    restored = restored_keys(meta_graph.graph_def)
+    variables = (node.name for node in meta_graph.graph_def.node if node.op in _VARIABLE_OPS)
+    return {restored.get(name, (name, ""))[0] for name in variables}
 
 
 def _sha256(data: bytes) -> str:
