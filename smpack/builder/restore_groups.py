@@ -20,13 +20,14 @@ from typing import Any
 
 from smpack.package.dtypes import dtype_name, numpy_dtype
 
-# Measured on 2 cores restoring 1 GiB (64 x 16 MiB float32, page cache warm): one op
-# 1.0-1.3 s, 2 groups 0.6-0.75 s, 4 groups 0.7-0.75 s, 8 groups 0.7 s or 1.4-1.5 s
-# (sys time up: more pages faulted in at once than two cores serve). A group of at
-# least 256 MiB keeps a 2-core host at 4 groups per GiB... at most 8 groups, so a
-# 2 GiB model spreads over 8 cores of a serving machine and a 16 GiB one over 8 too:
-# each group's read is then large enough that the op's fixed cost (opening the bundle,
-# scheduling) stays negligible.
+# Restoring 1 GiB (64 x 16 MiB float32, page cache warm) on this project's 2 cores, 3-7
+# runs each: one op 1.0-1.3 s; 2, 4, 8 or 16 groups all 0.6-0.9 s (8 twice at 1.4-1.5 s,
+# with other jobs running): on 2 cores any k >= 2 is the same. A serving machine's
+# inter-op pool has a thread per core (16-64), so more groups keep more of them reading;
+# each group's op opens the bundle and is scheduled once, negligible beside 128 MiB of
+# reading (~0.15 s a core). So: groups of at least 128 MiB (a checkpoint under 256 MiB
+# keeps its one op and its bytes), at most 8 (1 GiB in 8; 16 GiB in 8 of 2 GiB): the most
+# measured here; more groups for many-core hosts would be a guess this machine cannot test.
 MIN_GROUP_BYTES = 128 << 20
 MAX_GROUPS = 8
 
