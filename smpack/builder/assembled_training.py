@@ -131,8 +131,12 @@ def _assembled(
         copy = type(node)()
         copy.CopyFrom(nodes[node.name])
         copies.append(copy)
+    # The Python graph is left behind: the writer computes the fresh variables' initial
+    # values (global step, slots) from the assembled nodes.
     return dataclasses.replace(
         scaffolding,
+        graph=None,
+        init_op=None,
         assembled=AssembledGraph(
             graph_def=graph_def,
             variable_nodes=copies,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,35 @@ class StreamingSaver(tf.compat.v1.train.Saver):
     def save(self, sess: tf.compat.v1.Session, save_path: str, *args: Any, **kwargs: Any) -> str:
         prefix = Path(save_path)
         extras: list[Path] = []
-        for batch in _batches(self._fresh, _EXTRA_BATCH_BYTES):
+        sizes = [v.shape.num_elements() * v.dtype.base_dtype.size for v in self._fresh]
+        for batch in _batches(self._fresh, sizes, _EXTRA_BATCH_BYTES):
             extras.append(prefix.parent / f"smpack_extra_{len(extras)}")
             _save_values(extras[-1], initial_values(sess, batch))
         save_streamed(prefix, self._source, self._keys, extras)
         return save_path
+
+
+def save_assembled(
+    prefix: Path,
+    source: Path,
+    keys: Mapping[str, str],
+    graph_def: Any,
+    fresh: list[tuple[str, str, int]],
+) -> None:
+    """What `StreamingSaver.save` writes, for a graph assembled as protos (`graph_def`):
+    `keys`' variables from `source`, and the `fresh` ones (name, initial value tensor, size
+    in bytes) computed from `graph_def`'s nodes a batch at a time."""
+    nodes = {node.name: node for node in graph_def.node}
+    extras: list[Path] = []
+    for batch in _batches(fresh, [size for _, _, size in fresh], _EXTRA_BATCH_BYTES):
+        extras.append(prefix.parent / f"smpack_extra_{len(extras)}")
+        fetches = {name: initial for name, initial, _ in batch}
+        needed = _needed(fetches.values(), lambda name: nodes[name], _node_inputs)
+        values = _computed_alone(needed, graph_def.versions, fetches)
+        # An assembled graph has no function library: every op it runs is registered.
+        assert values is not None, "an assembled graph's initial value calls a function"
+        _save_values(extras[-1], values)
+    save_streamed(prefix, source, keys, extras)
 
 
 def initial_values(session: tf.compat.v1.Session, variables: list[Any]) -> dict[str, Any]:
@@ -100,31 +124,63 @@ def initial_values(session: tf.compat.v1.Session, variables: list[Any]) -> dict[
     ops: half a second) for the few ops making a global step's and optimizer slots' zeros.
     Where an op they need calls a function, they are run in `session` itself.
     """
-    from tensorflow.python.framework import op_def_registry
-
     with session.graph.as_default():  # a variable's graph properties are read in it
         fetches = {v.op.name: v.initial_value for v in variables}
-    needed: dict[str, tf.Operation] = {}
-    waiting = [tensor.op for tensor in fetches.values()]
+    needed = _needed(
+        [tensor.name for tensor in fetches.values()],
+        session.graph.get_operation_by_name,
+        lambda op: (
+            [tensor.op.name for tensor in op.inputs]
+            + [control.name for control in op.control_inputs]
+        ),
+    )
+    values = _computed_alone(
+        [op.node_def for op in needed],
+        session.graph.graph_def_versions,
+        {name: tensor.name for name, tensor in fetches.items()},
+    )
+    return session.run(fetches) if values is None else values
+
+
+def _node_inputs(node: Any) -> list[str]:
+    return [name.lstrip("^").partition(":")[0] for name in node.input]
+
+
+def _needed(
+    tensors: Iterable[str], find: Callable[[str], Any], inputs: Callable[[Any], list[str]]
+) -> list[Any]:
+    """The ops or nodes (`find` by name) computing `tensors`, and all they depend on."""
+    needed: dict[str, Any] = {}
+    waiting = [tensor.partition(":")[0] for tensor in tensors]
     while waiting:
-        op = waiting.pop()
-        if op.name not in needed:
-            needed[op.name] = op
-            waiting += [tensor.op for tensor in op.inputs] + list(op.control_inputs)
+        name = waiting.pop()
+        if name not in needed:
+            needed[name] = find(name)
+            waiting += inputs(needed[name])
+    return list(needed.values())
+
+
+def _computed_alone(
+    nodes: list[Any], versions: Any, fetches: dict[str, str]
+) -> dict[str, Any] | None:
+    """`fetches`' tensors (name -> tensor), computed in a graph of just `nodes`; None where
+    one calls a function, which the graph alone would lack."""
+    from tensorflow.python.framework import op_def_registry
+
     graph_def = graph_pb2.GraphDef()
-    graph_def.versions.CopyFrom(session.graph.graph_def_versions)
-    for op in needed.values():
-        node = graph_def.node.add()
-        node.CopyFrom(op.node_def)
+    graph_def.versions.CopyFrom(versions)
+    for node in nodes:
         if calls_function(node) or op_def_registry.get(node.op) is None:
-            return session.run(fetches)  # the graph alone would lack the function library
+            return None
+        copy = graph_def.node.add()
+        copy.CopyFrom(node)
         # Colocations name ops left out (the variables); placement changes no value, and
         # a device this host lacks falls back to the CPU, as in the writer's session.
-        node.attr.pop("_class", None)
+        copy.attr.pop("_class", None)
     alone = tf.Graph()
     with alone.as_default():
         tensors = tf.graph_util.import_graph_def(
-            graph_def, return_elements=[t.name for t in fetches.values()], name=""
+            graph_def, return_elements=list(fetches.values()), name=""
         )
     with tf.compat.v1.Session(graph=alone, config=soft_placement()) as computing:
         return dict(zip(fetches, computing.run(tensors), strict=True))
@@ -150,12 +206,11 @@ def save_streamed(prefix: Path, source: Path, keys: Mapping[str, str], extras: l
     )
 
 
-def _batches(variables: list[Any], limit: int) -> list[list[Any]]:
+def _batches(variables: list[Any], sizes: list[int], limit: int) -> list[list[Any]]:
     """`variables` in order, split into runs of at most `limit` bytes (or one variable)."""
     batches: list[list[Any]] = []
     size = 0
-    for variable in variables:
-        nbytes = variable.shape.num_elements() * variable.dtype.base_dtype.size
+    for variable, nbytes in zip(variables, sizes, strict=True):
         if not batches or size + nbytes > limit:
             batches.append([])
             size = 0

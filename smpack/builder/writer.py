@@ -10,6 +10,7 @@ checkpoint nor that tag sets are distinct, so this module does, before anything 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from smpack.builder.checkpoint_bundle import (
     StreamingSaver,
     read_bundle,
-    save_streamed,
+    save_assembled,
     soft_placement,
 )
 from smpack.builder.default_attrs import strip_default_valued_attrs
@@ -89,11 +90,16 @@ def _write_variables(
     keys = None
     if source.checkpoint is not None and variant_graph.model_variables:
         keys = _checkpoint_keys(variant_graph, loaded, source)
-    if variant_graph.graph is None:
-        # Assembled graphs are an imported source's, every variable from its checkpoint.
+    if variant_graph.assembled is not None:
+        # Assembled graphs are an imported source's, every model variable from its
+        # checkpoint; the others (a train graph's global step and slots) start from their
+        # initial values, as StreamingSaver saves them.
         assert source.checkpoint is not None and keys is not None
+        fresh = _fresh_variables(variant_graph, keys)
         with _disk_errors():
-            save_streamed(prefix, source.checkpoint, keys, [])
+            save_assembled(
+                prefix, source.checkpoint, keys, variant_graph.assembled.graph_def, fresh
+            )
         return None
     with (
         variant_graph.graph.as_default(),
@@ -108,6 +114,27 @@ def _write_variables(
         with _disk_errors():
             saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
     return saver
+
+
+def _fresh_variables(
+    variant_graph: VariantGraph, keys: dict[str, str]
+) -> list[tuple[str, str, int]]:
+    """An assembled graph's variables not in the checkpoint, in the order of its global
+    variables: (name, initial value tensor, size in bytes)."""
+    from tensorflow.core.framework import variable_pb2
+
+    assert variant_graph.assembled is not None
+    collection = variant_graph.assembled.collections.get(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+    fresh = []
+    for serialized in collection.bytes_list.value if collection is not None else []:
+        variable_def = variable_pb2.VariableDef.FromString(serialized)
+        name = variable_def.variable_name.partition(":")[0]
+        if name in keys:
+            continue
+        spec = variant_graph.variables[name]
+        size = math.prod(d or 0 for d in spec.shape) * tf.as_dtype(spec.dtype).size
+        fresh.append((name, variable_def.initial_value_name, size))
+    return fresh
 
 
 def exported_meta_graph(
