@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.core.framework import graph_pb2, node_def_pb2, variable_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import meta_graph
 
@@ -50,6 +50,7 @@ from smpack.builder.assembled import (
 )
 from smpack.builder.c_graph import CGraph, ImportRefused, NoCxxGradient
 from smpack.builder.graphs import AssembledGraph, VariantGraph, build_variant_graph
+from smpack.builder.widening import NotWidened, Widening
 from smpack.builder.writer import variable_nodes
 from smpack.manifest import LoadedManifest, Variant
 from smpack.sources.graph_def import node_name, tensor_name
@@ -79,7 +80,10 @@ def assembled_train_graph(
     if computation.library.function:
         return None
     try:
-        return _assembled(loaded, source, source.replaying, training, name, variant)
+        try:
+            return _assembled(loaded, source, source.replaying, training, name, variant, True)
+        except NotWidened:
+            return _assembled(loaded, source, source.replaying, training, name, variant, False)
     except _NotAssembled:
         return None
 
@@ -91,15 +95,23 @@ def _assembled(
     training: ImportedModel,
     name: str,
     variant: Variant,
+    widen: bool,
 ) -> VariantGraph:
-    stand_in = _StandIn(training, variant)
+    stand_in = _StandIn(training, variant, widen)
+    widening = stand_in.widening
     assert variant.optimizer is not None  # a train variant's, by the manifest schema
     gradients = _Gradients(stand_in, variant.optimizer.name)
+    scaffolded = dataclasses.replace(
+        training,
+        graph_def=stand_in.graph_def,
+        outputs=stand_in.outputs,
+        variables=[v for v in training.variables if v.name in widening.members],
+        handles={h: n for h, n in training.handles.items() if n in widening.members},
+        _variables_template=None,
+    )
     scaffolding = build_variant_graph(
         loaded,
-        replaying(
-            dataclasses.replace(training, graph_def=stand_in.graph_def, outputs=stand_in.outputs)
-        ),
+        replaying(scaffolded),
         name,
         variant,
         source.assets,
@@ -109,8 +121,7 @@ def _assembled(
     graph = scaffolding.graph
     assert graph is not None and scaffolding.init_op is not None
     with graph.as_default():
-        saved = variable_nodes(graph)
-        if saved is None:
+        if variable_nodes(graph) is None:
             raise _NotAssembled  # saved by something else than each variable's read
         collections = {}
         for key in sorted(graph.get_all_collection_keys()):
@@ -118,6 +129,7 @@ def _assembled(
             meta_graph.add_collection_def(exported, key, graph=graph)
             if key in exported.collection_def:
                 collections[key] = exported.collection_def[key]
+    collections = widening.collections(collections)
     spliced = gradients.spliced(graph.as_graph_def())
     final = tf.Graph()
     _imported(final, spliced)
@@ -127,16 +139,25 @@ def _assembled(
             node.attr["_output_shapes"].CopyFrom(shapes[node.name])
     nodes = {node.name: node for node in graph_def.node}
     copies = []
-    for node in saved:
-        copy = type(node)()
-        copy.CopyFrom(nodes[node.name])
-        copies.append(copy)
+    # Each variable's handle and read, what its Saver is built over (`variable_nodes`).
+    for serialized in collections[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES].bytes_list.value:
+        variable_def = variable_pb2.VariableDef.FromString(serialized)
+        for tensor in (variable_def.variable_name, variable_def.snapshot_name):
+            copy = type(nodes[node_name(tensor)])()
+            copy.CopyFrom(nodes[node_name(tensor)])
+            copies.append(copy)
+    variables = {}
+    for variable, spec in scaffolding.variables.items():
+        for widened in widening.names([variable]):
+            variables[widened] = spec
     # The Python graph is left behind: the writer computes the fresh variables' initial
     # values (global step, slots) from the assembled nodes.
     return dataclasses.replace(
         scaffolding,
         graph=None,
         init_op=None,
+        variables=variables,
+        model_variables=widening.names(scaffolding.model_variables),
         assembled=AssembledGraph(
             graph_def=graph_def,
             variable_nodes=copies,
@@ -156,12 +177,13 @@ class _StandIn:
     fed, so the Python import maps them all and says what it mapped them to.
     """
 
-    def __init__(self, training: ImportedModel, variant: Variant) -> None:
+    def __init__(self, training: ImportedModel, variant: Variant, widen: bool) -> None:
         computation = training.graph_def
         nodes = {node.name: node for node in computation.node}
         if _STAND_IN in nodes or _FED in nodes or any(n.startswith(f"{_STAND_IN}_") for n in nodes):
             raise _NotAssembled
         self.computation = computation
+        self.handles = training.handles
         self.fed = list(training.device_inputs) + sorted(training.handles)
         kept: list[str] = []
         frontier: list[str] = []
@@ -190,6 +212,17 @@ class _StandIn:
         kept += [node.name for node in computation.node if node.op in STATE_UPDATES]
         self.kept = set(kept)
         fed = set(self.fed)
+        pinned = {
+            training.handles[tensor_name(tensor)]
+            for name in self.kept
+            for tensor in nodes[name].input
+            if tensor_name(tensor) in training.handles
+        }
+        self.widening = Widening(training.variables, pinned, widen)
+        # The scaffolding holds the representatives alone (builder/widening.py).
+        self.fed = list(training.device_inputs) + sorted(
+            h for h, n in training.handles.items() if n in self.widening.members
+        )
         for output, end in zip(training.outputs, ends, strict=True):
             if end and end == tensor_name(output.tensor):
                 stood_in(end)
@@ -273,6 +306,11 @@ class _Gradients:
             key: tensor.name
             for key, tensor in zip(self._stand_in.fed, fed_ops[0].inputs, strict=True)
         }
+        widening = self._stand_in.widening
+        # The widened variables' handles, under their own names as the representatives'.
+        self._fed.update(
+            {h: f"{n}:0" for h, n in self._stand_in.handles.items() if n in widening.member_of}
+        )
         variables = tf.compat.v1.trainable_variables() + tf.compat.v1.get_collection(
             tf.compat.v1.GraphKeys.TRAINABLE_RESOURCE_VARIABLES
         )
@@ -297,9 +335,18 @@ class _Gradients:
         if any(n.startswith(f"{_GRADIENTS}/") or n == _GRADIENTS for n in nodes):
             raise _NotAssembled
         consumers = _consumers(forward)
-        reads: list[str | None] = []
+        # (the Python variable, or None for a widened one; its handle; its read)
+        trained: list[tuple[Any, str, str]] = []
         for variable in variables:
             handle = variable.handle.op.name
+            read = variable._graph_element.op.name  # noqa: SLF001
+            trained.append((variable, handle, read))
+            trained += [
+                (None, member, widening.renamed(read, handle, member))
+                for member in widening.members.get(handle, [])
+            ]
+        reads: list[str | None] = []
+        for _, handle, _ in trained:
             # Through the Identity ops an inlined function passes its inputs on with.
             in_model = [
                 op
@@ -340,20 +387,27 @@ class _Gradients:
         gradient_consumers = _consumers(with_gradients, only=f"{_GRADIENTS}/")
         self._made_before = {op.name for op in graph.get_operations()}
         grads_and_vars = []
-        for variable, read in zip(variables, reads, strict=True):
+        differentiated_representative = False
+        for (variable, _, stood_in_read), read in zip(trained, reads, strict=True):
             real = gradient_of.get(read) if read is not None else None
+            if variable is not None:
+                differentiated_representative = real is not None
+            elif differentiated_representative != (real is not None):
+                raise NotWidened  # the representative's update is not this variable's
             if read is None or real is None:
-                grads_and_vars.append((None, variable))
+                if variable is not None:
+                    grads_and_vars.append((None, variable))
                 continue
             # The variable's own read (made already, like every op the optimizer reads
             # it through) stands in for its gradient in the ops made from here on.
-            stand_in = variable._graph_element  # noqa: SLF001
-            if stand_in.op.type != "ReadVariableOp" or stand_in.value_index:
-                raise _NotAssembled
-            self._real_gradients[stand_in.op.name] = real
+            self._real_gradients[stood_in_read] = real
             readers = _through_identities(read, gradient_consumers, nodes, consumers)
-            self._readers[stand_in.op.name] = sorted(set(readers) - {node_name(real)})
-            grads_and_vars.append((stand_in, variable))
+            self._readers[stood_in_read] = sorted(set(readers) - {node_name(real)})
+            if variable is not None:
+                stand_in = variable._graph_element  # noqa: SLF001
+                if stand_in.op.type != "ReadVariableOp" or stand_in.value_index:
+                    raise _NotAssembled
+                grads_and_vars.append((stand_in, variable))
         return grads_and_vars
 
     def spliced(self, scaffolding: Any) -> Any:
@@ -368,6 +422,12 @@ class _Gradients:
         stand_in = self._stand_in
         scope = self._scope
         stood_in = stand_in.stood_in(scope)
+        if any(stand_in.widening.owner(name) for name in stood_in):
+            raise NotWidened  # a computation's node named as a variable's would be copied
+        scaffolding, copied = stand_in.widening.widened(scaffolding, stood_in)
+        made_before = self._made_before | {
+            copy for copy, original in copied.items() if original in self._made_before
+        }
         renamed = {
             f"{scope}/{name}": f"{scope}/{tensor}" for tensor, name in stand_in.frontier.items()
         }
@@ -387,7 +447,7 @@ class _Gradients:
             copy = spliced.node.add()
             copy.CopyFrom(node)
             inputs = [_renamed(i, renamed) for i in node.input]
-            if gradients and node.name not in self._made_before:
+            if gradients and node.name not in made_before:
                 # The optimizer's ops read the real gradients, and each update waits for
                 # the gradient ops reading its variable.
                 waits = [f"^{r}" for i in node.input for r in self._readers.get(node_name(i), [])]

@@ -1,0 +1,203 @@
+"""A train scaffolding built over one variable per kind, widened to every variable as protos.
+
+The Python path makes a handful of ops per variable (its nodes, its optimizer slots, its
+update), milliseconds of Python each: most of what an assembled train graph
+(builder/assembled_training.py) still cost at a thousand variables. Those ops differ between
+two trainable variables of one shape and dtype by nothing but the names of the variable and
+what they make for it (`<variable>/...`, `train_op/update_<variable>/...`) and the colocation
+on it, so the scaffolding is built over one representative per kind (the first by name, so
+that Adam's beta powers, colocated with the first variable, are the Python path's) and
+each representative's nodes are copied under every other variable of its kind, as
+builder/writer.py widens its Saver. Ops made for all variables at once (the optimizer's
+`update` group, Adam's beta power updates) wait for the copies as for the representative.
+
+Not widened (each variable its own representative): a variable not trained, one whose name
+is a path prefix of another's, and names that differ only in case (the Python graph would
+make them unique otherwise); and the whole scaffolding when anything else reads a
+representative's nodes (`NotWidened`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.core.framework import variable_pb2
+
+from smpack.sources.savedmodel import SourceVariable
+
+# `Optimizer.apply_gradients(..., name="train_op")` names each variable's update scope so.
+_UPDATE = "train_op/update_"
+_VARIABLE_COLLECTIONS = (
+    tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+    tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES,
+)
+
+
+class NotWidened(Exception):  # noqa: N818 -- control flow: build every variable in Python
+    pass
+
+
+class Widening:
+    """Each representative variable -> the other variables of its kind."""
+
+    def __init__(self, variables: list[SourceVariable], pinned: set[str], widen: bool) -> None:
+        """`pinned` variables are their own representatives (the stand-in reads them)."""
+        names = [variable.name for variable in variables]
+        lowered = {name.lower() for name in names}
+        prefixes = {name.rsplit("/", i)[0] for name in names for i in range(1, name.count("/") + 1)}
+        kinds: dict[Any, list[str]] = {}
+        for variable in variables:
+            alone = (
+                not widen
+                or not variable.trainable
+                or variable.name in pinned
+                or variable.name in prefixes
+                or len(lowered) < len(names)
+            )
+            key = variable.name if alone else (variable.shape, variable.dtype)
+            kinds.setdefault(key, []).append(variable.name)
+        # The first by name of each kind (TF sorts `a/k:0` so), which Adam colocates with.
+        self.members = {}
+        for kind in kinds.values():
+            first, *others = sorted(kind, key=lambda name: f"{name}:0")
+            self.members[first] = others
+        self.member_of = {
+            member: representative
+            for representative, members in self.members.items()
+            for member in members
+        }
+
+    @property
+    def widens(self) -> bool:
+        return bool(self.member_of)
+
+    def owner(self, name: str) -> str | None:
+        """The representative a node named `name` is made for, if any."""
+        name = name.lstrip("^")
+        if name.startswith(_UPDATE):
+            name = name[len(_UPDATE) :]
+        name = name.partition(":")[0]
+        while True:
+            if name in self.members:
+                return name
+            if "/" not in name:
+                return None
+            name = name.rpartition("/")[0]
+
+    def renamed(self, name: str, representative: str, member: str) -> str:
+        """`name` (a node's, an input's, a tensor's) made for `member` instead."""
+        control = "^" if name.startswith("^") else ""
+        bare = name[len(control) :]
+        for prefix in ("", _UPDATE):
+            head = prefix + representative
+            if bare == head or bare.startswith((head + "/", head + ":")):
+                return control + prefix + member + bare[len(head) :]
+        return name
+
+    def widened(self, graph_def: Any, stood_in: Iterable[str] = ()) -> tuple[Any, dict[str, str]]:
+        """`graph_def` with each representative's nodes copied for its members; and each
+        copy's name -> its original's. Nodes in `stood_in` (replaced later) may read a
+        representative's nodes; any other reading one but as a control input is refused."""
+        if not self.widens:
+            return graph_def, {}
+        stood_in = set(stood_in)
+        owners = {node.name: self.owner(node.name) for node in graph_def.node}
+        result = type(graph_def)()
+        result.versions.CopyFrom(graph_def.versions)
+        result.library.CopyFrom(graph_def.library)
+        copied: dict[str, str] = {}
+        for node in graph_def.node:
+            added = result.node.add()
+            added.CopyFrom(node)
+            representative = owners[node.name]
+            if representative is None:
+                inputs = []
+                for name in node.input:
+                    inputs.append(name)
+                    read = owners.get(name.lstrip("^").partition(":")[0])
+                    if read is None or not self.members[read]:
+                        continue
+                    if not name.startswith("^") and node.name not in stood_in:
+                        raise NotWidened  # read as data beside the representative's own
+                    if name.startswith("^"):
+                        inputs += [self.renamed(name, read, m) for m in self.members[read]]
+                added.input[:] = inputs
+                continue
+            for member in self.members[representative]:
+                copy = result.node.add()
+                copy.CopyFrom(node)
+                self._rename(copy, representative, member, owners)
+                copied[copy.name] = node.name
+        lowered = [node.name.lower() for node in result.node]
+        if len(set(lowered)) < len(lowered):
+            raise NotWidened  # a copy's name is taken (the Python graph would uniquify it)
+        return result, copied
+
+    def _rename(
+        self, node: Any, representative: str, member: str, owners: dict[str, str | None]
+    ) -> None:
+        node.name = self.renamed(node.name, representative, member)
+        inputs = []
+        for name in node.input:
+            owner = owners.get(name.lstrip("^").partition(":")[0])
+            if owner is not None and owner != representative:
+                raise NotWidened  # reads another variable's nodes
+            inputs.append(self.renamed(name, representative, member))
+        node.input[:] = inputs
+        if "_class" in node.attr:
+            locations = node.attr["_class"].list.s
+            locations[:] = [
+                b"loc:@" + self.renamed(s.decode()[len("loc:@") :], representative, member).encode()
+                for s in locations
+            ]
+        if node.op == "VarHandleOp":
+            for key in ("shared_name", "debug_name"):
+                if key in node.attr:
+                    value = node.attr[key].s.decode()
+                    node.attr[key].s = self.renamed(value, representative, member).encode()
+
+    def collections(self, collections: dict[str, Any]) -> dict[str, Any]:
+        """The exported collections, each representative's VariableDefs followed by its
+        members'; refused where another collection names a representative's node."""
+        if not self.widens:
+            return collections
+        widened = {}
+        for key, collection in collections.items():
+            if key not in _VARIABLE_COLLECTIONS:
+                if any(self.owner(name) for name in collection.node_list.value):
+                    raise NotWidened
+                widened[key] = collection
+                continue
+            copy = type(collection)()
+            for serialized in collection.bytes_list.value:
+                copy.bytes_list.value.append(serialized)
+                variable_def = variable_pb2.VariableDef.FromString(serialized)
+                representative = self.owner(variable_def.variable_name)
+                for member in self.members.get(representative, []) if representative else []:
+                    made = variable_pb2.VariableDef()
+                    made.CopyFrom(variable_def)
+                    for field in (
+                        "variable_name",
+                        "initial_value_name",
+                        "initializer_name",
+                        "snapshot_name",
+                    ):
+                        value = getattr(variable_def, field)
+                        setattr(made, field, self.renamed(value, representative, member))
+                    copy.bytes_list.value.append(made.SerializeToString())
+            widened[key] = copy
+        return widened
+
+    def names(self, names: Iterable[str]) -> list[str]:
+        """`names` (of variables), each representative's followed by its members'."""
+        result = []
+        for name in names:
+            result.append(name)
+            representative = self.owner(name)
+            if representative is not None:
+                result += [
+                    self.renamed(name, representative, m) for m in self.members[representative]
+                ]
+        return result
