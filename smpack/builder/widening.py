@@ -175,7 +175,9 @@ class Widening:
                 copy.bytes_list.value.append(serialized)
                 variable_def = variable_pb2.VariableDef.FromString(serialized)
                 representative = self.owner(variable_def.variable_name)
-                for member in self.members.get(representative, []) if representative else []:
+                if representative is None:
+                    continue
+                for member in self.members[representative]:
                     made = variable_pb2.VariableDef()
                     made.CopyFrom(variable_def)
                     for field in (

@@ -101,6 +101,7 @@ def _write_variables(
                 prefix, source.checkpoint, keys, variant_graph.assembled.graph_def, fresh
             )
         return None
+    assert variant_graph.graph is not None
     with (
         variant_graph.graph.as_default(),
         tf.compat.v1.Session(graph=variant_graph.graph, config=soft_placement()) as session,
