@@ -88,13 +88,7 @@ class Widening:
 
     def renamed(self, name: str, representative: str, member: str) -> str:
         """`name` (a node's, an input's, a tensor's) made for `member` instead."""
-        control = "^" if name.startswith("^") else ""
-        bare = name[len(control) :]
-        for prefix in ("", _UPDATE):
-            head = prefix + representative
-            if bare == head or bare.startswith((head + "/", head + ":")):
-                return control + prefix + member + bare[len(head) :]
-        return name
+        return _made(_split(name, representative), member)
 
     def widened(self, graph_def: Any, stood_in: Iterable[str] = ()) -> tuple[Any, dict[str, str]]:
         """`graph_def` with each representative's nodes copied for its members; and each
@@ -125,38 +119,41 @@ class Widening:
                         inputs += [self.renamed(name, read, m) for m in self.members[read]]
                 added.input[:] = inputs
                 continue
+            if not self.members[representative]:
+                continue
+            # What differs between the copies, split where the representative's name is.
+            name = _split(node.name, representative)
+            inputs = []
+            for tensor in node.input:
+                owner = owners.get(tensor.lstrip("^").partition(":")[0])
+                if owner is not None and owner != representative:
+                    raise NotWidened  # reads another variable's nodes
+                inputs.append(_split(tensor, representative))
+            locations = [
+                _split(location.decode()[len("loc:@") :], representative)
+                for location in (node.attr["_class"].list.s if "_class" in node.attr else [])
+            ]
+            handle_names = {
+                key: _split(node.attr[key].s.decode(), representative)
+                for key in ("shared_name", "debug_name")
+                if node.op == "VarHandleOp" and key in node.attr
+            }
             for member in self.members[representative]:
                 copy = result.node.add()
                 copy.CopyFrom(node)
-                self._rename(copy, representative, member, owners)
+                copy.name = _made(name, member)
+                copy.input[:] = [_made(tensor, member) for tensor in inputs]
+                if locations:
+                    copy.attr["_class"].list.s[:] = [
+                        b"loc:@" + _made(location, member).encode() for location in locations
+                    ]
+                for key, value in handle_names.items():
+                    copy.attr[key].s = _made(value, member).encode()
                 copied[copy.name] = node.name
         lowered = [node.name.lower() for node in result.node]
         if len(set(lowered)) < len(lowered):
             raise NotWidened  # a copy's name is taken (the Python graph would uniquify it)
         return result, copied
-
-    def _rename(
-        self, node: Any, representative: str, member: str, owners: dict[str, str | None]
-    ) -> None:
-        node.name = self.renamed(node.name, representative, member)
-        inputs = []
-        for name in node.input:
-            owner = owners.get(name.lstrip("^").partition(":")[0])
-            if owner is not None and owner != representative:
-                raise NotWidened  # reads another variable's nodes
-            inputs.append(self.renamed(name, representative, member))
-        node.input[:] = inputs
-        if "_class" in node.attr:
-            locations = node.attr["_class"].list.s
-            locations[:] = [
-                b"loc:@" + self.renamed(s.decode()[len("loc:@") :], representative, member).encode()
-                for s in locations
-            ]
-        if node.op == "VarHandleOp":
-            for key in ("shared_name", "debug_name"):
-                if key in node.attr:
-                    value = node.attr[key].s.decode()
-                    node.attr[key].s = self.renamed(value, representative, member).encode()
 
     def collections(self, collections: dict[str, Any]) -> dict[str, Any]:
         """The exported collections, each representative's VariableDefs followed by its
@@ -203,3 +200,20 @@ class Widening:
                     self.renamed(name, representative, m) for m in self.members[representative]
                 ]
         return result
+
+
+def _split(name: str, representative: str) -> tuple[str, ...]:
+    """`name` split around `representative`'s name where it names that variable or its
+    update (`name` alone where it does not), for `_made`."""
+    control = "^" if name.startswith("^") else ""
+    bare = name[len(control) :]
+    for prefix in ("", _UPDATE):
+        head = prefix + representative
+        if bare == head or bare.startswith((head + "/", head + ":")):
+            return control + prefix, bare[len(head) :]
+    return (name,)
+
+
+def _made(split: tuple[str, ...], member: str) -> str:
+    """A name `_split` split, made for `member`."""
+    return split[0] if len(split) == 1 else split[0] + member + split[1]
