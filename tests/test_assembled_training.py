@@ -376,3 +376,46 @@ def test_an_assembled_train_graph_loads_in_tensorflows_other_loaders(
     second = step(**{k: tf.constant(v) for k, v in feeds.items()})["loss"].numpy()
     assert np.isfinite(first)
     assert second != first  # a step was taken
+
+
+def test_like_variables_one_of_them_not_differentiated_are_assembled_each_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two variables of one shape, the loss differentiable with respect to one: copies of
+    the first one's (no) update would leave the other one untrained, so each variable is
+    built as its own representative (builder/widening.py), and the step is SGD's."""
+
+    class OneStopped(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stopped = tf.Variable(tf.fill([3, 3], 2.0), name="a_stopped")
+            self.w = tf.Variable(tf.fill([3, 3], 0.5), name="b_trained")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.matmul(x, self.w) + tf.stop_gradient(self.stopped)[0]}
+
+    module = OneStopped()
+    tf.saved_model.save(
+        module, str(tmp_path / "model"), signatures={"serving_default": module.predict}
+    )
+    widenings: list[widening.Widening] = []
+
+    class Recorded(widening.Widening):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            widenings.append(self)
+
+    monkeypatch.setattr(assembled_training, "Widening", Recorded)
+    source = {"savedmodel": "model", "loss": "mse"}
+    ours, assembled = built(tmp_path, source, tmp_path / "ours", "sgd", monkeypatch, True)
+    assert assembled == ["train"]
+    assert [bool(w.member_of) for w in widenings] == [True, False]
+    theirs, _ = built(tmp_path, source, tmp_path / "theirs", "sgd", monkeypatch, False)
+    feeds = {"x": np.ones((4, 3), np.float32), "labels": np.zeros((4, 3), np.float32)}
+    first, third, values = train_steps(ours, feeds)
+    python_first, python_third, python_values = train_steps(theirs, feeds)
+    np.testing.assert_allclose([first, third], [python_first, python_third], rtol=RTOL)
+    assert values.keys() == python_values.keys()
+    for variable, value in values.items():
+        np.testing.assert_allclose(value, python_values[variable], rtol=RTOL)

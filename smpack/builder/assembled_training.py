@@ -17,9 +17,11 @@ operations, starting from the loss's own gradient with respect to the stand-ins 
 `tf.gradients` on the loss's few ops), and the stand-ins rewired to them. As under
 `training._wait_for_readers`, each variable's update waits, by control edges, for the
 gradient ops reading its value. One C++ import gives the graph its default attributes and
-shapes, as the other assembled graphs get them (builder/assembled.py); the Python graph
-stays the one the writer initialises and saves the variables from, since it holds the same
-variables.
+shapes, as the other assembled graphs get them (builder/assembled.py), and the writer
+exports it, and computes its fresh variables' initial values (global step, slots), from
+those protos. The scaffolding holds one trainable variable per shape and dtype, its nodes
+copied for the others of its kind as protos (builder/widening.py): the Python path's ops
+are made once per kind, not once per variable.
 
 Not assembled (the variant is built in Python, as before): precision, device, XLA or TPU
 settings (float16 scales its loss), a source with a host part (tables), a computation that
