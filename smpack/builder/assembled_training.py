@@ -424,9 +424,10 @@ class _Gradients:
         stand_in = self._stand_in
         scope = self._scope
         stood_in = stand_in.stood_in(scope)
-        if any(stand_in.widening.owner(name) for name in stood_in):
+        widening = stand_in.widening
+        if any(widening.members.get(widening.owner(name) or "") for name in stood_in):
             raise NotWidened  # a computation's node named as a variable's would be copied
-        scaffolding, copied = stand_in.widening.widened(scaffolding, stood_in)
+        scaffolding, copied = widening.widened(scaffolding, stood_in)
         made_before = self._made_before | {
             copy for copy, original in copied.items() if original in self._made_before
         }

@@ -150,8 +150,9 @@ class Widening:
                 for key, value in handle_names.items():
                     copy.attr[key].s = _made(value, member).encode()
                 copied[copy.name] = node.name
-        lowered = [node.name.lower() for node in result.node]
-        if len(set(lowered)) < len(lowered):
+        taken = {node.name.lower() for node in graph_def.node}
+        made = [name.lower() for name in copied]
+        if len(set(made)) < len(made) or not taken.isdisjoint(made):
             raise NotWidened  # a copy's name is taken (the Python graph would uniquify it)
         return result, copied
 
