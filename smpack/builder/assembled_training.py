@@ -109,7 +109,6 @@ def _assembled(
         outputs=stand_in.outputs,
         variables=[v for v in training.variables if v.name in widening.members],
         handles={h: n for h, n in training.handles.items() if n in widening.members},
-        _variables_template=None,
     )
     scaffolding = build_variant_graph(
         loaded,
