@@ -21,7 +21,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
 
 import smpack
-from smpack.builder.assembled import _graph_def_and_shapes, _imported
+from smpack.builder.assembled import graph_def_and_shapes, import_into
 from smpack.builder.checkpoint_bundle import StreamingSaver, initial_values, soft_placement
 from smpack.builder.writer import SharedSavers, saved_model_bytes
 from smpack.sources.savedmodel import ImportedModel, SourceVariable, VariablesTemplate, _variable
@@ -114,9 +114,9 @@ def test_shapes_read_from_the_cpp_graph_are_the_ones_as_graph_def_adds() -> None
         tf.reduce_sum(values)
         tf.no_op(name="nothing_out")
     imported = tf.Graph()
-    _imported(imported, graph.as_graph_def())
+    import_into(imported, graph.as_graph_def())
 
-    graph_def, shapes = _graph_def_and_shapes(imported)
+    graph_def, shapes = graph_def_and_shapes(imported)
 
     expected = graph.as_graph_def(add_shapes=True)
     assert type(graph_def) is type(expected)  # TF's own message, not a copy of it

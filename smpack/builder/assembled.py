@@ -60,7 +60,7 @@ _MODEL_SCOPE = "model"
 _NAMED_LATER = re.compile(r"^(cast|model|init|init_all_tables|smpack_init|save|host)(_\d+)?$")
 
 
-class _NotAssembled(Exception):  # noqa: N818 -- control flow: build this one in Python
+class NotAssembled(Exception):  # noqa: N818 -- control flow: build this one in Python
     pass
 
 
@@ -72,7 +72,7 @@ def assembled_graph(
         return None
     try:
         return _assembled(loaded, imported, name, variant)
-    except _NotAssembled:
+    except NotAssembled:
         return None
 
 
@@ -82,7 +82,7 @@ def _assembled(
     computation = imported.graph_def_for(variant)
     template = imported.variables_template()
     if computation.library.function or not template.variable_defs or not imported.outputs:
-        raise _NotAssembled
+        raise NotAssembled
     _check_names(imported, [node.name for node in template.graph_def.node])
     variables = {
         variable.name: VariableSpec(variable.shape, variable.dtype)
@@ -92,7 +92,7 @@ def _assembled(
 
     build = _on_tpu if variant.on_tpu else _placed
     graph, results, init_op_name = build(imported, variant, computation, template)
-    graph_def, shapes = _graph_def_and_shapes(graph)
+    graph_def, shapes = graph_def_and_shapes(graph)
     nodes = {node.name: node for node in graph_def.node}
     variable_nodes = []
     for variable, variable_def in template.variable_defs:
@@ -172,7 +172,7 @@ def _placed(
 
     graph = tf.Graph()
     on_device = [_in_scope(t.tensor) for t in imported.outputs]
-    outputs = _imported(graph, head, returning=on_device)
+    outputs = import_into(graph, head, returning=on_device)
     tail = graph_pb2.GraphDef()
     tail.versions.CopyFrom(head.versions)
     results = {}
@@ -187,7 +187,7 @@ def _placed(
     with init_graph.as_default():
         init_op_name = make_init_op().name
     tail.node.extend(init_graph.as_graph_def().node)
-    _imported(graph, tail, mapped=dict(zip(on_device, outputs, strict=True)))
+    import_into(graph, tail, mapped=dict(zip(on_device, outputs, strict=True)))
 
     return graph, results, init_op_name
 
@@ -205,18 +205,18 @@ def _on_tpu(
     for tensor in imported.inputs:
         shape = batched(tensor.shape, variant.batch_size)
         if not shape or shape[0] is None:
-            raise _NotAssembled  # the Python path refuses it (a TPU graph's batch is static)
+            raise NotAssembled  # the Python path refuses it (a TPU graph's batch is static)
     if any(node.op in _NOT_ON_TPU or _TPU_REPLICATE in node.attr for node in computation.node):
-        raise _NotAssembled  # the rewrite logs, refuses or nests these its own way
+        raise NotAssembled  # the rewrite logs, refuses or nests these its own way
     nodes = {node.name: node for node in computation.node}
     if any(node_name(t.tensor) not in nodes for t in imported.outputs):
-        raise _NotAssembled  # an input returned as it is
+        raise NotAssembled  # an input returned as it is
     dtypes = []
     for tensor in imported.outputs:
         _, _, index = tensor.tensor.partition(":")
         dtype = output_dtype(nodes[node_name(tensor.tensor)], int(index or 0))
         if not dtype:
-            raise _NotAssembled  # (checked again after the import)
+            raise NotAssembled  # (checked again after the import)
         dtypes.append(tf.as_dtype(dtype))
     scaffolding = _TpuScaffolding(
         imported,
@@ -227,7 +227,7 @@ def _on_tpu(
     taken = {_base_name(node.name) for node in scaffolding.before + scaffolding.after}
     # Every template node is under its variable's name.
     if any(_base_name(variable.name) in taken for variable, _ in template.variable_defs):
-        raise _NotAssembled  # the Python graph would name its own nodes around these
+        raise NotAssembled  # the Python graph would name its own nodes around these
 
     graph_def = graph_pb2.GraphDef()
     graph_def.versions.CopyFrom(computation.versions)
@@ -249,10 +249,10 @@ def _on_tpu(
     graph_def.node.extend(scaffolding.reading(on_device))
 
     graph = tf.Graph()
-    returned = _imported(graph, graph_def, returning=on_device)
+    returned = import_into(graph, graph_def, returning=on_device)
     made = [tf.as_dtype(c_api.TF_OperationOutputType(output)) for output in returned]
     if made != scaffolding.dtypes:
-        raise _NotAssembled  # an op definition said less than the import found
+        raise NotAssembled  # an op definition said less than the import found
     return graph, {t.key: t.key for t in imported.outputs}, scaffolding.init_op_name
 
 
@@ -328,7 +328,7 @@ class _TpuScaffolding:
         self.before = nodes[:first]
         self.after = nodes[first + len(stand_in_nodes) :]
         if {node.name for node in nodes[first : first + len(stand_in_nodes)]} != stand_in_nodes:
-            raise _NotAssembled
+            raise NotAssembled
         self.metadata = next(n for n in self.before if n.op == "TPUReplicateMetadata")
 
     def reading(self, outputs: list[str]) -> list[Any]:
@@ -351,7 +351,7 @@ def _read_from(name: str, real: dict[str, str]) -> str:
     if node not in real:
         return name
     if control or index not in ("", "0"):
-        raise _NotAssembled  # the stand-ins have one output, read as data
+        raise NotAssembled  # the stand-ins have one output, read as data
     return real[node]
 
 
@@ -359,14 +359,14 @@ def _check_names(imported: ImportedModel, variable_nodes: Iterable[str]) -> None
     for side in (imported.inputs, imported.outputs):
         if len({t.tensor for t in side}) < len(side):
             # Two keys, one tensor: the Python graph feeds both from the last one made.
-            raise _NotAssembled
+            raise NotAssembled
     keys = [t.key for t in imported.inputs] + [t.key for t in imported.outputs]
     names = [*keys, *variable_nodes]
     lowered = [name.lower() for name in names]
     if len(set(lowered)) < len(lowered):
-        raise _NotAssembled  # one name twice: the Python graph makes one unique, or refuses
+        raise NotAssembled  # one name twice: the Python graph makes one unique, or refuses
     if any(_NAMED_LATER.match(name.partition("/")[0]) for name in lowered):
-        raise _NotAssembled
+        raise NotAssembled
 
 
 def _placement(variant: Variant) -> tuple[str, Any]:
@@ -441,10 +441,10 @@ def _add_computation(
         added.input[:] = inputs
         place(added)
     if unused:
-        raise _NotAssembled  # import_graph_def refuses a mapping it cannot use
+        raise NotAssembled  # import_graph_def refuses a mapping it cannot use
 
 
-def _imported(
+def import_into(
     graph: tf.Graph,
     graph_def: Any,
     returning: list[str] = (),  # type: ignore[assignment]
@@ -467,14 +467,14 @@ def _imported(
         with graph._c_graph.get() as c_graph:  # noqa: SLF001
             results = c_api.TF_GraphImportGraphDefWithResults(c_graph, serialized, options.options)
     except tf.errors.InvalidArgumentError as e:
-        raise _NotAssembled from e  # the Python path reports it as it always did
+        raise NotAssembled from e  # the Python path reports it as it always did
     finally:
         c_api.TF_DeleteBuffer(serialized)
     scoped = c_api_util.ScopedTFImportGraphDefResults(results)
     return list(c_api.TF_ImportGraphDefResultsReturnOutputs(scoped.results))
 
 
-def _graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
+def graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
     """The graph's GraphDef and each node's `_output_shapes` (None: no outputs), the
     inferred shapes `as_graph_def(add_shapes=True)` gives."""
     with graph._c_graph.get() as c_graph:  # noqa: SLF001

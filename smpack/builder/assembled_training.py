@@ -45,10 +45,10 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.framework import meta_graph
 
 from smpack.builder.assembled import (
-    _graph_def_and_shapes,
-    _imported,
-    _NotAssembled,
+    NotAssembled,
     add_input_placeholders,
+    graph_def_and_shapes,
+    import_into,
 )
 from smpack.builder.c_graph import CGraph, ImportRefused, NoCxxGradient
 from smpack.builder.graphs import AssembledGraph, VariantGraph, build_variant_graph
@@ -86,7 +86,7 @@ def assembled_train_graph(
             return _assembled(loaded, source, source.replaying, training, name, variant, True)
         except NotWidened:
             return _assembled(loaded, source, source.replaying, training, name, variant, False)
-    except _NotAssembled:
+    except NotAssembled:
         return None
 
 
@@ -123,7 +123,7 @@ def _assembled(
     assert graph is not None and scaffolding.init_op is not None
     with graph.as_default():
         if variable_nodes(graph) is None:
-            raise _NotAssembled  # saved by something else than each variable's read
+            raise NotAssembled  # saved by something else than each variable's read
         collections = {}
         for key in sorted(graph.get_all_collection_keys()):
             exported = meta_graph_pb2.MetaGraphDef()
@@ -133,8 +133,8 @@ def _assembled(
     collections = widening.collections(collections)
     spliced = gradients.spliced(graph.as_graph_def())
     final = tf.Graph()
-    _imported(final, spliced)
-    graph_def, shapes = _graph_def_and_shapes(final)
+    import_into(final, spliced)
+    graph_def, shapes = graph_def_and_shapes(final)
     for node in graph_def.node:
         if shapes[node.name] is not None:
             node.attr["_output_shapes"].CopyFrom(shapes[node.name])
@@ -182,7 +182,7 @@ class _StandIn:
         computation = training.graph_def
         nodes = {node.name: node for node in computation.node}
         if _STAND_IN in nodes or _FED in nodes or any(n.startswith(f"{_STAND_IN}_") for n in nodes):
-            raise _NotAssembled
+            raise NotAssembled
         self.computation = computation
         self.handles = training.handles
         self.fed = list(training.device_inputs) + sorted(training.handles)
@@ -197,7 +197,7 @@ class _StandIn:
         for output in training.outputs:
             tensor = tensor_name(output.tensor)
             if node_name(tensor) not in nodes:
-                raise _NotAssembled  # an input returned as it is
+                raise NotAssembled  # an input returned as it is
             while node_name(tensor) in nodes:
                 node = nodes[node_name(tensor)]
                 if node.op in PASS_THROUGH:
@@ -259,7 +259,7 @@ class _StandIn:
                     stand_ins.append(placeholder)
                 self.fed_dtypes = [real.dtype(mapping[t]).as_datatype_enum for t in self.fed]
         except ImportRefused as e:
-            raise _NotAssembled from e  # the Python path reports it as it always did
+            raise NotAssembled from e  # the Python path reports it as it always did
 
         self.graph_def = graph_pb2.GraphDef()
         self.graph_def.versions.CopyFrom(computation.versions)
@@ -301,7 +301,7 @@ class _Gradients:
         graph = loss.graph
         fed_ops = [op for op in graph.get_operations() if op.name.endswith(f"/{_FED}")]
         if len(fed_ops) != 1:
-            raise _NotAssembled
+            raise NotAssembled
         self._scope = fed_ops[0].name[: -len(f"/{_FED}")]
         self._fed = {
             key: tensor.name
@@ -334,7 +334,7 @@ class _Gradients:
         forward = self._spliced(graph.as_graph_def(), {})
         nodes = {node.name: node for node in forward.node}
         if any(n.startswith(f"{_GRADIENTS}/") or n == _GRADIENTS for n in nodes):
-            raise _NotAssembled
+            raise NotAssembled
         consumers = _consumers(forward)
         # (the Python variable, or None for a widened one; its handle; its read)
         trained: list[tuple[Any, str, str]] = []
@@ -358,13 +358,13 @@ class _Gradients:
             if len(found) > 1 or any(
                 nodes[op].op not in ("ReadVariableOp", *STATE_UPDATES) for op in in_model
             ):
-                raise _NotAssembled  # summed, or differentiated otherwise, by the Python path
+                raise NotAssembled  # summed, or differentiated otherwise, by the Python path
             if found and self._optimizer == "momentum":
                 read_by = _through_identities(f"{found[0]}:0", consumers, nodes, consumers)
                 if any(nodes[op].op in _GATHERS for op in read_by):
                     # tf.gradients makes a gathered read's gradient IndexedSlices, which
                     # momentum applies to the gathered rows only; C++'s is dense.
-                    raise _NotAssembled
+                    raise NotAssembled
             reads.append(f"{found[0]}:0" if found else None)
         reachable = _ancestors(nodes, [node_name(y) for y, _ in read_by_loss])
         xs = [r for r in reads if r is not None and node_name(r) in reachable]
@@ -378,7 +378,7 @@ class _Gradients:
                 )
                 with_gradients = differentiated.graph_def()
         except (ImportRefused, NoCxxGradient) as e:
-            raise _NotAssembled from e
+            raise NotAssembled from e
         gradient_of = dict(zip(xs, dys, strict=True))
         self._gradient_nodes = []
         for node in with_gradients.node:
@@ -407,14 +407,14 @@ class _Gradients:
             if variable is not None:
                 stand_in = variable._graph_element  # noqa: SLF001
                 if stand_in.op.type != "ReadVariableOp" or stand_in.value_index:
-                    raise _NotAssembled
+                    raise NotAssembled
                 grads_and_vars.append((stand_in, variable))
         return grads_and_vars
 
     def spliced(self, scaffolding: Any) -> Any:
         """The finished scaffolding's GraphDef with the real computation and gradients."""
         if any(node.name.startswith(f"{_GRADIENTS}/") for node in scaffolding.node):
-            raise _NotAssembled  # named after the gradients were made
+            raise NotAssembled  # named after the gradients were made
         graph_def = self._spliced(scaffolding, self._real_gradients)
         graph_def.node.extend(self._gradient_nodes)
         return graph_def
@@ -456,7 +456,7 @@ class _Gradients:
                 inputs = [_renamed(i, gradients) for i in inputs] + waits
             copy.input[:] = inputs
         if not computation_added:
-            raise _NotAssembled
+            raise NotAssembled
         return spliced
 
 
@@ -531,7 +531,7 @@ def _renamed(name: str, renamed: dict[str, str]) -> str:
     if name.startswith("^"):
         return f"^{node_name(target)}"
     if tensor_name(name) != f"{node}:0":
-        raise _NotAssembled
+        raise NotAssembled
     return target[: -len(":0")] if target.endswith(":0") else target
 
 
