@@ -12,9 +12,12 @@ and the state updates, which gate the step), every other tensor those read a
 `Placeholder` of the same dtype and shape, and each variable's gradient its own read (a
 tensor of that dtype and shape the graph has already). The computation is then spliced in
 under the same names, the gradients of the loss with respect to the variables' reads added
-by `TF_AddGradientsWithPrefix` (builder/c_graph.py) on a C API graph of no Python
-operations, starting from the loss's own gradient with respect to the stand-ins (Python's
-`tf.gradients` on the loss's few ops), and the stand-ins rewired to them. As under
+by `TF_AddGradientsWithPrefix` (builder/c_graph.py) on the C API graph of no Python
+operations the stand-ins' dtypes and shapes were read from (one import of the computation
+for both), starting from the loss's own gradient with respect to the stand-ins (Python's
+`tf.gradients` on the loss's few ops, fed there through the stand-ins' placeholders), the
+gradient ops renamed to read what the scaffolding names, and the stand-ins rewired to
+them. As under
 `training._wait_for_readers`, each variable's update waits, by control edges, for the
 gradient ops reading its value. One C++ import gives the graph its default attributes and
 shapes, as the other assembled graphs get them (builder/assembled.py), and the writer
@@ -36,7 +39,7 @@ names otherwise).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import tensorflow as tf
@@ -100,6 +103,21 @@ def _assembled(
     widen: bool,
 ) -> VariantGraph:
     stand_in = _StandIn(training, variant, widen)
+    try:
+        return _scaffolded(loaded, source, replaying, training, name, variant, stand_in)
+    finally:
+        stand_in.close()  # unless the gradients were made, which closes it
+
+
+def _scaffolded(
+    loaded: LoadedManifest,
+    source: ModelSource,
+    replaying: Callable[[ImportedModel], Callable[..., Any]],
+    training: ImportedModel,
+    name: str,
+    variant: Variant,
+    stand_in: _StandIn,
+) -> VariantGraph:
     widening = stand_in.widening
     assert variant.optimizer is not None  # a train variant's, by the manifest schema
     gradients = _Gradients(stand_in, variant.optimizer.name)
@@ -246,24 +264,37 @@ class _StandIn:
         forward.versions.CopyFrom(computation.versions)
         add_input_placeholders(forward, training.inputs, variant.batch_size)
         forward.node.extend(training.variables_template().graph_def.node)
-        mapping = {t.tensor: t.key for t in training.inputs}
-        mapping.update(training.handles)
-        self.fed_dtypes = []
+        # The C++ registry has no gradient for an `IdentityN` (`_without_identity_n`).
+        differentiable, self.identities = _without_identity_n(computation)
+        self._in_graph = {output: f"{identity}:0" for identity, output in self.identities.items()}
+        # The computation reads each input's placeholder and each variable's template.
+        self.mapping = {t.tensor: t.key for t in training.inputs}
+        self.mapping.update(training.handles)
+        real = _with_computation(forward, differentiable, "", self.mapping)
+        if any(n.name == _GRADIENTS or n.name.startswith(f"{_GRADIENTS}/") for n in real.node):
+            raise NotAssembled
+        # One C graph of the computation gives the stand-ins their dtypes and shapes, and,
+        # once the Python path has the loss's gradients, the computation's (`differentiated`).
         try:
-            with CGraph(_with_computation(forward, computation, "", mapping)) as real:
-                stand_ins = []
-                for tensor, name in self.frontier.items():
-                    placeholder = node_def_pb2.NodeDef(name=name, op="Placeholder")
-                    placeholder.attr["dtype"].type = real.dtype(tensor).as_datatype_enum
-                    placeholder.attr["shape"].shape.CopyFrom(real.shape(tensor).as_proto())
-                    stand_ins.append(placeholder)
-                self.fed_dtypes = [real.dtype(mapping[t]).as_datatype_enum for t in self.fed]
+            self._graph = CGraph(real)
         except ImportRefused as e:
             raise NotAssembled from e  # the Python path reports it as it always did
+        try:
+            self.placeholders: dict[str, Any] = {}  # frontier tensor -> its stand-in
+            for tensor, name in self.frontier.items():
+                placeholder = node_def_pb2.NodeDef(name=name, op="Placeholder")
+                placeholder.attr["dtype"].type = self._dtype(tensor)
+                shape = self._graph.shape(self._in_graph.get(tensor, tensor))
+                placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
+                self.placeholders[tensor] = placeholder
+            self.fed_dtypes = [self._dtype(self.mapping[t]) for t in self.fed]
+        except BaseException:
+            self.close()
+            raise
 
         self.graph_def = graph_pb2.GraphDef()
         self.graph_def.versions.CopyFrom(computation.versions)
-        self.graph_def.node.extend(stand_ins)
+        self.graph_def.node.extend(self.placeholders.values())
         for node in computation.node:
             if node.name in self.kept:
                 copy = self.graph_def.node.add()
@@ -275,6 +306,33 @@ class _StandIn:
                 ]
         uses = self.graph_def.node.add(name=_FED, op="IdentityN", input=self.fed)
         uses.attr["T"].list.type.extend(self.fed_dtypes)
+
+    def _dtype(self, tensor: str) -> int:
+        return int(self._graph.dtype(self._in_graph.get(tensor, tensor)).as_datatype_enum)
+
+    def differentiated(self, ys: list[str], xs: list[str]) -> tuple[list[str | None], list[Any]]:
+        """The gradients, with respect to the computation's tensors `xs`, of a loss whose
+        gradient with respect to each frontier tensor of `ys` its stand-in holds, added
+        under `_GRADIENTS` by TF's C++ registry; with the nodes made (all named as in the
+        C graph: the computation's unscoped). Closes the C graph."""
+        try:
+            stand_ins = graph_pb2.GraphDef()
+            stand_ins.versions.CopyFrom(self.computation.versions)
+            stand_ins.node.extend(self.placeholders[y] for y in ys)
+            self._graph.add(stand_ins)
+            dys = self._graph.add_gradients(
+                _GRADIENTS, [(self._in_graph.get(y, y), f"{self.frontier[y]}:0") for y in ys], xs
+            )
+            made = [n for n in self._graph.graph_def().node if n.name.startswith(f"{_GRADIENTS}/")]
+        except (ImportRefused, NoCxxGradient) as e:
+            raise NotAssembled from e
+        finally:
+            self.close()
+        return dys, made
+
+    def close(self) -> None:
+        """Free the C graph (`differentiated` does)."""
+        self._graph.close()
 
     def stood_in(self, scope: str) -> set[str]:
         """The nodes the Python import of the stand-in made, under `scope`."""
@@ -323,7 +381,7 @@ class _Gradients:
             for name in self._stand_in.frontier.values()
         ]
         read_by_loss = [
-            (f"{self._scope}/{tensor}", gradient.name)
+            (tensor, gradient.name)
             for tensor, gradient in zip(
                 self._stand_in.frontier,
                 tf.compat.v1.gradients(loss, stood_in) if stood_in else [],
@@ -335,7 +393,7 @@ class _Gradients:
         nodes = {node.name: node for node in forward.node}
         if any(n.startswith(f"{_GRADIENTS}/") or n == _GRADIENTS for n in nodes):
             raise NotAssembled
-        consumers = _consumers(forward)
+        consumers = _consumers(forward.node)
         # (the Python variable, or None for a widened one; its handle; its read)
         trained: list[tuple[Any, str, str]] = []
         for variable in variables:
@@ -366,26 +424,33 @@ class _Gradients:
                     # momentum applies to the gathered rows only; C++'s is dense.
                     raise NotAssembled
             reads.append(f"{found[0]}:0" if found else None)
-        reachable = _ancestors(nodes, [node_name(y) for y, _ in read_by_loss])
+        reachable = _ancestors(nodes, [f"{self._scope}/{node_name(y)}" for y, _ in read_by_loss])
         xs = [r for r in reads if r is not None and node_name(r) in reachable]
-        try:
-            differentiable, identity_ns = _without_identity_n(forward)
-            with CGraph(differentiable) as differentiated:
-                dys = (
-                    differentiated.add_gradients(_GRADIENTS, read_by_loss, xs)
-                    if xs and read_by_loss
-                    else []
-                )
-                with_gradients = differentiated.graph_def()
-        except (ImportRefused, NoCxxGradient) as e:
-            raise NotAssembled from e
+        # Differentiated in the stand-in's C graph of the computation (no second import),
+        # what the gradient ops read there renamed as the scaffolding names it.
+        if xs and read_by_loss:
+            scoped = len(f"{self._scope}/")
+            made, gradient_nodes = self._stand_in.differentiated(
+                [y for y, _ in read_by_loss], [x[scoped:] for x in xs]
+            )
+        else:
+            self._stand_in.close()
+            made, gradient_nodes = [], []
+        in_scaffolding = self._in_scaffolding(
+            {f"{self._stand_in.frontier[y]}:0": dy for y, dy in read_by_loss}
+        )
+        dys = [None if d is None else in_scaffolding(d) for d in made]
         gradient_of = dict(zip(xs, dys, strict=True))
-        self._gradient_nodes = []
-        for node in with_gradients.node:
-            if node.name.startswith(f"{_GRADIENTS}/"):
-                node.input[:] = [_renamed(name, identity_ns) for name in node.input]
-                self._gradient_nodes.append(node)
-        gradient_consumers = _consumers(with_gradients, only=f"{_GRADIENTS}/")
+        for node in gradient_nodes:
+            node.input[:] = [_as_input(in_scaffolding(name)) for name in node.input]
+            if "_class" in node.attr:  # colocated with forward ops: `loc:@<node>`
+                colocated = node.attr["_class"].list.s
+                colocated[:] = [
+                    b"loc:@" + node_name(in_scaffolding(c.decode()[len("loc:@") :])).encode()
+                    for c in colocated
+                ]
+        self._gradient_nodes = gradient_nodes
+        gradient_consumers = _consumers(gradient_nodes)
         self._made_before = {op.name for op in graph.get_operations()}
         grads_and_vars = []
         differentiated_representative = False
@@ -410,6 +475,43 @@ class _Gradients:
                     raise NotAssembled
                 grads_and_vars.append((stand_in, variable))
         return grads_and_vars
+
+    def _in_scaffolding(self, stand_ins: dict[str, str]) -> Callable[[str], str]:
+        """What a tensor or control input of the stand-in's C graph is in the scaffolding:
+        `stand_ins` the loss's gradients the stand-ins hold; a full tensor name."""
+        stand_in = self._stand_in
+        scope = self._scope
+        computation = {node.name for node in stand_in.computation.node}
+        fed: dict[str, str | None] = {}  # what the computation reads -> the Python graph's
+        for tensor, read in stand_in.mapping.items():
+            if tensor in self._fed:
+                read = tensor_name(read)
+                same = fed.get(read, self._fed[tensor]) == self._fed[tensor]
+                fed[read] = self._fed[tensor] if same else None  # None: read as two
+
+        def renamed(name: str) -> str:
+            node = node_name(name)
+            if node.startswith(f"{_GRADIENTS}/"):
+                return name
+            tensor = tensor_name(name.lstrip("^"))
+            target: str | None
+            if node in stand_in.identities:
+                if tensor != f"{node}:0":
+                    raise NotAssembled
+                target = f"{scope}/{stand_in.identities[node]}"
+            elif tensor in stand_ins:
+                target = stand_ins[tensor]
+            elif tensor in fed:
+                target = fed[tensor]
+            elif node in computation:
+                target = f"{scope}/{tensor}"
+            else:
+                target = None
+            if target is None:
+                raise NotAssembled  # read as the Python path does not name it
+            return f"^{node_name(target)}" if name.startswith("^") else target
+
+        return renamed
 
     def spliced(self, scaffolding: Any) -> Any:
         """The finished scaffolding's GraphDef with the real computation and gradients."""
@@ -522,6 +624,11 @@ def _without_identity_n(graph_def: Any) -> tuple[Any, dict[str, str]]:
     return result, identities
 
 
+def _as_input(tensor: str) -> str:
+    """A tensor as a NodeDef's input names it (output 0 by its node alone)."""
+    return tensor[: -len(":0")] if tensor.endswith(":0") else tensor
+
+
 def _renamed(name: str, renamed: dict[str, str]) -> str:
     """Input `name` reading what `renamed` maps its node to (stand-ins have one output)."""
     node = node_name(name)
@@ -535,12 +642,10 @@ def _renamed(name: str, renamed: dict[str, str]) -> str:
     return target[: -len(":0")] if target.endswith(":0") else target
 
 
-def _consumers(graph_def: Any, only: str = "") -> dict[str, list[str]]:
-    """Tensor -> the nodes (named starting with `only`) reading it as data."""
+def _consumers(nodes: Iterable[Any]) -> dict[str, list[str]]:
+    """Tensor -> the `nodes` reading it as data."""
     consumers: dict[str, list[str]] = {}
-    for node in graph_def.node:
-        if not node.name.startswith(only):
-            continue
+    for node in nodes:
         for name in node.input:
             if not name.startswith("^"):
                 consumers.setdefault(tensor_name(name), []).append(node.name)

@@ -98,6 +98,15 @@ class CGraph:
         self._lib = _library()
         self._graph = self._lib.TF_NewGraph()
         self._status = self._lib.TF_NewStatus()
+        self._open = True
+        try:
+            self.add(graph_def)
+        except ImportRefused:
+            self.close()
+            raise
+
+    def add(self, graph_def: Any) -> None:
+        """Import `graph_def`'s nodes beside the graph's (reading none of them)."""
         options = self._lib.TF_NewImportGraphDefOptions()
         serialized = graph_def.SerializeToString()
         buffer = self._lib.TF_NewBufferFromString(serialized, len(serialized))
@@ -107,19 +116,14 @@ class CGraph:
             self._lib.TF_DeleteBuffer(buffer)
             self._lib.TF_DeleteImportGraphDefOptions(options)
         if self._lib.TF_GetCode(self._status):
-            message = self._message()
-            self.close()
-            raise ImportRefused(message)
+            raise ImportRefused(self._message())
 
     def close(self) -> None:
-        self._lib.TF_DeleteGraph(self._graph)
-        self._lib.TF_DeleteStatus(self._status)
-
-    def __enter__(self) -> CGraph:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
+        """Free the graph (again: nothing)."""
+        if self._open:
+            self._open = False
+            self._lib.TF_DeleteGraph(self._graph)
+            self._lib.TF_DeleteStatus(self._status)
 
     def dtype(self, tensor: str) -> tf.DType:
         return tf.as_dtype(self._lib.TF_OperationOutputType(self._output(tensor)))
