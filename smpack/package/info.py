@@ -22,7 +22,7 @@ from smpack.io.storage import fetched, is_url
 from smpack.package.checkpoint_index import CheckpointEntry, read_checkpoint_index
 from smpack.package.custom_ops import custom_ops
 from smpack.package.dtypes import FLOATS, HALF_PRECISIONS, dtype_name
-from smpack.package.fingerprints import VariantFingerprint, variant_fingerprint
+from smpack.package.fingerprints import VariantFingerprint, variant_fingerprints
 from smpack.package.layout import (
     ASSETS_EXTRA,
     FINGERPRINT_FILE,
@@ -189,8 +189,12 @@ def _read_package(export_dir: Path) -> PackageInfo:
     return PackageInfo(
         path=export_dir,
         graphs=tuple(
-            _graph_info(meta_graph, variant_fingerprint(meta_graph, entries))
-            for meta_graph in saved_model.meta_graphs
+            _graph_info(meta_graph, fingerprint)
+            for meta_graph, fingerprint in zip(
+                saved_model.meta_graphs,
+                variant_fingerprints(saved_model.meta_graphs, entries),
+                strict=True,
+            )
         ),
         variables=variables,
         tensorflow_versions=tuple(sorted(versions - {""})),
