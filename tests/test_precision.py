@@ -22,7 +22,7 @@ from tf_helpers import meta_graph, run_v1, serving_variants, write_manifest
 import smpack
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.package.info import PackageInfo
-from smpack.sources.precision import HalfTarget, retyped
+from smpack.sources.precision import HalfTarget, Retyping, retyped
 
 SEQUENCE, WIDTH, BATCH = 6, 8, 2
 VARIANTS = serving_variants(BATCH)
@@ -265,3 +265,17 @@ def test_a_graph_of_every_class_is_retyped_as_it_always_was(golden, target) -> N
     retyped_graph = retyped(graph_of_every_class(), target)
 
     check_golden(golden, text_format.MessageToString(retyped_graph))
+
+
+def test_one_reading_of_a_graph_retypes_it_for_each_target_as_a_fresh_one() -> None:
+    graph = graph_of_every_class()
+    targets = [
+        HalfTarget(types_pb2.DT_HALF, ("XLA_GPU_JIT",)),
+        HalfTarget(types_pb2.DT_BFLOAT16, ("XLA_TPU_JIT", "XLA_CPU_JIT")),
+        HalfTarget(types_pb2.DT_HALF, ("CPU", "GPU")),
+    ]
+    retyping = Retyping(graph)
+
+    for target in targets + targets[::-1]:
+        assert retyping.to(target) == retyped(graph, target)
+    assert graph == graph_of_every_class()  # read, never changed

@@ -123,73 +123,105 @@ def retyped(graph_def: graph_pb2.GraphDef, target: HalfTarget) -> graph_pb2.Grap
     The tensors it reads but does not define are the inputs of the device computation:
     `ctx.compute` feeds the floating ones in `target.dtype`.
     """
-    graph = graph_pb2.GraphDef()
-    graph.CopyFrom(graph_def)
-    types = _Types(graph, {})
-    # Each node's data inputs, read once: only retyping a node changes its own.
-    reads = {node.name: types.data_inputs(node) for node in graph.node}
-    for node in graph.node:
-        for _, tensor, wanted in reads[node.name]:
-            if node_name(tensor) not in types.nodes and wanted is not None:
-                types.external[tensor] = target.dtype if wanted == _FLOAT else wanted
-    classes = _classes(graph, types, _Kernels(target), reads)
-    for node in graph.node:
-        if classes.get(node.name) == _HALF:
-            _retype_attrs(node, types.op_def(node), target.dtype)
-            types.forget_outputs(node)
-            reads[node.name] = types.data_inputs(node)
-    _convert_edges(types, reads, target.dtype)
-    return graph
+    return Retyping(graph_def).to(target)
 
 
-def _classes(
-    graph: graph_pb2.GraphDef,
-    types: _Types,
-    kernels: _Kernels,
-    reads: dict[str, list[tuple[int, str, int | None]]],
-) -> dict[str, int]:
-    """Each node computing in float32 -> its class, to a fixed point (loops are cycles)."""
-    classes: dict[str, int] = {}
-    following: list[Any] = []  # nodes whose class follows their inputs'
-    for node in graph.node:
-        if not _has_float32_attr(node):
-            continue
-        op_def = types.op_def(node)
-        if node.op == "Const" or node.op in VARIABLE_READS:
-            classes[node.name] = _FREE
-        elif (
-            op_def is None
-            or node.op in FLOAT32_OPS
-            # A functional loop or call: its functions are not retyped, so it computes in
-            # float32, its half-precision inputs cast at its edges. So do the TensorLists a
-            # loop reads (a recurrent layer's time steps): their element dtype must be the
-            # one the loop's functions read.
-            or calls_function(node)
-            or node.op.startswith("TensorList")
-            or not kernels.has_half(node, op_def)
-        ):
-            classes[node.name] = _FLOAT32
-        elif node.op in HALF_OPS:
-            classes[node.name] = _HALF
-        else:
-            classes[node.name] = _FREE
-            following.append(node)
-    float32_inputs = {
-        node.name: [tensor for _, tensor, wanted in reads[node.name] if wanted == _FLOAT]
-        for node in following
-    }
-    changed = True
-    while changed:  # classes only rise, so this ends
-        changed = False
-        for node in following:
-            found = max(
-                (types.class_of(tensor, classes) for tensor in float32_inputs[node.name]),
-                default=_FREE,
-            )
-            if found > classes[node.name]:
-                classes[node.name] = found
-                changed = True
-    return classes
+class Retyping:
+    """What retyping `graph_def` reads of it whatever the target, read once for every target
+    (a source's float16 and bfloat16 variants retype one graph): each node's data inputs, the
+    tensors it reads from outside, and which nodes compute in float32, with the class of
+    those whose class does not depend on the target's kernels."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef) -> None:
+        self.graph_def = graph_def
+        types = _Types(graph_def, {})
+        # Each node's data inputs: only retyping a node changes its own.
+        self._reads = {node.name: types.data_inputs(node) for node in graph_def.node}
+        self._external = [
+            (tensor, wanted)
+            for node in graph_def.node
+            for _, tensor, wanted in self._reads[node.name]
+            if node_name(tensor) not in types.nodes and wanted is not None
+        ]
+        # (position in graph_def.node, class, or None where the target's kernels decide)
+        self._float32: list[tuple[int, int | None]] = []
+        for position, node in enumerate(graph_def.node):
+            if not _has_float32_attr(node):
+                continue
+            if node.op == "Const" or node.op in VARIABLE_READS:
+                fixed: int | None = _FREE
+            elif (
+                types.op_def(node) is None
+                or node.op in FLOAT32_OPS
+                # A functional loop or call: its functions are not retyped, so it computes
+                # in float32, its half-precision inputs cast at its edges. So do the
+                # TensorLists a loop reads (a recurrent layer's time steps): their element
+                # dtype must be the one the loop's functions read.
+                or calls_function(node)
+                or node.op.startswith("TensorList")
+            ):
+                fixed = _FLOAT32
+            else:
+                fixed = None
+            self._float32.append((position, fixed))
+
+    def to(self, target: HalfTarget) -> graph_pb2.GraphDef:
+        """The graph computing in `target.dtype` where that is safe."""
+        graph = graph_pb2.GraphDef()
+        graph.CopyFrom(self.graph_def)
+        external = {
+            tensor: target.dtype if wanted == _FLOAT else wanted
+            for tensor, wanted in self._external
+        }
+        types = _Types(graph, external)
+        reads = dict(self._reads)
+        classes = self._classes(graph, types, _Kernels(target), reads)
+        for node in graph.node:
+            if classes.get(node.name) == _HALF:
+                _retype_attrs(node, types.op_def(node), target.dtype)
+                types.forget_outputs(node)
+                reads[node.name] = types.data_inputs(node)
+        _convert_edges(types, reads, target.dtype)
+        return graph
+
+    def _classes(
+        self,
+        graph: graph_pb2.GraphDef,
+        types: _Types,
+        kernels: _Kernels,
+        reads: dict[str, list[tuple[int, str, int | None]]],
+    ) -> dict[str, int]:
+        """Each node computing in float32 -> its class, to a fixed point (loops are cycles)."""
+        classes: dict[str, int] = {}
+        following: list[Any] = []  # nodes whose class follows their inputs'
+        nodes = list(graph.node)
+        for position, fixed in self._float32:
+            node = nodes[position]
+            if fixed is not None:
+                classes[node.name] = fixed
+            elif not kernels.has_half(node, types.op_def(node)):
+                classes[node.name] = _FLOAT32
+            elif node.op in HALF_OPS:
+                classes[node.name] = _HALF
+            else:
+                classes[node.name] = _FREE
+                following.append(node)
+        float32_inputs = {
+            node.name: [tensor for _, tensor, wanted in reads[node.name] if wanted == _FLOAT]
+            for node in following
+        }
+        changed = True
+        while changed:  # classes only rise, so this ends
+            changed = False
+            for node in following:
+                found = max(
+                    (types.class_of(tensor, classes) for tensor in float32_inputs[node.name]),
+                    default=_FREE,
+                )
+                if found > classes[node.name]:
+                    classes[node.name] = found
+                    changed = True
+        return classes
 
 
 def _has_float32_attr(node: Any) -> bool:

@@ -34,7 +34,7 @@ from smpack.package.protos import read_saved_model
 from smpack.sources.graph_def import node_name, through_identities
 from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.op_libraries import check_ops_registered
-from smpack.sources.precision import HalfTarget, half_target, retyped
+from smpack.sources.precision import HalfTarget, Retyping, half_target
 from smpack.sources.training_mode import register_state_updates, trainable_keys
 
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
@@ -77,6 +77,7 @@ class ImportedModel:
     host_outputs: set[str] = field(default_factory=set)  # outputs the host part computes
     assets: dict[str, Path] = field(default_factory=dict)  # assets/ name -> the source's file
     _retyped: dict[HalfTarget, graph_pb2.GraphDef] = field(default_factory=dict)
+    _retyping: Retyping | None = None  # what every target's retyping reads of graph_def
     # Templates by the variables they are made of, shared by the imports of one source
     # (`training_mode.named_like`): a train import naming its variables as the serving one
     # does reads the serving one's template, not a second one made alike.
@@ -100,7 +101,9 @@ class ImportedModel:
         if target is None:
             return self.graph_def
         if target not in self._retyped:
-            self._retyped[target] = retyped(self.graph_def, target)
+            if self._retyping is None or self._retyping.graph_def is not self.graph_def:
+                self._retyping = Retyping(self.graph_def)
+            self._retyped[target] = self._retyping.to(target)
         return self._retyped[target]
 
 
