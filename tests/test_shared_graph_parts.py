@@ -1,7 +1,8 @@
 """What every variant graph shares is made once: the same graphs, for a fraction of the cost.
 
-The variables' ops of an imported source, the Saver's ops, and a whole graph for variants
-that differ only in tags are made once per build. Each is held here to giving exactly what
+The variables' ops of an imported source (and their inferred shapes), the Saver's ops, and a
+whole graph for variants that differ only in tags are made once per build; what a package's
+reader finds of one GraphDef, once per read. Each is held here to giving exactly what
 building it again, the slow way, gives.
 """
 
@@ -17,13 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
 
 import smpack
 from smpack.builder.assembled import graph_def_and_shapes, import_into
 from smpack.builder.checkpoint_bundle import StreamingSaver, initial_values, soft_placement
 from smpack.builder.writer import SharedSavers, saved_model_bytes
+from smpack.package.checkpoint_index import CheckpointEntry
+from smpack.package.fingerprints import variant_fingerprints
 from smpack.sources.savedmodel import ImportedModel, SourceVariable, VariablesTemplate, _variable
 from smpack.sources.training_mode import named_like
 
@@ -205,6 +208,46 @@ def test_a_saved_model_of_tagged_copies_is_the_bytes_of_the_proto_holding_them()
         copy.meta_info_def.tags.extend(tags)
 
     assert saved_model_bytes(meta_graphs) == saved_model.SerializeToString(deterministic=True)
+
+
+def test_fingerprints_of_tagged_copies_are_each_graph_fingerprinted_alone() -> None:
+    one, other = exported(graph_with_variables(), None), exported(graph_with_many_variables(), None)
+    # A copy of `one` under other tags and with a signature of its own: its GraphDef shared.
+    copy = meta_graph_pb2.MetaGraphDef()
+    copy.CopyFrom(one)
+    copy.meta_info_def.tags.append("canary")
+    copy.signature_def["extra"].method_name = "tensorflow/serving/predict"
+    meta_graphs = [one, other, copy, one]
+    checkpoint = {
+        name: CheckpointEntry(name, "float32", (2,), 0, 8 * i, 8, crc32c=i)
+        for i, name in enumerate(["dense/kernel", "out/kernel", "layer_3/w", "global_step"])
+    }
+
+    fingerprints = variant_fingerprints(meta_graphs, checkpoint)
+
+    assert fingerprints == [variant_fingerprints([m], checkpoint)[0] for m in meta_graphs]
+    assert fingerprints[2].changed_parts(fingerprints[0]) == ["signatures"]
+    assert fingerprints[1].changed_parts(fingerprints[0]) == ["graph", "variables"]
+
+
+def test_template_shapes_read_in_one_graph_are_those_of_another_importing_it() -> None:
+    template = VariablesTemplate(VARIABLES)
+    alone, placed = tf.Graph(), tf.Graph()
+    _imported(alone, template.graph_def)
+    # In another graph: after other nodes, placed and marked for XLA.
+    head = tf.compat.v1.GraphDef()
+    head.versions.CopyFrom(template.graph_def.versions)
+    head.node.add(name="x", op="Placeholder").attr["dtype"].type = tf.float32.as_datatype_enum
+    for node in template.graph_def.node:
+        moved = head.node.add()
+        moved.CopyFrom(node)
+        moved.device = "/device:GPU:0"
+        moved.attr["_XlaCompile"].b = True
+    _imported(placed, head)
+    _, shapes = _graph_def_and_shapes(alone)
+    known = {node.name: shapes[node.name] for node in template.graph_def.node}
+
+    assert _graph_def_and_shapes(placed, known) == _graph_def_and_shapes(placed)
 
 
 def graph_with_optimizer_state(initial_value: Callable[[], Any] | None = None) -> tf.Graph:

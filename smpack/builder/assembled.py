@@ -29,7 +29,8 @@ whose names the Python graph would make unique differently.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -92,7 +93,11 @@ def _assembled(
 
     build = _on_tpu if variant.on_tpu else _placed
     graph, results, init_op_name = build(imported, variant, computation, template)
-    graph_def, shapes = graph_def_and_shapes(graph)
+    known = _TEMPLATE_SHAPES.get(template)
+    graph_def, shapes = graph_def_and_shapes(graph, known)
+    if known is None:
+        names = (node.name for node in template.graph_def.node)
+        _TEMPLATE_SHAPES[template] = {name: shapes[name] for name in names}
     nodes = {node.name: node for node in graph_def.node}
     variable_nodes = []
     for variable, variable_def in template.variable_defs:
@@ -474,9 +479,21 @@ def import_into(
     return list(c_api.TF_ImportGraphDefResultsReturnOutputs(scoped.results))
 
 
-def graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
+# The `_output_shapes` of a variables template's nodes, by name: the same in every graph the
+# template is imported into, as their inputs are their own nodes. Read from the first serving
+# graph of a build, reused by the others (half a 1,000-variable graph's nodes); kept only as
+# long as the template, which the build's source holds.
+_TEMPLATE_SHAPES: weakref.WeakKeyDictionary[VariablesTemplate, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def graph_def_and_shapes(
+    graph: tf.Graph, known: Mapping[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The graph's GraphDef and each node's `_output_shapes` (None: no outputs), the
-    inferred shapes `as_graph_def(add_shapes=True)` gives."""
+    inferred shapes `as_graph_def(add_shapes=True)` gives; those of nodes named in `known`
+    taken from it."""
     with graph._c_graph.get() as c_graph:  # noqa: SLF001
         # A GraphDef of its own already (`as_graph_def` copies it once more).
         graph_def = c_api.TF_GraphToGraphDefPybind(c_graph)
@@ -485,6 +502,11 @@ def graph_def_and_shapes(graph: tf.Graph) -> tuple[Any, dict[str, Any]]:
     shapes = {}
     made: dict[tuple[Any, ...], Any] = {}  # most nodes share a few shapes: each made once
     for c_op in graph.new_operations():
+        if known:
+            name = c_api.TF_OperationName(c_op)
+            if name in known:
+                shapes[name] = known[name]
+                continue
         # An Operation holding only its outputs: graph registration, device functions and
         # control-flow bookkeeping, what makes import_graph_def slow, are not needed here.
         op = ops.Operation(c_op, _ShapeReader)
