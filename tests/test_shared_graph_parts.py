@@ -233,7 +233,7 @@ def test_fingerprints_of_tagged_copies_are_each_graph_fingerprinted_alone() -> N
 def test_template_shapes_read_in_one_graph_are_those_of_another_importing_it() -> None:
     template = VariablesTemplate(VARIABLES)
     alone, placed = tf.Graph(), tf.Graph()
-    _imported(alone, template.graph_def)
+    import_into(alone, template.graph_def)
     # In another graph: after other nodes, placed and marked for XLA.
     head = tf.compat.v1.GraphDef()
     head.versions.CopyFrom(template.graph_def.versions)
@@ -243,11 +243,11 @@ def test_template_shapes_read_in_one_graph_are_those_of_another_importing_it() -
         moved.CopyFrom(node)
         moved.device = "/device:GPU:0"
         moved.attr["_XlaCompile"].b = True
-    _imported(placed, head)
-    _, shapes = _graph_def_and_shapes(alone)
+    import_into(placed, head)
+    _, shapes = graph_def_and_shapes(alone)
     known = {node.name: shapes[node.name] for node in template.graph_def.node}
 
-    assert _graph_def_and_shapes(placed, known) == _graph_def_and_shapes(placed)
+    assert graph_def_and_shapes(placed, known) == graph_def_and_shapes(placed)
 
 
 def graph_with_optimizer_state(initial_value: Callable[[], Any] | None = None) -> tf.Graph:
