@@ -200,19 +200,29 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("kind", ["dense", "cnn", "embedded", "layers"])
-def test_assembled_train_graphs_train_as_the_python_paths(
-    kind: str, sources: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    folder, source, feeds = sources[kind]
-    widenings: list[widening.Widening] = []
+@pytest.fixture
+def widenings(monkeypatch: pytest.MonkeyPatch) -> list[widening.Widening]:
+    """Every widening the builds in a test make, as they make them."""
+    made: list[widening.Widening] = []
 
     class Recorded(widening.Widening):
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
-            widenings.append(self)
+            made.append(self)
 
     monkeypatch.setattr(assembled_training, "Widening", Recorded)
+    return made
+
+
+@pytest.mark.parametrize("kind", ["dense", "cnn", "embedded", "layers"])
+def test_assembled_train_graphs_train_as_the_python_paths(
+    kind: str,
+    sources: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    widenings: list[widening.Widening],
+) -> None:
+    folder, source, feeds = sources[kind]
     for optimizer in OPTIMIZERS:
         out = tmp_path / optimizer
         ours, assembled = built(folder, source, out / "ours", optimizer, monkeypatch, True)
@@ -379,7 +389,7 @@ def test_an_assembled_train_graph_loads_in_tensorflows_other_loaders(
 
 
 def test_like_variables_one_of_them_not_differentiated_are_assembled_each_its_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, widenings: list[widening.Widening]
 ) -> None:
     """Two variables of one shape, the loss differentiable with respect to one: copies of
     the first one's (no) update would leave the other one untrained, so each variable is
@@ -399,14 +409,6 @@ def test_like_variables_one_of_them_not_differentiated_are_assembled_each_its_ow
     tf.saved_model.save(
         module, str(tmp_path / "model"), signatures={"serving_default": module.predict}
     )
-    widenings: list[widening.Widening] = []
-
-    class Recorded(widening.Widening):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
-            widenings.append(self)
-
-    monkeypatch.setattr(assembled_training, "Widening", Recorded)
     source = {"savedmodel": "model", "loss": "mse"}
     ours, assembled = built(tmp_path, source, tmp_path / "ours", "sgd", monkeypatch, True)
     assert assembled == ["train"]
