@@ -38,6 +38,7 @@ names otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -102,54 +103,40 @@ def _assembled(
     variant: Variant,
     widen: bool,
 ) -> VariantGraph:
-    stand_in = _StandIn(training, variant, widen)
-    try:
-        return _scaffolded(loaded, source, replaying, training, name, variant, stand_in)
-    finally:
-        stand_in.close()  # unless the gradients were made, which closes it
-
-
-def _scaffolded(
-    loaded: LoadedManifest,
-    source: ModelSource,
-    replaying: Callable[[ImportedModel], Callable[..., Any]],
-    training: ImportedModel,
-    name: str,
-    variant: Variant,
-    stand_in: _StandIn,
-) -> VariantGraph:
-    widening = stand_in.widening
-    assert variant.optimizer is not None  # a train variant's, by the manifest schema
-    gradients = _Gradients(stand_in, variant.optimizer.name)
-    scaffolded = dataclasses.replace(
-        training,
-        graph_def=stand_in.graph_def,
-        outputs=stand_in.outputs,
-        variables=[v for v in training.variables if v.name in widening.members],
-        handles={h: n for h, n in training.handles.items() if n in widening.members},
-    )
-    scaffolding = build_variant_graph(
-        loaded,
-        replaying(scaffolded),
-        name,
-        variant,
-        source.assets,
-        source.train_function,
-        gradients=gradients.stand_ins,
-    )
-    graph = scaffolding.graph
-    assert graph is not None and scaffolding.init_op is not None
-    with graph.as_default():
-        if variable_nodes(graph) is None:
-            raise NotAssembled  # saved by something else than each variable's read
-        collections = {}
-        for key in sorted(graph.get_all_collection_keys()):
-            exported = meta_graph_pb2.MetaGraphDef()
-            meta_graph.add_collection_def(exported, key, graph=graph)
-            if key in exported.collection_def:
-                collections[key] = exported.collection_def[key]
-    collections = widening.collections(collections)
-    spliced = gradients.spliced(graph.as_graph_def())
+    # Differentiating frees the stand-in's C graph; `closing` frees it if anything fails first.
+    with contextlib.closing(_StandIn(training, variant, widen)) as stand_in:
+        widening = stand_in.widening
+        assert variant.optimizer is not None  # a train variant's, by the manifest schema
+        gradients = _Gradients(stand_in, variant.optimizer.name)
+        scaffolded = dataclasses.replace(
+            training,
+            graph_def=stand_in.graph_def,
+            outputs=stand_in.outputs,
+            variables=[v for v in training.variables if v.name in widening.members],
+            handles={h: n for h, n in training.handles.items() if n in widening.members},
+        )
+        scaffolding = build_variant_graph(
+            loaded,
+            replaying(scaffolded),
+            name,
+            variant,
+            source.assets,
+            source.train_function,
+            gradients=gradients.stand_ins,
+        )
+        graph = scaffolding.graph
+        assert graph is not None and scaffolding.init_op is not None
+        with graph.as_default():
+            if variable_nodes(graph) is None:
+                raise NotAssembled  # saved by something else than each variable's read
+            collections = {}
+            for key in sorted(graph.get_all_collection_keys()):
+                exported = meta_graph_pb2.MetaGraphDef()
+                meta_graph.add_collection_def(exported, key, graph=graph)
+                if key in exported.collection_def:
+                    collections[key] = exported.collection_def[key]
+        collections = widening.collections(collections)
+        spliced = gradients.spliced(graph.as_graph_def())
     final = tf.Graph()
     import_into(final, spliced)
     graph_def, shapes = graph_def_and_shapes(final)
