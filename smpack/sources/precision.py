@@ -134,7 +134,11 @@ class Retyping:
 
     def __init__(self, graph_def: graph_pb2.GraphDef) -> None:
         self.graph_def = graph_def
-        types = _Types(graph_def, {})
+        # Every node's output dtypes read here: a target's copy of the graph changes only
+        # those of the nodes it retypes (`_Types.copy_of`).
+        self._types = types = _Types(graph_def, {})
+        for name in types.nodes:
+            types.output_type(name)
         # Each node's data inputs: only retyping a node changes its own.
         self._reads = {node.name: types.data_inputs(node) for node in graph_def.node}
         self._external = [
@@ -145,6 +149,8 @@ class Retyping:
         ]
         # (position in graph_def.node, class, or None where the target's kernels decide)
         self._float32: list[tuple[int, int | None]] = []
+        # The float32 tensors each node of no fixed class reads: its class follows theirs.
+        self._float32_inputs: dict[str, list[str]] = {}
         for position, node in enumerate(graph_def.node):
             if not _has_float32_attr(node):
                 continue
@@ -163,38 +169,36 @@ class Retyping:
                 fixed = _FLOAT32
             else:
                 fixed = None
+                self._float32_inputs[node.name] = [
+                    tensor for _, tensor, wanted in self._reads[node.name] if wanted == _FLOAT
+                ]
             self._float32.append((position, fixed))
 
     def to(self, target: HalfTarget) -> graph_pb2.GraphDef:
         """The graph computing in `target.dtype` where that is safe."""
         graph = graph_pb2.GraphDef()
         graph.CopyFrom(self.graph_def)
+        nodes = list(graph.node)
         external = {
             tensor: target.dtype if wanted == _FLOAT else wanted
             for tensor, wanted in self._external
         }
-        types = _Types(graph, external)
+        types = self._types.copy_of(graph, nodes, external)
         reads = dict(self._reads)
-        classes = self._classes(graph, types, _Kernels(target), reads)
-        for node in graph.node:
-            if classes.get(node.name) == _HALF:
-                _retype_attrs(node, types.op_def(node), target.dtype)
+        classes = self._classes(nodes, types, _Kernels(target))
+        for position, _ in self._float32:
+            node = nodes[position]
+            if classes[node.name] == _HALF:
+                _retype_attrs(node, types.allowed_types(node), target.dtype)
                 types.forget_outputs(node)
                 reads[node.name] = types.data_inputs(node)
-        _convert_edges(types, reads, target.dtype)
+        _convert_edges(types, nodes, reads, target.dtype)
         return graph
 
-    def _classes(
-        self,
-        graph: graph_pb2.GraphDef,
-        types: _Types,
-        kernels: _Kernels,
-        reads: dict[str, list[tuple[int, str, int | None]]],
-    ) -> dict[str, int]:
+    def _classes(self, nodes: list[Any], types: _Types, kernels: _Kernels) -> dict[str, int]:
         """Each node computing in float32 -> its class, to a fixed point (loops are cycles)."""
         classes: dict[str, int] = {}
-        following: list[Any] = []  # nodes whose class follows their inputs'
-        nodes = list(graph.node)
+        following: list[str] = []  # nodes whose class follows their inputs'
         for position, fixed in self._float32:
             node = nodes[position]
             if fixed is not None:
@@ -205,21 +209,17 @@ class Retyping:
                 classes[node.name] = _HALF
             else:
                 classes[node.name] = _FREE
-                following.append(node)
-        float32_inputs = {
-            node.name: [tensor for _, tensor, wanted in reads[node.name] if wanted == _FLOAT]
-            for node in following
-        }
+                following.append(node.name)
         changed = True
         while changed:  # classes only rise, so this ends
             changed = False
-            for node in following:
+            for name in following:
                 found = max(
-                    (types.class_of(tensor, classes) for tensor in float32_inputs[node.name]),
+                    (types.class_of(tensor, classes) for tensor in self._float32_inputs[name]),
                     default=_FREE,
                 )
-                if found > classes[node.name]:
-                    classes[node.name] = found
+                if found > classes[name]:
+                    classes[name] = found
                     changed = True
         return classes
 
@@ -232,9 +232,9 @@ def _has_float32_attr(node: Any) -> bool:
     )
 
 
-def _retype_attrs(node: Any, op_def: Any, dtype: int) -> None:
-    """Float32 type attrs of `node` to `dtype`, where its op definition allows `dtype`."""
-    allowed = {a.name: list(a.allowed_values.list.type) for a in op_def.attr}
+def _retype_attrs(node: Any, allowed: dict[str, list[int]], dtype: int) -> None:
+    """Float32 type attrs of `node` to `dtype`, where its op definition (`allowed`: the
+    dtypes each attr allows, none listed: any) allows `dtype`."""
     for name, attr in node.attr.items():
         if allowed.get(name) and dtype not in allowed[name]:
             continue  # FusedBatchNorm's U: the statistics are float32 by definition
@@ -247,12 +247,15 @@ def _retype_attrs(node: Any, op_def: Any, dtype: int) -> None:
 
 
 def _convert_edges(
-    types: _Types, reads: dict[str, list[tuple[int, str, int | None]]], dtype: int
+    types: _Types,
+    nodes: list[Any],
+    reads: dict[str, list[tuple[int, str, int | None]]],
+    dtype: int,
 ) -> None:
-    """Convert each tensor whose dtype is not the one its consumer now reads (`reads`: each
-    node's data inputs, read after retyping)."""
+    """Convert each tensor whose dtype is not the one its consumer (of `nodes`) now reads
+    (`reads`: each node's data inputs, read after retyping)."""
     converted: dict[tuple[str, int], str] = {}
-    for node in list(types.graph.node):
+    for node in nodes:
         for position, tensor, wanted in reads[node.name]:
             have = types.output_type(tensor)
             if have == wanted or {have, wanted} != {_FLOAT, dtype}:
@@ -314,15 +317,39 @@ class _Types:
     # By op type, and by node (until `forget_outputs`): a graph has few op types, and each
     # node's outputs are read once per consumer.
     _op_defs: dict[str, Any] = field(init=False, default_factory=dict)
+    _allowed: dict[str, dict[str, list[int]]] = field(init=False, default_factory=dict)
     _outputs: dict[str, list[int]] = field(init=False, default_factory=dict)
 
+    _names: list[str] = field(init=False)  # of the graph's nodes, in order
+
     def __post_init__(self) -> None:
-        self.nodes = {n.name: n for n in self.graph.node}
+        self._names = [n.name for n in self.graph.node]
+        self.nodes = dict(zip(self._names, self.graph.node, strict=True))
+
+    def copy_of(
+        self, graph: graph_pb2.GraphDef, nodes: list[Any], external: dict[str, int]
+    ) -> _Types:
+        """The types of `graph`, a copy of this one's graph before any `add` (`nodes`: its
+        nodes): what this one read of its nodes is kept (until `forget_outputs`), not read
+        again."""
+        copy = _Types.__new__(_Types)
+        copy.graph, copy.external, copy._names = graph, external, self._names
+        copy.nodes = dict(zip(self._names, nodes, strict=True))
+        copy._op_defs, copy._allowed = self._op_defs, self._allowed
+        copy._outputs = dict(self._outputs)
+        return copy
 
     def op_def(self, node: Any) -> Any:
         if node.op not in self._op_defs:
             self._op_defs[node.op] = op_def_registry.get(node.op)
         return self._op_defs[node.op]
+
+    def allowed_types(self, node: Any) -> dict[str, list[int]]:
+        """The dtypes each attr of `node`'s op definition allows (none listed: any)."""
+        if node.op not in self._allowed:
+            attrs = self.op_def(node).attr
+            self._allowed[node.op] = {a.name: list(a.allowed_values.list.type) for a in attrs}
+        return self._allowed[node.op]
 
     def add(self, name: str, op: str, inputs: list[str]) -> Any:
         node = self.graph.node.add()
@@ -396,21 +423,38 @@ class _Kernels:
     def __init__(self, target: HalfTarget) -> None:
         self.target = target
         self._registered: dict[str, dict[str, list[dict[str, list[int]]]]] = {}
+        # By op type: its type attrs that may be `target.dtype`; by op type and which of
+        # those a node sets to float32: the answer (a graph has few of each).
+        self._retypable: dict[str, list[str]] = {}
+        self._answers: dict[tuple[str, tuple[str, ...]], bool] = {}
         if any(d.startswith("XLA_") for d in target.device_types):
             _register_xla_kernels()
 
     def has_half(self, node: Any, op_def: Any) -> bool:
-        attrs = [
-            a.name
-            for a in op_def.attr
-            if a.type == "type"
-            and a.name in node.attr
-            and node.attr[a.name].type == _FLOAT
-            and (not a.allowed_values.list.type or self.target.dtype in a.allowed_values.list.type)
-        ]
+        if node.op not in self._retypable:
+            self._retypable[node.op] = [
+                a.name
+                for a in op_def.attr
+                if a.type == "type"
+                and (
+                    not a.allowed_values.list.type
+                    or self.target.dtype in a.allowed_values.list.type
+                )
+            ]
+        attrs = tuple(
+            name
+            for name in self._retypable[node.op]
+            if name in node.attr and node.attr[name].type == _FLOAT
+        )
+        if (node.op, attrs) not in self._answers:
+            self._answers[node.op, attrs] = self._has_half(node.op, attrs)
+        return self._answers[node.op, attrs]
+
+    def _has_half(self, op: str, attrs: tuple[str, ...]) -> bool:
+        """Whether `op`, its `attrs` float32 (and retypable), has a half-precision kernel."""
         if not attrs:
             return True
-        registered = self._kernels(node.op)
+        registered = self._kernels(op)
         for device in self.target.device_types:
             kernels = registered.get(device)
             if kernels and not any(
