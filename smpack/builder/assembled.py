@@ -98,16 +98,23 @@ def _assembled(
     if known is None:
         names = (node.name for node in template.graph_def.node)
         _TEMPLATE_SHAPES[template] = {name: shapes[name] for name in names}
-    nodes = {node.name: node for node in graph_def.node}
-    variable_nodes = []
-    for variable, variable_def in template.variable_defs:
-        for node in (variable.name, node_name(variable_def.snapshot_name)):
-            copy = type(nodes[node])()
-            copy.CopyFrom(nodes[node])
-            variable_nodes.append(copy)
+    variable_names = [
+        name
+        for variable, variable_def in template.variable_defs
+        for name in (variable.name, node_name(variable_def.snapshot_name))
+    ]
+    # One walk over the graph's nodes: the variables' and outputs' taken (before their
+    # shapes are added, as the Saver reads them), every node's shapes added.
+    wanted = {*variable_names, *results.values()}
+    nodes = {}
     for node in graph_def.node:
-        if shapes[node.name] is not None:
-            node.attr["_output_shapes"].CopyFrom(shapes[node.name])
+        name = node.name
+        if name in wanted:
+            nodes[name] = type(node)()
+            nodes[name].CopyFrom(node)
+        if shapes[name] is not None:
+            node.attr["_output_shapes"].CopyFrom(shapes[name])
+    variable_nodes = [nodes[name] for name in variable_names]
     defs = [variable_def for _, variable_def in template.variable_defs]
     collections = {}
     for key, chosen in (
@@ -211,10 +218,14 @@ def _on_tpu(
         shape = batched(tensor.shape, variant.batch_size)
         if not shape or shape[0] is None:
             raise NotAssembled  # the Python path refuses it (a TPU graph's batch is static)
-    if any(node.op in _NOT_ON_TPU or _TPU_REPLICATE in node.attr for node in computation.node):
-        raise NotAssembled  # the rewrite logs, refuses or nests these its own way
-    nodes = {node.name: node for node in computation.node}
-    if any(node_name(t.tensor) not in nodes for t in imported.outputs):
+    returned = {node_name(t.tensor) for t in imported.outputs}
+    nodes = {}  # the nodes computing the outputs
+    for node in computation.node:
+        if node.op in _NOT_ON_TPU or _TPU_REPLICATE in node.attr:
+            raise NotAssembled  # the rewrite logs, refuses or nests these its own way
+        if node.name in returned:
+            nodes[node.name] = node
+    if len(nodes) < len(returned):
         raise NotAssembled  # an input returned as it is
     dtypes = []
     for tensor in imported.outputs:
@@ -254,8 +265,8 @@ def _on_tpu(
     graph_def.node.extend(scaffolding.reading(on_device))
 
     graph = tf.Graph()
-    returned = import_into(graph, graph_def, returning=on_device)
-    made = [tf.as_dtype(c_api.TF_OperationOutputType(output)) for output in returned]
+    outputs = import_into(graph, graph_def, returning=on_device)
+    made = [tf.as_dtype(c_api.TF_OperationOutputType(output)) for output in outputs]
     if made != scaffolding.dtypes:
         raise NotAssembled  # an op definition said less than the import found
     return graph, {t.key: t.key for t in imported.outputs}, scaffolding.init_op_name
@@ -388,6 +399,8 @@ def _placement(variant: Variant) -> tuple[str, Any]:
 
 def _mark(node: Any, marks: Any) -> None:
     """Add `marks` (a NodeDef holding only attributes) to `node`'s attributes."""
+    if not marks.attr:
+        return  # (a variant without an XLA mark: most nodes of most builds)
     if any(key in node.attr for key in marks.attr):
         # An attribute scope sets only what a node does not have already.
         for key, value in marks.attr.items():
