@@ -10,6 +10,7 @@ SavedModel and as the same computation written as TF1 code in a python source.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from tf_helpers import meta_graph, run_v1, serving_variants, write_manifest
 import smpack
 from smpack.checks.xla_check import run_tpu_graph_on_cpu
 from smpack.package.info import PackageInfo
+from smpack.sources import precision
 from smpack.sources.precision import HalfTarget, Retyping, retyped
 
 SEQUENCE, WIDTH, BATCH = 6, 8, 2
@@ -279,3 +281,34 @@ def test_one_reading_of_a_graph_retypes_it_for_each_target_as_a_fresh_one() -> N
     for target in targets + targets[::-1]:
         assert retyping.to(target) == retyped(graph, target)
     assert graph == graph_of_every_class()  # read, never changed
+
+
+def test_each_nodes_output_dtypes_are_read_once_and_again_only_where_a_target_retypes_it(
+    monkeypatch,
+) -> None:
+    graph = graph_of_every_class()
+    reads: list[str] = []
+    read_outputs = precision._Types._read_outputs  # noqa: SLF001
+
+    def recorded(types: Any, node: Any) -> list[int]:
+        reads.append(node.name)
+        return read_outputs(types, node)
+
+    monkeypatch.setattr(precision._Types, "_read_outputs", recorded)  # noqa: SLF001
+    retyping = Retyping(graph)
+
+    assert sorted(reads) == sorted(node.name for node in graph.node)
+    for target in [
+        HalfTarget(types_pb2.DT_HALF, ("CPU", "GPU")),
+        HalfTarget(types_pb2.DT_BFLOAT16, ("XLA_TPU_JIT", "XLA_CPU_JIT")),
+    ]:
+        reads.clear()
+        retyped_graph = retyping.to(target)
+        before = {node.name: node for node in graph.node}
+        changed = {
+            node.name
+            for node in retyped_graph.node
+            if node.name in before and node.attr != before[node.name].attr
+        }
+        assert reads
+        assert set(reads) <= changed

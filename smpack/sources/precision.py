@@ -380,14 +380,17 @@ class _Types:
             return _HALF if self.output_type(tensor) not in (None, _FLOAT) else _FREE
         return classes.get(node_name(tensor), _FREE)
 
+    def _read_outputs(self, node: Any) -> list[int]:
+        op_def = self.op_def(node)
+        return _arg_types(node, op_def.output_arg) if op_def is not None else []
+
     def output_type(self, tensor: str) -> int | None:
         name, _, index = tensor.partition(":")
         node = self.nodes.get(name)
         if node is None:
             return self.external.get(tensor, self.external.get(f"{tensor}:0"))
         if name not in self._outputs:
-            op_def = self.op_def(node)
-            self._outputs[name] = _arg_types(node, op_def.output_arg) if op_def is not None else []
+            self._outputs[name] = self._read_outputs(node)
         outputs, position = self._outputs[name], int(index or 0)
         return outputs[position] if position < len(outputs) else None
 
