@@ -338,7 +338,11 @@ class _Gradients:
         self._gradient_nodes: list[Any] = []
         self._real_gradients: dict[str, str] = {}  # stand-in gradient -> real tensor
         self._readers: dict[str, list[str]] = {}  # stand-in gradient -> ops to wait for
-        self._made_before: set[str] = set()  # the scaffolding's ops before the optimizer's
+        # The scaffolding before the optimizer's ops, and its splice: the start of the
+        # finished scaffolding's (`spliced`), with the names of its nodes' copies.
+        self._before = graph_pb2.GraphDef()
+        self._forward = graph_pb2.GraphDef()
+        self._copied: list[str] = []
 
     def stand_ins(self, loss: tf.Tensor) -> list[tuple[Any, Any]]:
         """What `opt.compute_gradients(loss)` gives, each gradient stood in for by its
@@ -376,7 +380,10 @@ class _Gradients:
             )
             if isinstance(gradient, tf.Tensor)
         ]
-        forward = self._spliced(graph.as_graph_def(), {})
+        self._before = graph.as_graph_def()
+        forward, copied = self._spliced(self._before, None)
+        self._forward = forward
+        self._copied = list(copied)
         nodes = {node.name: node for node in forward.node}
         if any(n.startswith(f"{_GRADIENTS}/") or n == _GRADIENTS for n in nodes):
             raise NotAssembled
@@ -438,7 +445,6 @@ class _Gradients:
                 ]
         self._gradient_nodes = gradient_nodes
         gradient_consumers = _consumers(gradient_nodes)
-        self._made_before = {op.name for op in graph.get_operations()}
         grads_and_vars = []
         differentiated_representative = False
         for (variable, _, stood_in_read), read in zip(trained, reads, strict=True):
@@ -501,14 +507,40 @@ class _Gradients:
         return renamed
 
     def spliced(self, scaffolding: Any) -> Any:
-        """The finished scaffolding's GraphDef with the real computation and gradients."""
+        """The finished scaffolding's GraphDef with the real computation and gradients
+        (the splice made with the stand-in gradients, extended: the one of `stand_ins`)."""
         if any(node.name.startswith(f"{_GRADIENTS}/") for node in scaffolding.node):
             raise NotAssembled  # named after the gradients were made
-        graph_def = self._spliced(scaffolding, self._real_gradients)
+        before = self._before.node
+        # The stand-in's nodes, which the computation replaces, may have changed since
+        # (`tf.group` marks the state updates it waits for); no other may have.
+        stood_in = self._stand_in.stood_in(self._scope)
+        if len(scaffolding.node) < len(before) or any(
+            now.name != then.name or (now.name not in stood_in and now != then)
+            for now, then in zip(scaffolding.node[: len(before)], before, strict=True)
+        ):
+            raise NotAssembled
+        after = graph_pb2.GraphDef()
+        after.versions.CopyFrom(scaffolding.versions)
+        after.library.CopyFrom(scaffolding.library)
+        after.node.extend(scaffolding.node[len(before) :])
+        added, copied = self._spliced(after, self._real_gradients)
+        self._stand_in.widening.check_names(
+            (node.name for node in scaffolding.node), [*self._copied, *copied]
+        )
+        graph_def = self._forward
+        graph_def.library.CopyFrom(added.library)
+        graph_def.node.extend(added.node)
         graph_def.node.extend(self._gradient_nodes)
         return graph_def
 
-    def _spliced(self, scaffolding: Any, gradients: dict[str, str]) -> Any:
+    def _spliced(
+        self, scaffolding: Any, gradients: dict[str, str] | None
+    ) -> tuple[Any, dict[str, str]]:
+        """`scaffolding` widened, with the real computation in place of the stand-in's
+        nodes (`gradients` None: they are all in it) or the real gradients in place of the
+        stand-in ones (`gradients`: it holds what the optimizer made, and no stand-in);
+        and its copies' names."""
         stand_in = self._stand_in
         scope = self._scope
         stood_in = stand_in.stood_in(scope)
@@ -516,9 +548,6 @@ class _Gradients:
         if any(widening.members.get(widening.owner(name) or "") for name in stood_in):
             raise NotWidened  # a computation's node named as a variable's would be copied
         scaffolding, copied = widening.widened(scaffolding, stood_in)
-        made_before = self._made_before | {
-            copy for copy, original in copied.items() if original in self._made_before
-        }
         renamed = {
             f"{scope}/{name}": f"{scope}/{tensor}" for tensor, name in stand_in.frontier.items()
         }
@@ -538,15 +567,15 @@ class _Gradients:
             copy = spliced.node.add()
             copy.CopyFrom(node)
             inputs = [_renamed(i, renamed) for i in node.input]
-            if gradients and node.name not in made_before:
+            if gradients is not None:
                 # The optimizer's ops read the real gradients, and each update waits for
                 # the gradient ops reading its variable.
                 waits = [f"^{r}" for i in node.input for r in self._readers.get(node_name(i), [])]
                 inputs = [_renamed(i, gradients) for i in inputs] + waits
             copy.input[:] = inputs
-        if not computation_added:
-            raise NotAssembled
-        return spliced
+        if computation_added != (gradients is None):
+            raise NotAssembled  # the stand-in's nodes are made before the optimizer's
+        return spliced, copied
 
 
 def _with_computation(head: Any, computation: Any, scope: str, fed: dict[str, str]) -> Any:

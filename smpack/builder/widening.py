@@ -93,11 +93,19 @@ class Widening:
     def widened(self, graph_def: Any, stood_in: Iterable[str] = ()) -> tuple[Any, dict[str, str]]:
         """`graph_def` with each representative's nodes copied for its members; and each
         copy's name -> its original's. Nodes in `stood_in` (replaced later) may read a
-        representative's nodes; any other reading one but as a control input is refused."""
+        representative's nodes; any other reading one but as a control input is refused.
+
+        `graph_def` may hold the nodes a graph made after others widened already (the
+        nodes it reads need not be in it); `check_names` then checks the whole graph's."""
         if not self.widens:
             return graph_def, {}
         stood_in = set(stood_in)
         owners = {node.name: self.owner(node.name) for node in graph_def.node}
+
+        def owner(name: str) -> str | None:
+            node = name.lstrip("^").partition(":")[0]
+            return owners[node] if node in owners else self.owner(node)
+
         result = type(graph_def)()
         result.versions.CopyFrom(graph_def.versions)
         result.library.CopyFrom(graph_def.library)
@@ -110,7 +118,7 @@ class Widening:
                 inputs = []
                 for name in node.input:
                     inputs.append(name)
-                    read = owners.get(name.lstrip("^").partition(":")[0])
+                    read = owner(name)
                     if read is None or not self.members[read]:
                         continue
                     if not name.startswith("^") and node.name not in stood_in:
@@ -125,8 +133,7 @@ class Widening:
             name = _split(node.name, representative)
             inputs = []
             for tensor in node.input:
-                owner = owners.get(tensor.lstrip("^").partition(":")[0])
-                if owner is not None and owner != representative:
+                if owner(tensor) not in (None, representative):
                     raise NotWidened  # reads another variable's nodes
                 inputs.append(_split(tensor, representative))
             locations = [
@@ -150,11 +157,16 @@ class Widening:
                 for key, value in handle_names.items():
                     copy.attr[key].s = _made(value, member).encode()
                 copied[copy.name] = node.name
-        taken = {node.name.lower() for node in graph_def.node}
-        made = [name.lower() for name in copied]
-        if len(set(made)) < len(made) or not taken.isdisjoint(made):
-            raise NotWidened  # a copy's name is taken (the Python graph would uniquify it)
+        self.check_names((node.name for node in graph_def.node), copied)
         return result, copied
+
+    def check_names(self, names: Iterable[str], copies: Iterable[str]) -> None:
+        """Refuses copies named alike, or as a node of the graph (`names`), but for case:
+        the Python graph would have made such names unique."""
+        taken = {name.lower() for name in names}
+        made = [name.lower() for name in copies]
+        if len(set(made)) < len(made) or not taken.isdisjoint(made):
+            raise NotWidened
 
     def collections(self, collections: dict[str, Any]) -> dict[str, Any]:
         """The exported collections, each representative's VariableDefs followed by its
