@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import file_digests, run_c
+from tensorflow.core.framework import attr_value_pb2
 from tf_helpers import make_looping_module, make_tf_module, meta_graph, write_manifest
 
 from smpack.api import build
@@ -279,6 +280,26 @@ def test_a_source_like_the_dense_one_is_assembled(tmp_path: Path) -> None:
     """The fallback cases below differ from this one by their reason only."""
     module_reading(tmp_path, "plain", lambda x, w: tf.matmul(x, w))
     assert not left_to_python(tmp_path, {"savedmodel": "plain", "loss": "mse"})
+
+
+def test_an_op_changed_after_the_stand_in_gradients_were_made_is_left_to_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The splice of the scaffolding made before the optimizer's ops (the variables, the
+    loss) is made once, with the stand-in gradients, and extended by the optimizer's: an
+    op of it changed later (here the variable's, given an attribute) is not in that
+    splice, so the variant is left to Python."""
+    module_reading(tmp_path, "plain", lambda x, w: tf.matmul(x, w))
+    scaffolding = assembled_training.build_variant_graph
+
+    def changing_a_variable(*args: Any, **kwargs: Any) -> Any:
+        built = scaffolding(*args, **kwargs)
+        handle = next(op for op in built.graph.get_operations() if op.type == "VarHandleOp")
+        handle._set_attr("_changed", attr_value_pb2.AttrValue(b=True))  # noqa: SLF001
+        return built
+
+    monkeypatch.setattr(assembled_training, "build_variant_graph", changing_a_variable)
+    assert left_to_python(tmp_path, {"savedmodel": "plain", "loss": "mse"})
 
 
 @pytest.mark.parametrize(
