@@ -139,7 +139,14 @@ def _assembled(
         spliced = gradients.spliced(graph.as_graph_def())
     final = tf.Graph()
     import_into(final, spliced)
-    graph_def, shapes = graph_def_and_shapes(final)
+    # A copy of a node made before the optimizer's differs from its original by names
+    # alone, and reads its member's copies where the original reads the representative's
+    # nodes (of one shape and dtype) or what the original reads: its shapes are the
+    # original's, read once. (The optimizer's copies read their own variable's gradient.)
+    copied = gradients.copied_before
+    graph_def, shapes = graph_def_and_shapes(final, dict.fromkeys(copied))
+    for copy, original in copied.items():
+        shapes[copy] = shapes[original]
     for node in graph_def.node:
         if shapes[node.name] is not None:
             node.attr["_output_shapes"].CopyFrom(shapes[node.name])
@@ -339,10 +346,10 @@ class _Gradients:
         self._real_gradients: dict[str, str] = {}  # stand-in gradient -> real tensor
         self._readers: dict[str, list[str]] = {}  # stand-in gradient -> ops to wait for
         # The scaffolding before the optimizer's ops, and its splice: the start of the
-        # finished scaffolding's (`spliced`), with the names of its nodes' copies.
+        # finished scaffolding's (`spliced`); the widened copies in it -> their originals.
         self._before = graph_pb2.GraphDef()
         self._forward = graph_pb2.GraphDef()
-        self._copied: list[str] = []
+        self.copied_before: dict[str, str] = {}
 
     def stand_ins(self, loss: tf.Tensor) -> list[tuple[Any, Any]]:
         """What `opt.compute_gradients(loss)` gives, each gradient stood in for by its
@@ -383,7 +390,7 @@ class _Gradients:
         self._before = graph.as_graph_def()
         forward, copied = self._spliced(self._before, None)
         self._forward = forward
-        self._copied = list(copied)
+        self.copied_before = copied
         nodes = {node.name: node for node in forward.node}
         if any(n.startswith(f"{_GRADIENTS}/") or n == _GRADIENTS for n in nodes):
             raise NotAssembled
@@ -526,7 +533,7 @@ class _Gradients:
         after.node.extend(scaffolding.node[len(before) :])
         added, copied = self._spliced(after, self._real_gradients)
         self._stand_in.widening.check_names(
-            (node.name for node in scaffolding.node), [*self._copied, *copied]
+            (node.name for node in scaffolding.node), [*self.copied_before, *copied]
         )
         graph_def = self._forward
         graph_def.library.CopyFrom(added.library)
