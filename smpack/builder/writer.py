@@ -345,6 +345,28 @@ def _built_saver(stand_ins: list[Any]) -> tuple[Any, list[Any], list[Any]]:
     return saver.saver_def, nodes, list(exported.meta_info_def.stripped_op_list.op)
 
 
+# Ops that call a function named by an attribute: TF's op list then follows the call.
+_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+
+
+def stripped_op_list(graph_def: Any) -> Any:
+    """TF's `meta_graph.stripped_op_list_for_graph(graph_def)`: the OpDefs of the op types
+    `graph_def` uses, sorted by name.
+
+    TF calls two Python functions per node to gather the op types (30 ms of a 15,000-node
+    graph, for each distinct graph a build exports); a graph without functions or calls to
+    them uses just its nodes' op types, gathered here in one pass.
+    """
+    from tensorflow.core.framework import op_def_pb2
+    from tensorflow.python.framework import meta_graph, op_def_registry
+
+    used = {node.op for node in graph_def.node}
+    if graph_def.library.function or not used.isdisjoint(_CALLS):
+        return meta_graph.stripped_op_list_for_graph(graph_def)
+    op_defs = [op_def_registry.get(op) for op in sorted(used)]
+    return op_def_pb2.OpList(op=[op_def for op_def in op_defs if op_def is not None])
+
+
 # The collection `export_meta_graph` rewrites when it clears devices.
 _UNBOUND_INPUTS = "unbound_inputs"
 
@@ -385,6 +407,9 @@ class _SplicedSaver(tf.compat.v1.train.Saver):
         from tensorflow.python.framework import meta_graph
 
         exported = meta_graph.create_meta_graph_def(
+            meta_info_def=meta_graph_pb2.MetaGraphDef.MetaInfoDef(
+                stripped_op_list=stripped_op_list(graph_def)
+            ),
             graph_def=graph_def,
             saver_def=self.saver_def,
             collection_list=[],
