@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -16,7 +17,10 @@ from conftest import check_golden, invoke, json_result
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from smpack.package.info import PackageInfo
+from smpack.package.checkpoint_index import read_checkpoint_index
+from smpack.package.fingerprints import variant_fingerprints
+from smpack.package.info import PackageInfo, read_package
+from smpack.package.protos import read_saved_model, read_saved_model_sharing_copies
 from smpack.package.record import read_record
 
 
@@ -155,6 +159,44 @@ def test_keras_export(keras_exported: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert document["fingerprint"] is not None
     result = invoke(monkeypatch, ["inspect", str(keras_exported)])
     assert "fingerprint: saved_model_checksum" in result.stdout
+
+
+def test_tag_only_copies_are_read_once_and_described_like_their_graph(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
+    # Variants sharing one graph are MetaGraphs differing in their tags alone: parsing,
+    # hashing and scanning each copy again cost as much as the graph did.
+    package = tmp_path / "1"
+    shutil.copytree(linear_package.path, package)
+    message = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    serve = next(i for i, g in enumerate(message.meta_graphs) if g.meta_info_def.tags == ["serve"])
+    copy = message.meta_graphs.add()
+    copy.CopyFrom(message.meta_graphs[serve])
+    copy.meta_info_def.tags.append("extra")
+    # Another signature: the same graph, but not a tag-only copy.
+    signed = message.meta_graphs.add()
+    signed.CopyFrom(copy)
+    signed.meta_info_def.tags[-1] = "signed"
+    signed.signature_def["another"].CopyFrom(signed.signature_def["serving_default"])
+    (package / "saved_model.pb").write_bytes(message.SerializeToString(deterministic=True))
+
+    shared, originals = read_saved_model_sharing_copies(package)
+    info = read_package(package)
+
+    copy_index, signed_index = len(message.meta_graphs) - 2, len(message.meta_graphs) - 1
+    assert originals == (*range(copy_index), serve, signed_index)
+    assert not shared.meta_graphs[copy_index].HasField("graph_def")
+    assert list(shared.meta_graphs[copy_index].meta_info_def.tags) == ["serve", "extra"]
+    assert shared.meta_graphs[signed_index].graph_def == shared.meta_graphs[serve].graph_def
+    # Described as when every MetaGraph was parsed whole.
+    assert info.graphs[copy_index] == dataclasses.replace(
+        info.graphs[serve], tags=("serve", "extra")
+    )
+    index = read_checkpoint_index(package / "variables" / "variables")
+    entries = {entry.name: entry for entry in index.entries}
+    whole = variant_fingerprints(read_saved_model(package).meta_graphs, entries)
+    assert [g.fingerprint for g in info.graphs] == whole
+    assert info.graphs[signed_index].signatures != info.graphs[serve].signatures
 
 
 def test_pbtxt_reads_like_pb(

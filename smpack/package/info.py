@@ -29,7 +29,7 @@ from smpack.package.layout import (
     TRAIN_FUNCTION_COLLECTION,
     WARMUP_FILE,
 )
-from smpack.package.protos import FingerprintDef, VariableDef, read_saved_model
+from smpack.package.protos import FingerprintDef, VariableDef, read_saved_model_sharing_copies
 from smpack.package.record import read_record
 from smpack.package.requests import tfrecords
 
@@ -177,7 +177,7 @@ def _reading(export_dir: Path) -> Iterator[None]:
 
 
 def _read_package(export_dir: Path) -> PackageInfo:
-    saved_model = read_saved_model(export_dir)
+    saved_model, originals = read_saved_model_sharing_copies(export_dir)
     variables_prefix = export_dir / "variables" / "variables"
     entries: dict[str, CheckpointEntry] = {}
     if Path(f"{variables_prefix}.index").exists():
@@ -188,18 +188,28 @@ def _read_package(export_dir: Path) -> PackageInfo:
     versions = {graph.meta_info_def.tensorflow_version for graph in saved_model.meta_graphs}
     return PackageInfo(
         path=export_dir,
-        graphs=tuple(
-            _graph_info(meta_graph, fingerprint)
-            for meta_graph, fingerprint in zip(
-                saved_model.meta_graphs,
-                variant_fingerprints(saved_model.meta_graphs, entries),
-                strict=True,
-            )
-        ),
+        graphs=_graph_infos(saved_model.meta_graphs, originals, entries),
         variables=variables,
         tensorflow_versions=tuple(sorted(versions - {""})),
         parameter_count=_parameter_count(saved_model, variables),
         **_file_facts(export_dir),
+    )
+
+
+def _graph_infos(
+    meta_graphs: Any, originals: tuple[int, ...], entries: dict[str, CheckpointEntry]
+) -> tuple[GraphInfo, ...]:
+    """Each MetaGraph's GraphInfo; a tag-only copy's (parsed as its `meta_info_def` alone,
+    see `read_saved_model_sharing_copies`) is its original's with its own tags."""
+    distinct = [index for index, original in enumerate(originals) if original == index]
+    fingerprints = variant_fingerprints([meta_graphs[index] for index in distinct], entries)
+    infos = {
+        index: _graph_info(meta_graphs[index], fingerprint)
+        for index, fingerprint in zip(distinct, fingerprints, strict=True)
+    }
+    return tuple(
+        dataclasses.replace(infos[original], tags=tuple(meta_graph.meta_info_def.tags))
+        for meta_graph, original in zip(meta_graphs, originals, strict=True)
     )
 
 

@@ -9,6 +9,7 @@ when parsing the binary form and skipped when parsing the text form.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from smpack.errors import PackageError, first_line
 from smpack.package.dtypes import ENUM_NAMES
+from smpack.package.wire import WireFormatError, fields_at, length_delimited
 
 _PACKAGE = "smpack.tf"
 MAX_SAVED_MODEL_BYTES = 2**31 - 1
@@ -185,8 +187,67 @@ def read_saved_model(export_dir: str | Path, message: Any = None) -> Any:
     such as TensorFlow's own, for readers that must keep every field. Raises `PackageError`
     for anything but a SavedModel with at least one MetaGraph.
     """
-    export_dir = Path(export_dir)
-    saved_model = (message or SavedModel)()
+    return _read_saved_model(Path(export_dir), message or SavedModel, lambda data: data)
+
+
+def read_saved_model_sharing_copies(export_dir: str | Path) -> tuple[Any, tuple[int, ...]]:
+    """`read_saved_model(export_dir)`, except that a MetaGraph differing from an earlier one
+    in its `meta_info_def` alone (a tag-only copy, as variants sharing one graph are) is
+    parsed as that `meta_info_def` alone; and for each MetaGraph, the index of the one
+    holding its graph, signatures and collections: its own, or the earlier one's.
+
+    A copy's graph is the same bytes as the earlier one's, so all that is read from it is
+    the same: parsing it again (and hashing, and scanning it) cost as much as the first.
+    """
+    originals: list[int] = []
+
+    def heads_of_copies(data: bytes) -> bytes:
+        shared, found = _copies_as_heads(data)
+        originals.extend(found)
+        return shared
+
+    saved_model = _read_saved_model(Path(export_dir), SavedModel, heads_of_copies)
+    return saved_model, tuple(originals or range(len(saved_model.meta_graphs)))
+
+
+_META_GRAPHS_FIELD, _META_INFO_DEF_FIELD = 2, 1
+
+
+def _copies_as_heads(data: bytes) -> tuple[bytes, list[int]]:
+    """A serialized SavedModel's bytes with each tag-only copy's MetaGraph cut to its
+    `meta_info_def`, and each MetaGraph's original (see `read_saved_model_sharing_copies`);
+    `data` as it is, and no originals, if it is no SavedModel's wire format."""
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    originals: list[int] = []
+    first_with: dict[bytes, int] = {}  # a MetaGraph's fields but its meta_info_def -> index
+    try:
+        for number, value, start, end in fields_at(view):
+            if number != _META_GRAPHS_FIELD or isinstance(value, int):
+                parts.append(view[start:end])
+                continue
+            head: list[bytes | memoryview] = []
+            body: list[bytes | memoryview] = []
+            for inner, _, inner_start, inner_end in fields_at(value):
+                part = value[inner_start:inner_end]
+                (head if inner == _META_INFO_DEF_FIELD else body).append(part)
+            index = len(originals)
+            originals.append(first_with.setdefault(b"".join(body), index))
+            copy = originals[index] != index
+            parts.append(
+                length_delimited(_META_GRAPHS_FIELD, b"".join(head)) if copy else view[start:end]
+            )
+    except WireFormatError:
+        return data, []  # the parser says what is wrong with it
+    return b"".join(parts), originals
+
+
+def _read_saved_model(
+    export_dir: Path, message: Any, binary_bytes: Callable[[bytes], bytes]
+) -> Any:
+    """The SavedModel in `export_dir` as a `message`, saved_model.pb's bytes parsed as
+    `binary_bytes` gives them."""
+    saved_model = message()
     binary, text = export_dir / "saved_model.pb", export_dir / "saved_model.pbtxt"
     try:
         path = binary if binary.is_file() else text if text.is_file() else None
@@ -198,7 +259,7 @@ def read_saved_model(export_dir: str | Path, message: Any = None) -> Any:
             msg = f"{path.name} is larger than protobuf's 2 GiB limit"
             raise PackageError(msg, file=path)
         if path is binary:
-            saved_model.ParseFromString(binary.read_bytes())
+            saved_model.ParseFromString(binary_bytes(binary.read_bytes()))
         else:
             text_format.Parse(
                 text.read_text(encoding="utf-8"), saved_model, allow_unknown_field=True

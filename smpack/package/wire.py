@@ -37,7 +37,7 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+def decode_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
     """The varint at `data[pos:]` and the position after it; WireFormatError if truncated."""
     result = shift = 0
     while pos < len(data) and shift < 70:
@@ -61,11 +61,22 @@ def message_fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
     if isinstance(message, int):  # a submessage's field number arrived with a numeric wire type
         msg = "protobuf field is a number where a message was expected"
         raise WireFormatError(msg)
+    for number, value, _, _ in fields_at(message):
+        yield number, bytes(value) if isinstance(value, memoryview) else value
+
+
+def fields_at(
+    message: bytes | memoryview,
+) -> Iterator[tuple[int, int | bytes | memoryview, int, int]]:
+    """Yield (field number, value, start, end) of each field of a protobuf message, whose
+    tag and value are `message[start:end]`: values as `message_fields` gives them, slices of
+    a memoryview for a memoryview (so nothing is copied)."""
     pos = 0
     while pos < len(message):
+        start = pos
         tag, pos = decode_varint(message, pos)
         wire_type = tag & 7
-        value: int | bytes
+        value: int | bytes | memoryview
         if wire_type == 0:
             value, pos = decode_varint(message, pos)
         elif wire_type in (1, 5):
@@ -84,4 +95,4 @@ def message_fields(message: int | bytes) -> Iterator[tuple[int, int | bytes]]:
         else:
             msg = f"unexpected protobuf wire type {wire_type}"
             raise WireFormatError(msg)
-        yield tag >> 3, value
+        yield tag >> 3, value, start, pos
