@@ -114,6 +114,35 @@ def test_processes_run_two_at_once_only_while_their_memory_fits_the_budget() -> 
     assert isinstance(outcomes[1], GraphProcessDied) and outcomes[0][2] > outcomes[0][0]
 
 
+# Sleeps before its turn, and longer after: when it started, was ready, got its turn, and
+# ended.
+TURN = "__import__('smpack.checks.graph_server', fromlist=['_']).wait_for_turn()"
+SLEEP = "__import__('time').sleep"
+AHEAD = f"({NOW}, {SLEEP}(0.1), {NOW}, {TURN}, {NOW}, {SLEEP}(0.6), {NOW})"
+
+
+def test_the_next_job_starts_ahead_and_waits_for_its_turn_to_take_its_memory() -> None:
+    jobs = [Job(eval, (AHEAD,), f"job {i}", memory=100, before_turn=10) for i in range(3)]
+    started: list[int] = []
+    first, second, third = run_each_in_own_process(jobs, 199, on_start=started.append, room=120)
+    assert started == [0, 1, 2]  # as each gets its turn
+    # No room for two jobs' memory: each turn comes once the job before has ended.
+    assert first[6] <= second[4] and second[6] <= third[4]
+    # But each job's work before its turn overlaps the job before it, one job ahead only.
+    assert second[2] < first[6] and third[2] < second[6]
+    assert third[0] >= first[6]
+
+    # Without room for the runtime of one more, none starts ahead.
+    first, second, _ = run_each_in_own_process(jobs, 199, room=109)
+    assert second[0] >= first[6]
+
+    # One that ends before its turn is its job's outcome; the next job still gets its turn.
+    dying = Job(os._exit, (3,), "job 1", memory=100, before_turn=10)
+    outcomes = run_each_in_own_process([jobs[0], dying, jobs[2]], 199, room=120)
+    assert isinstance(outcomes[1], GraphProcessDied)
+    assert outcomes[0][6] <= outcomes[2][4]
+
+
 def test_of_two_failing_at_once_the_first_in_order_is_raised() -> None:
     slow, fast = "(__import__('time').sleep(0.5), 1 / 0)", "1 / 0"
     jobs = [Job(eval, (slow,), "job 0"), Job(eval, (fast,), "job 1"), Job(eval, ("0",), "job 2")]

@@ -23,12 +23,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar, cast
 
 import smpack
-from smpack.checks.graph_server import read_message, write_request
+from smpack.checks.graph_server import read_message, write_request, write_turn
 from smpack.errors import SmpackError
 
 Result = TypeVar("Result")
@@ -81,6 +81,10 @@ class Job:
     args: tuple[Any, ...] = ()
     description: str = "smpack"
     memory: int = 0  # bytes, at its peak
+    # If `function` waits for its turn (`graph_server.wait_for_turn`) before it takes its
+    # memory, the bytes its process may need until then: it may start that early, beside
+    # the jobs before it. None if it does not wait.
+    before_turn: int | None = None
 
 
 class _Call:
@@ -88,6 +92,7 @@ class _Call:
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self.number = 0  # the server's name for it
         self.pid = 0
         self.ended: tuple[int, bytes] | None = None  # exit code, what it wrote
 
@@ -121,15 +126,19 @@ class _Server:
         assert self.process.stdin is not None
         return self.process.stdin
 
-    def start(self, job: Job) -> _Call:
+    def start(self, job: Job, turn: bool = True) -> _Call:
+        """Start `job`'s process; with its turn, or to wait for it (`give_turn`) if not."""
         call = _Call(job)
         with self._changed:
-            number = next(self._numbers)
-            self._calls[number] = call
+            call.number = next(self._numbers)
+            self._calls[call.number] = call
         # Not under the condition: the server may be importing TensorFlow, not yet reading.
         request = (job.function, job.args, dict(os.environ), os.getcwd())
-        write_request(self.requests, number, request)
+        write_request(self.requests, call.number, request, waits=not turn)
         return call
+
+    def give_turn(self, call: _Call) -> None:
+        write_turn(self.requests, call.number)
 
     def first_ended(self, calls: Collection[_Call]) -> _Call:
         """Wait for one of `calls` to end; EOFError if the server ended first."""
@@ -228,17 +237,21 @@ def run_each_in_own_process(
     memory_budget: int,
     at_once: int = 2,
     on_start: Callable[[int], None] | None = None,
+    room: int = 0,
 ) -> list[Any]:
     """Each job's return value, or the `GraphProcessDied` its process ended with, in order.
 
-    The jobs start in order, each in a fresh process forked from the server; a job starts
-    alongside those running while fewer than `at_once` run and their `memory` and its own
-    add up to no more than `memory_budget` (a job always starts when none runs). Raises the
+    The jobs get their turns in order, each in a fresh process forked from the server; a job
+    gets its turn alongside those that have theirs while fewer than `at_once` have and their
+    `memory` and its own add up to no more than `memory_budget` (a job always gets it when
+    none has). One job that waits for its turn (`Job.before_turn`) may start ahead of it,
+    while the memory of the jobs that have theirs and its `before_turn` fit in `room` (what
+    the machine can give): what it does first then overlaps their work. Raises the
     `SmpackError` or `GraphProcessBug` (see `run_in_own_process`) of the first job, in
     order, that ends with one, as running them one at a time would; later jobs still
     running are killed then. No process outlives the call: on any other exception (Ctrl-C
     included) the running ones are killed, and the server with them (the next call starts
-    another). `on_start` hears each job's index as it starts.
+    another). `on_start` hears each job's index as it gets its turn.
     """
     start_server()
     outcomes: dict[int, Any] = {}
@@ -248,22 +261,19 @@ def run_each_in_own_process(
             server = _server
         assert server is not None
         waiting = list(enumerate(jobs))
-        running: dict[_Call, int] = {}
+        running: dict[_Call, int] = {}  # every started job's call: its index
+        ahead: list[_Call] = []  # started, not given its turn yet (at most one)
         try:
             # Until every job has ended, or one failed and no job before it still runs
             # (whose failure would come first, as it would one job at a time).
             while running or (waiting and not failures):
-                while (
-                    waiting
-                    and not failures
-                    and _fits(waiting[0][1], running, memory_budget, at_once)
-                ):
-                    index, job = waiting.pop(0)
-                    if on_start is not None:
-                        on_start(index)
-                    running[server.start(job)] = index
+                if not failures:
+                    _give_turns(server, waiting, running, ahead, memory_budget, at_once, on_start)
+                    _start_ahead(server, waiting, running, ahead, room)
                 ended = server.first_ended(running)
                 index = running.pop(ended)
+                if ended in ahead:  # it ended before its turn
+                    ahead.remove(ended)
                 try:
                     outcomes[index] = _outcome(ended)
                 except (SmpackError, GraphProcessBug) as e:
@@ -287,11 +297,57 @@ def run_each_in_own_process(
     return [outcomes[index] for index in range(len(jobs))]
 
 
-def _fits(job: Job, running: Mapping[_Call, int], memory_budget: int, at_once: int) -> bool:
-    if not running:
+def _give_turns(
+    server: _Server,
+    waiting: list[tuple[int, Job]],
+    running: dict[_Call, int],
+    ahead: list[_Call],
+    memory_budget: int,
+    at_once: int,
+    on_start: Callable[[int], None] | None,
+) -> None:
+    """Give turns in order, to the job started ahead first, while they fit."""
+    with_turns = [call.job for call in running if call not in ahead]
+    while ahead or waiting:
+        job = ahead[0].job if ahead else waiting[0][1]
+        if not _fits(job, with_turns, memory_budget, at_once):
+            return
+        if ahead:
+            call = ahead.pop(0)
+            server.give_turn(call)
+        else:
+            index, job = waiting.pop(0)
+            call = server.start(job)
+            running[call] = index
+        if on_start is not None:
+            on_start(running[call])
+        with_turns.append(job)
+
+
+def _start_ahead(
+    server: _Server,
+    waiting: list[tuple[int, Job]],
+    running: dict[_Call, int],
+    ahead: list[_Call],
+    room: int,
+) -> None:
+    """Start the next job ahead of its turn, if it waits for it and nothing else does."""
+    if ahead or not waiting or waiting[0][1].before_turn is None:
+        return
+    index, job = waiting[0]
+    if sum(call.job.memory for call in running) + (job.before_turn or 0) > room:
+        return
+    waiting.pop(0)
+    call = server.start(job, turn=False)
+    running[call] = index
+    ahead.append(call)
+
+
+def _fits(job: Job, with_turns: Sequence[Job], memory_budget: int, at_once: int) -> bool:
+    if not with_turns:
         return True
-    taken = sum(call.job.memory for call in running)
-    return len(running) < at_once and taken + job.memory <= memory_budget
+    taken = sum(other.memory for other in with_turns)
+    return len(with_turns) < at_once and taken + job.memory <= memory_budget
 
 
 def _outcome(call: _Call) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
 
 from smpack.builder.provenance import check_provenance, claims_smpack
 from smpack.builder.training import TRAIN_METHOD
@@ -29,6 +30,7 @@ from smpack.checks.graph_process import (
     run_each_in_own_process,
     start_server,
 )
+from smpack.checks.loading import load_in_turn
 from smpack.checks.placement import pins_this_host_lacks
 from smpack.checks.xla_check import tpu_graph_on_cpu
 from smpack.errors import (
@@ -77,7 +79,10 @@ _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # in _MEMORY_BUDGET and in what the machine (or the container's memory cgroup) can still give
 # when verify starts. Two graphs need 2.2x the weights and more, so from about 0.7 GiB of
 # weights up they run one at a time, and verify stays within issue 14's target of 2.25x the
-# weights; below, the runtimes' fixed cost is most of verify's memory anyway.
+# weights; below, the runtimes' fixed cost is most of verify's memory anyway. Whatever the
+# size, the next graph's process starts early and does what needs only its runtime (reading
+# the package, importing the graph) while the last one runs, and waits for its turn to
+# restore (`load_in_turn`).
 _GRAPHS_AT_ONCE = 2
 _MEMORY_BUDGET = 2 << 30
 _GRAPH_RUNTIME = 256 << 20  # a graph process's own TensorFlow runtime, about 0.2 GiB measured
@@ -215,9 +220,10 @@ def _verify_graphs(
     A graph's process holds the weights while it is checked and returns all its memory when
     it exits. Two run at once only while the memory both may need fits in _MEMORY_BUDGET and
     in what the machine can still give (read once, now); otherwise one at a time, so that
-    verify's peak is the heaviest graph's rather than the sum of them.
+    verify's peak is the heaviest graph's rather than the sum of them, plus the runtime of
+    the next graph's process, which starts ahead and waits for its turn to restore.
     """
-    memory_budget = min(_MEMORY_BUDGET, available_memory())
+    room = available_memory()
     checkpoint = {v.name: (v.dtype, v.shape) for v in package.variables}
     requests = _Requests(read_requests(export_dir, EXAMPLES_FILE), read_requests(export_dir))
     reports, jobs = [], []
@@ -236,13 +242,14 @@ def _verify_graphs(
         )
         description = f"smpack verify {info.tag_set}"
         memory = _memory_needed(info, package.variables_bytes)
-        jobs.append(Job(_check_graph, arguments, description, memory))
+        jobs.append(Job(_check_graph, arguments, description, memory, _GRAPH_RUNTIME))
         reports.append(report)
     results = run_each_in_own_process(
         jobs,
-        memory_budget,
+        min(_MEMORY_BUDGET, room),
         at_once=_GRAPHS_AT_ONCE,
         on_start=lambda index: step(f"loading and running {reports[index].tag_set}"),
+        room=room,
     )
     outputs = {}
     for report, info, result in zip(reports, package.graphs, results, strict=True):
@@ -360,9 +367,8 @@ def _run_graph(
             # the same devices, logging every moved variable's colocation group.
             clear_devices = pins_this_host_lacks(meta_graph)
             with refused_by_tensorflow(*LOADER_REFUSALS):
-                tf.compat.v1.saved_model.loader.load(
-                    session, tags, str(export_dir), clear_devices=clear_devices
-                )
+                loader = loader_impl.SavedModelLoader(str(export_dir))
+                load_in_turn(loader, session, tags, clear_devices=clear_devices)
         if not report.checks[-1].passed:
             return results
         with _check(report, "signature tensors resolve"):

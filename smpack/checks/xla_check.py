@@ -23,6 +23,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from smpack.checks.feeds import feed_dict
+from smpack.checks.loading import load_in_turn
 from smpack.errors import (
     LOADER_REFUSALS,
     NAME_REFUSALS,
@@ -103,7 +104,7 @@ def tpu_graph_on_cpu(
     # closing(), not `with session`: the graph is made default only while ops are added.
     with contextlib.closing(tf.compat.v1.Session(graph=tf.Graph())) as session:
         with refused_by_tensorflow(*LOADER_REFUSALS):
-            loader.load(session, tags)
+            load_in_turn(loader, session, tags)
         yield TpuGraphOnCpu(session, meta_graph, tpu_graph)
 
 

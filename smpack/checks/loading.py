@@ -1,0 +1,32 @@
+"""TF's SavedModel loader, waiting for the process's turn before it restores the variables.
+
+Everything a graph's process does before the restore (reading the package, importing the
+graph, making the session) needs no more memory than its runtime; the restore takes the
+weights'. So verify starts the next graph's process while the last one still runs, and
+that process waits for its turn only here (`graph_server.wait_for_turn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
+
+from smpack.checks.graph_server import wait_for_turn
+
+
+def load_in_turn(
+    loader: loader_impl.SavedModelLoader,
+    session: tf.compat.v1.Session,
+    tags: Sequence[str],
+    **saver_kwargs: Any,
+) -> None:
+    """`loader.load(session, tags, **saver_kwargs)`, the loader's own three steps as it takes
+    them, waiting for this process's turn between importing the graph and restoring it."""
+    with session.graph.as_default():
+        saver, _ = loader.load_graph(session.graph, tags, **saver_kwargs)
+        wait_for_turn()
+        loader.restore_variables(session, saver)
+        loader.run_init_ops(session, tags)
