@@ -205,3 +205,14 @@ def test_one_load_runs_every_request_on_the_restored_variables(tmp_path: Path) -
     for x, result in zip(requests, results, strict=True):
         np.testing.assert_allclose(result, 2.0 * x + 3.0, rtol=1e-2)
     np.testing.assert_allclose(after_assign, 10.0 * requests[1] + 3.0, rtol=1e-2)
+
+
+def test_the_computations_are_added_as_the_graph_loads_before_any_run(tmp_path: Path) -> None:
+    # Added before the restore, they are work a graph's process does ahead of its turn, while
+    # the graph before it still runs (smpack/checks/loading.py).
+    export_dir = _export(tmp_path / "linear", _linear)
+    with tpu_graph_on_cpu(export_dir, TPU) as graph:
+        library = graph.session.graph.as_graph_def().library
+        assert [f for f in library.function if f.attr["_XlaMustCompile"].b]
+        x = np.full(8, 2.0, dtype=np.float32)
+        np.testing.assert_allclose(graph.run(SIGNATURE, {"input": x})["output"], 7.0, rtol=1e-2)

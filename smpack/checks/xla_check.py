@@ -59,11 +59,25 @@ class TpuGraphOnCpu:
         fetches = {key: info.name for key, info in signature.outputs.items()}
         # Clusters are in creation order, so one that consumes another's output comes after it.
         for cluster in _clusters_reached(self._tpu_graph, fetches.values()):
-            if cluster not in self._calls:
-                self._calls[cluster] = _ClusterCall(self.session.graph, self._tpu_graph, cluster)
-            feeds.update(self._calls[cluster].run(self.session, feeds))
+            feeds.update(self._call(cluster).run(self.session, feeds))
         with refused_by_tensorflow(*RUN_REFUSALS):
             return self.session.run(fetches, feeds)
+
+    def add_computations(self) -> None:
+        """Add every signature's TPU computations to the session's graph now, as `run` would
+        at their first use. Called before the variables are restored, while the process waits
+        for its turn. One that cannot be added is left to `run`, which fails that signature
+        with the same error."""
+        for signature in self._meta_graph.signature_def.values():
+            fetches = [info.name for info in signature.outputs.values()]
+            with contextlib.suppress(SmpackError):
+                for cluster in _clusters_reached(self._tpu_graph, fetches):
+                    self._call(cluster)
+
+    def _call(self, cluster: str) -> _ClusterCall:
+        if cluster not in self._calls:
+            self._calls[cluster] = _ClusterCall(self.session.graph, self._tpu_graph, cluster)
+        return self._calls[cluster]
 
 
 def run_tpu_graph_on_cpu(
@@ -103,9 +117,10 @@ def tpu_graph_on_cpu(
     meta_graph.graph_def.CopyFrom(_host_graph(tpu_graph))
     # closing(), not `with session`: the graph is made default only while ops are added.
     with contextlib.closing(tf.compat.v1.Session(graph=tf.Graph())) as session:
+        graph = TpuGraphOnCpu(session, meta_graph, tpu_graph)
         with refused_by_tensorflow(*LOADER_REFUSALS):
-            load_in_turn(loader, session, tags)
-        yield TpuGraphOnCpu(session, meta_graph, tpu_graph)
+            load_in_turn(loader, session, tags, before_turn=graph.add_computations)
+        yield graph
 
 
 class _ClusterCall:
