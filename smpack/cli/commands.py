@@ -232,8 +232,14 @@ def _progress_bar(quiet: bool, first: str) -> Iterator[StepCallback]:
         task = progress.add_task(first, total=None)
 
         def show(step: Step) -> None:
+            # Drawn now, not at the bar's next tick (10 a second): a step shorter than a
+            # tick, or one the refreshing thread was not scheduled during, was never seen.
             progress.update(
-                task, description=step.description, completed=step.done, total=step.total
+                task,
+                description=step.description,
+                completed=step.done,
+                total=step.total,
+                refresh=True,
             )
 
         yield show
