@@ -40,6 +40,7 @@ from tensorflow.python.client import pywrap_tf_session as c_api
 from tensorflow.python.framework import c_api_util, ops
 from tensorflow.python.tpu import tpu_replication
 
+from smpack.builder.c_graph import CGraph, Shapes
 from smpack.builder.graphs import (
     AssembledGraph,
     VariableSpec,
@@ -513,7 +514,7 @@ def graph_def_and_shapes(
     if not graph_def.library.function:
         graph_def.ClearField("library")
     shapes = {}
-    made: dict[tuple[Any, ...], Any] = {}  # most nodes share a few shapes: each made once
+    made: dict[Shapes, Any] = {}
     for c_op in graph.new_operations():
         if known:
             name = c_api.TF_OperationName(c_op)
@@ -528,11 +529,33 @@ def graph_def_and_shapes(
         # (dims, unknown rank) of each output, from the C++ graph.
         inferred = (output._shape for output in op.outputs)  # noqa: SLF001
         key = tuple(None if unknown else tuple(dims) for dims, unknown in inferred)
-        if key and key not in made:
-            made[key] = attr_value_pb2.AttrValue()
-            made[key].list.shape.extend(tf.TensorShape(shape).as_proto() for shape in key)
-        shapes[op.name] = made.get(key)
+        shapes[op.name] = _shapes_attr(made, key)
     return graph_def, shapes
+
+
+def c_graph_def_and_shapes(
+    graph: CGraph, known: Mapping[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """`graph_def_and_shapes` of a C API graph (which `CGraph.close` frees aside)."""
+    graph_def = graph.graph_def()
+    if not graph_def.library.function:
+        graph_def.ClearField("library")
+    known = known or {}
+    made: dict[Shapes, Any] = {}
+    shapes = {
+        name: known[name] if name in known else _shapes_attr(made, key)
+        for name, key in graph.output_shapes(skipped=known)
+    }
+    return graph_def, shapes
+
+
+def _shapes_attr(made: dict[Shapes, Any], key: Shapes) -> Any:
+    """The `_output_shapes` of an op whose outputs have the shapes `key` (None: it has no
+    outputs); most ops share a few shapes, each made once, in `made`."""
+    if key and key not in made:
+        made[key] = attr_value_pb2.AttrValue()
+        made[key].list.shape.extend(tf.TensorShape(shape).as_proto() for shape in key)
+    return made.get(key)
 
 
 class _ShapeReader(c_api.PyTensor):

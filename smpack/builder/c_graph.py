@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
+from collections.abc import Container, Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -48,6 +49,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "TF_GraphToGraphDef": (None, [_POINTER, ctypes.POINTER(_Buffer), _POINTER]),
     "TF_GraphOperationByName": (_POINTER, [_POINTER, ctypes.c_char_p]),
     "TF_OperationName": (ctypes.c_char_p, [_POINTER]),
+    "TF_GraphNextOperation": (_POINTER, [_POINTER, ctypes.POINTER(ctypes.c_size_t)]),
+    "TF_OperationNumOutputs": (ctypes.c_int, [_POINTER]),
     "TF_OperationOutputType": (ctypes.c_int, [_Output]),
     "TF_GraphGetTensorNumDims": (ctypes.c_int, [_POINTER, _Output, _POINTER]),
     "TF_GraphGetTensorShape": (
@@ -69,6 +72,10 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         ],
     ),
 }
+
+# An operation's outputs' shapes: each a tuple of dimensions (None where unknown), or None
+# for a shape of unknown rank.
+Shapes = tuple[tuple[int | None, ...] | None, ...]
 
 # What TF_AddGradients says of an op its C++ registry has no gradient for.
 _NO_GRADIENT = "No gradient defined for op"
@@ -137,15 +144,30 @@ class CGraph:
 
     def shape(self, tensor: str) -> tf.TensorShape:
         """The shape TensorFlow's shape inference gives `tensor`."""
-        output = self._output(tensor)
+        return tf.TensorShape(self._dims(self._output(tensor)))
+
+    def output_shapes(self, skipped: Container[str] = ()) -> Iterator[tuple[str, Shapes]]:
+        """Each operation's name, in the graph's order, and its outputs' inferred shapes
+        (as `_dims` gives them); () for the operations named in `skipped`, not read."""
+        position = ctypes.c_size_t(0)
+        while operation := self._lib.TF_GraphNextOperation(self._graph, ctypes.byref(position)):
+            name = self._lib.TF_OperationName(operation).decode()
+            if name in skipped:
+                yield name, ()
+                continue
+            outputs = range(self._lib.TF_OperationNumOutputs(operation))
+            yield name, tuple(self._dims(_Output(operation, index)) for index in outputs)
+
+    def _dims(self, output: _Output) -> tuple[int | None, ...] | None:
+        """An output's inferred dimensions (None where unknown); None if its rank is."""
         rank = self._lib.TF_GraphGetTensorNumDims(self._graph, output, self._status)
         self._check()
         if rank < 0:
-            return tf.TensorShape(None)
+            return None
         dims = (ctypes.c_int64 * rank)()
         self._lib.TF_GraphGetTensorShape(self._graph, output, dims, rank, self._status)
         self._check()
-        return tf.TensorShape([None if d < 0 else d for d in dims])
+        return tuple(None if d < 0 else d for d in dims)
 
     def add_gradients(
         self, prefix: str, ys: list[tuple[str, str]], xs: list[str]
