@@ -51,7 +51,8 @@ from tensorflow.python.framework import meta_graph
 from smpack.builder.assembled import (
     NotAssembled,
     add_input_placeholders,
-    c_graph_def_and_shapes,
+    graph_def_and_shapes,
+    imported_graph,
 )
 from smpack.builder.c_graph import CGraph, ImportRefused, NoCxxGradient
 from smpack.builder.graphs import AssembledGraph, VariantGraph, build_variant_graph
@@ -141,14 +142,8 @@ def _assembled(
     # nodes (of one shape and dtype) or what the original reads: its shapes are the
     # original's, read once. (The optimizer's copies read their own variable's gradient.)
     copied = gradients.copied_before
-    # A C API graph, not a Python one: freeing the 1,000-variable train graph took 0.1-0.3 s
-    # of the build's thread (holding the GIL); `close` frees it aside.
-    try:
-        final = CGraph(spliced)
-    except ImportRefused as e:
-        raise NotAssembled from e  # the Python path reports it as it always did
-    with contextlib.closing(final):
-        graph_def, shapes = c_graph_def_and_shapes(final, dict.fromkeys(copied))
+    with contextlib.closing(imported_graph(spliced)) as final:
+        graph_def, shapes = graph_def_and_shapes(final, dict.fromkeys(copied))
     for copy, original in copied.items():
         shapes[copy] = shapes[original]
     for node in graph_def.node:

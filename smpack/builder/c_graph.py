@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -42,6 +42,10 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "TF_Message": (ctypes.c_char_p, [_POINTER]),
     "TF_NewImportGraphDefOptions": (_POINTER, []),
     "TF_DeleteImportGraphDefOptions": (None, [_POINTER]),
+    "TF_ImportGraphDefOptionsAddInputMapping": (
+        None,
+        [_POINTER, ctypes.c_char_p, ctypes.c_int, _Output],
+    ),
     "TF_NewBufferFromString": (ctypes.POINTER(_Buffer), [ctypes.c_char_p, ctypes.c_size_t]),
     "TF_NewBuffer": (ctypes.POINTER(_Buffer), []),
     "TF_DeleteBuffer": (None, [ctypes.POINTER(_Buffer)]),
@@ -113,12 +117,19 @@ class CGraph:
             self.close()
             raise
 
-    def add(self, graph_def: Any) -> None:
-        """Import `graph_def`'s nodes beside the graph's (reading none of them)."""
+    def add(self, graph_def: Any, mapped: Mapping[str, str] | None = None) -> None:
+        """Import `graph_def`'s nodes beside the graph's, reading none of them but the
+        tensors of `mapped`: where `graph_def` reads one of its keys, the graph's tensor
+        it maps to is read."""
         options = self._lib.TF_NewImportGraphDefOptions()
         serialized = graph_def.SerializeToString()
         buffer = self._lib.TF_NewBufferFromString(serialized, len(serialized))
         try:
+            for tensor, into in (mapped or {}).items():
+                name, _, index = tensor.partition(":")
+                self._lib.TF_ImportGraphDefOptionsAddInputMapping(
+                    options, name.encode(), int(index or 0), self._output(into)
+                )
             self._lib.TF_GraphImportGraphDef(self._graph, buffer, options, self._status)
         finally:
             self._lib.TF_DeleteBuffer(buffer)
