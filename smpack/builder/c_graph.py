@@ -167,18 +167,18 @@ class CGraph:
                 yield name, ()
                 continue
             outputs = range(self._lib.TF_OperationNumOutputs(operation))
-            yield name, tuple(self._dims(_Output(operation, index)) for index in outputs)
+            yield name, tuple([self._dims(_Output(operation, index)) for index in outputs])
 
     def _dims(self, output: _Output) -> tuple[int | None, ...] | None:
         """An output's inferred dimensions (None where unknown); None if its rank is."""
         rank = self._lib.TF_GraphGetTensorNumDims(self._graph, output, self._status)
         self._check()
-        if rank < 0:
-            return None
+        if rank <= 0:
+            return None if rank < 0 else ()
         dims = (ctypes.c_int64 * rank)()
         self._lib.TF_GraphGetTensorShape(self._graph, output, dims, rank, self._status)
         self._check()
-        return tuple(None if d < 0 else d for d in dims)
+        return tuple([None if d < 0 else d for d in dims])
 
     def add_gradients(
         self, prefix: str, ys: list[tuple[str, str]], xs: list[str]
