@@ -10,7 +10,6 @@ same signatures and variables.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from tf_helpers import (
 
 import smpack
 from smpack.builder.assembled import assembled_graph
-from smpack.builder.c_graph import _library
 from smpack.builder.graphs import VariantGraph, build_variant_graph
 from smpack.builder.writer import SharedSavers, exported_meta_graph
 from smpack.checks.xla_check import tpu_graph_on_cpu
@@ -95,28 +93,6 @@ def test_an_assembled_serving_graph_is_the_one_python_builds(sources, model, nam
     assert assembled.signature_defs == in_python.signature_defs
     assert assembled.variables == in_python.variables
     assert assembled.model_variables == in_python.model_variables
-
-
-@pytest.mark.parametrize("name", ["gpu", "tpu"])
-def test_an_assembled_graph_is_freed_off_the_building_thread(sources, name, monkeypatch) -> None:
-    # A Python graph's deletion held the GIL for 0.1-0.3 s a 1,000-variable variant.
-    library = _library()
-    real_delete = library.TF_DeleteGraph
-    freed_on: list[threading.Thread] = []
-    freed = threading.Event()
-
-    def delete_graph(graph: Any) -> None:
-        freed_on.append(threading.current_thread())
-        real_delete(graph)
-        freed.set()
-
-    monkeypatch.setattr(library, "TF_DeleteGraph", delete_graph)
-    loaded, source = sources["two_layers"]
-    variant = loaded.spec.variants[name]
-
-    assert assembled_graph(loaded, source.serving_import(variant), name, variant) is not None
-    assert freed.wait(timeout=30)
-    assert freed_on and threading.current_thread() not in freed_on
 
 
 def test_a_train_variant_is_built_in_python(sources) -> None:

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
 
 import smpack
-from smpack.builder.assembled import graph_def_and_shapes, imported_graph
+from smpack.builder.assembled import graph_def_and_shapes, import_into
 from smpack.builder.checkpoint_bundle import StreamingSaver, initial_values, soft_placement
 from smpack.builder.writer import SharedSavers, saved_model_bytes
 from smpack.package.checkpoint_index import CheckpointEntry
@@ -116,8 +116,10 @@ def test_shapes_read_from_the_cpp_graph_are_the_ones_as_graph_def_adds() -> None
         tf.identity(unknown_rank)
         tf.reduce_sum(values)
         tf.no_op(name="nothing_out")
-    with contextlib.closing(imported_graph(graph.as_graph_def())) as imported:
-        graph_def, shapes = graph_def_and_shapes(imported)
+    imported = tf.Graph()
+    import_into(imported, graph.as_graph_def())
+
+    graph_def, shapes = graph_def_and_shapes(imported)
 
     expected = graph.as_graph_def(add_shapes=True)
     assert type(graph_def) is type(expected)  # TF's own message, not a copy of it
@@ -230,7 +232,8 @@ def test_fingerprints_of_tagged_copies_are_each_graph_fingerprinted_alone() -> N
 
 def test_template_shapes_read_in_one_graph_are_those_of_another_importing_it() -> None:
     template = VariablesTemplate(VARIABLES)
-    alone = imported_graph(template.graph_def)
+    alone, placed = tf.Graph(), tf.Graph()
+    import_into(alone, template.graph_def)
     # In another graph: after other nodes, placed and marked for XLA.
     head = tf.compat.v1.GraphDef()
     head.versions.CopyFrom(template.graph_def.versions)
@@ -240,12 +243,11 @@ def test_template_shapes_read_in_one_graph_are_those_of_another_importing_it() -
         moved.CopyFrom(node)
         moved.device = "/device:GPU:0"
         moved.attr["_XlaCompile"].b = True
-    placed = imported_graph(head)
-    with contextlib.closing(alone), contextlib.closing(placed):
-        _, shapes = graph_def_and_shapes(alone)
-        known = {node.name: shapes[node.name] for node in template.graph_def.node}
+    import_into(placed, head)
+    _, shapes = graph_def_and_shapes(alone)
+    known = {node.name: shapes[node.name] for node in template.graph_def.node}
 
-        assert graph_def_and_shapes(placed, known) == graph_def_and_shapes(placed)
+    assert graph_def_and_shapes(placed, known) == graph_def_and_shapes(placed)
 
 
 def graph_with_optimizer_state(initial_value: Callable[[], Any] | None = None) -> tf.Graph:

@@ -28,7 +28,6 @@ whose names the Python graph would make unique differently.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -37,9 +36,10 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.client import pywrap_tf_session as c_api
+from tensorflow.python.framework import c_api_util, ops
 from tensorflow.python.tpu import tpu_replication
 
-from smpack.builder.c_graph import CGraph, ImportRefused, Shapes
 from smpack.builder.graphs import (
     AssembledGraph,
     VariableSpec,
@@ -94,8 +94,7 @@ def _assembled(
     build = _on_tpu if variant.on_tpu else _placed
     graph, results, init_op_name = build(imported, variant, computation, template)
     known = _TEMPLATE_SHAPES.get(template)
-    with contextlib.closing(graph):
-        graph_def, shapes = graph_def_and_shapes(graph, known)
+    graph_def, shapes = graph_def_and_shapes(graph, known)
     if known is None:
         names = (node.name for node in template.graph_def.node)
         _TEMPLATE_SHAPES[template] = {name: shapes[name] for name in names}
@@ -183,29 +182,25 @@ def _placed(
 
     _add_computation(head, computation, fed, place)
 
-    graph = imported_graph(head)
-    try:
-        tail = graph_pb2.GraphDef()
-        tail.versions.CopyFrom(head.versions)
-        results = {}
-        for tensor in imported.outputs:
-            output = _in_scope(tensor.tensor)
-            dtype = graph.dtype(output)
-            cast = casts.add(tail, output, dtype, tf.float32)
-            identity = tail.node.add(name=tensor.key, op="Identity")
-            identity.input.append(cast or output)
-            identity.attr["T"].type = (tf.float32 if cast else dtype).as_datatype_enum
-            results[tensor.key] = identity.name
-        init_graph = tf.Graph()
-        with init_graph.as_default():
-            init_op_name = make_init_op().name
-        tail.node.extend(init_graph.as_graph_def().node)
-        # The outputs the tail reads are the graph's, of the same names.
-        on_device = [_in_scope(t.tensor) for t in imported.outputs]
-        _imported_beside(graph, tail, mapped={tensor: tensor for tensor in on_device})
-    except BaseException:
-        graph.close()
-        raise
+    graph = tf.Graph()
+    on_device = [_in_scope(t.tensor) for t in imported.outputs]
+    outputs = import_into(graph, head, returning=on_device)
+    tail = graph_pb2.GraphDef()
+    tail.versions.CopyFrom(head.versions)
+    results = {}
+    for tensor, output in zip(imported.outputs, outputs, strict=True):
+        dtype = tf.dtypes.as_dtype(c_api.TF_OperationOutputType(output))
+        cast = casts.add(tail, _in_scope(tensor.tensor), dtype, tf.float32)
+        identity = tail.node.add(name=tensor.key, op="Identity")
+        identity.input.append(cast or _in_scope(tensor.tensor))
+        identity.attr["T"].type = (tf.float32 if cast else dtype).as_datatype_enum
+        results[tensor.key] = identity.name
+    init_graph = tf.Graph()
+    with init_graph.as_default():
+        init_op_name = make_init_op().name
+    tail.node.extend(init_graph.as_graph_def().node)
+    import_into(graph, tail, mapped=dict(zip(on_device, outputs, strict=True)))
+
     return graph, results, init_op_name
 
 
@@ -269,9 +264,10 @@ def _on_tpu(
     on_device = [_in_scope(t.tensor) for t in imported.outputs]
     graph_def.node.extend(scaffolding.reading(on_device))
 
-    graph = imported_graph(graph_def)
-    if [graph.dtype(output) for output in on_device] != scaffolding.dtypes:
-        graph.close()
+    graph = tf.Graph()
+    outputs = import_into(graph, graph_def, returning=on_device)
+    made = [tf.as_dtype(c_api.TF_OperationOutputType(output)) for output in outputs]
+    if made != scaffolding.dtypes:
         raise NotAssembled  # an op definition said less than the import found
     return graph, {t.key: t.key for t in imported.outputs}, scaffolding.init_op_name
 
@@ -466,21 +462,34 @@ def _add_computation(
         raise NotAssembled  # import_graph_def refuses a mapping it cannot use
 
 
-def imported_graph(graph_def: Any) -> CGraph:
-    """`graph_def` imported by TensorFlow's C++ importer, as `import_graph_def` imports it,
-    into a graph of the C API alone (no Python `Operation` per node; `close` frees it on
-    a thread of its own, where a Python graph's deletion held the GIL for 0.1-0.3 s)."""
+def import_into(
+    graph: tf.Graph,
+    graph_def: Any,
+    returning: list[str] = (),  # type: ignore[assignment]
+    mapped: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Import `graph_def` into `graph`'s C++ graph alone, as `import_graph_def` does.
+
+    Returns the outputs named in `returning`; `mapped` feeds tensors of `graph_def` from
+    outputs already in the graph.
+    """
+    options = c_api_util.ScopedTFImportGraphDefOptions()
+    for tensor in returning:
+        op, _, index = tensor.partition(":")
+        c_api.TF_ImportGraphDefOptionsAddReturnOutput(options.options, op, int(index or 0))
+    for tensor, output in (mapped or {}).items():
+        op, _, index = tensor.partition(":")
+        c_api.TF_ImportGraphDefOptionsAddInputMapping(options.options, op, int(index or 0), output)
+    serialized = c_api.TF_NewBufferFromString(graph_def.SerializeToString())
     try:
-        return CGraph(graph_def)
-    except ImportRefused as e:
+        with graph._c_graph.get() as c_graph:  # noqa: SLF001
+            results = c_api.TF_GraphImportGraphDefWithResults(c_graph, serialized, options.options)
+    except tf.errors.InvalidArgumentError as e:
         raise NotAssembled from e  # the Python path reports it as it always did
-
-
-def _imported_beside(graph: CGraph, graph_def: Any, mapped: dict[str, str]) -> None:
-    try:
-        graph.add(graph_def, mapped)
-    except ImportRefused as e:
-        raise NotAssembled from e
+    finally:
+        c_api.TF_DeleteBuffer(serialized)
+    scoped = c_api_util.ScopedTFImportGraphDefResults(results)
+    return list(c_api.TF_ImportGraphDefResultsReturnOutputs(scoped.results))
 
 
 # The `_output_shapes` of a variables template's nodes, by name: the same in every graph the
@@ -493,30 +502,48 @@ _TEMPLATE_SHAPES: weakref.WeakKeyDictionary[VariablesTemplate, dict[str, Any]] =
 
 
 def graph_def_and_shapes(
-    graph: CGraph, known: Mapping[str, Any] | None = None
+    graph: tf.Graph, known: Mapping[str, Any] | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """The graph's GraphDef and each node's `_output_shapes` (None: no outputs), the
     inferred shapes `as_graph_def(add_shapes=True)` gives; those of nodes named in `known`
     taken from it."""
-    graph_def = graph.graph_def()
+    with graph._c_graph.get() as c_graph:  # noqa: SLF001
+        # A GraphDef of its own already (`as_graph_def` copies it once more).
+        graph_def = c_api.TF_GraphToGraphDefPybind(c_graph)
     if not graph_def.library.function:
         graph_def.ClearField("library")
-    known = known or {}
-    made: dict[Shapes, Any] = {}
-    shapes = {
-        name: known[name] if name in known else _shapes_attr(made, key)
-        for name, key in graph.output_shapes(skipped=known)
-    }
+    shapes = {}
+    made: dict[tuple[Any, ...], Any] = {}  # most nodes share a few shapes: each made once
+    for c_op in graph.new_operations():
+        if known:
+            name = c_api.TF_OperationName(c_op)
+            if name in known:
+                shapes[name] = known[name]
+                continue
+        # An Operation holding only its outputs: graph registration, device functions and
+        # control-flow bookkeeping, what makes import_graph_def slow, are not needed here.
+        op = ops.Operation(c_op, _ShapeReader)
+        op.graph = graph
+        op._init_outputs()  # noqa: SLF001
+        # (dims, unknown rank) of each output, from the C++ graph.
+        inferred = (output._shape for output in op.outputs)  # noqa: SLF001
+        key = tuple(None if unknown else tuple(dims) for dims, unknown in inferred)
+        if key and key not in made:
+            made[key] = attr_value_pb2.AttrValue()
+            made[key].list.shape.extend(tf.TensorShape(shape).as_proto() for shape in key)
+        shapes[op.name] = made.get(key)
     return graph_def, shapes
 
 
-def _shapes_attr(made: dict[Shapes, Any], key: Shapes) -> Any:
-    """The `_output_shapes` of an op whose outputs have the shapes `key` (None: it has no
-    outputs); most ops share a few shapes, each made once, in `made`."""
-    if key and key not in made:
-        made[key] = attr_value_pb2.AttrValue()
-        made[key].list.shape.extend(tf.TensorShape(shape).as_proto() for shape in key)
-    return made.get(key)
+class _ShapeReader(c_api.PyTensor):
+    """An op's output made only to read its inferred shape (`_shape`, from the C++ graph).
+
+    `SymbolicTensor` draws a unique id and looks up a `DType` for every output (a third of
+    reading a graph's shapes); neither is read here.
+    """
+
+    def __new__(cls, op: Any, value_index: int, dtype: int) -> _ShapeReader:
+        return c_api.PyTensor.__new__(cls, op, value_index, dtype, 0)
 
 
 def _signature_defs(

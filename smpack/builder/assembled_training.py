@@ -52,7 +52,7 @@ from smpack.builder.assembled import (
     NotAssembled,
     add_input_placeholders,
     graph_def_and_shapes,
-    imported_graph,
+    import_into,
 )
 from smpack.builder.c_graph import CGraph, ImportRefused, NoCxxGradient
 from smpack.builder.graphs import AssembledGraph, VariantGraph, build_variant_graph
@@ -137,13 +137,14 @@ def _assembled(
                     collections[key] = exported.collection_def[key]
         collections = widening.collections(collections)
         spliced = gradients.spliced(graph.as_graph_def())
+    final = tf.Graph()
+    import_into(final, spliced)
     # A copy of a node made before the optimizer's differs from its original by names
     # alone, and reads its member's copies where the original reads the representative's
     # nodes (of one shape and dtype) or what the original reads: its shapes are the
     # original's, read once. (The optimizer's copies read their own variable's gradient.)
     copied = gradients.copied_before
-    with contextlib.closing(imported_graph(spliced)) as final:
-        graph_def, shapes = graph_def_and_shapes(final, dict.fromkeys(copied))
+    graph_def, shapes = graph_def_and_shapes(final, dict.fromkeys(copied))
     for copy, original in copied.items():
         shapes[copy] = shapes[original]
     for node in graph_def.node:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import threading
-from collections.abc import Container, Iterator, Mapping
 from typing import Any
 
 import tensorflow as tf
@@ -42,10 +40,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "TF_Message": (ctypes.c_char_p, [_POINTER]),
     "TF_NewImportGraphDefOptions": (_POINTER, []),
     "TF_DeleteImportGraphDefOptions": (None, [_POINTER]),
-    "TF_ImportGraphDefOptionsAddInputMapping": (
-        None,
-        [_POINTER, ctypes.c_char_p, ctypes.c_int, _Output],
-    ),
     "TF_NewBufferFromString": (ctypes.POINTER(_Buffer), [ctypes.c_char_p, ctypes.c_size_t]),
     "TF_NewBuffer": (ctypes.POINTER(_Buffer), []),
     "TF_DeleteBuffer": (None, [ctypes.POINTER(_Buffer)]),
@@ -53,8 +47,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "TF_GraphToGraphDef": (None, [_POINTER, ctypes.POINTER(_Buffer), _POINTER]),
     "TF_GraphOperationByName": (_POINTER, [_POINTER, ctypes.c_char_p]),
     "TF_OperationName": (ctypes.c_char_p, [_POINTER]),
-    "TF_GraphNextOperation": (_POINTER, [_POINTER, ctypes.POINTER(ctypes.c_size_t)]),
-    "TF_OperationNumOutputs": (ctypes.c_int, [_POINTER]),
     "TF_OperationOutputType": (ctypes.c_int, [_Output]),
     "TF_GraphGetTensorNumDims": (ctypes.c_int, [_POINTER, _Output, _POINTER]),
     "TF_GraphGetTensorShape": (
@@ -76,10 +68,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         ],
     ),
 }
-
-# An operation's outputs' shapes: each a tuple of dimensions (None where unknown), or None
-# for a shape of unknown rank.
-Shapes = tuple[tuple[int | None, ...] | None, ...]
 
 # What TF_AddGradients says of an op its C++ registry has no gradient for.
 _NO_GRADIENT = "No gradient defined for op"
@@ -117,19 +105,12 @@ class CGraph:
             self.close()
             raise
 
-    def add(self, graph_def: Any, mapped: Mapping[str, str] | None = None) -> None:
-        """Import `graph_def`'s nodes beside the graph's, reading none of them but the
-        tensors of `mapped`: where `graph_def` reads one of its keys, the graph's tensor
-        it maps to is read."""
+    def add(self, graph_def: Any) -> None:
+        """Import `graph_def`'s nodes beside the graph's (reading none of them)."""
         options = self._lib.TF_NewImportGraphDefOptions()
         serialized = graph_def.SerializeToString()
         buffer = self._lib.TF_NewBufferFromString(serialized, len(serialized))
         try:
-            for tensor, into in (mapped or {}).items():
-                name, _, index = tensor.partition(":")
-                self._lib.TF_ImportGraphDefOptionsAddInputMapping(
-                    options, name.encode(), int(index or 0), self._output(into)
-                )
             self._lib.TF_GraphImportGraphDef(self._graph, buffer, options, self._status)
         finally:
             self._lib.TF_DeleteBuffer(buffer)
@@ -138,47 +119,26 @@ class CGraph:
             raise ImportRefused(self._message())
 
     def close(self) -> None:
-        """Free the graph (again: nothing), on a thread of its own.
-
-        Deleting a graph of a 1,000-variable computation takes 0.1-0.2 s; a ctypes call
-        holds no GIL, so the deletion overlaps the caller's Python where a core is free.
-        Nothing else holds the graph or its status: once closed, no method reads them.
-        """
+        """Free the graph (again: nothing)."""
         if self._open:
             self._open = False
-            threading.Thread(
-                target=_delete, args=(self._lib, self._graph, self._status), name="smpack-c-graph"
-            ).start()
+            self._lib.TF_DeleteGraph(self._graph)
+            self._lib.TF_DeleteStatus(self._status)
 
     def dtype(self, tensor: str) -> tf.DType:
         return tf.as_dtype(self._lib.TF_OperationOutputType(self._output(tensor)))
 
     def shape(self, tensor: str) -> tf.TensorShape:
         """The shape TensorFlow's shape inference gives `tensor`."""
-        return tf.TensorShape(self._dims(self._output(tensor)))
-
-    def output_shapes(self, skipped: Container[str] = ()) -> Iterator[tuple[str, Shapes]]:
-        """Each operation's name, in the graph's order, and its outputs' inferred shapes
-        (as `_dims` gives them); () for the operations named in `skipped`, not read."""
-        position = ctypes.c_size_t(0)
-        while operation := self._lib.TF_GraphNextOperation(self._graph, ctypes.byref(position)):
-            name = self._lib.TF_OperationName(operation).decode()
-            if name in skipped:
-                yield name, ()
-                continue
-            outputs = range(self._lib.TF_OperationNumOutputs(operation))
-            yield name, tuple([self._dims(_Output(operation, index)) for index in outputs])
-
-    def _dims(self, output: _Output) -> tuple[int | None, ...] | None:
-        """An output's inferred dimensions (None where unknown); None if its rank is."""
+        output = self._output(tensor)
         rank = self._lib.TF_GraphGetTensorNumDims(self._graph, output, self._status)
         self._check()
-        if rank <= 0:
-            return None if rank < 0 else ()
+        if rank < 0:
+            return tf.TensorShape(None)
         dims = (ctypes.c_int64 * rank)()
         self._lib.TF_GraphGetTensorShape(self._graph, output, dims, rank, self._status)
         self._check()
-        return tuple([None if d < 0 else d for d in dims])
+        return tf.TensorShape([None if d < 0 else d for d in dims])
 
     def add_gradients(
         self, prefix: str, ys: list[tuple[str, str]], xs: list[str]
@@ -229,8 +189,3 @@ class CGraph:
     def _check(self) -> None:
         if self._lib.TF_GetCode(self._status):
             raise RuntimeError(self._message())
-
-
-def _delete(library: ctypes.CDLL, graph: Any, status: Any) -> None:
-    library.TF_DeleteGraph(graph)
-    library.TF_DeleteStatus(status)
