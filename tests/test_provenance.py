@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 from conftest import VARIANTS
-from tensorflow.core.protobuf import fingerprint_pb2
+from tensorflow.core.protobuf import fingerprint_pb2, meta_graph_pb2, saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 from typer.testing import CliRunner
 
 import smpack
-from smpack.builder.provenance import check_provenance
+from smpack.builder.provenance import check_provenance, write_fingerprint
 from smpack.cli.commands import app
 from smpack.package.info import PackageInfo
 from smpack.package.record import measured_records, record_layout
@@ -77,6 +77,70 @@ def test_fingerprint_is_tensorflows_own(linear_package: PackageInfo) -> None:
         (linear_package.path / "fingerprint.pb").read_bytes()
     )
     assert written.uuid.isdigit()  # TF's format: a 128-bit number in decimal
+
+
+def fingerprint_without_uuid(serialized: bytes) -> fingerprint_pb2.FingerprintDef:
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(serialized)
+    fingerprint.ClearField("uuid")
+    return fingerprint
+
+
+def with_tagged_copies(package: Path, target: Path, edit: str) -> Path:
+    """`package`'s SavedModel in `target`, its checkpoint beside it, each MetaGraph followed
+    by a copy under tags of its own (as variants differing only in tags are written), after
+    `edit`: keys of a map, one the other's prefix, that C++ serializes in another order
+    than Python (in the second MetaGraph, or in a copy's `meta_info_def`)."""
+    saved_model = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    if edit == "prefix keys in a later graph":
+        for key in ("in", "input"):
+            saved_model.meta_graphs[1].collection_def[key].node_list.value.append("x")
+    copies = []
+    for meta_graph in saved_model.meta_graphs:
+        copy = meta_graph_pb2.MetaGraphDef()
+        copy.CopyFrom(meta_graph)
+        copy.meta_info_def.tags.append("canary")
+        copies.append(copy)
+    if edit == "prefix keys in a copy's meta_info_def":
+        copies[-1].meta_info_def.function_aliases.update({"f": "g", "f_2": "g"})
+    saved_model.meta_graphs.extend(copies)
+    target.mkdir()
+    (target / "saved_model.pb").write_bytes(saved_model.SerializeToString(deterministic=True))
+    shutil.copytree(package / "variables", target / "variables")
+    return target
+
+
+@pytest.mark.parametrize(
+    ("package_name", "edit"),
+    [
+        ("linear", "none"),
+        # Its NodeDefs' `Tidx` and `T`: C++ serializes them in another order than Python.
+        ("text", "none"),
+        ("linear", "prefix keys in a later graph"),
+        ("linear", "prefix keys in a copy's meta_info_def"),
+    ],
+)
+def test_fingerprint_of_tagged_copies_is_tensorflows_own(
+    package_name: str, edit: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    package = request.getfixturevalue(f"{package_name}_package").path
+    copied = with_tagged_copies(package, tmp_path / "1", edit)
+
+    write_fingerprint(copied)
+
+    expected = fingerprint_without_uuid(fingerprinting.CreateFingerprintDef(str(copied)))
+    assert fingerprint_without_uuid((copied / "fingerprint.pb").read_bytes()) == expected
+
+
+def test_fingerprint_of_tagged_copies_is_tensorflows_own_inside_a_graph(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
+    # A library caller building its own graph, where TF ops are symbolic, not computed.
+    copied = with_tagged_copies(linear_package.path, tmp_path / "1", "none")
+    with tf.Graph().as_default():
+        write_fingerprint(copied)
+
+    expected = fingerprint_without_uuid(fingerprinting.CreateFingerprintDef(str(copied)))
+    assert fingerprint_without_uuid((copied / "fingerprint.pb").read_bytes()) == expected
 
 
 @pytest.fixture

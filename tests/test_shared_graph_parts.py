@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import fingerprint_pb2, meta_graph_pb2, saved_model_pb2
+from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 from tf_helpers import X, make_tf_module, meta_graph, run_v1, write_manifest
 
 import smpack
@@ -328,6 +329,13 @@ def test_variants_differing_only_in_tags_share_one_graph(tmp_path: Path) -> None
         run_v1(package, ["serve", "canary"], {"x": X})["y"],
         run_v1(package, ["serve"], {"x": X})["y"],
     )
+    # Fingerprinted with the copy's graph read once, as TF fingerprints it whole (UUID aside).
+    expected = fingerprint_pb2.FingerprintDef.FromString(
+        fingerprinting.CreateFingerprintDef(str(package))
+    )
+    written = fingerprint_pb2.FingerprintDef.FromString((package / "fingerprint.pb").read_bytes())
+    expected.uuid = written.uuid
+    assert written == expected
 
 
 def test_a_build_leaves_what_lived_before_it_out_of_collections_until_it_ends(

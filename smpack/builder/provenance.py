@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from smpack.package.layout import (
     PACKAGE_DESCRIPTIONS,
     RECORD_PATH,
 )
+from smpack.package.protos import copies_as_heads, first_and_other_meta_graphs
 from smpack.package.record import MAX_RECORD_BYTES, record_layout
 
 # A record cannot hash itself; the cards, written after it, embed every other hash and the
@@ -86,22 +88,94 @@ def write_measurements(export_dir: Path, measured: dict[str, dict[str, Any] | No
 
 def write_fingerprint(export_dir: Path) -> None:
     """Write TF's `fingerprint.pb` for the SavedModel at `export_dir`, with a stable UUID."""
-    from tensorflow.core.protobuf import fingerprint_pb2
-    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
-
-    with stderr_kept_unless_failing():
-        try:
-            serialized = fingerprinting.CreateFingerprintDef(str(export_dir))
-        except fingerprinting.FingerprintException as e:
-            msg = f"cannot fingerprint the SavedModel: {e}"
-            raise PackageError(msg) from e
-    fingerprint = fingerprint_pb2.FingerprintDef.FromString(serialized)
+    fingerprint = _tensorflows_fingerprint(export_dir)
     # TF draws the UUID at random on every save; derive it from the hashes instead, so the
     # same inputs give the same bytes. TF writes it as a decimal 128-bit number.
     fingerprint.ClearField("uuid")
     content = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
     fingerprint.uuid = str(int.from_bytes(content[:16], "big"))
     (export_dir / FINGERPRINT_FILE).write_bytes(fingerprint.SerializeToString(deterministic=True))
+
+
+def _tensorflows_fingerprint(export_dir: Path) -> Any:
+    """The FingerprintDef that TF's `CreateFingerprintDef(export_dir)` gives, its UUID aside,
+    with the tag-only copies of a MetaGraph parsed once.
+
+    TF's checksum is Fingerprint64 of its C++ deterministic serialization of the whole
+    SavedModel, parsed (28.5 MB at the bench's 8 variants, four of them copies; 0.6-0.9 s
+    with the GIL held); its other fields read the first MetaGraph and the checkpoint index
+    alone. So TF fingerprints the SavedModel with each copy cut to its `meta_info_def`
+    (`copies_as_heads`), in two: the first MetaGraph alone gives the fields but the
+    checksum, the others (copies' heads included) their own checksum. If each checksum is
+    Fingerprint64 of the bytes TF was given, C++ serializes them as they are, hence the
+    copies' bodies too (the same bytes as their originals'), and the package's checksum is
+    Fingerprint64 of saved_model.pb. C++ serializes some maps in another order than
+    protobuf's upb, which serializes Python's messages: upb puts integer keys in descending
+    order (a FunctionDef's `arg_attr`) and a string key after the keys it is a prefix of (a
+    NodeDef's `Tidx` before its `T`). Then TF fingerprints the whole package, as it does one
+    without copies or in text form; the first MetaGraph, checked first, usually holds such
+    a map if any graph does, so it is seldom parsed twice.
+    """
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    saved_model = export_dir / "saved_model.pb"
+    if saved_model.is_file():
+        data = saved_model.read_bytes()
+        heads, originals = copies_as_heads(data)
+        if originals != list(range(len(originals))):
+            first, others = first_and_other_meta_graphs(heads)
+            with tempfile.TemporaryDirectory() as folder:
+                scratch = Path(folder)
+                fingerprint = _fingerprint_kept_as_is(first, export_dir, scratch)
+                if (
+                    fingerprint is not None
+                    and _fingerprint_kept_as_is(others, export_dir, scratch) is not None
+                ):
+                    fingerprint.saved_model_checksum = _fingerprint64(data)
+                    return fingerprint
+    return fingerprint_pb2.FingerprintDef.FromString(_create_fingerprint_def(export_dir))
+
+
+def _fingerprint_kept_as_is(saved_model: bytes, export_dir: Path, scratch: Path) -> Any:
+    """TF's FingerprintDef of a SavedModel of `saved_model`'s bytes beside `export_dir`'s
+    checkpoint index (linked), all that its fingerprint reads, written in `scratch`; None if
+    C++ serializes those bytes otherwise (its checksum is not theirs)."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    (scratch / "saved_model.pb").write_bytes(saved_model)
+    index = export_dir / "variables" / "variables.index"
+    linked = scratch / "variables" / "variables.index"
+    if index.exists() and not linked.exists():
+        linked.parent.mkdir()
+        linked.symlink_to(index.resolve())
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(_create_fingerprint_def(scratch))
+    return fingerprint if fingerprint.saved_model_checksum == _fingerprint64(saved_model) else None
+
+
+def _create_fingerprint_def(export_dir: Path) -> bytes:
+    """TF's `CreateFingerprintDef` of the SavedModel at `export_dir`, serialized."""
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    with stderr_kept_unless_failing():
+        try:
+            return fingerprinting.CreateFingerprintDef(str(export_dir))
+        except fingerprinting.FingerprintException as e:
+            msg = f"cannot fingerprint the SavedModel: {e}"
+            raise PackageError(msg) from e
+
+
+def _fingerprint64(data: bytes) -> int:
+    """TF's Fingerprint64 of `data` (farmhash's), which fingerprint.pb's checksum is.
+
+    The Fingerprint op computes it for each string of a vector, as 8 little-endian bytes.
+    """
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    # Eagerly, whatever graph a caller of smpack.build has entered or mode it has set.
+    with context.eager_mode():
+        digest = tf.fingerprint(tf.constant([data]), method="farmhash64").numpy()[0]
+    return int.from_bytes(digest.tobytes(), "little")
 
 
 def package_files(

@@ -202,7 +202,7 @@ def read_saved_model_sharing_copies(export_dir: str | Path) -> tuple[Any, tuple[
     originals: list[int] = []
 
     def heads_of_copies(data: bytes) -> bytes:
-        shared, found = _copies_as_heads(data)
+        shared, found = copies_as_heads(data)
         originals.extend(found)
         return shared
 
@@ -213,10 +213,13 @@ def read_saved_model_sharing_copies(export_dir: str | Path) -> tuple[Any, tuple[
 _META_GRAPHS_FIELD, _META_INFO_DEF_FIELD = 2, 1
 
 
-def _copies_as_heads(data: bytes) -> tuple[bytes, list[int]]:
+def copies_as_heads(data: bytes) -> tuple[bytes, list[int]]:
     """A serialized SavedModel's bytes with each tag-only copy's MetaGraph cut to its
     `meta_info_def`, and each MetaGraph's original (see `read_saved_model_sharing_copies`);
-    `data` as it is, and no originals, if it is no SavedModel's wire format."""
+    `data` as it is, and no originals, if it is no SavedModel's wire format.
+
+    Every other byte is kept as it is, so each byte of `data` is either in the result or
+    in a copy's body, which is the same bytes as its original's, in the result."""
     view = memoryview(data)
     parts: list[bytes | memoryview] = []
     originals: list[int] = []
@@ -240,6 +243,16 @@ def _copies_as_heads(data: bytes) -> tuple[bytes, list[int]]:
     except WireFormatError:
         return data, []  # the parser says what is wrong with it
     return b"".join(parts), originals
+
+
+def first_and_other_meta_graphs(data: bytes) -> tuple[bytes, bytes]:
+    """A serialized SavedModel as two: one holding its first MetaGraph, the other the rest,
+    each with the SavedModel's other fields; every byte of `data` is in one of them."""
+    view = memoryview(data)
+    fields = [(number, view[start:end]) for number, _, start, end in fields_at(view)]
+    others = [part for number, part in fields if number != _META_GRAPHS_FIELD]
+    meta_graphs = [part for number, part in fields if number == _META_GRAPHS_FIELD]
+    return b"".join(others + meta_graphs[:1]), b"".join(others + meta_graphs[1:])
 
 
 def _read_saved_model(
