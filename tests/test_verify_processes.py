@@ -23,6 +23,7 @@ from smpack.checks.graph_process import (
     Job,
     run_each_in_own_process,
     run_in_own_process,
+    server_environment,
 )
 from smpack.errors import PackageError
 from smpack.package.info import PackageInfo
@@ -91,6 +92,55 @@ def test_a_graph_process_that_dies_or_raises_is_reported() -> None:
     with pytest.raises(PackageError) as user_error:
         run_in_own_process(exec, raising)
     assert str(user_error.value) == "p: f: gone"
+
+
+def test_the_server_asks_for_huge_pages_keeping_the_users_own_tunables() -> None:
+    huge = "glibc.malloc.hugetlb=1"
+    assert server_environment({"HOME": "/h"}) == {"HOME": "/h", "GLIBC_TUNABLES": huge}
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert server_environment(mine)["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{huge}"
+    # A user who set the tunable (0 to refuse huge pages, 2 for hugetlbfs) keeps theirs.
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2"}
+    assert server_environment(mine) == mine
+
+
+def _transparent_huge_pages() -> str:
+    """THP's mode on this kernel (`always`, `madvise`, `never`), or "" if it has none."""
+    try:
+        modes = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return modes.partition("[")[2].partition("]")[0]
+
+
+# In a graph process: a 16 MiB tensor saved, then restored by TensorFlow's RestoreV2 (as a
+# graph's restore op does) into memory that must be in huge pages, mostly.
+RESTORE_INTO_HUGE_PAGES = """\
+import tensorflow as tf
+
+def huge_pages():
+    with open("/proc/self/smaps_rollup") as rollup:
+        line = next(line for line in rollup if line.startswith("AnonHugePages:"))
+    return int(line.split()[1]) << 10
+
+weights = tf.ones([4 << 20])  # kept, so that the restore cannot reuse its memory
+tf.raw_ops.SaveV2(
+    prefix=prefix, tensor_names=["w"], shape_and_slices=[""], tensors=[weights]
+)
+before = huge_pages()
+(restored,) = tf.raw_ops.RestoreV2(
+    prefix=prefix, tensor_names=["w"], shape_and_slices=[""], dtypes=[tf.float32]
+)
+grown = huge_pages() - before
+assert grown >= 8 << 20, f"{grown} bytes of the 16 MiB restored in huge pages"
+"""
+
+
+@pytest.mark.skipif(
+    _transparent_huge_pages() in ("", "never"), reason="this kernel gives no transparent huge pages"
+)
+def test_a_graph_process_restores_into_huge_pages(tmp_path: Path) -> None:
+    run_in_own_process(exec, RESTORE_INTO_HUGE_PAGES, {"prefix": str(tmp_path / "checkpoint")})
 
 
 # When it starts and ends (CLOCK_MONOTONIC, one clock for every process), sleeping between.
