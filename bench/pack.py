@@ -16,11 +16,13 @@ wait4's rusage of that process alone) and bytes on disk:
 Then sweeps, each a table of ratios against a baseline measured in the same run:
 
 - weights: build time and memory at four variants, 128 MiB to 2 GiB;
-- variants: 1..8 variants of the `--weights-mib` model;
+- variants: 1..8 variants of the `--weights-mib` model, `--variant-rounds` interleaved
+  rounds, medians compared;
 - verify: `smpack build --no-measure` (which verifies) against `build --no-verify
   --no-measure`, 256 MiB to 4 GiB: time ratio and verify's peak memory above the TF import
   as a multiple of the weights: the peak sum of PSS over the build and every process under
-  it (verify checks each graph in a process of its own), sampled every 50 ms;
+  it (verify checks each graph in a process of its own), sampled every 50 ms in a build of
+  its own (sampling slows the process sampled, so the times come from unsampled builds);
 - checks: each of verify's steps at `--weights-mib`, timed in one process, with the
   process's peak RSS during the step;
 - variables: 64..2,000 small variables, against `tf.saved_model.save` of the same model,
