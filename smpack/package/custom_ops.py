@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
-from typing import Any
 
 
 @functools.cache
@@ -19,10 +18,8 @@ def core_ops() -> frozenset[str]:
     return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
-def custom_ops(meta_graph: Any) -> tuple[str, ...]:
-    """The op types of `meta_graph` (its functions included) that are not core TensorFlow."""
-    library = meta_graph.graph_def.library.function
-    functions = {f.signature.name for f in library}
-    ops = {n.op for n in meta_graph.graph_def.node}
-    ops.update(n.op for f in library for n in f.node_def)
+def custom_ops(ops: set[str], functions: set[str]) -> tuple[str, ...]:
+    """The op types of a graph, `ops` (its functions' bodies included), that are neither core
+    TensorFlow nor among `functions`, the names of its library's functions (a call names
+    one as its op type)."""
     return tuple(sorted(ops - functions - core_ops()))
