@@ -22,7 +22,7 @@ import smpack
 from smpack.builder import restore_groups
 from smpack.builder.restore_groups import MAX_GROUPS, MIN_GROUP_BYTES
 from smpack.package.info import PackageInfo
-from smpack.package.restore_keys import restored_keys
+from smpack.package.restore_keys import restored_variables
 
 MIB = 1 << 20
 
@@ -235,7 +235,7 @@ def test_a_partitioned_variables_slices_restore_together_and_verify(
     # Verified: every part found in the checkpoint as a slice of `w`.
     assert partitioned_package.published
     graph = meta_graph(partitioned_package.path, ["serve"])
-    assert restored_keys(graph.graph_def) == {
+    assert {node.name: (key, spec) for node, key, spec in restored_variables(graph.graph_def)} == {
         "w/part_0": ("w", "400 3 0,134:0,3"),
         "w/part_1": ("w", "400 3 134,133:0,3"),
         "w/part_2": ("w", "400 3 267,133:0,3"),

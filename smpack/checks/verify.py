@@ -52,7 +52,7 @@ from smpack.package.info import GraphInfo, PackageInfo, read_package
 from smpack.package.layout import EXAMPLES_FILE, RECORD_PATH
 from smpack.package.protos import read_saved_model
 from smpack.package.record import checked_records
-from smpack.package.restore_keys import full_shape, restored_keys
+from smpack.package.restore_keys import full_shape, restored_variables
 from smpack.progress import StepCallback, Steps
 from smpack.sources.op_libraries import graph_ops_unregistered, import_op_libraries
 
@@ -294,11 +294,7 @@ def _variables_check(meta_graph: Any, checkpoint: dict[str, tuple[str, tuple[int
     if _OBJECT_GRAPH_KEY in checkpoint:
         return Check("variables in checkpoint", True, "object-based checkpoint: checked by loading")
     problems = []
-    restored = restored_keys(meta_graph.graph_def)
-    for node in meta_graph.graph_def.node:
-        if node.op not in ("VarHandleOp", "VariableV2", "Variable"):
-            continue
-        key, spec = restored.get(node.name, (node.name, ""))
+    for node, key, spec in restored_variables(meta_graph.graph_def):
         named = node.name if key == node.name else f"{node.name} (checkpoint key {key})"
         dtype = dtype_name(node.attr["dtype"].type)
         # A partitioned variable's part restores a slice of the whole tensor.

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from smpack.package.checkpoint_index import CheckpointEntry
-from smpack.package.restore_keys import restored_keys
+from smpack.package.restore_keys import restored_variables
 
-_VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 PARTS = ("graph", "signatures", "variables")
 
@@ -90,9 +89,7 @@ def _variables_read(meta_graph: Any, checkpoint: Mapping[str, CheckpointEntry]) 
         # to keys; every tensor of the checkpoint counts.
         return set(checkpoint)
     # A TF1 graph restores each variable under its op's name, or as its restore ops say.
-    restored = restored_keys(meta_graph.graph_def)
-    variables = (node.name for node in meta_graph.graph_def.node if node.op in _VARIABLE_OPS)
-    return {restored.get(name, (name, ""))[0] for name in variables}
+    return {key for _, key, _ in restored_variables(meta_graph.graph_def)}
 
 
 def _sha256(data: bytes) -> str:

@@ -13,17 +13,23 @@ from typing import Any
 _ASSIGNS = frozenset({"AssignVariableOp", "Assign"})
 # What lies between an assign and the tensor names it restores.
 _READ = frozenset({"Identity", "RestoreV2", "Const"})
+_VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 
 
-def restored_keys(graph_def: Any) -> dict[str, tuple[str, str]]:
-    """Variable op name -> (checkpoint key, slice spec: "" for the whole tensor), for every
-    variable `graph_def`'s restore ops assign."""
-    nodes, assigns = {}, []
-    for node in graph_def.node:  # a train graph's 20,000 nodes: only these few are looked up
-        if node.op in _READ:
+def restored_variables(graph_def: Any) -> list[tuple[Any, str, str]]:
+    """Each variable op of `graph_def` (its NodeDef) with the checkpoint key and slice spec
+    ("" for the whole tensor) it restores from: as its restore ops assign, else its own name
+    and ""."""
+    # One pass finds the variables too: a train graph's 20,000 nodes cost ~15 ms a pass.
+    nodes, assigns, variables = {}, [], []
+    for node in graph_def.node:  # only the nodes looked up below are kept
+        op = node.op
+        if op in _READ:
             nodes[node.name] = node
-        elif node.op in _ASSIGNS and len(node.input) >= 2:
+        elif op in _ASSIGNS and len(node.input) >= 2:
             assigns.append(node)
+        elif op in _VARIABLE_OPS:
+            variables.append(node)
     keys = {}
     for node in assigns:
         value = node.input[1]
@@ -42,7 +48,7 @@ def restored_keys(graph_def: Any) -> dict[str, tuple[str, str]]:
         if index < min(len(name_values), len(spec_values)):
             variable = node.input[0].partition(":")[0]
             keys[variable] = (name_values[index].decode(), spec_values[index].decode())
-    return keys
+    return [(node, *keys.get(node.name, (node.name, ""))) for node in variables]
 
 
 def full_shape(spec: str) -> tuple[int, ...]:
