@@ -199,6 +199,28 @@ def test_tag_only_copies_are_read_once_and_described_like_their_graph(
     assert info.graphs[signed_index].signatures != info.graphs[serve].signatures
 
 
+def test_custom_ops_are_read_from_the_graph_and_its_functions_bodies(
+    linear_package: PackageInfo, tmp_path: Path
+) -> None:
+    # The op types are gathered in the scan that reads the nodes' attributes: a function's
+    # body counts, a call of a function (its name as the op type) does not.
+    package = tmp_path / "1"
+    shutil.copytree(linear_package.path, package)
+    message = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    serve = next(g for g in message.meta_graphs if g.meta_info_def.tags == ["serve"])
+    serve.graph_def.node.add(name="custom", op="SmpackTopLevelOp")
+    serve.graph_def.node.add(name="call", op="smpack_function")
+    function = serve.graph_def.library.function.add()
+    function.signature.name = "smpack_function"
+    function.node_def.add(name="inside", op="SmpackFunctionOp")
+    (package / "saved_model.pb").write_bytes(message.SerializeToString(deterministic=True))
+
+    info = read_package(package)
+
+    assert info.graph("serve").custom_ops == ("SmpackFunctionOp", "SmpackTopLevelOp")
+    assert all(not g.custom_ops for g in info.graphs if g.tags != ("serve",))
+
+
 def test_pbtxt_reads_like_pb(
     linear_package: PackageInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
