@@ -161,14 +161,20 @@ def test_keras_export(keras_exported: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert "fingerprint: saved_model_checksum" in result.stdout
 
 
+def copied_with_its_saved_model(linear_package: PackageInfo, tmp_path: Path) -> tuple[Path, Any]:
+    """A copy of the linear package to edit, and its SavedModel message."""
+    package = tmp_path / "1"
+    shutil.copytree(linear_package.path, package)
+    message = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    return package, message
+
+
 def test_tag_only_copies_are_read_once_and_described_like_their_graph(
     linear_package: PackageInfo, tmp_path: Path
 ) -> None:
     # Variants sharing one graph are MetaGraphs differing in their tags alone: parsing,
     # hashing and scanning each copy again cost as much as the graph did.
-    package = tmp_path / "1"
-    shutil.copytree(linear_package.path, package)
-    message = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    package, message = copied_with_its_saved_model(linear_package, tmp_path)
     serve = next(i for i, g in enumerate(message.meta_graphs) if g.meta_info_def.tags == ["serve"])
     copy = message.meta_graphs.add()
     copy.CopyFrom(message.meta_graphs[serve])
@@ -204,9 +210,7 @@ def test_custom_ops_are_read_from_the_graph_and_its_functions_bodies(
 ) -> None:
     # The op types are gathered in the scan that reads the nodes' attributes: a function's
     # body counts, a call of a function (its name as the op type) does not.
-    package = tmp_path / "1"
-    shutil.copytree(linear_package.path, package)
-    message = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
+    package, message = copied_with_its_saved_model(linear_package, tmp_path)
     serve = next(g for g in message.meta_graphs if g.meta_info_def.tags == ["serve"])
     serve.graph_def.node.add(name="custom", op="SmpackTopLevelOp")
     serve.graph_def.node.add(name="call", op="smpack_function")
