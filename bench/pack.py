@@ -221,14 +221,15 @@ def measure(
         assert process.stdout is not None
         tree_peak = [0]
         done = threading.Event()
-        sampler = threading.Thread(target=sample_tree, args=(process.pid, tree_peak, done))
+        sampler = None
         if sampled:
+            sampler = threading.Thread(target=sample_tree, args=(process.pid, tree_peak, done))
             sampler.start()
         last_output = start
         while os.read(process.stdout.fileno(), 1 << 16):
             last_output = time.perf_counter()
         done.set()  # before the wait: the process's /proc entries go with it
-        if sampled:
+        if sampler is not None:
             sampler.join()
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
