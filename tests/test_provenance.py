@@ -89,7 +89,8 @@ def with_tagged_copies(package: Path, target: Path, edit: str) -> Path:
     """`package`'s SavedModel in `target`, its checkpoint beside it, each MetaGraph followed
     by a copy under tags of its own (as variants differing only in tags are written), after
     `edit`: keys of a map, one the other's prefix, that C++ serializes in another order
-    than Python (in the second MetaGraph, or in a copy's `meta_info_def`)."""
+    than Python (in the second MetaGraph, or in a copy's `meta_info_def`), or the
+    SavedModel's own field written after its MetaGraphs, where C++ writes it first."""
     saved_model = saved_model_pb2.SavedModel.FromString((package / "saved_model.pb").read_bytes())
     if edit == "prefix keys in a later graph":
         for key in ("in", "input"):
@@ -103,8 +104,14 @@ def with_tagged_copies(package: Path, target: Path, edit: str) -> Path:
     if edit == "prefix keys in a copy's meta_info_def":
         copies[-1].meta_info_def.function_aliases.update({"f": "g", "f_2": "g"})
     saved_model.meta_graphs.extend(copies)
+    version = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+    if edit == "schema version after the graphs":
+        saved_model.ClearField("saved_model_schema_version")
+    data = saved_model.SerializeToString(deterministic=True)
+    if edit == "schema version after the graphs":
+        data += version.SerializeToString()
     target.mkdir()
-    (target / "saved_model.pb").write_bytes(saved_model.SerializeToString(deterministic=True))
+    (target / "saved_model.pb").write_bytes(data)
     shutil.copytree(package / "variables", target / "variables")
     return target
 
@@ -117,6 +124,7 @@ def with_tagged_copies(package: Path, target: Path, edit: str) -> Path:
         ("text", "none"),
         ("linear", "prefix keys in a later graph"),
         ("linear", "prefix keys in a copy's meta_info_def"),
+        ("linear", "schema version after the graphs"),
     ],
 )
 def test_fingerprint_of_tagged_copies_is_tensorflows_own(

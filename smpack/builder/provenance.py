@@ -108,12 +108,14 @@ def _tensorflows_fingerprint(export_dir: Path) -> Any:
     (`copies_as_heads`), in two: the first MetaGraph alone gives the fields but the
     checksum, the others (copies' heads included) their own checksum. If each checksum is
     Fingerprint64 of the bytes TF was given, C++ serializes them as they are, hence the
-    copies' bodies too (the same bytes as their originals'), and the package's checksum is
-    Fingerprint64 of saved_model.pb. C++ serializes some maps in another order than
-    protobuf's upb, which serializes Python's messages: upb puts integer keys in descending
-    order (a FunctionDef's `arg_attr`) and a string key after the keys it is a prefix of (a
-    NodeDef's `Tidx` before its `T`). Then TF fingerprints the whole package, as it does one
-    without copies or in text form; the first MetaGraph, checked first, usually holds such
+    copies' bodies too (the same bytes as their originals'), and, where saved_model.pb's
+    own fields come before its MetaGraphs as in both halves (C++ writes fields in number
+    order), the package's checksum is Fingerprint64 of saved_model.pb. C++ serializes some
+    maps in another order than protobuf's upb, which serializes Python's messages: upb puts
+    integer keys in descending order (a FunctionDef's `arg_attr`) and a string key after the
+    keys it is a prefix of (a NodeDef's `Tidx` before its `T`). Then, or where a field
+    follows a MetaGraph, TF fingerprints the whole package, as it does one without copies or
+    in text form; the first MetaGraph, checked first, usually holds such
     a map if any graph does, so it is seldom parsed twice.
     """
     from tensorflow.core.protobuf import fingerprint_pb2
@@ -122,8 +124,11 @@ def _tensorflows_fingerprint(export_dir: Path) -> Any:
     if saved_model.is_file():
         data = saved_model.read_bytes()
         heads, originals = copies_as_heads(data)
-        if originals != list(range(len(originals))):
-            first, others = first_and_other_meta_graphs(heads)
+        if (
+            originals != list(range(len(originals)))
+            and (halves := first_and_other_meta_graphs(heads)) is not None
+        ):
+            first, others = halves
             with tempfile.TemporaryDirectory() as folder:
                 scratch = Path(folder)
                 fingerprint = _fingerprint_kept_as_is(first, export_dir, scratch)

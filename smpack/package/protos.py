@@ -245,11 +245,19 @@ def copies_as_heads(data: bytes) -> tuple[bytes, list[int]]:
     return b"".join(parts), originals
 
 
-def first_and_other_meta_graphs(data: bytes) -> tuple[bytes, bytes]:
+def first_and_other_meta_graphs(data: bytes) -> tuple[bytes, bytes] | None:
     """A serialized SavedModel as two: one holding its first MetaGraph, the other the rest,
-    each with the SavedModel's other fields; every byte of `data` is in one of them."""
+    each with the SavedModel's other fields first; every byte of `data` is in one of them.
+
+    None if a field other than a MetaGraph follows one: each half puts those fields first,
+    so the halves would not be `data`'s bytes in `data`'s order."""
     view = memoryview(data)
     fields = [(number, view[start:end]) for number, _, start, end in fields_at(view)]
+    numbers = [number for number, _ in fields]
+    if _META_GRAPHS_FIELD in numbers:
+        first_graph = numbers.index(_META_GRAPHS_FIELD)
+        if any(number != _META_GRAPHS_FIELD for number in numbers[first_graph:]):
+            return None
     others = [part for number, part in fields if number != _META_GRAPHS_FIELD]
     meta_graphs = [part for number, part in fields if number == _META_GRAPHS_FIELD]
     return b"".join(others + meta_graphs[:1]), b"".join(others + meta_graphs[1:])
