@@ -189,12 +189,14 @@ def built_before(
     if loaded.spec.source.python is not None:
         return None
     for graph in graphs:
-        if _computes_as(graph.variant) == _computes_as(variant):
+        if computes_as(graph.variant) == computes_as(variant):
             return dataclasses.replace(graph, name=name, variant=variant)
     return None
 
 
-def _computes_as(variant: Variant) -> tuple[Any, ...]:
+def computes_as(variant: Variant) -> tuple[Any, ...]:
+    """What an imported source's graph for `variant` depends on: equal for variants that
+    share one graph (`built_before`)."""
     return (variant.model_dump_json(exclude={"tags"}), variant.is_training, variant.on_tpu)
 
 

@@ -9,16 +9,21 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from smpack.errors import PackageError
+from smpack.errors import PackageError, SmpackError
 from smpack.io.staging import REJECTED_SUFFIX, keep_rejected
 from smpack.io.storage import exists, fetched, fetched_checkpoint, is_url, join, published_directory
 from smpack.io.tf_quietly import import_tensorflow_quietly
-from smpack.manifest import LoadedManifest, load_manifest
+from smpack.manifest import LoadedManifest, Variant, load_manifest
 from smpack.package.digests import hashing_ahead
 from smpack.package.info import PackageInfo, read_package, reread_files
 from smpack.package.layout import EXAMPLES_FILE
 from smpack.progress import Step, StepCallback, Steps
+
+if TYPE_CHECKING:  # (both import TensorFlow)
+    from smpack.builder.graphs import VariantGraph
+    from smpack.sources.model_source import ModelSource
 
 
 def build(
@@ -100,10 +105,7 @@ def _build(
     remote_source: str | None,
 ) -> PackageInfo:
     remote_destination = is_url(destination)
-    from smpack.builder.assembled import assembled_graph
-    from smpack.builder.assembled_training import assembled_train_graph
     from smpack.builder.assets import copy_assets
-    from smpack.builder.graphs import VariantGraph, build_variant_graph, built_before
     from smpack.builder.provenance import (
         recorded_source_files,
         seal_provenance,
@@ -126,20 +128,7 @@ def _build(
         open_source(loaded) as source,
         published_directory(destination, force) as staging,
     ):
-        graphs: list[VariantGraph] = []
-        for name, variant in loaded.spec.variants.items():
-            step(f"building variant {name} ({','.join(variant.tags)})")
-            graphs.append(
-                built_before(loaded, graphs, name, variant)
-                or (
-                    source.serving_import is not None
-                    and assembled_graph(loaded, source.serving_import(variant), name, variant)
-                )
-                or assembled_train_graph(loaded, source, name, variant)
-                or build_variant_graph(
-                    loaded, source.model_fn, name, variant, source.assets, source.train_function
-                )
-            )
+        graphs = _variant_graphs(loaded, source, step)
         # Checked against every graph they are for before any file is written.
         serving = {g.name: g.signature_defs for g in graphs if not g.variant.is_training}
         training = {g.name: g.signature_defs for g in graphs if g.variant.is_training}
@@ -212,6 +201,65 @@ def _build(
     if remote_destination:
         return dataclasses.replace(info, url=str(destination))
     return dataclasses.replace(info, path=Path(destination))
+
+
+def _variant_graphs(loaded: LoadedManifest, source: ModelSource, step: Steps) -> list[VariantGraph]:
+    """Each variant's graph, in manifest order; the later distinct serving graphs of an
+    imported source assembled in a forked child meanwhile (see builder/ahead.py)."""
+    from smpack.builder.ahead import BuiltAhead, variants_ahead
+    from smpack.builder.assembled import assembled_graph
+    from smpack.builder.assembled_training import assembled_train_graph
+    from smpack.builder.graphs import build_variant_graph, built_before, computes_as
+
+    def assembled(name: str, variant: Variant) -> VariantGraph | None:
+        if source.serving_import is None:
+            return None
+        return assembled_graph(loaded, source.serving_import(variant), name, variant)
+
+    def built(name: str, variant: Variant, before: list[VariantGraph]) -> VariantGraph:
+        return (
+            built_before(loaded, before, name, variant)
+            or assembled(name, variant)
+            or assembled_train_graph(loaded, source, name, variant)
+            or build_variant_graph(
+                loaded, source.model_fn, name, variant, source.assets, source.train_function
+            )
+        )
+
+    variants = list(loaded.spec.variants.items())
+    graphs: dict[str, VariantGraph] = {}
+    ahead: BuiltAhead | None = None
+    try:
+        for index, (name, variant) in enumerate(variants):
+            step(f"building variant {name} ({','.join(variant.tags)})")
+            if ahead is not None and computes_as(variant) in ahead.computing:
+                continue  # built there, or (a tag-only copy) made from what is built there
+            graphs[name] = built(name, variant, list(graphs.values()))
+            if ahead is None and graphs[name].assembled is not None and not variant.is_training:
+                chosen = variants_ahead(variants[index + 1 :], graphs.values())
+                ahead = BuiltAhead(assembled, chosen) if chosen else None
+        from_ahead = ahead.outcomes() if ahead is not None else {}
+    except SmpackError:
+        if ahead is None:
+            raise
+        # Built in turn, the variants reported the first error in manifest order.
+        outcomes = ahead.outcomes()
+        for earlier, _ in variants[:index]:
+            outcome = outcomes.get(earlier)
+            if isinstance(outcome, SmpackError):
+                raise outcome from None
+        raise
+    except BaseException:
+        if ahead is not None:
+            ahead.cancel()
+        raise
+    ordered: list[VariantGraph] = []
+    for name, variant in variants:
+        outcome = graphs.get(name) or from_ahead.get(name)
+        if isinstance(outcome, SmpackError):
+            raise outcome
+        ordered.append(outcome or built(name, variant, ordered))
+    return ordered
 
 
 class _Rejected(Exception):  # noqa: N818 -- control flow, not an error

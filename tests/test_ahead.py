@@ -1,0 +1,188 @@
+"""The later serving graphs of an imported source, assembled in a forked child while the
+build goes on: the same package as building them in turn, errors as building them in turn
+reported them, and a child that ends with its build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import file_digests
+from tf_helpers import SOURCE_VARIANTS, make_tf_module, write_manifest
+
+import smpack
+import smpack.builder.ahead
+import smpack.builder.assembled
+import smpack.builder.assembled_training
+from smpack.builder.ahead import BuiltAhead, variants_ahead
+from smpack.errors import GraphError, SmpackError
+from smpack.manifest import Variant, load_manifest
+
+# serve, serve,gpu, a tag-only copy of it, serve,tpu and train (yaml.safe_dump writes the
+# manifest's variants in the order of their names).
+VARIANTS = {
+    "cpu": SOURCE_VARIANTS["cpu"],
+    "train": SOURCE_VARIANTS["train"],
+    "gpu": SOURCE_VARIANTS["gpu"],
+    "tpu": SOURCE_VARIANTS["tpu"],
+    "gpu_copy": {**SOURCE_VARIANTS["gpu"], "tags": ["serve", "gpu", "copy"]},
+}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("two_layers")
+    make_tf_module(folder)
+    return write_manifest(folder, {"savedmodel": "two_layers", "loss": "mse"}, variants=VARIANTS)
+
+
+def loaded_variants(manifest: Path) -> dict[str, Variant]:
+    return dict(load_manifest(manifest).spec.variants)
+
+
+ASSEMBLED_GRAPH = smpack.builder.assembled.assembled_graph
+
+
+def wait_for(started: Path) -> None:
+    """Until the child has written its process id in `started`."""
+    deadline = time.monotonic() + 60
+    while not (started.exists() and started.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def recording_builders(monkeypatch: pytest.MonkeyPatch, log: Path) -> None:
+    """Each assembled serving graph's variant and the process that assembled it, in `log`."""
+
+    def recorded(loaded: Any, imported: Any, name: str, variant: Variant) -> Any:
+        with log.open("a") as out:
+            out.write(f"{name} {os.getpid()}\n")
+        return ASSEMBLED_GRAPH(loaded, imported, name, variant)
+
+    monkeypatch.setattr(smpack.builder.assembled, "assembled_graph", recorded)
+
+
+def test_later_serving_graphs_are_assembled_aside_into_the_same_package(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aside, in_turn = tmp_path / "aside.log", tmp_path / "in_turn.log"
+    recording_builders(monkeypatch, aside)
+    built_aside = smpack.build(manifest, tmp_path / "aside", measure=False).path
+    recording_builders(monkeypatch, in_turn)
+    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
+    built_in_turn = smpack.build(manifest, tmp_path / "in_turn", measure=False).path
+
+    here = str(os.getpid())
+    processes = dict(line.split() for line in aside.read_text().splitlines())
+    # (asked of train too, which it leaves to assembled_training); the copy is gpu's graph.
+    assert processes.keys() == {"cpu", "train", "gpu", "tpu"}
+    assert processes["cpu"] == processes["train"] == here
+    assert processes["gpu"] == processes["tpu"] != here
+    assert {line.split()[1] for line in in_turn.read_text().splitlines()} == {here}
+    assert file_digests(built_aside) == file_digests(built_in_turn)
+
+
+@pytest.mark.parametrize("train_first", [True, False])
+def test_the_first_error_in_manifest_order_is_reported(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, train_first: bool
+) -> None:
+    # gpu fails in the child, train in the build itself; either may come first (the
+    # manifest's variants are in the order of their names: yaml.safe_dump sorts them).
+    order = ["cpu", "train", "gpu", "tpu"] if train_first else ["cpu", "gpu", "tpu", "train"]
+    variants = {f"{'abcd'[i]}_{name}": VARIANTS[name] for i, name in enumerate(order)}
+    shutil.copytree(manifest.parent / "two_layers", tmp_path / "two_layers")
+    source = {"savedmodel": "two_layers", "loss": "mse"}
+    ordered = write_manifest(tmp_path, source, variants=variants)
+
+    def failing(name: str) -> GraphError:
+        return GraphError(f"{name} cannot be built", file=ordered, field=f"variants.{name}")
+
+    def failing_gpu(loaded: Any, imported: Any, name: str, variant: Variant) -> Any:
+        if name.endswith("gpu"):
+            raise failing(name)
+        return ASSEMBLED_GRAPH(loaded, imported, name, variant)
+
+    def failing_train(loaded: Any, source: Any, name: str, variant: Variant) -> Any:
+        raise failing(name)
+
+    monkeypatch.setattr(smpack.builder.assembled, "assembled_graph", failing_gpu)
+    monkeypatch.setattr(smpack.builder.assembled_training, "assembled_train_graph", failing_train)
+    with pytest.raises(GraphError) as raised:
+        smpack.build(ordered, tmp_path / "out", measure=False)
+    first = "b_train" if train_first else "b_gpu"
+    assert str(raised.value) == f"{ordered}: variants.{first}: {first} cannot be built"
+    assert not (tmp_path / "out" / "imported" / "1").exists()
+
+
+def test_the_child_stops_at_a_user_error_and_reports_it_as_raised(manifest: Path) -> None:
+    chosen = loaded_variants(manifest)
+
+    def build(name: str, variant: Variant) -> None:
+        if name == "gpu":
+            msg = "no kernel"
+            raise GraphError(msg, file=manifest, field="variants.gpu")
+
+    ahead = BuiltAhead(build, [(n, chosen[n]) for n in ("cpu", "gpu", "tpu")])
+    outcomes = ahead.outcomes()
+    assert list(outcomes) == ["cpu", "gpu"]
+    assert outcomes["cpu"] is None
+    error = outcomes["gpu"]
+    assert isinstance(error, SmpackError)
+    assert (error.file, error.field) == (manifest, "variants.gpu")
+    assert str(error) == f"{manifest}: variants.gpu: no kernel"
+
+
+def test_a_bug_in_the_child_is_raised_with_its_traceback(manifest: Path) -> None:
+    chosen = loaded_variants(manifest)
+
+    def build(name: str, variant: Variant) -> None:
+        msg = "a bug"
+        raise KeyError(msg)
+
+    ahead = BuiltAhead(build, [("gpu", chosen["gpu"])])
+    with pytest.raises(RuntimeError, match=r"(?s)KeyError: 'a bug'.*Traceback.*in build"):
+        ahead.outcomes()
+
+
+def test_a_cancelled_child_is_gone(manifest: Path, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+
+    def build(name: str, variant: Variant) -> None:
+        started.write_text(str(os.getpid()))
+        time.sleep(60)
+
+    ahead = BuiltAhead(build, [("gpu", loaded_variants(manifest)["gpu"])])
+    wait_for(started)
+    ahead.cancel()
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(int(started.read_text()), 0)
+
+
+def test_each_distinct_serving_graph_goes_ahead_and_the_build_keeps_its_share(
+    manifest: Path,
+) -> None:
+    chosen = loaded_variants(manifest)
+    rest = [(name, chosen[name]) for name in ("train", "gpu", "tpu", "gpu_copy")]
+    assert [name for name, _ in variants_ahead(rest, [])] == ["gpu", "tpu"]
+    # Without a train graph, the build assembles the last serving graph itself.
+    serving = [pair for pair in rest if pair[0] != "train"]
+    assert [name for name, _ in variants_ahead(serving, [])] == ["gpu"]
+
+
+def test_ctrl_c_ends_the_child_and_interrupts_the_build(manifest: Path, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+
+    def build(name: str, variant: Variant) -> None:
+        started.write_text(str(os.getpid()))
+        time.sleep(60)
+
+    ahead = BuiltAhead(build, [("gpu", loaded_variants(manifest)["gpu"])])
+    wait_for(started)
+    os.kill(int(started.read_text()), signal.SIGINT)  # what Ctrl-C sends the whole group
+    with pytest.raises(KeyboardInterrupt):
+        ahead.outcomes()
