@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,23 @@ def test_later_serving_graphs_are_assembled_aside_into_the_same_package(
     assert processes["gpu"] == processes["tpu"] != here
     assert {line.split()[1] for line in in_turn.read_text().splitlines()} == {here}
     assert file_digests(built_aside) == file_digests(built_in_turn)
+
+
+def test_a_callers_own_thread_keeps_every_graph_in_the_build(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It might be inside TensorFlow, holding a lock, when a child would be forked.
+    log = tmp_path / "log"
+    recording_builders(monkeypatch, log)
+    running = threading.Event()
+    callers = threading.Thread(target=running.wait, name="callers-own")
+    callers.start()
+    try:
+        smpack.build(manifest, tmp_path / "out", measure=False)
+    finally:
+        running.set()
+        callers.join()
+    assert {line.split()[1] for line in log.read_text().splitlines()} == {str(os.getpid())}
 
 
 @pytest.mark.parametrize("train_first", [True, False])

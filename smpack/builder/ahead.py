@@ -13,7 +13,8 @@ the build's other threads are idle pool threads (Grappler's graph runner's, from
 the source) and the thread hashing the source's files, none of which the child uses; the
 child imports GraphDefs with the C++ importer, reads op definitions and builds small
 Python graphs, as the build would have; and it ends with `os._exit` however its work ends,
-so nothing after the fork runs twice. Its `sys.stdout` and `sys.stderr` are the process's
+so nothing after the fork runs twice. That holds while no other thread can be inside
+TensorFlow: with a thread of a library caller's alive (`may_fork`), nothing is forked. Its `sys.stdout` and `sys.stderr` are the process's
 own streams: a progress display's proxies take a lock its refreshing thread, gone in the
 child, may have held at the fork.
 """
@@ -24,6 +25,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -55,6 +57,20 @@ def variants_ahead(
         else:
             serving.append((name, variant))
     return serving if others else serving[:-1]
+
+
+def may_fork() -> bool:
+    """Whether a child forked now may use TensorFlow: every other Python thread is smpack's
+    own or the progress display's, none of which calls into TensorFlow. A library caller's
+    thread might be inside TensorFlow at the fork, holding a lock the child would then wait
+    on forever; with one alive, the graphs are built in turn."""
+    current = threading.current_thread()
+    return all(
+        thread is current
+        or thread.name.startswith("smpack-")
+        or type(thread).__module__ == "rich.live"  # Progress's refreshing thread
+        for thread in threading.enumerate()
+    )
 
 
 class BuiltAhead:

@@ -206,7 +206,7 @@ def _build(
 def _variant_graphs(loaded: LoadedManifest, source: ModelSource, step: Steps) -> list[VariantGraph]:
     """Each variant's graph, in manifest order; the later distinct serving graphs of an
     imported source assembled in a forked child meanwhile (see builder/ahead.py)."""
-    from smpack.builder.ahead import BuiltAhead, variants_ahead
+    from smpack.builder.ahead import BuiltAhead, may_fork, variants_ahead
     from smpack.builder.assembled import assembled_graph
     from smpack.builder.assembled_training import assembled_train_graph
     from smpack.builder.graphs import build_variant_graph, built_before, computes_as
@@ -237,7 +237,7 @@ def _variant_graphs(loaded: LoadedManifest, source: ModelSource, step: Steps) ->
             graphs[name] = built(name, variant, list(graphs.values()))
             if ahead is None and graphs[name].assembled is not None and not variant.is_training:
                 chosen = variants_ahead(variants[index + 1 :], graphs.values())
-                ahead = BuiltAhead(assembled, chosen) if chosen else None
+                ahead = BuiltAhead(assembled, chosen) if chosen and may_fork() else None
         from_ahead = ahead.outcomes() if ahead is not None else {}
     except SmpackError:
         if ahead is None:
