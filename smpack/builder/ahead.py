@@ -14,9 +14,10 @@ the source) and the thread hashing the source's files, none of which the child u
 child imports GraphDefs with the C++ importer, reads op definitions and builds small
 Python graphs, as the build would have; and it ends with `os._exit` however its work ends,
 so nothing after the fork runs twice. That holds while no other thread can be inside
-TensorFlow: with a thread of a library caller's alive (`may_fork`), nothing is forked. Its `sys.stdout` and `sys.stderr` are the process's
-own streams: a progress display's proxies take a lock its refreshing thread, gone in the
-child, may have held at the fork.
+TensorFlow: with a thread of a library caller's alive (`may_fork`), nothing is forked.
+The child's `sys.stdout` and `sys.stderr` are the process's own streams: a progress
+display's proxies take a lock its refreshing thread, gone in the child, may have held at
+the fork.
 """
 
 from __future__ import annotations
