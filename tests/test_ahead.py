@@ -167,8 +167,8 @@ def test_a_bug_in_the_child_is_raised_with_its_traceback(manifest: Path) -> None
         ahead.outcomes()
 
 
-def test_a_cancelled_child_is_gone(manifest: Path, tmp_path: Path) -> None:
-    started = tmp_path / "started"
+def sleeping_child(manifest: Path, started: Path) -> tuple[BuiltAhead, int]:
+    """A child building gpu for a minute, and its process id once it has started."""
 
     def build(name: str, variant: Variant) -> None:
         started.write_text(str(os.getpid()))
@@ -176,9 +176,14 @@ def test_a_cancelled_child_is_gone(manifest: Path, tmp_path: Path) -> None:
 
     ahead = BuiltAhead(build, [("gpu", loaded_variants(manifest)["gpu"])])
     wait_for(started)
+    return ahead, int(started.read_text())
+
+
+def test_a_cancelled_child_is_gone(manifest: Path, tmp_path: Path) -> None:
+    ahead, child = sleeping_child(manifest, tmp_path / "started")
     ahead.cancel()
     with pytest.raises(ProcessLookupError):  # ended and reaped
-        os.kill(int(started.read_text()), 0)
+        os.kill(child, 0)
 
 
 def test_each_distinct_serving_graph_goes_ahead_and_the_build_keeps_its_share(
@@ -193,14 +198,7 @@ def test_each_distinct_serving_graph_goes_ahead_and_the_build_keeps_its_share(
 
 
 def test_ctrl_c_ends_the_child_and_interrupts_the_build(manifest: Path, tmp_path: Path) -> None:
-    started = tmp_path / "started"
-
-    def build(name: str, variant: Variant) -> None:
-        started.write_text(str(os.getpid()))
-        time.sleep(60)
-
-    ahead = BuiltAhead(build, [("gpu", loaded_variants(manifest)["gpu"])])
-    wait_for(started)
-    os.kill(int(started.read_text()), signal.SIGINT)  # what Ctrl-C sends the whole group
+    ahead, child = sleeping_child(manifest, tmp_path / "started")
+    os.kill(child, signal.SIGINT)  # what Ctrl-C sends the whole group
     with pytest.raises(KeyboardInterrupt):
         ahead.outcomes()
