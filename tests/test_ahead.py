@@ -197,6 +197,27 @@ def test_each_distinct_serving_graph_goes_ahead_and_the_build_keeps_its_share(
     assert [name for name, _ in variants_ahead(serving, [])] == ["gpu"]
 
 
+def test_a_killed_child_leaves_its_variants_to_the_build(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the kernel's OOM killer would: the build goes on and builds them in turn.
+    here, log = os.getpid(), tmp_path / "log"
+
+    def killed_aside(loaded: Any, imported: Any, name: str, variant: Variant) -> Any:
+        if os.getpid() != here:
+            os.kill(os.getpid(), signal.SIGKILL)
+        with log.open("a") as out:
+            out.write(f"{name}\n")
+        return ASSEMBLED_GRAPH(loaded, imported, name, variant)
+
+    monkeypatch.setattr(smpack.builder.assembled, "assembled_graph", killed_aside)
+    built = smpack.build(manifest, tmp_path / "out", measure=False).path
+    assert log.read_text().split() == ["cpu", "train", "gpu", "tpu"]
+    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
+    in_turn = smpack.build(manifest, tmp_path / "in_turn", measure=False).path
+    assert file_digests(built) == file_digests(in_turn)
+
+
 def test_ctrl_c_ends_the_child_and_interrupts_the_build(manifest: Path, tmp_path: Path) -> None:
     ahead, child = sleeping_child(manifest, tmp_path / "started")
     os.kill(child, signal.SIGINT)  # what Ctrl-C sends the whole group

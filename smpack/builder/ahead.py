@@ -94,7 +94,10 @@ class BuiltAhead:
         self._readable = readable
 
     def outcomes(self) -> dict[str, Outcome]:
-        """Each variant's outcome, as far as the child went; waits for it to end."""
+        """Each variant's outcome, as far as the child went; waits for it to end.
+
+        None at all if the child was killed (the kernel's OOM killer, a stray kill): the
+        build then builds those variants itself, in turn, as it would without a child."""
         assert self._pid is not None
         chunks = []
         try:
@@ -109,6 +112,8 @@ class BuiltAhead:
         code = os.waitstatus_to_exitcode(status)
         if code == -signal.SIGINT:
             raise KeyboardInterrupt  # (the build's own may not have been raised yet)
+        if code < 0:
+            return {}
         if code != 0 or not chunks:
             msg = f"the process assembling variants {', '.join(self.variants)} ended ({code})"
             raise RuntimeError(msg)
@@ -131,10 +136,13 @@ def _build_and_exit(build: Build, variants: list[tuple[str, Variant]], writable:
     """In the child: build, send what came of it, and exit, whatever happens."""
     inherited: frozenset[str] = frozenset()
     try:
-        # Ctrl-C reaches the build's whole process group: this one ends at once, and the
-        # build is interrupted (unless it ignores Ctrl-C, as a shell's background job does).
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Ctrl-C, or a SIGTERM or SIGHUP sent to the build's whole process group: this one
+        # ends at once, and the build is interrupted by its own (unless it ignores the
+        # signal, as a shell's background job does Ctrl-C). The build's handlers would
+        # raise here, in the middle of a graph, and be taken for a bug.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         inherited = autograph_files()
         outcomes: dict[str, Outcome] = {}
