@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -216,6 +218,37 @@ def test_a_killed_child_leaves_its_variants_to_the_build(
     monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
     in_turn = smpack.build(manifest, tmp_path / "in_turn", measure=False).path
     assert file_digests(built) == file_digests(in_turn)
+
+
+def test_the_child_ends_with_a_build_killed_outright(manifest: Path, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    script = f"""
+import os, signal, time
+from smpack.builder.ahead import BuiltAhead
+from smpack.manifest import load_manifest
+gpu = load_manifest({str(manifest)!r}).spec.variants["gpu"]
+def build(name, variant):
+    open({str(started)!r}, "w").write(str(os.getpid()))
+    time.sleep(60)
+BuiltAhead(build, [("gpu", gpu)])
+while not os.path.exists({str(started)!r}):
+    time.sleep(0.01)
+time.sleep(0.2)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    killed = subprocess.run([sys.executable, "-c", script], timeout=120, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    child = int(started.read_text())
+    deadline = time.monotonic() + 10
+    while True:  # gone, or a zombie about to be reaped by init
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        assert time.monotonic() < deadline, "the child outlived its build"
+        time.sleep(0.05)
 
 
 def test_ctrl_c_ends_the_child_and_interrupts_the_build(manifest: Path, tmp_path: Path) -> None:

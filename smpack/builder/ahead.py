@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 
 from smpack.builder.graphs import VariantGraph, computes_as
 from smpack.errors import SmpackError
-from smpack.io.quick_exit import autograph_files, exit_now
+from smpack.io.quick_exit import autograph_files, die_with_parent, exit_now
 from smpack.manifest import Variant
 
 # A variant's graph, None to build it the Python way, or the user error building it raised.
@@ -143,6 +143,7 @@ def _build_and_exit(build: Build, variants: list[tuple[str, Variant]], writable:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, signal.SIG_DFL)
+        die_with_parent()  # a build killed outright leaves nothing running
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         inherited = autograph_files()
         outcomes: dict[str, Outcome] = {}

@@ -16,7 +16,6 @@ Importing this module imports nothing heavy: the caller uses its framing.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pickle
 import select
@@ -27,7 +26,7 @@ import traceback
 from typing import IO, Any, NoReturn
 
 from smpack.errors import SmpackError
-from smpack.io.quick_exit import autograph_files, exit_now
+from smpack.io.quick_exit import autograph_files, die_with_parent, exit_now
 
 _LENGTH = struct.Struct("<Q")
 _CALL = struct.Struct("<Q")
@@ -95,19 +94,10 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _die_with_parent() -> None:
-    """Be killed when the parent ends (Linux's PR_SET_PDEATHSIG), at once: the server would
-    otherwise notice only at its next read (after TensorFlow's import, say); a graph's
-    process, at its end."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-
-
 def main() -> NoReturn:
     # Ctrl-C reaches the whole process group: the caller handles it, once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     # The pipes to the caller on descriptors of their own; anything else printed (by
     # TensorFlow, by a model's op library) goes to stderr instead of into the replies. The
     # requests are read unbuffered, so `select` sees every byte not yet read.
@@ -188,7 +178,7 @@ def _collect(
 def _run(request: bytes, results_end: int, turn: int | None) -> NoReturn:
     """In the forked process: run the request, write what it returned or raised, and exit."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _die_with_parent()
+    die_with_parent()
     # Set where the graph's code finds it: in this module imported by name, not in the
     # `__main__` the server runs this file as.
     import smpack.checks.graph_server as imported

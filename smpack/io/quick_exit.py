@@ -6,13 +6,16 @@ nothing, so the CLI and verify's graph processes end with `os._exit`, which skip
 `atexit` hooks too. TensorFlow registers one for every function autograph converts (a
 user's `tf.function`, a Keras model's own), removing the module it wrote for it
 (`$TMPDIR/__autograph_generated_file*.py`, tensorflow/python/autograph/pyct/loader.py).
-Those hooks are run here; the rest is left undone. Importing this imports no TensorFlow.
+Those hooks are run here; the rest is left undone. A process smpack forks to help also
+ends when its parent does (`die_with_parent`). Importing this imports no TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -41,3 +44,12 @@ def exit_now(code: int, inherited: frozenset[str] = frozenset()) -> NoReturn:
             with contextlib.suppress(OSError):
                 loader._remove_file(path)  # noqa: SLF001
     os._exit(code)
+
+
+def die_with_parent() -> None:
+    """Be killed when the parent ends (Linux's PR_SET_PDEATHSIG), at once: a forked helper
+    (verify's graph server and its graph processes, a build's graphs assembled aside) would
+    otherwise notice only when it next talks to the parent, or run on to its end."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
