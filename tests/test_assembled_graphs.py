@@ -89,6 +89,8 @@ def test_an_assembled_serving_graph_is_the_one_python_builds(sources, model, nam
     in_python, assembled = both_ways(loaded, source, name)
 
     assert assembled is not None and assembled.graph is None
+    # The variant's name (warmup requests and examples are checked per name).
+    assert assembled.name == in_python.name == name
     assert serialized(assembled) == serialized(in_python)
     assert assembled.signature_defs == in_python.signature_defs
     assert assembled.variables == in_python.variables

@@ -108,12 +108,13 @@ def _assembled(
     wanted = {*variable_names, *results.values()}
     nodes = {}
     for node in graph_def.node:
-        name = node.name
-        if name in wanted:
-            nodes[name] = type(node)()
-            nodes[name].CopyFrom(node)
-        if shapes[name] is not None:
-            node.attr["_output_shapes"].CopyFrom(shapes[name])
+        # (not `name`: the variant's, which the graph is returned under)
+        op_name = node.name
+        if op_name in wanted:
+            nodes[op_name] = type(node)()
+            nodes[op_name].CopyFrom(node)
+        if shapes[op_name] is not None:
+            node.attr["_output_shapes"].CopyFrom(shapes[op_name])
     variable_nodes = [nodes[name] for name in variable_names]
     defs = [variable_def for _, variable_def in template.variable_defs]
     collections = {}
