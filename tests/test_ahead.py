@@ -22,8 +22,9 @@ import smpack
 import smpack.builder.ahead
 import smpack.builder.assembled
 import smpack.builder.assembled_training
+import smpack.builder.writer
 from smpack.builder.ahead import BuiltAhead, variants_ahead
-from smpack.errors import GraphError, SmpackError
+from smpack.errors import GraphError, PackageError, SmpackError
 from smpack.manifest import Variant, load_manifest
 
 # serve, serve,gpu, a tag-only copy of it, serve,tpu and train (yaml.safe_dump writes the
@@ -88,6 +89,108 @@ def test_later_serving_graphs_are_assembled_aside_into_the_same_package(
     assert processes["gpu"] == processes["tpu"] != here
     assert {line.split()[1] for line in in_turn.read_text().splitlines()} == {here}
     assert file_digests(built_aside) == file_digests(built_in_turn)
+
+
+def test_the_build_writes_its_own_graphs_while_the_child_assembles(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child's last graph waits until the build has exported its train graph (after
+    # the checkpoint it is written from): a build that waited for the child first never
+    # would, and fails.
+    here, exported = os.getpid(), tmp_path / "exported"
+    export = smpack.builder.writer.exported_meta_graph
+
+    def recorded_export(variant_graph: Any, *args: Any) -> Any:
+        with exported.open("a") as out:
+            out.write(f"{variant_graph.name}\n")
+        return export(variant_graph, *args)
+
+    def waiting_tpu(loaded: Any, imported: Any, name: str, variant: Variant) -> Any:
+        if name == "tpu" and os.getpid() != here:
+            deadline = time.monotonic() + 30
+            while not (exported.exists() and "train" in exported.read_text().split()):
+                if time.monotonic() > deadline:
+                    msg = "the build never exported train"
+                    raise GraphError(msg, file=loaded.path, field=f"variants.{name}")
+                time.sleep(0.01)
+            staged = tmp_path / "out" / "imported"
+            assert list(staged.glob(".1.smpack-tmp-*/variables/variables.index"))
+        return ASSEMBLED_GRAPH(loaded, imported, name, variant)
+
+    monkeypatch.setattr(smpack.builder.writer, "exported_meta_graph", recorded_export)
+    monkeypatch.setattr(smpack.builder.assembled, "assembled_graph", waiting_tpu)
+    built = smpack.build(manifest, tmp_path / "out", measure=False).path
+    # Each distinct graph exported once: cpu's and train's ahead (in manifest order, which
+    # puts train last), gpu's and tpu's once they came back.
+    assert exported.read_text().split() == ["cpu", "train", "gpu", "tpu"]
+    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
+    in_turn = smpack.build(manifest, tmp_path / "in_turn", measure=False).path
+    assert file_digests(built) == file_digests(in_turn)
+
+
+def test_a_checkpoint_written_ahead_from_another_graph_is_written_again(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No train graph: the build keeps tpu (the first) and cpu (the last), the child
+    # assembles gpu. Ahead, cpu is the graph that writes the checkpoint (tpu's
+    # initialisers may need a TPU); of all three, gpu, the first in manifest order.
+    shutil.copytree(manifest.parent / "two_layers", tmp_path / "two_layers")
+    order = {"a_tpu": "tpu", "b_gpu": "gpu", "c_cpu": "cpu"}
+    variants = {name: VARIANTS[kind] for name, kind in order.items()}
+    source = {"savedmodel": "two_layers", "loss": "mse"}
+    ordered = write_manifest(tmp_path, source, variants=variants)
+    written = []
+    write_variables = smpack.builder.writer._write_variables
+
+    def recorded(export_dir: Path, variant_graph: Any, *args: Any) -> Any:
+        written.append(variant_graph.name)
+        return write_variables(export_dir, variant_graph, *args)
+
+    monkeypatch.setattr(smpack.builder.writer, "_write_variables", recorded)
+    built = smpack.build(ordered, tmp_path / "aside", measure=False).path
+    assert written == ["c_cpu", "b_gpu"]
+    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
+    in_turn = smpack.build(ordered, tmp_path / "in_turn", measure=False).path
+    assert written == ["c_cpu", "b_gpu", "b_gpu"]
+    assert file_digests(built) == file_digests(in_turn)
+
+
+@pytest.mark.parametrize("first_error", ["gpu", "warmup", "write"])
+def test_an_error_writing_ahead_comes_in_its_turn(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_error: str
+) -> None:
+    # Writing the checkpoint fails (a full disk) while the child assembles. Built and
+    # written in turn, a variant failing in the child, or a warmup request fitting no
+    # graph (checked once every graph is built, before anything is written), came first.
+    shutil.copytree(manifest.parent / "two_layers", tmp_path / "two_layers")
+    source = {"savedmodel": "two_layers", "loss": "mse"}
+    warmup = [{"signature": "nope", "inputs": {"input": [1.0]}}]
+    extra = {"warmup": warmup} if first_error == "warmup" else {}
+    written = write_manifest(tmp_path, source, variants=VARIANTS, **extra)
+    here = os.getpid()
+
+    def full_disk(*args: Any) -> None:
+        msg = "cannot write the SavedModel: No space left on device"
+        raise PackageError(msg)
+
+    def failing_gpu(loaded: Any, imported: Any, name: str, variant: Variant) -> Any:
+        if first_error == "gpu" and name == "gpu" and os.getpid() != here:
+            time.sleep(1)  # (the build writes ahead meanwhile)
+            msg = "gpu cannot be built"
+            raise GraphError(msg, file=written, field="variants.gpu")
+        return ASSEMBLED_GRAPH(loaded, imported, name, variant)
+
+    monkeypatch.setattr(smpack.builder.writer, "_write_variables", full_disk)
+    monkeypatch.setattr(smpack.builder.assembled, "assembled_graph", failing_gpu)
+    with pytest.raises(SmpackError) as raised:
+        smpack.build(written, tmp_path / "out", measure=False)
+    expected = {
+        "gpu": f"{written}: variants.gpu: gpu cannot be built",
+        "warmup": f"{written}: warmup.0: variant 'cpu' has no signature 'nope'",
+        "write": "cannot write the SavedModel: No space left on device",
+    }
+    assert str(raised.value) == expected[first_error]
+    assert not (tmp_path / "out" / "imported" / "1").exists()
 
 
 def test_a_callers_own_thread_keeps_every_graph_in_the_build(

@@ -114,7 +114,7 @@ def _build(
     )
     from smpack.builder.serving import write_package_serving_configs
     from smpack.builder.warmup import example_records, warmup_records, write_requests
-    from smpack.builder.writer import write_saved_model
+    from smpack.builder.writer import SavedModelWriter
     from smpack.package.card import write_cards
     from smpack.sources.model_source import open_source
 
@@ -128,14 +128,15 @@ def _build(
         open_source(loaded) as source,
         published_directory(destination, force) as staging,
     ):
-        graphs = _variant_graphs(loaded, source, step)
+        writer = SavedModelWriter(staging, loaded, source)
+        graphs = _variant_graphs(loaded, source, step, writer.write_ahead)
         # Checked against every graph they are for before any file is written.
         serving = {g.name: g.signature_defs for g in graphs if not g.variant.is_training}
         training = {g.name: g.signature_defs for g in graphs if g.variant.is_training}
         warmup = warmup_records(loaded, serving)
         examples = example_records(loaded, serving, training)
         step("writing variables and graphs")
-        write_saved_model(staging, graphs, loaded, as_text, source)
+        writer.write(graphs, as_text)
         copy_assets(loaded, staging, source.assets)
         if warmup:
             write_requests(staging, warmup)
@@ -203,9 +204,16 @@ def _build(
     return dataclasses.replace(info, path=Path(destination))
 
 
-def _variant_graphs(loaded: LoadedManifest, source: ModelSource, step: Steps) -> list[VariantGraph]:
+def _variant_graphs(
+    loaded: LoadedManifest,
+    source: ModelSource,
+    step: Steps,
+    while_waiting: Callable[[list[VariantGraph]], None],
+) -> list[VariantGraph]:
     """Each variant's graph, in manifest order; the later distinct serving graphs of an
-    imported source assembled in a forked child meanwhile (see builder/ahead.py)."""
+    imported source assembled in a forked child meanwhile (see builder/ahead.py), and
+    `while_waiting` given the build's own graphs, in manifest order, once they are built
+    and before the child's are waited for."""
     from smpack.builder.ahead import BuiltAhead, may_fork, variants_ahead
     from smpack.builder.assembled import assembled_graph
     from smpack.builder.assembled_training import assembled_train_graph
@@ -238,7 +246,10 @@ def _variant_graphs(loaded: LoadedManifest, source: ModelSource, step: Steps) ->
             if ahead is None and graphs[name].assembled is not None and not variant.is_training:
                 chosen = variants_ahead(variants[index + 1 :], graphs.values())
                 ahead = BuiltAhead(assembled, chosen) if chosen and may_fork() else None
-        from_ahead = ahead.outcomes() if ahead is not None else {}
+        from_ahead = {}
+        if ahead is not None:
+            while_waiting(list(graphs.values()))
+            from_ahead = ahead.outcomes()
     except SmpackError:
         if ahead is None:
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,40 +38,85 @@ from smpack.sources.model_source import ModelSource
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 
 
-def write_saved_model(
-    export_dir: Path,
-    graphs: list[VariantGraph],
-    loaded: LoadedManifest,
-    as_text: bool,
-    source: ModelSource,
-) -> None:
-    """Write `graphs` as the MetaGraphs of the SavedModel at `export_dir`.
+class SavedModelWriter:
+    """Writes variant graphs as the MetaGraphs of the SavedModel at `export_dir`, sharing one
+    checkpoint: model variables start from `source.checkpoint`, or from their initializers
+    without one.
 
-    Model variables start from `source.checkpoint`, or from their initializers without one.
+    While a child assembles some graphs (builder/ahead.py) the build would only wait for it,
+    so `write_ahead` writes what the build's own graphs already decide: the checkpoint of
+    the one holding every variable, and their MetaGraphs. `write`, given every graph, keeps
+    that work where the whole set decides alike and does the rest, redoing what it does not.
     """
-    first = graph_holding_all_variables(graphs, loaded.path)
-    ordered = [first] + [g for g in graphs if g is not first]
-    savers = SharedSavers()
-    # Variants sharing one graph (see graphs.built_before) share its exported MetaGraph,
-    # its assets included (the copies' `asset_files` are the graph's).
-    exported: dict[int, Any] = {}
-    meta_graphs: list[tuple[Any, list[str]]] = []
-    saver = _write_variables(export_dir, first, loaded, source, savers)
-    # Every graph restores the same checkpoint, so every graph's restore is split alike.
-    prefix = export_dir / "variables" / "variables"
-    # A graph without variables writes no checkpoint (and has no restore to split).
-    entries = read_bundle(prefix)[1] if Path(f"{prefix}.index").exists() else {}
-    restore_groups = checkpoint_groups(entries)
-    for variant_graph in ordered:
+
+    def __init__(self, export_dir: Path, loaded: LoadedManifest, source: ModelSource) -> None:
+        self.export_dir = export_dir
+        self.loaded = loaded
+        self.source = source
+        self.savers = SharedSavers()
+        # The graph the checkpoint was written from, the Saver that wrote it (the graph is
+        # exported with it), and how every graph's restore is split to read it.
+        self._first: VariantGraph | None = None
+        self._saver: tf.compat.v1.train.Saver | None = None
+        self._restore_groups: dict[str, int] = {}
+        # Variants sharing one graph (see graphs.built_before) share its exported MetaGraph,
+        # its assets included (the copies' `asset_files` are the graph's).
+        self._exported: dict[int, Any] = {}
+
+    def write_ahead(self, graphs: list[VariantGraph]) -> None:
+        """Write the checkpoint and `graphs`' MetaGraphs now, from the one of `graphs` that
+        holds every variable of them, if any; only assembled graphs, whose export leaves
+        them as they were (a Python graph's may add a Saver's ops to it, twice if redone).
+
+        Nothing is raised here: errors come in the order building and writing in turn gave
+        them, after any of a graph still being built, so `write` does again what failed
+        and raises it there."""
+        if any(graph.assembled is None for graph in graphs):
+            return
+        try:
+            first = graph_holding_all_variables(graphs, self.loaded.path)
+            self._write_variables_from(first)
+            for graph in graphs:
+                self._exported_once(graph)
+        except Exception:  # raised again by `write`, in its place
+            self._forget()
+
+    def write(self, graphs: list[VariantGraph], as_text: bool) -> None:
+        """Write the SavedModel of `graphs`, every variant's, in manifest order."""
+        first = graph_holding_all_variables(graphs, self.loaded.path)
+        if first is not self._first:  # written ahead from another graph, or not at all
+            self._forget()
+            self._write_variables_from(first)
+        ordered = [first] + [g for g in graphs if g is not first]
+        meta_graphs = [(self._exported_once(graph), graph.tags) for graph in ordered]
+        _write_saved_model_proto(self.export_dir, meta_graphs, as_text)
+
+    def _write_variables_from(self, first: VariantGraph) -> None:
+        self._saver = _write_variables(
+            self.export_dir, first, self.loaded, self.source, self.savers
+        )
+        self._first = first
+        # Every graph restores the same checkpoint, so every graph's restore is split alike.
+        prefix = self.export_dir / "variables" / "variables"
+        # A graph without variables writes no checkpoint (and has no restore to split).
+        entries = read_bundle(prefix)[1] if Path(f"{prefix}.index").exists() else {}
+        self._restore_groups = checkpoint_groups(entries)
+
+    def _exported_once(self, variant_graph: VariantGraph) -> Any:
         key = id(variant_graph.built)
-        if key not in exported:
-            exported[key] = exported_meta_graph(
-                variant_graph, savers, saver if variant_graph is first else None
-            )
-            split_restores(exported[key], restore_groups)
-            _register_assets(exported[key], variant_graph)
-        meta_graphs.append((exported[key], variant_graph.tags))
-    _write_saved_model_proto(export_dir, meta_graphs, as_text)
+        if key not in self._exported:
+            saver = self._saver if variant_graph is self._first else None
+            exported = exported_meta_graph(variant_graph, self.savers, saver)
+            split_restores(exported, self._restore_groups)
+            _register_assets(exported, variant_graph)
+            self._exported[key] = exported
+        return self._exported[key]
+
+    def _forget(self) -> None:
+        """Undo what was written ahead: the checkpoint, and the exports that read it."""
+        shutil.rmtree(self.export_dir / "variables", ignore_errors=True)
+        self._first, self._saver, self._restore_groups = None, None, {}
+        self._exported.clear()
 
 
 def _write_variables(
