@@ -6,7 +6,8 @@ after the first assembled serving graph (whose variables template's shapes the o
 reuse, `assembled._TEMPLATE_SHAPES`), the later distinct serving graphs are assembled in a
 child forked from the build, while the build itself goes on with its train graph (without
 one, with the last serving graph); the child sends back the finished `VariantGraph`s,
-pickled (their protos serialized, the same messages once parsed).
+pickled (their protos serialized, the same messages once parsed). Its own graphs done, the
+build writes what they decide while the child finishes (`SavedModelWriter.write_ahead`).
 
 Forking after TensorFlow has started threads is safe for what the child does. At the fork,
 the build's other threads are idle pool threads (Grappler's graph runner's, from loading
