@@ -84,8 +84,9 @@ class SavedModelWriter:
     def write(self, graphs: list[VariantGraph], as_text: bool) -> None:
         """Write the SavedModel of `graphs`, every variant's, in manifest order."""
         first = graph_holding_all_variables(graphs, self.loaded.path)
-        if first is not self._first:  # written ahead from another graph, or not at all
-            self._forget()
+        if first is not self._first:  # not written ahead, or from another graph
+            if self._first is not None:
+                self._forget()
             self._write_variables_from(first)
         ordered = [first] + [g for g in graphs if g is not first]
         meta_graphs = [(self._exported_once(graph), graph.tags) for graph in ordered]
