@@ -97,6 +97,28 @@ def test_an_assembled_serving_graph_is_the_one_python_builds(sources, model, nam
     assert assembled.model_variables == in_python.model_variables
 
 
+def test_a_later_serving_graph_imports_only_the_variables_handles(sources, monkeypatch) -> None:
+    # The template's other nodes are imported once per source; later graphs get them as
+    # the importer wrote them (each graph held to the Python one's bytes above).
+    loaded, source = sources["two_layers"]
+    assert source.serving_import is not None
+    template = source.serving_import(loaded.spec.variants["cpu"]).variables_template()
+    not_handles = {n.name for n in template.graph_def.node if n.op != "VarHandleOp"}
+    imported: list[set[str]] = []
+    import_into = smpack.builder.assembled.import_into
+
+    def recording(graph: tf.Graph, graph_def: Any, *args: Any, **kwargs: Any) -> Any:
+        imported.append({node.name for node in graph_def.node})
+        return import_into(graph, graph_def, *args, **kwargs)
+
+    monkeypatch.setattr(smpack.builder.assembled, "import_into", recording)
+    for name in ("cpu", "gpu", "tpu"):
+        variant = loaded.spec.variants[name]
+        assert assembled_graph(loaded, source.serving_import(variant), name, variant)
+
+    assert sum(1 for names in imported if names & not_handles) <= 1
+
+
 def test_a_train_variant_is_built_in_python(sources) -> None:
     loaded, source = sources["two_layers"]
     variant = loaded.spec.variants["train"]
