@@ -1,3 +1,3 @@
-from smpack.cli.commands import main
+from smpack.entry_point import main
 
 main()

@@ -44,15 +44,19 @@ def _descendants(pid: int) -> list[int]:
     return [d for child in _children(pid) for d in [child, *_descendants(child)]]
 
 
+def _command_line(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def _graph_processes(pid: int) -> list[int]:
-    """What the server of graph processes under `pid` has forked (not what its TensorFlow
-    import runs, `uname -p`): processes two levels below with the server's command line."""
+    """What the server of graph processes under `pid` has forked (not what a TensorFlow
+    import runs, `uname -p`): processes two levels below with their parent's command line
+    (the server's own, or the caller's when the server was forked from it)."""
     found = []
     for child in _children(pid):
         for grandchild in _children(child):
             with contextlib.suppress(OSError):
-                command = Path(f"/proc/{grandchild}/cmdline").read_bytes()
-                if b"smpack.checks.graph_server" in command:
+                if _command_line(grandchild) == _command_line(child):
                     found.append(grandchild)
     return found
 
@@ -313,6 +317,40 @@ def test_a_killed_graph_process_fails_that_graph_naming_the_signal(
     )
     assert failed == [(report["graphs"][0]["tag_set"], "loads and runs", detail)]
     assert report["graphs"][0]["tag_set"] == "train"
+
+
+@pytest.mark.slow
+def test_smpack_verify_forks_its_graph_server_after_its_own_tensorflow_import(
+    linear_package: PackageInfo,
+) -> None:
+    """One TensorFlow import, not two: the server is the command's own child with its command
+    line (forked, not a fresh interpreter importing TensorFlow again), and the command was
+    started again with the huge-pages tunable that the graph processes' malloc needs."""
+    environment = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    smpack_command = str(Path(sys.executable).with_name("smpack"))
+    verify = subprocess.Popen(
+        [smpack_command, "verify", str(linear_package.path)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (graph_processes := _graph_processes(verify.pid)):
+            assert verify.poll() is None, verify.communicate()
+            assert time.monotonic() < deadline, "no graph process started"
+            time.sleep(0.01)
+        stat = Path(f"/proc/{graph_processes[0]}/stat").read_text()
+        server = int(stat.rpartition(")")[2].split()[1])  # its parent
+        assert server in _children(verify.pid)
+        assert _command_line(server) == _command_line(verify.pid)
+        started_with = Path(f"/proc/{verify.pid}/environ").read_bytes().split(b"\0")
+        assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in started_with
+    finally:
+        stdout, stderr = verify.communicate(timeout=120)
+    assert verify.returncode == 0, stderr
+    assert stdout.endswith("pass: all checks of 4 graphs\n")
 
 
 # A script calling the library, with no `if __name__ == "__main__":`: the graph processes

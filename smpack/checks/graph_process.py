@@ -8,7 +8,9 @@ hands everything back when it exits.
 The processes are forked from a server (`graph_server`) that imported TensorFlow once and
 has created no session, thread pool or device, so each costs a fork rather than
 TensorFlow's import (6-8 s on a busy 2-core machine). The server starts when first needed,
-serves this process's later calls too, and ends with it. Several processes may run at
+serves this process's later calls too, and ends with it. smpack's own command forks it from
+itself instead, right after its own TensorFlow import (`fork_server_at_import`): one import
+for the two. Several processes may run at
 once, as many as the caller's memory budget allows (`run_each_in_own_process`). It is not
 multiprocessing's forkserver, whose processes first re-run the caller's `__main__` module:
 a script calling `smpack.verify` would run again, once per graph.
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar, cast
 
 import smpack
-from smpack.checks.graph_server import read_message, write_request, write_turn
+from smpack.checks.graph_server import read_message, serve_forked, write_request, write_turn
 from smpack.errors import SmpackError
+from smpack.io.tf_quietly import after_import
 
 Result = TypeVar("Result")
 
@@ -77,7 +80,8 @@ runpy.run_module("smpack.checks.graph_server", run_name="__main__", alter_sys=Tr
 # restore's system time. With this tunable glibc's malloc asks for transparent huge pages
 # (madvise(MADV_HUGEPAGE)) for what it maps, as THP's default `madvise` mode needs. glibc
 # reads it as a process starts, so it goes into the server's environment, and every graph
-# process forked from the server inherits its malloc so set. A glibc before 2.35 skips a
+# process forked from the server inherits its malloc so set (a server forked from smpack's
+# command inherits the command's: `restart_with_huge_pages`). A glibc before 2.35 skips a
 # tunable it does not know, other libcs read no GLIBC_TUNABLES, and THP `never` ignores the
 # request.
 _HUGE_PAGES_TUNABLE = ("glibc.malloc.hugetlb", "1")
@@ -110,20 +114,15 @@ class _Call:
 class _Server:
     """The running server: its process, the pipes to it, and the calls it is running."""
 
-    def __init__(self) -> None:
-        # Not the caller's sys.path: a script's folder first on it may hold modules named
-        # like the standard library's (bench/inspect.py), which it imported before.
-        # The interpreter this process runs, through /proc/self/exe, with sys.executable as
-        # argv[0] so Python still finds its venv: a process that dropped privileges (setpriv,
-        # gosu) may run an interpreter whose folders its user cannot search, and could not
-        # start it again by path.
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", "-c", _BOOTSTRAP, os.path.dirname(smpack.__file__)],
-            executable=_RUNNING_INTERPRETER if os.path.exists(_RUNNING_INTERPRETER) else None,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=server_environment(os.environ),
-        )
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes] | _ForkedServer,
+        requests: IO[bytes],
+        replies: IO[bytes],
+    ) -> None:
+        self.process = process
+        self.requests = requests
+        self._replies = replies
         self._calls: dict[int, _Call] = {}
         self._numbers = itertools.count()
         self._changed = threading.Condition()  # a call forked or ended, or the server did
@@ -132,10 +131,41 @@ class _Server:
         # whichever of its processes ends first (and be interrupted while it waits).
         threading.Thread(target=self._read_replies, name="smpack-graph-server", daemon=True).start()
 
-    @property
-    def requests(self) -> IO[bytes]:
-        assert self.process.stdin is not None
-        return self.process.stdin
+    @classmethod
+    def started(cls) -> _Server:
+        """A server in a fresh interpreter, which imports TensorFlow itself."""
+        # Not the caller's sys.path: a script's folder first on it may hold modules named
+        # like the standard library's (bench/inspect.py), which it imported before.
+        # The interpreter this process runs, through /proc/self/exe, with sys.executable as
+        # argv[0] so Python still finds its venv: a process that dropped privileges (setpriv,
+        # gosu) may run an interpreter whose folders its user cannot search, and could not
+        # start it again by path.
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-c", _BOOTSTRAP, os.path.dirname(smpack.__file__)],
+            executable=_RUNNING_INTERPRETER if os.path.exists(_RUNNING_INTERPRETER) else None,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=server_environment(os.environ),
+        )
+        assert process.stdin is not None and process.stdout is not None
+        return cls(process, process.stdin, process.stdout)
+
+    @classmethod
+    def forked(cls) -> _Server:
+        """A server forked from this process, which has imported TensorFlow and not run it."""
+        requests, requests_end = os.pipe()
+        replies_end, replies = os.pipe()
+        # What the streams hold now is this process's to write, not the server's too.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.close(requests_end)
+            os.close(replies_end)
+            serve_forked(requests, replies)
+        os.close(requests)
+        os.close(replies)
+        return cls(_ForkedServer(pid), os.fdopen(requests_end, "wb"), os.fdopen(replies_end, "rb"))
 
     def start(self, job: Job, turn: bool = True) -> _Call:
         """Start `job`'s process; with its turn, or to wait for it (`give_turn`) if not."""
@@ -174,9 +204,8 @@ class _Server:
                 self._changed.wait()
 
     def _read_replies(self) -> None:
-        assert self.process.stdout is not None
         try:
-            with self.process.stdout as replies:
+            with self._replies as replies:
                 while True:
                     try:
                         number, reply = read_message(replies)
@@ -203,6 +232,31 @@ class _Server:
         self.requests.close()
 
 
+class _ForkedServer:
+    """The server forked from this process: what `_Server` uses of a `subprocess.Popen`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            _kill(self.pid)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
 def server_environment(environment: Mapping[str, str]) -> dict[str, str]:
     """`environment` with glibc's malloc asking for huge pages: added to the user's own
     GLIBC_TUNABLES, unless they set that tunable themselves (theirs is kept as it is)."""
@@ -225,7 +279,54 @@ def start_server() -> None:
     global _server
     with _server_lock:
         if _server is None or _server.process.poll() is not None:
-            _server = _Server()
+            _server = _Server.started()
+
+
+def fork_server_at_import() -> None:
+    """Have the server forked from this process as soon as it imports TensorFlow
+    (`import_tensorflow_quietly`), sharing that import rather than making a second one
+    beside it. Where that is not safe, or would lose the graph processes' huge pages, the
+    server starts at once as `start_server` starts it.
+
+    For a process that holds nothing the server need not share once TensorFlow is imported
+    (smpack's command, not a library caller's program, whose memory a forked server would
+    keep alive). Its malloc must already ask for huge pages (`restart_with_huge_pages`):
+    glibc reads the tunable only as a process starts, and the graph processes restore into
+    memory of the malloc they inherit.
+    """
+    if "tensorflow" in sys.modules or not _malloc_as_the_servers():
+        start_server()  # TensorFlow may have run here: its threads' locks would be forked
+    else:
+        after_import(_fork_server)
+
+
+def _fork_server() -> None:
+    global _server
+    from smpack.builder.ahead import may_fork
+
+    with _server_lock:
+        if _server is None or _server.process.poll() is not None:
+            _server = _Server.forked() if may_fork() else _Server.started()
+
+
+def restart_with_huge_pages() -> None:
+    """Start this program again, with its arguments, in a process whose malloc asks for huge
+    pages as the graph processes' does (`server_environment`); return if this one's does.
+
+    For a program's own process, before it does anything (`exec` replaces it): smpack's
+    command, whose graph server is then forked from it (`fork_server_at_import`).
+    """
+    if not _malloc_as_the_servers() and os.path.exists(_RUNNING_INTERPRETER):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        arguments = [sys.executable, *sys.orig_argv[1:]]
+        os.execve(_RUNNING_INTERPRETER, arguments, server_environment(os.environ))
+
+
+def _malloc_as_the_servers() -> bool:
+    """Whether this process's GLIBC_TUNABLES is already what a server started from it gets
+    (the huge-pages tunable, or the user's own setting of it)."""
+    return server_environment(os.environ).get("GLIBC_TUNABLES") == os.getenv("GLIBC_TUNABLES")
 
 
 def _stop_server(server: _Server, calls: Iterable[_Call]) -> None:

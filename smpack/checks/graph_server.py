@@ -9,7 +9,9 @@ SmpackError as it is, anything else (a bug) as its traceback's text. Several cal
 at once: requests are read while earlier processes run. A process that waits for its turn
 blocks in `wait_for_turn` until a later message, the call's number alone, gives it: what it
 does before needs no memory beyond its runtime, so it can run while earlier processes hold
-theirs. It ends when its stdin closes, or when its caller dies.
+theirs. It ends when its stdin closes, or when its caller dies. The same server may instead
+be forked from a caller that has just imported TensorFlow (`serve_forked`), sharing that
+import.
 Importing this module imports nothing heavy: the caller uses its framing.
 """
 
@@ -95,21 +97,56 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 
 def main() -> NoReturn:
-    # Ctrl-C reaches the whole process group: the caller handles it, once.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    _become_server()
     # The pipes to the caller on descriptors of their own; anything else printed (by
     # TensorFlow, by a model's op library) goes to stderr instead of into the replies. The
     # requests are read unbuffered, so `select` sees every byte not yet read.
     requests = os.dup(0)
     replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    with open(os.devnull, "rb") as nothing:
-        os.dup2(nothing.fileno(), 0)
+    _stdout_to_stderr()
 
     from smpack.io.tf_quietly import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    _serve(requests, replies)
+
+
+def serve_forked(requests: int, replies: int) -> NoReturn:
+    """Serve requests on descriptor `requests`, replying on `replies`, in a process just
+    forked from the caller right after its TensorFlow import; never return to the caller's
+    code (an exception ends this process, its traceback on stderr)."""
+    inherited = autograph_files()
+    try:
+        _become_server()
+        # The caller's handlers (the command line's raise Terminated) would raise in here;
+        # a SIGTERM to the group ends this process at once, as it ends an exec'd server.
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
+        # A progress display's proxies take a lock its refreshing thread, gone here, may
+        # have held at the fork.
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        _stdout_to_stderr()  # and the caller's stdout (a pipe read to its end) not held
+        _serve(requests, os.fdopen(replies, "wb"), inherited)
+    except BaseException:
+        traceback.print_exc()
+    exit_now(1, inherited)
+
+
+def _become_server() -> None:
+    # Ctrl-C reaches the whole process group: the caller handles it, once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+
+
+def _stdout_to_stderr() -> None:
+    os.dup2(2, 1)
+    with open(os.devnull, "rb") as nothing:
+        os.dup2(nothing.fileno(), 0)
+
+
+def _serve(requests: int, replies: IO[bytes], inherited: frozenset[str] = frozenset()) -> NoReturn:
+    """The server's loop; `inherited`: autograph's files of the process it was forked from."""
     import smpack.checks.verify  # noqa: F401  (what the graph processes run)
 
     running: dict[int, tuple[int, int, list[bytes]]] = {}  # results fd -> call, pid, read
@@ -124,7 +161,7 @@ def main() -> NoReturn:
                 (length,) = _LENGTH.unpack(_read_exactly(requests, _LENGTH.size))
                 frame = _read_exactly(requests, length)
             except EOFError:  # the caller is done
-                exit_now(0)  # without Python's teardown of TensorFlow (2-3 s)
+                exit_now(0, inherited)  # without Python's teardown of TensorFlow (2-3 s)
             (call,) = _CALL.unpack_from(frame)
             if len(frame) == _CALL.size:  # a turn, for a call that may have ended since
                 if call in turns:

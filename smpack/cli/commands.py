@@ -270,14 +270,14 @@ def _build_one(
     from smpack.cli.views import build_summary
 
     reports: list[VerifyReport] = []
+    if verify:  # its TensorFlow import and the build's are one, or overlap
+        _prepare_verify()
     with _progress_bar(quiet, "reading the manifest") as show:
 
         def passes(staging: Path) -> bool:
             reports.append(smpack.verify(staging, on_step=show))
             return reports[-1].passed
 
-        if verify:  # its TensorFlow import overlaps the build
-            smpack.prepare_verify()
         info = smpack.build(
             manifest,
             out,
@@ -335,11 +335,29 @@ def verify(
 
 
 def _verify_or_exit(package: str, *, quiet: bool = False, as_json: bool = False) -> None:
+    _prepare_verify()
     with _progress_bar(quiet or as_json, "importing TensorFlow") as show:
         report = smpack.verify(package, on_step=show)
     _show_report(report, quiet=quiet, as_json=as_json)
     if not report.passed:
         raise typer.Exit(1)
+
+
+# Whether this process is the `smpack` command's own (`main`), not a program running the app
+# (a test's CliRunner), whose memory a forked server would keep alive.
+_own_process = False
+
+
+def _prepare_verify() -> None:
+    """Start verify's graph server ahead of verify. In the command's own process it is forked
+    from this one right after its TensorFlow import, sharing it, rather than importing
+    TensorFlow again beside it (`smpack.entry_point` started this process with huge pages)."""
+    if _own_process:
+        from smpack.checks.graph_process import fork_server_at_import
+
+        fork_server_at_import()
+    else:
+        smpack.prepare_verify()
 
 
 def _show_report(report: VerifyReport, *, quiet: bool, as_json: bool, verbose: bool = True) -> None:
@@ -566,6 +584,8 @@ def main() -> None:
     the library: a caller of `smpack.build` keeps its interpreter. An exception that is not
     an exit (a bug, shown with SMPACK_DEBUG=1) takes the ordinary way out, traceback and all.
     """
+    global _own_process
+    _own_process = True
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_terminated)
     try:

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -60,6 +60,17 @@ def schedule_xla_cpu_for_memory() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {_XLA_CPU_MEMORY_ORDER}".strip()
 
 
+# Called once TensorFlow is imported here, before anything here runs it.
+_after_import: list[Callable[[], None]] = []
+
+
+def after_import(callback: Callable[[], None]) -> None:
+    """Call `callback` as soon as `import_tensorflow_quietly` has imported TensorFlow in this
+    process (verify's graph server, forked then), once; never if something else imports it."""
+    if callback not in _after_import:
+        _after_import.append(callback)
+
+
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter (CUDA probing) kept off the terminal,
     and XLA:CPU scheduling for memory."""
@@ -75,3 +86,5 @@ def import_tensorflow_quietly() -> None:
         tf.config.list_physical_devices()
     tf.get_logger().setLevel("ERROR")
     schedule_xla_cpu_for_memory()
+    while _after_import:
+        _after_import.pop(0)()
