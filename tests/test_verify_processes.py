@@ -353,6 +353,36 @@ def test_smpack_verify_forks_its_graph_server_after_its_own_tensorflow_import(
     assert stdout.endswith("pass: all checks of 4 graphs\n")
 
 
+# A program that asks for its server to be forked at its TensorFlow import: where is the
+# server its graph process was forked from?
+FORKED_AT_IMPORT = """\
+import os, sys, threading
+from smpack.checks import graph_process
+from smpack.io.tf_quietly import import_tensorflow_quietly
+if sys.argv[1] == "with a thread of its own":
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+graph_process.fork_server_at_import()
+import_tensorflow_quietly()
+server = graph_process.run_in_own_process(os.getppid)
+with open(f"/proc/{server}/cmdline", "rb") as its, open("/proc/self/cmdline", "rb") as mine:
+    print(its.read() == mine.read())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", ["alone", "with a thread of its own"])
+def test_the_server_is_forked_at_import_only_where_no_other_thread_may_be_inside_tensorflow(
+    threads: str,
+) -> None:
+    """A caller's thread might hold a lock inside TensorFlow at the fork, which the server's
+    graph processes would wait on forever: then the server is started apart, as before."""
+    environment = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    command = [sys.executable, "-c", FORKED_AT_IMPORT, threads]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("True\n" if threads == "alone" else "False\n")
+
+
 # A script calling the library, with no `if __name__ == "__main__":`: the graph processes
 # must not run it again (multiprocessing's would, once per graph).
 SCRIPT = """\
