@@ -27,7 +27,6 @@ import os
 import pickle
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -59,20 +58,6 @@ def variants_ahead(
         else:
             serving.append((name, variant))
     return serving if others else serving[:-1]
-
-
-def may_fork() -> bool:
-    """Whether a child forked now may use TensorFlow: every other Python thread is smpack's
-    own or the progress display's, none of which calls into TensorFlow. A library caller's
-    thread might be inside TensorFlow at the fork, holding a lock the child would then wait
-    on forever; with one alive, the graphs are built in turn."""
-    current = threading.current_thread()
-    return all(
-        thread is current
-        or thread.name.startswith("smpack-")
-        or type(thread).__module__ == "rich.live"  # Progress's refreshing thread
-        for thread in threading.enumerate()
-    )
 
 
 class BuiltAhead:

@@ -214,10 +214,11 @@ def _variant_graphs(
     imported source assembled in a forked child meanwhile (see builder/ahead.py), and
     `while_waiting` given the build's own graphs, in manifest order, once they are built
     and before the child's are waited for."""
-    from smpack.builder.ahead import BuiltAhead, may_fork, variants_ahead
+    from smpack.builder.ahead import BuiltAhead, variants_ahead
     from smpack.builder.assembled import assembled_graph
     from smpack.builder.assembled_training import assembled_train_graph
     from smpack.builder.graphs import build_variant_graph, built_before, computes_as
+    from smpack.io.quick_exit import may_fork
 
     def assembled(name: str, variant: Variant) -> VariantGraph | None:
         if source.serving_import is None:

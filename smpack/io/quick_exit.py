@@ -7,7 +7,8 @@ nothing, so the CLI and verify's graph processes end with `os._exit`, which skip
 user's `tf.function`, a Keras model's own), removing the module it wrote for it
 (`$TMPDIR/__autograph_generated_file*.py`, tensorflow/python/autograph/pyct/loader.py).
 Those hooks are run here; the rest is left undone. A process smpack forks to help also
-ends when its parent does (`die_with_parent`). Importing this imports no TensorFlow.
+ends when its parent does (`die_with_parent`), and is forked only while no thread of a
+caller's may be inside TensorFlow (`may_fork`). Importing this imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from typing import NoReturn
 
 _AUTOGRAPH_LOADER = "tensorflow.python.autograph.pyct.loader"
@@ -53,3 +55,18 @@ def die_with_parent() -> None:
     if sys.platform == "linux":
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
+def may_fork() -> bool:
+    """Whether a child forked now may use TensorFlow: every other Python thread is smpack's
+    own or the progress display's, none of which calls into TensorFlow. A library caller's
+    thread might be inside TensorFlow at the fork, holding a lock the child would then wait
+    on forever; with one alive, nothing is forked (a build's graphs are built in turn,
+    verify's graph server starts in a fresh interpreter)."""
+    current = threading.current_thread()
+    return all(
+        thread is current
+        or thread.name.startswith("smpack-")
+        or type(thread).__module__ == "rich.live"  # Progress's refreshing thread
+        for thread in threading.enumerate()
+    )
