@@ -383,6 +383,28 @@ def test_the_server_is_forked_at_import_only_where_no_other_thread_may_be_inside
     assert done.stdout == ("True\n" if threads == "alone" else "False\n")
 
 
+# A program started again for huge pages, under a glibc that drops the tunable as it starts
+# it (as for a setuid interpreter): stand-in, an environment that loses it.
+RESTARTED_WITHOUT_THE_TUNABLE = """\
+import os
+from smpack.checks import graph_process
+environment = graph_process.server_environment
+graph_process.server_environment = lambda e: {**environment(e), "GLIBC_TUNABLES": ""}
+os.environ.pop("GLIBC_TUNABLES", None)
+print("started", flush=True)
+graph_process.restart_with_huge_pages()
+print("ran on", flush=True)
+"""
+
+
+def test_a_program_is_started_again_for_huge_pages_once_at_most() -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    command = [sys.executable, "-c", RESTARTED_WITHOUT_THE_TUNABLE]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "started\nstarted\nran on\n"
+
+
 # A script calling the library, with no `if __name__ == "__main__":`: the graph processes
 # must not run it again (multiprocessing's would, once per graph).
 SCRIPT = """\

@@ -18,6 +18,7 @@ a script calling `smpack.verify` would run again, once per graph.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
@@ -32,6 +33,7 @@ from typing import IO, Any, TypeVar, cast
 import smpack
 from smpack.checks.graph_server import read_message, serve_forked, write_request, write_turn
 from smpack.errors import SmpackError
+from smpack.io.quick_exit import may_fork
 from smpack.io.tf_quietly import after_import
 
 Result = TypeVar("Result")
@@ -302,8 +304,6 @@ def fork_server_at_import() -> None:
 
 def _fork_server() -> None:
     global _server
-    from smpack.builder.ahead import may_fork
-
     with _server_lock:
         if _server is None or _server.process.poll() is not None:
             _server = _Server.forked() if may_fork() else _Server.started()
@@ -316,11 +316,22 @@ def restart_with_huge_pages() -> None:
     For a program's own process, before it does anything (`exec` replaces it): smpack's
     command, whose graph server is then forked from it (`fork_server_at_import`).
     """
+    # Once: glibc drops the tunable for an interpreter it runs in secure mode (setuid, file
+    # capabilities), and the process started again would start again, forever.
+    if os.environ.pop(_RESTARTED, None) is not None:
+        return
     if not _malloc_as_the_servers() and os.path.exists(_RUNNING_INTERPRETER):
         sys.stdout.flush()
         sys.stderr.flush()
         arguments = [sys.executable, *sys.orig_argv[1:]]
-        os.execve(_RUNNING_INTERPRETER, arguments, server_environment(os.environ))
+        environment = {**server_environment(os.environ), _RESTARTED: "1"}
+        # Not started again (an odd interpreter, a full process table), the command runs
+        # on in this process, and its server starts apart.
+        with contextlib.suppress(OSError):
+            os.execve(_RUNNING_INTERPRETER, arguments, environment)
+
+
+_RESTARTED = "SMPACK_RESTARTED_WITH_HUGE_PAGES"
 
 
 def _malloc_as_the_servers() -> bool:
