@@ -60,6 +60,12 @@ def wait_for(started: Path) -> None:
         time.sleep(0.01)
 
 
+def built_in_turn(monkeypatch: pytest.MonkeyPatch, manifest: Path, out: Path) -> Path:
+    """The package `manifest` builds with nothing forked: every graph in the build's process."""
+    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
+    return smpack.build(manifest, out, measure=False).path
+
+
 def recording_builders(monkeypatch: pytest.MonkeyPatch, log: Path) -> None:
     """Each assembled serving graph's variant and the process that assembled it, in `log`."""
 
@@ -78,8 +84,7 @@ def test_later_serving_graphs_are_assembled_aside_into_the_same_package(
     recording_builders(monkeypatch, aside)
     built_aside = smpack.build(manifest, tmp_path / "aside", measure=False).path
     recording_builders(monkeypatch, in_turn)
-    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
-    built_in_turn = smpack.build(manifest, tmp_path / "in_turn", measure=False).path
+    in_turn_package = built_in_turn(monkeypatch, manifest, tmp_path / "in_turn")
 
     here = str(os.getpid())
     processes = dict(line.split() for line in aside.read_text().splitlines())
@@ -88,7 +93,7 @@ def test_later_serving_graphs_are_assembled_aside_into_the_same_package(
     assert processes["cpu"] == processes["train"] == here
     assert processes["gpu"] == processes["tpu"] != here
     assert {line.split()[1] for line in in_turn.read_text().splitlines()} == {here}
-    assert file_digests(built_aside) == file_digests(built_in_turn)
+    assert file_digests(built_aside) == file_digests(in_turn_package)
 
 
 def test_the_build_writes_its_own_graphs_while_the_child_assembles(
@@ -123,8 +128,7 @@ def test_the_build_writes_its_own_graphs_while_the_child_assembles(
     # Each distinct graph exported once: cpu's and train's ahead (in manifest order, which
     # puts train last), gpu's and tpu's once they came back.
     assert exported.read_text().split() == ["cpu", "train", "gpu", "tpu"]
-    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
-    in_turn = smpack.build(manifest, tmp_path / "in_turn", measure=False).path
+    in_turn = built_in_turn(monkeypatch, manifest, tmp_path / "in_turn")
     assert file_digests(built) == file_digests(in_turn)
 
 
@@ -149,8 +153,7 @@ def test_a_checkpoint_written_ahead_from_another_graph_is_written_again(
     monkeypatch.setattr(smpack.builder.writer, "_write_variables", recorded)
     built = smpack.build(ordered, tmp_path / "aside", measure=False).path
     assert written == ["c_cpu", "b_gpu"]
-    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
-    in_turn = smpack.build(ordered, tmp_path / "in_turn", measure=False).path
+    in_turn = built_in_turn(monkeypatch, ordered, tmp_path / "in_turn")
     assert written == ["c_cpu", "b_gpu", "b_gpu"]
     assert file_digests(built) == file_digests(in_turn)
 
@@ -318,8 +321,7 @@ def test_a_killed_child_leaves_its_variants_to_the_build(
     monkeypatch.setattr(smpack.builder.assembled, "assembled_graph", killed_aside)
     built = smpack.build(manifest, tmp_path / "out", measure=False).path
     assert log.read_text().split() == ["cpu", "train", "gpu", "tpu"]
-    monkeypatch.setattr(smpack.builder.ahead, "variants_ahead", lambda rest, built: [])
-    in_turn = smpack.build(manifest, tmp_path / "in_turn", measure=False).path
+    in_turn = built_in_turn(monkeypatch, manifest, tmp_path / "in_turn")
     assert file_digests(built) == file_digests(in_turn)
 
 
