@@ -162,13 +162,18 @@ def add_input_placeholders(graph_def: Any, inputs: Iterable[Any], batch_size: in
         placeholder.attr["shape"].shape.CopyFrom(shape.as_proto())
 
 
+# What `_placed` and `_on_tpu` make of a variant: its graph, each output key's node, the
+# init op's name, and the template's nodes as placed in it.
+_Built = tuple[tf.Graph, dict[str, str], str, list[Any]]
+
+
 def _placed(
     imported: ImportedModel,
     variant: Variant,
     computation: Any,
     template: VariablesTemplate,
     whole_template: bool,
-) -> tuple[tf.Graph, dict[str, str], str, list[Any]]:
+) -> _Built:
     """The graph of a variant not on a TPU: its computation placed and marked, as
     `targets.placement` puts it; with each output key's node, the init op's name and the
     template's nodes as placed here. Without `whole_template`, only the template's variable
@@ -230,7 +235,7 @@ def _on_tpu(
     computation: Any,
     template: VariablesTemplate,
     whole_template: bool,
-) -> tuple[tf.Graph, dict[str, str], str, list[Any]]:
+) -> _Built:
     """The graph of a TPU variant: its computation inside `tpu.rewrite`'s cluster (returned
     as `_placed` returns its graph).
 
