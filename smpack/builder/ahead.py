@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 
 from smpack.builder.graphs import VariantGraph, computes_as
 from smpack.errors import SmpackError
-from smpack.io.quick_exit import autograph_files, die_with_parent, exit_now
+from smpack.io.quick_exit import become_forked_helper, exit_now
 from smpack.manifest import Variant
 
 # A variant's graph, None to build it the Python way, or the user error building it raised.
@@ -123,15 +123,8 @@ def _build_and_exit(build: Build, variants: list[tuple[str, Variant]], writable:
     inherited: frozenset[str] = frozenset()
     try:
         # Ctrl-C, or a SIGTERM or SIGHUP sent to the build's whole process group: this one
-        # ends at once, and the build is interrupted by its own (unless it ignores the
-        # signal, as a shell's background job does Ctrl-C). The build's handlers would
-        # raise here, in the middle of a graph, and be taken for a bug.
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                signal.signal(signum, signal.SIG_DFL)
-        die_with_parent()  # a build killed outright leaves nothing running
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-        inherited = autograph_files()
+        # ends at once, and the build is interrupted by its own.
+        inherited = become_forked_helper((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
         outcomes: dict[str, Outcome] = {}
         try:
             for name, variant in variants:

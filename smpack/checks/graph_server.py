@@ -28,7 +28,7 @@ import traceback
 from typing import IO, Any, NoReturn
 
 from smpack.errors import SmpackError
-from smpack.io.quick_exit import autograph_files, die_with_parent, exit_now
+from smpack.io.quick_exit import autograph_files, become_forked_helper, die_with_parent, exit_now
 
 _LENGTH = struct.Struct("<Q")
 _CALL = struct.Struct("<Q")
@@ -97,7 +97,9 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 
 def main() -> NoReturn:
-    _become_server()
+    # Ctrl-C reaches the whole process group: the caller handles it, once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     # The pipes to the caller on descriptors of their own; anything else printed (by
     # TensorFlow, by a model's op library) goes to stderr instead of into the replies. The
     # requests are read unbuffered, so `select` sees every byte not yet read.
@@ -115,28 +117,17 @@ def serve_forked(requests: int, replies: int) -> NoReturn:
     """Serve requests on descriptor `requests`, replying on `replies`, in a process just
     forked from the caller right after its TensorFlow import; never return to the caller's
     code (an exception ends this process, its traceback on stderr)."""
-    inherited = autograph_files()
+    inherited: frozenset[str] = frozenset()
     try:
-        _become_server()
-        # The caller's handlers (the command line's raise Terminated) would raise in here;
-        # a SIGTERM to the group ends this process at once, as it ends an exec'd server.
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                signal.signal(signum, signal.SIG_DFL)
-        # A progress display's proxies take a lock its refreshing thread, gone here, may
-        # have held at the fork.
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        # Ctrl-C reaches the whole process group: the caller handles it, once. A SIGTERM to
+        # the group ends this process at once, as it ends an exec'd server.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        inherited = become_forked_helper((signal.SIGTERM, signal.SIGHUP))
         _stdout_to_stderr()  # and the caller's stdout (a pipe read to its end) not held
         _serve(requests, os.fdopen(replies, "wb"), inherited)
     except BaseException:
         traceback.print_exc()
     exit_now(1, inherited)
-
-
-def _become_server() -> None:
-    # Ctrl-C reaches the whole process group: the caller handles it, once.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
 
 
 def _stdout_to_stderr() -> None:

@@ -57,6 +57,24 @@ def die_with_parent() -> None:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
 
+def become_forked_helper(default_signals: tuple[signal.Signals, ...]) -> frozenset[str]:
+    """Set up a child just forked to help (verify's graph server, a build's graphs assembled
+    aside); return the autograph files it inherited, for `exit_now`.
+
+    `default_signals` end it at once: the parent's handlers (the command line's, which
+    raise) would raise in the middle of its work and be taken for a bug. A signal the parent
+    ignores stays ignored (a shell's background job ignores Ctrl-C). A progress display's
+    stream proxies take a lock its refreshing thread, not in the child, may have held at the
+    fork, so the child writes to the process's own streams.
+    """
+    for signum in default_signals:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+    die_with_parent()  # a parent killed outright leaves nothing running
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    return autograph_files()
+
+
 def may_fork() -> bool:
     """Whether a child forked now may use TensorFlow: every other Python thread is smpack's
     own or the progress display's, none of which calls into TensorFlow. A library caller's
