@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,38 @@ def test_golden_linear_passes(linear_package: PackageInfo, monkeypatch: pytest.M
     result = invoke(monkeypatch, ["verify", "linear/1"])
     assert result.exit_code == 0, result.output
     check_golden("verify_linear.txt", result.stdout)
+
+
+def test_verify_reports_what_checking_each_graph_cost(
+    linear_package: PackageInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = time.perf_counter()
+    result = invoke(monkeypatch, ["verify", str(linear_package.path), "--costs"])
+    took = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    table = lines[lines.index("what checking each graph cost") :]
+    rows = [line.split("│")[1:-1] for line in table if line.startswith("│")]
+    assert [row[0].strip() for row in rows] == ["train", "serve", "serve,gpu", "serve,tpu"]
+    for _, importing, restoring, running, cpu, peak_rss in rows:
+        seconds = [
+            float(cell.strip().removesuffix(" s")) for cell in (importing, restoring, running)
+        ]
+        # Each graph's own wall time is part of verify's; every process computed something
+        # and held at least TensorFlow's runtime.
+        assert 0 < sum(seconds) < took, rows
+        assert float(cpu.strip().removesuffix(" s")) > 0, rows
+        assert peak_rss.strip().endswith("MiB"), rows
+    assert "s of CPU in the graphs' processes" in result.stdout
+
+    # The same costs, in numbers, where a program reads them.
+    report = verify_package(linear_package.path)
+    for graph in report.graphs:
+        assert graph.cost is not None, graph.tag_set
+        assert graph.cost.running > 0 and graph.cost.cpu > 0, graph
+        assert graph.cost.peak_rss > 100 << 20, graph  # TensorFlow's runtime at least
+    plain = invoke(monkeypatch, ["verify", str(linear_package.path)])
+    assert "what checking each graph cost" not in plain.stdout
 
 
 def test_text_classifier_passes(text_package: PackageInfo) -> None:

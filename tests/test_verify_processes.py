@@ -259,7 +259,7 @@ import tempfile
 from smpack.checks.verify import _check_graph, _Requests
 
 tempfile.tempdir = folder
-checks, _ = _check_graph(package, index, _Requests({}, {}), ())
+checks, _, _ = _check_graph(package, index, _Requests({}, {}), ())
 assert [check.passed for check in checks] == [True, True], checks
 """
 
@@ -317,6 +317,8 @@ def test_a_killed_graph_process_fails_that_graph_naming_the_signal(
     )
     assert failed == [(report["graphs"][0]["tag_set"], "loads and runs", detail)]
     assert report["graphs"][0]["tag_set"] == "train"
+    # What a graph cost is its process's to report: the killed one has nothing to say.
+    assert [graph["cost"] is None for graph in report["graphs"]] == [True, False, False, False]
 
 
 @pytest.mark.slow

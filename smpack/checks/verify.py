@@ -11,6 +11,8 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import resource
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from smpack.checks.graph_process import (
     run_each_in_own_process,
     start_server,
 )
-from smpack.checks.loading import load_in_turn
+from smpack.checks.loading import LoadSeconds, load_in_turn
 from smpack.checks.placement import pins_this_host_lacks
 from smpack.checks.xla_check import tpu_graph_on_cpu
 from smpack.errors import (
@@ -98,10 +100,25 @@ class Check:
     warning: bool = False
 
 
+@dataclass(frozen=True)
+class GraphCost:
+    """What checking one graph cost the process it ran in: the loader's two steps and the
+    runs (seconds of wall time; its wait for the turn to restore is not counted), and the
+    process's CPU seconds (every thread) and peak resident memory (bytes), which includes
+    the TensorFlow runtime it shares with the process it was forked from."""
+
+    importing: float
+    restoring: float
+    running: float  # every signature and the train step, XLA's compilations included
+    cpu: float
+    peak_rss: int
+
+
 @dataclass
 class GraphReport:
     tag_set: str
     checks: list[Check] = field(default_factory=list)
+    cost: GraphCost | None = None  # None if its process died before reporting
 
     @property
     def passed(self) -> bool:
@@ -256,7 +273,7 @@ def _verify_graphs(
         if isinstance(result, GraphProcessDied):
             checks, graph_outputs = [Check("loads and runs", False, f"{result}: not checked")], {}
         else:
-            checks, graph_outputs = result
+            checks, graph_outputs, report.cost = result
         report.checks.extend(checks)
         outputs[report.tag_set] = (info.precision, graph_outputs)
     return reports, outputs
@@ -273,19 +290,45 @@ def _memory_needed(graph: GraphInfo, weights: int) -> int:
 
 def _check_graph(
     export_dir: Path, index: int, requests: _Requests, op_libraries: Sequence[str]
-) -> tuple[list[Check], dict[str, Any]]:
-    """The checks of MetaGraph `index` run through TensorFlow, and its outputs (see
-    `_run_graph`). Run in the graph's own process, which imports the op libraries too,
-    since the graph's custom ops exist only once they are. One that does not import is
-    the caller's "op libraries import" check; the graph loads without it, as it would in
-    the caller (and fails to, if it needs its ops)."""
+) -> tuple[list[Check], dict[str, Any], GraphCost]:
+    """The checks of MetaGraph `index` run through TensorFlow, its outputs (see
+    `_run_graph`) and what they cost. Run in the graph's own process, which imports the op
+    libraries too, since the graph's custom ops exist only once they are. One that does not
+    import is the caller's "op libraries import" check; the graph loads without it, as it
+    would in the caller (and fails to, if it needs its ops)."""
     if op_libraries:
         with contextlib.suppress(ManifestError):
             import_op_libraries(op_libraries, export_dir / RECORD_PATH, "imports")
     report = GraphReport("")
     meta_graph = read_saved_model(export_dir).meta_graphs[index]
-    outputs = _run_graph(export_dir, meta_graph, report, requests)
-    return report.checks, outputs
+    seconds = _Seconds()
+    outputs = _run_graph(export_dir, meta_graph, report, requests, seconds)
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # Linux counts ru_maxrss in KiB
+    loaded = seconds.loaded
+    cost = GraphCost(
+        loaded.importing,
+        loaded.restoring,
+        seconds.running,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss * 1024,
+    )
+    return report.checks, outputs, cost
+
+
+@dataclass
+class _Seconds:
+    """Where `_run_graph` spent its time: the load's two steps, then the runs."""
+
+    loaded: LoadSeconds = LoadSeconds(0.0, 0.0)
+    running: float = 0.0
+
+    @contextlib.contextmanager
+    def runs(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.running += time.perf_counter() - start
 
 
 def _variables_check(meta_graph: Any, checkpoint: dict[str, tuple[str, tuple[int, ...]]]) -> Check:
@@ -320,11 +363,11 @@ def _assets_check(meta_graph: Any, export_dir: Path) -> Check:
 
 
 def _run_graph(
-    export_dir: Path, meta_graph: Any, report: GraphReport, requests: _Requests
+    export_dir: Path, meta_graph: Any, report: GraphReport, requests: _Requests, seconds: _Seconds
 ) -> dict[str, Any]:
     """Load the graph and run its serving signatures on the package's examples, else its
     warmup requests (TF Serving will replay exactly those), else on synthetic inputs; and
-    a train signature for one step.
+    a train signature for one step. What loading and running took goes into `seconds`.
 
     Returns each serving signature's outputs for its first input set, for comparing variants.
     """
@@ -342,9 +385,11 @@ def _run_graph(
             # signature's failure, as it would be for each request TF Serving gets.
             try:
                 graph = stack.enter_context(tpu_graph_on_cpu(export_dir, tags))
+                seconds.loaded = graph.load_seconds
                 load_error: Exception | None = None
             except _GRAPH_FAILURES as e:
                 load_error = e
+            stack.enter_context(seconds.runs())
             for key, signature in sorted(signatures.items()):
                 feeds = requests.feeds(key, signature)
                 name = f"signature {key} runs {feeds.description} (TPU computation on XLA:CPU)"
@@ -364,35 +409,48 @@ def _run_graph(
             clear_devices = pins_this_host_lacks(meta_graph)
             with refused_by_tensorflow(*LOADER_REFUSALS):
                 loader = loader_impl.SavedModelLoader(str(export_dir))
-                load_in_turn(loader, session, tags, clear_devices=clear_devices)
+                seconds.loaded = load_in_turn(loader, session, tags, clear_devices=clear_devices)
         if not report.checks[-1].passed:
             return results
-        with _check(report, "signature tensors resolve"):
-            for _, name in _signature_tensors(meta_graph):
-                with refused_by_tensorflow(*NAME_REFUSALS):
-                    session.graph.get_tensor_by_name(name)
-        for key, signature in sorted(signatures.items()):
-            feeds = requests.feeds(key, signature)
-            name = f"signature {key} runs {feeds.description}"
-            again = feeds.again(functools.partial(_run, session, signature))
-            with _check(report, name, feeds.synthetic, again):
-                for inputs in feeds.values:
-                    results.setdefault(key, _run(session, signature, inputs))
-        for key, signature in sorted(meta_graph.signature_def.items()):
-            if signature.method_name != TRAIN_METHOD:
-                continue
-            # Last: the step changes the session's variables (never the package's).
-            feeds = requests.feeds(key, signature)
-            name = f"signature {key} takes a step {feeds.description}"
-            again = feeds.again(functools.partial(_run, session, signature))
-            with _check(report, name, feeds.synthetic, again):
-                for output, value in _run(session, signature, feeds.values[0]).items():
-                    # A loss is a number; an output of another kind (a string) has no inf.
-                    value = np.asarray(value)
-                    if value.dtype.kind in "fc" and not np.isfinite(value).all():
-                        msg = f"{output} is {value} after one step"
-                        raise GraphRefused(msg)
+        with seconds.runs():
+            _run_signatures(session, meta_graph, signatures, report, requests, results)
     return results
+
+
+def _run_signatures(
+    session: tf.compat.v1.Session,
+    meta_graph: Any,
+    signatures: Mapping[str, Any],
+    report: GraphReport,
+    requests: _Requests,
+    results: dict[str, Any],
+) -> None:
+    """`_run_graph`'s checks of a graph loaded into `session`; serving outputs into `results`."""
+    with _check(report, "signature tensors resolve"):
+        for _, name in _signature_tensors(meta_graph):
+            with refused_by_tensorflow(*NAME_REFUSALS):
+                session.graph.get_tensor_by_name(name)
+    for key, signature in sorted(signatures.items()):
+        feeds = requests.feeds(key, signature)
+        name = f"signature {key} runs {feeds.description}"
+        again = feeds.again(functools.partial(_run, session, signature))
+        with _check(report, name, feeds.synthetic, again):
+            for inputs in feeds.values:
+                results.setdefault(key, _run(session, signature, inputs))
+    for key, signature in sorted(meta_graph.signature_def.items()):
+        if signature.method_name != TRAIN_METHOD:
+            continue
+        # Last: the step changes the session's variables (never the package's).
+        feeds = requests.feeds(key, signature)
+        name = f"signature {key} takes a step {feeds.description}"
+        again = feeds.again(functools.partial(_run, session, signature))
+        with _check(report, name, feeds.synthetic, again):
+            for output, value in _run(session, signature, feeds.values[0]).items():
+                # A loss is a number; an output of another kind (a string) has no inf.
+                value = np.asarray(value)
+                if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                    msg = f"{output} is {value} after one step"
+                    raise GraphRefused(msg)
 
 
 def _run(session: Any, signature: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:

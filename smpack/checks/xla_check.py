@@ -23,7 +23,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from smpack.checks.feeds import feed_dict
-from smpack.checks.loading import load_in_turn
+from smpack.checks.loading import LoadSeconds, load_in_turn
 from smpack.errors import (
     LOADER_REFUSALS,
     NAME_REFUSALS,
@@ -47,6 +47,7 @@ class TpuGraphOnCpu:
         self._meta_graph = meta_graph
         self._tpu_graph = tpu_graph
         self._calls: dict[str, _ClusterCall] = {}
+        self.load_seconds = LoadSeconds(0.0, 0.0)  # once loaded
 
     def run(self, signature_key: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature on `inputs`; returns its outputs by output key.
@@ -119,7 +120,9 @@ def tpu_graph_on_cpu(
     with contextlib.closing(tf.compat.v1.Session(graph=tf.Graph())) as session:
         graph = TpuGraphOnCpu(session, meta_graph, tpu_graph)
         with refused_by_tensorflow(*LOADER_REFUSALS):
-            load_in_turn(loader, session, tags, before_turn=graph.add_computations)
+            graph.load_seconds = load_in_turn(
+                loader, session, tags, before_turn=graph.add_computations
+            )
         yield graph
 
 

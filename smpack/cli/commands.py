@@ -327,18 +327,31 @@ def inspect(
 @app.command()
 def verify(
     package: PackageArgument,
+    costs: Annotated[
+        bool,
+        typer.Option(
+            "--costs",
+            help="Also show what checking each graph cost: seconds, CPU and peak memory.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Load every graph through TensorFlow and check it; exit 1 if any check fails."""
-    _verify_or_exit(package, quiet=quiet, as_json=as_json)
+    _verify_or_exit(package, quiet=quiet, as_json=as_json, costs=costs)
 
 
-def _verify_or_exit(package: str, *, quiet: bool = False, as_json: bool = False) -> None:
+def _verify_or_exit(
+    package: str, *, quiet: bool = False, as_json: bool = False, costs: bool = False
+) -> None:
     _prepare_verify()
     with _progress_bar(quiet or as_json, "importing TensorFlow") as show:
         report = smpack.verify(package, on_step=show)
     _show_report(report, quiet=quiet, as_json=as_json)
+    if costs and not (quiet or as_json):
+        from smpack.cli.views import verify_costs_view
+
+        stdout.print(verify_costs_view(report))
     if not report.passed:
         raise typer.Exit(1)
 

@@ -127,6 +127,28 @@ def verify_view(report: VerifyReport) -> Group:
     return Group(table, verdict)
 
 
+def verify_costs_view(report: VerifyReport) -> Group:
+    """What checking each graph cost its process (seconds of wall time importing, restoring
+    and running it, CPU seconds, peak memory), then the CPU of all of them."""
+    table = Table(title="what checking each graph cost", title_justify="left")
+    table.add_column("tag set")
+    for column in ("import", "restore", "runs", "CPU", "peak RSS"):
+        table.add_column(column, justify="right")
+    for graph in report.graphs:
+        cost = graph.cost
+        if cost is None:
+            table.add_row(graph.tag_set, "-", "-", "-", "-", "its process died")
+            continue
+        seconds = (cost.importing, cost.restoring, cost.running, cost.cpu)
+        table.add_row(graph.tag_set, *(f"{s:.2f} s" for s in seconds), _bytes(cost.peak_rss))
+    cpu = sum(g.cost.cpu for g in report.graphs if g.cost is not None)
+    note = Text(
+        f"{cpu:.1f} s of CPU in the graphs' processes; peak RSS counts the TensorFlow "
+        "runtime each shares with the process it was forked from"
+    )
+    return Group(table, note)
+
+
 def verify_verdict(report: VerifyReport) -> Text:
     """The verdict alone: what a build prints when every check passed."""
     if report.passed:
