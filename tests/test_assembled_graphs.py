@@ -44,12 +44,12 @@ VARIANTS = {
     "tpu_float32": {"tags": ["serve", "tpu", "float32"], "precision": "float32", "batch_size": 2},
     "train": {"tags": ["train"], "optimizer": {"name": "sgd", "learning_rate": 0.1}},
 }
-# The looping source's XLA and TPU variants compile its `While` op, a call: built in Python.
+# The looping and branching sources' XLA and TPU variants compile their `While` and `If`
+# ops, calls: built in Python.
 ASSEMBLED = [
     *[("two_layers", name) for name in ("cpu", "gpu", "cpu_bfloat16", "pinned")],
     *[("two_layers", name) for name in ("tpu", "tpu_float32")],
-    *[("looping", name) for name in ("cpu", "pinned")],
-    *[("branching", name) for name in ("tpu", "tpu_float32")],
+    *[(model, name) for model in ("looping", "branching") for name in ("cpu", "pinned")],
 ]
 
 

@@ -807,3 +807,83 @@ def test_a_training_mode_trace_is_found_and_trained(tmp_path: Path) -> None:
     (key,) = (k for k in kernel.get_variable_to_shape_map() if k.startswith("kernel"))
     served = run_v1(package, ["serve"], {"x": x})["y"]
     np.testing.assert_allclose(served, x @ kernel.get_tensor(key), rtol=1e-5)
+
+
+# --- TF2 SavedModels branching on their input: tf.cond and tf.switch_case ----------------------
+
+
+def make_branching_on_input(folder: Path) -> Path:
+    """A tf.Module whose tf.cond and tf.switch_case, on its input, read variables in every
+    branch: Grappler lowers them to switches of the variables' handles (`Switch`, `_SwitchN`)."""
+    import tensorflow as tf
+
+    class BranchingOnInput(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = tf.Variable(tf.random.stateless_normal([4, 3], seed=[3, 1]), name="up")
+            self.down = tf.Variable(tf.random.stateless_normal([4, 3], seed=[3, 2]), name="down")
+            self.mix = tf.Variable(tf.random.stateless_normal([3, 3], seed=[3, 3]), name="mix")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            y = tf.cond(
+                tf.reduce_sum(x) > 0, lambda: x @ self.up, lambda: tf.nn.relu(x @ self.down)
+            )
+            branch = tf.cast(tf.reduce_sum(tf.abs(x)), tf.int32) % 3
+            y = tf.switch_case(
+                branch, [lambda: y @ self.mix, lambda: tf.tanh(y @ self.mix), lambda: y]
+            )
+            return {"y": y}
+
+    module = BranchingOnInput()
+    path = folder / "branching"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+@pytest.fixture(scope="module")
+def branching_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("branching_on_input")
+    source = make_branching_on_input(folder)
+    manifest = write_manifest(folder, {"savedmodel": source.name, "loss": "mse"})
+    return source, build(manifest, folder / "out")  # verified: every graph ran
+
+
+def test_branches_on_the_input_build_into_every_variant_and_serve_the_source(
+    branching_package: tuple[Path, Path],
+) -> None:
+    import tensorflow as tf
+
+    source, package = branching_package
+    loaded = tf.saved_model.load(str(source))
+    for x in (np.full((BATCH, 4), 0.4, np.float32), np.full((BATCH, 4), -0.1, np.float32)):
+        expected = loaded.signatures["serving_default"](tf.constant(x))["y"].numpy()
+        np.testing.assert_array_equal(run_v1(package, ["serve"], {"x": x})["y"], expected)
+
+
+def test_branches_on_the_input_train_as_tensorflow_differentiates_them(
+    branching_package: tuple[Path, Path],
+) -> None:
+    import tensorflow as tf
+
+    source, package = branching_package
+    x = np.full((BATCH, 4), 0.4, np.float32)  # cond's first branch, switch_case's second
+    labels = np.ones((BATCH, 3), np.float32)
+    loaded = tf.saved_model.load(str(source))
+    with tf.GradientTape() as tape:
+        y = loaded.predict(tf.constant(x))["y"]
+        loss = tf.reduce_mean(tf.square(y - labels))
+    variables = {name: getattr(loaded, name) for name in ("up", "down", "mix")}
+    gradients = tape.gradient(loss, list(variables.values()))
+    expected = {
+        name: v.numpy() - LEARNING_RATE * (0 if g is None else g.numpy())
+        for (name, v), g in zip(variables.items(), gradients, strict=True)
+    }
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(package))
+        signature = graph.signature_def["train"]
+        feeds = {signature.inputs["x"].name: x, signature.inputs["labels"].name: labels}
+        session.run(signature.outputs["loss"].name, feeds)
+        after = {v.op.name: session.run(v) for v in tf.compat.v1.global_variables()}
+    for name, value in expected.items():
+        np.testing.assert_allclose(after[name], value, rtol=1e-5, atol=1e-7)

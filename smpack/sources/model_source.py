@@ -92,7 +92,8 @@ def _imported(
         msg = f"{clash[0]!r} is also an asset of the source, whose tables read it; rename yours"
         raise ManifestError(msg, file=loaded.path, field="assets")
     compiled = None
-    if serving.has_lowered_loop and any(v.xla or v.on_tpu for v in loaded.spec.variants.values()):
+    compiles = any(v.xla or v.on_tpu for v in loaded.spec.variants.values())
+    if serving.has_lowered_control_flow and compiles:
         compiled = named_like(
             load_saved_model(path, signature, where, loaded.spec.source.imports, keep_loops=True),
             serving,

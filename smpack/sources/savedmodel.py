@@ -38,6 +38,8 @@ from smpack.sources.precision import HalfTarget, Retyping, half_target
 from smpack.sources.training_mode import register_state_updates, trainable_keys
 
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
+# What Grappler lowers functional control flow to: a loop's frames, a branch's switches.
+_LOWERED_CONTROL_FLOW = ("Enter", "Switch", "_SwitchN")
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,10 @@ class ImportedModel:
         return self._templates[key]
 
     @property
-    def has_lowered_loop(self) -> bool:
-        """Whether a while loop runs here as TF1 frames (Enter/Exit), not a `While` op."""
-        return any(n.op == "Enter" for n in self.graph_def.node)
+    def has_lowered_control_flow(self) -> bool:
+        """Whether a loop or a branch (`tf.cond`, `tf.switch_case`) runs here lowered to TF1
+        frames and switches, not as the `While`, `If` or `Case` op the source traced."""
+        return any(n.op in _LOWERED_CONTROL_FLOW for n in self.graph_def.node)
 
     def graph_def_for(self, variant: Variant) -> graph_pb2.GraphDef:
         """The flat graph computing in `variant`'s precision (float32: the source's own)."""
@@ -438,8 +441,13 @@ def _cut_variables(
         kept.input.extend(i for i in node.input if not (i.startswith("^") and i[1:] in dropped))
         kept.ClearField("device")
         called.add(kept.op)
-        # A kept `While` names its cond and body in attrs, not as its op type.
-        called.update(v.func.name for v in kept.attr.values() if v.WhichOneof("value") == "func")
+        # A kept `While` or `If` names its functions in attrs, not as its op type; a `Case`
+        # names its branches in a list.
+        for value in kept.attr.values():
+            if value.WhichOneof("value") == "func":
+                called.add(value.func.name)
+            elif value.WhichOneof("value") == "list":
+                called.update(f.name for f in value.list.func)
     # Functions left after inlining (loop bodies, say) are needed; the rest is dead weight.
     if any(f.signature.name in called for f in graph_def.library.function):
         flat.library.CopyFrom(graph_def.library)

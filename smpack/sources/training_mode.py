@@ -93,7 +93,7 @@ def training_import(
         training = load_saved_model(
             path, TRAINING_TWIN, where, imports, keep_loops=True, meta_graph=meta_graph
         )
-    elif train_signature is None and not serving.has_lowered_loop:
+    elif train_signature is None and not serving.has_lowered_control_flow:
         training = serving
     else:
         name = train_signature or signature
