@@ -379,6 +379,26 @@ def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -
     assert not (tmp_path / "out" / "imported").exists()
 
 
+def test_a_ragged_output_is_a_one_line_error(tmp_path) -> None:
+    import tensorflow as tf
+
+    class Ragged(tf.Module):
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int64)]
+        )
+        def split(self, x: tf.Tensor, lengths: tf.Tensor) -> dict[str, Any]:
+            return {"rows": tf.RaggedTensor.from_row_lengths(x, lengths)}
+
+    module = Ragged()
+    tf.saved_model.save(module, str(tmp_path / "ragged"), signatures=module.split)
+    manifest = write_manifest(tmp_path, {"savedmodel": "ragged"}, variants=SERVING)
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "output 'rows' of signature 'serving_default' is a composite tensor" in result.stderr
+    assert "(RaggedTensorSpec)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def save_wide_model(path: Path) -> Any:
     import tensorflow as tf
 

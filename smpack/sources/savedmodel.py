@@ -137,6 +137,7 @@ def load_saved_model(
         )
         raise ModelError(msg, **where)
     signature_def = signatures[signature]
+    _check_plain_tensors(signature, signature_def, where)
     restore_op = meta_graph.saver_def.restore_op_name
     init_op = _init_op(meta_graph)
     fetches = [t.name for t in signature_def.outputs.values()]
@@ -184,6 +185,34 @@ def load_saved_model(
         if split.host
         else {},
     )
+
+
+def _check_plain_tensors(
+    signature: str, signature_def: meta_graph_pb2.SignatureDef, where: dict[str, Any]
+) -> None:
+    """Refuse a signature returning a RaggedTensor or SparseTensor as one output.
+
+    TF saves such an output as a composite (its TensorInfo names no tensor, only a type
+    spec), which only TF2's own loader rebuilds; a package's signatures, like TF Serving's
+    requests, name tensors. Composite inputs are saved as their component tensors instead,
+    each a plain input.
+    """
+    for key, info in sorted(signature_def.outputs.items()):
+        encoding = info.WhichOneof("encoding")
+        if encoding == "name":
+            continue
+        kind = (
+            info.composite_tensor.type_spec.type_spec_class_name
+            if encoding == "composite_tensor"
+            else "SparseTensor"
+        )
+        msg = (
+            f"output {key!r} of signature {signature!r} is a composite tensor ({kind}), which "
+            "a SignatureDef cannot return as one tensor; return its components (a ragged "
+            "tensor's .flat_values and .row_splits, a sparse one's .indices, .values and "
+            ".dense_shape) or a dense tensor (.to_tensor())"
+        )
+        raise ModelError(msg, **where)
 
 
 def _init_op(meta_graph: meta_graph_pb2.MetaGraphDef) -> str | None:
