@@ -399,6 +399,31 @@ def test_a_ragged_output_is_a_one_line_error(tmp_path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_sparse_input_in_a_batched_variant_is_a_one_line_error(tmp_path) -> None:
+    import tensorflow as tf
+
+    class Sparse(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = tf.Variable(tf.ones([10, 2]))
+
+        @tf.function(input_signature=[tf.SparseTensorSpec([None, 10], tf.float32)])
+        def scores(self, features: tf.SparseTensor) -> dict[str, tf.Tensor]:
+            return {"scores": tf.sparse.sparse_dense_matmul(features, self.kernel)}
+
+    module = Sparse()
+    tf.saved_model.save(module, str(tmp_path / "sparse"), signatures=module.scores)
+    manifest = write_manifest(tmp_path, {"savedmodel": "sparse"}, variants=SERVING)
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    # TF saves the sparse argument as three inputs; the first, `features`, holds the indices.
+    assert (
+        "variants.tpu.batch_size: input 'features' of the source's signature is a component "
+        "of a SparseTensor argument"
+    ) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def save_wide_model(path: Path) -> Any:
     import tensorflow as tf
 

@@ -35,7 +35,11 @@ from smpack.sources.graph_def import node_name, through_identities
 from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.op_libraries import check_ops_registered
 from smpack.sources.precision import HalfTarget, Retyping, half_target
-from smpack.sources.training_mode import register_state_updates, trainable_keys
+from smpack.sources.training_mode import (
+    composite_inputs,
+    register_state_updates,
+    trainable_keys,
+)
 
 _UNIQUIFIED = re.compile(r"^(?P<base>.+)_\d+$")
 # What Grappler lowers functional control flow to: a loop's frames, a branch's switches.
@@ -62,6 +66,8 @@ class SourceTensor:
     tensor: str
     dtype: str
     shape: tuple[int | None, ...] | None  # None: unknown rank
+    # The composite (`SparseTensor`, `RaggedTensor`) this input is a component of.
+    composite: str | None = None
 
 
 @dataclass
@@ -147,7 +153,8 @@ def load_saved_model(
     trainable = trainable_keys(meta_graph, path / "variables" / "variables")
     output_nodes = sorted({node_name(t.name) for t in signature_def.outputs.values()})
     graph_def = tf.compat.v1.graph_util.extract_sub_graph(flat, output_nodes)
-    inputs = [_tensor(k, v) for k, v in sorted(signature_def.inputs.items())]
+    composites = composite_inputs(meta_graph, signature)
+    inputs = [_tensor(k, v, composites.get(k)) for k, v in sorted(signature_def.inputs.items())]
     outputs = [_tensor(k, v) for k, v in sorted(signature_def.outputs.items())]
     input_nodes = {node_name(t.tensor) for t in inputs}
     external = input_nodes | {n.name for n in graph_def.node if n.op == "VarHandleOp"}
@@ -624,8 +631,17 @@ def check_fixed_batch(
     imported: ImportedModel, batch_size: int | None, where: dict[str, Any]
 ) -> None:
     """Refuse a batch_size other than an input's fixed first dimension, which `batched`
-    would replace: the source computes on batches of its own size, and says so."""
+    would replace: the source computes on batches of its own size, and says so. A sparse or
+    ragged argument's components (nonzeros, values, row splits) have no batch to fix."""
     for tensor in imported.inputs:
+        if batch_size is not None and tensor.composite is not None:
+            msg = (
+                f"input {tensor.key!r} of the source's signature is a component of a "
+                f"{tensor.composite} argument, whose first dimension is not the batch's, so "
+                "batch_size cannot fix it; give this variant no batch_size (a TPU variant "
+                "needs one), or export a signature taking dense tensors"
+            )
+            raise ManifestError(msg, **where)
         if batch_size is None or not tensor.shape or tensor.shape[0] in (None, batch_size):
             continue
         shape = ", ".join("None" if d is None else str(d) for d in tensor.shape)
@@ -648,13 +664,13 @@ def batched(
     return [batch_size, *shape[1:]]
 
 
-def _tensor(key: str, info: Any) -> SourceTensor:
+def _tensor(key: str, info: Any, composite: str | None = None) -> SourceTensor:
     shape = (
         None
         if info.tensor_shape.unknown_rank
         else tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim)
     )
-    return SourceTensor(key, info.name, tf.as_dtype(info.dtype).name, shape)
+    return SourceTensor(key, info.name, tf.as_dtype(info.dtype).name, shape, composite)
 
 
 def restore_map(imported: ImportedModel) -> dict[str, str]:

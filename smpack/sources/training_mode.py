@@ -190,6 +190,51 @@ def add_training_twin(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -
     return path
 
 
+def composite_inputs(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -> dict[str, str]:
+    """Signature input key -> the composite type (`SparseTensor`, `RaggedTensor`) of
+    the source function's argument it is a component of, for the inputs that are one.
+
+    TF saves a signature whose function takes a SparseTensor or a RaggedTensor with each of
+    its components (indices, values, dense shape; values, row splits) as an input of its
+    own; only the traced function's input signature, in the object graph, says which. The
+    signature's wrapper function feeds that function its inputs in the order of that input
+    signature's leaves, a composite taking `num_flat_components` of them.
+    """
+    graph = meta_graph.graph_def
+    signature_def = meta_graph.signature_def[signature]
+    nodes = {n.name: n for n in graph.node}
+    functions = {f.signature.name: f for f in graph.library.function}
+    outer_names = {node_name(t.name) for t in signature_def.outputs.values()}
+    outer = nodes.get(next(iter(outer_names))) if len(outer_names) == 1 else None
+    if outer is None or outer.op not in _CALLS:
+        return {}
+    wrapper = functions.get(outer.attr["f"].func.name)
+    inner_calls = [n for n in wrapper.node_def if n.op in _CALLS] if wrapper else []
+    concrete = meta_graph.object_graph_def.concrete_functions
+    inner = inner_calls[0].attr["f"].func.name if len(inner_calls) == 1 else None
+    if wrapper is None or inner not in concrete:
+        return {}
+    key_of_placeholder = {node_name(i.name): key for key, i in signature_def.inputs.items()}
+    key_of_argument = {
+        argument.name: key_of_placeholder.get(node_name(fed))
+        for argument, fed in zip(wrapper.signature.input_arg, outer.input, strict=False)
+    }
+    fed = iter(node_name(i) for i in inner_calls[0].input if not i.startswith("^"))
+    composites = {}
+    for _, leaf in _leaves(concrete[inner].canonicalized_input_signature):
+        kind = leaf.WhichOneof("kind")
+        if kind == "tensor_spec_value":
+            next(fed, None)
+        elif kind == "type_spec_value":
+            if not leaf.type_spec_value.num_flat_components:
+                return {}  # written by a TF that did not count them: nothing to go by
+            for _ in range(leaf.type_spec_value.num_flat_components):
+                key = key_of_argument.get(next(fed, ""))
+                if key is not None:
+                    composites[key] = leaf.type_spec_value.type_spec_class_name.removesuffix("Spec")
+    return composites
+
+
 def _object_paths(meta_graph: meta_graph_pb2.MetaGraphDef) -> Iterator[tuple[str, Any]]:
     """(dotted path from the root object, node) of each object graph node, first path only."""
     nodes = meta_graph.object_graph_def.nodes
