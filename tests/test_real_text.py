@@ -480,3 +480,50 @@ def test_vocabulary_words_skip_a_line_too_long_to_be_a_word(tmp_path: Path) -> N
         stream.seek(0, 2)
         stream.write(b"\nhello\nworld\n")
     assert vocabulary_words(meta_graph, tmp_path) == [b"first", b"hello", b"world"]
+
+
+@pytest.mark.slow
+def test_a_sentencepiece_model_held_by_its_op_needs_no_initialiser(tmp_path: Path) -> None:
+    """tensorflow_text's SentencepieceTokenizer (keras_hub's Albert, T5, Gemma and Llama
+    tokenizers) keeps its model in the attribute of the op making its resource: no init op
+    fills it and no checkpoint restores it, which smpack refused as a table it cannot fill."""
+    import io
+
+    import sentencepiece
+    import tensorflow as tf
+    import tensorflow_text
+
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(["the cat sat on the mat", "a dog ate my homework"] * 10),
+        model_writer=proto,
+        vocab_size=12,
+        model_type="word",
+    )
+
+    class Tokenized(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokenizer = tensorflow_text.SentencepieceTokenizer(proto.getvalue())
+            self.embedding = tf.Variable(tf.random.stateless_normal([12, 3], seed=[1, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            ids = self.tokenizer.tokenize(text).to_tensor(shape=[None, 4])
+            return {"pooled": tf.reduce_mean(tf.gather(self.embedding, ids), axis=1)}
+
+    module = Tokenized()
+    tf.saved_model.save(module, str(tmp_path / "tokenized"), signatures=module.__call__)
+    source = {"savedmodel": "tokenized", "imports": ["tensorflow_text"]}
+    variants = {k: VARIANTS[k] for k in ("cpu", "tpu")}
+    manifest = {"schema": 1, "name": "sentencepiece", "version": 1, "source": source}
+    (tmp_path / "smpack.yaml").write_text(yaml.safe_dump({**manifest, "variants": variants}))
+    package = smpack.build(tmp_path / "smpack.yaml", tmp_path / "out", measure=False)
+    text = np.array(["the cat sat", "a dog", "zebra", ""], object)
+    expected = module(tf.constant(text))["pooled"].numpy()
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(package.path, moved)
+    shutil.rmtree(tmp_path / "tokenized")
+    np.testing.assert_array_equal(run_v1(moved, ["serve"], {"text": text})["pooled"], expected)
+    tpu = run_tpu_graph_on_cpu(moved, ["serve", "tpu"], "serving_default", {"text": text})
+    np.testing.assert_allclose(tpu["pooled"], expected, rtol=1e-2, atol=1e-2)

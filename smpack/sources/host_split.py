@@ -29,6 +29,9 @@ from smpack.sources.graph_def import node_name, tensor_name, through_identities
 # which would have to be restored from the source's checkpoint.
 _CHECKPOINT_READS = ("RestoreV2", "RestoreSlice", "Restore")
 
+# Ops replacing a table's contents: what a restore function fills a MutableHashTable with.
+_TABLE_IMPORTS = ("LookupTableImportV2", "LookupTableImport")
+
 _Types = tuple[list[tf.DType], list[tf.DType]]  # data input and output dtypes of a node
 
 
@@ -159,7 +162,10 @@ def _host_part(
             if table is not None and node_name(table) in tables:
                 initializers.add(name)
                 filled.add(node_name(table))
-    empty = [t for t in tables if t not in filled]
+    # A resource neither filled by the init op nor restored from the checkpoint is what its
+    # creation op makes it (a SentencePiece model held in the op's attribute), as TF's own
+    # loader leaves it; one restored from the checkpoint holds state smpack cannot import.
+    empty = [t for t in tables if t not in filled and t in _restored_tables(flat_nodes)]
     if empty:
         msg = (
             f"table {empty[0]!r} ({nodes[empty[0]].op}) of the signature is not filled by the "
@@ -200,6 +206,18 @@ def _host_part(
         },
         tables=[nodes[t].op for t in tables],
     )
+
+
+def _restored_tables(nodes: dict[str, Any]) -> set[str]:
+    """The tables the source's restore function fills from its checkpoint."""
+    restored = set()
+    for node in nodes.values():
+        if node.op in _TABLE_IMPORTS:
+            reads = _with_ancestors({node.name}, nodes, set())
+            table = through_identities(nodes, node.input[0])
+            if table is not None and any(nodes[r].op in _CHECKPOINT_READS for r in reads):
+                restored.add(node_name(table))
+    return restored
 
 
 def _asset_variables_read_directly(
