@@ -218,3 +218,39 @@ def test_moved_package_serves_and_trains_without_the_source(
         np.testing.assert_allclose(outputs[key], expected, rtol=1e-6, atol=1e-7)
     assert np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
+
+
+def test_a_keras_file_calling_a_tokenizer_is_refused_with_its_export_as_the_way(
+    tmp_path: Path,
+) -> None:
+    """Keras rebuilds a functional model by calling its layers before it loads their assets,
+    so a keras_hub tokenizer inside one has no vocabulary yet and the file cannot be loaded
+    (keras-team/keras-hub#1522); the model's export can (test_real_text.py builds one)."""
+    import keras
+    import keras_hub
+    from typer.testing import CliRunner
+
+    from smpack.cli.commands import app
+
+    # A model's preprocessor keeps its tokenizer's vocabulary as an asset (a bare tokenizer
+    # keeps it in its config, and reloads).
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat"]
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        keras_hub.models.BertTokenizer(vocabulary), sequence_length=4
+    )
+    text = keras.Input(shape=(), dtype="string")
+    keras.Model(text, preprocessor(text)).save(tmp_path / "tokenizing.keras")
+    manifest = {"schema": 1, "name": "tokenizing", "version": 1}
+    source = {"keras": "tokenizing.keras", "imports": ["tensorflow_text"]}
+    manifest.update(source=source, variants={"cpu": VARIANTS["cpu"]})
+    (tmp_path / "smpack.yaml").write_text(yaml.safe_dump(manifest))
+    out = str(tmp_path / "out")
+    result = CliRunner().invoke(app, ["build", str(tmp_path / "smpack.yaml"), "-o", out])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (
+        "source.keras: cannot load tokenizing.keras with Keras: it calls the "
+        "WordPieceTokenizer in it before loading its vocabulary (Keras cannot reload a "
+        "functional model calling a keras_hub tokenizer); save the model with "
+        "model.export(folder) and name that folder in source.savedmodel"
+    ) in result.stderr

@@ -9,6 +9,7 @@ holds the model's training-mode call, which train variants replay.
 from __future__ import annotations
 
 import collections
+import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,17 @@ def export_keras(path: Path, folder: Path, manifest: Path) -> Path:
             msg = f"cannot load {path.name} with Keras: {type(e).__name__}: {first_line(e)}"
             if "Could not locate" in str(e):  # a custom class nothing imported has registered
                 msg += "; list the module defining it in source.imports"
+            unset = _UNSET_VOCABULARY.search(str(e))
+            if unset:
+                # Keras rebuilds a functional model by calling its layers on symbolic inputs
+                # before it loads their assets, so a keras_hub tokenizer inside one has no
+                # vocabulary yet (keras-team/keras-hub#1522); the model's export has it.
+                msg = (
+                    f"cannot load {path.name} with Keras: it calls the {unset[1]} in it "
+                    "before loading its vocabulary (Keras cannot reload a functional model "
+                    "calling a keras_hub tokenizer); save the model with "
+                    "model.export(folder) and name that folder in source.savedmodel"
+                )
             raise ModelError(msg, **where) from e
         _prepare(model)
         exported = folder / "savedmodel"
@@ -52,6 +64,11 @@ def load_keras_model(path: Path) -> Any:
         model = _load(path)
         _prepare(model)
     return model
+
+
+# What a keras_hub tokenizer (WordPiece, BytePair, SentencePiece) says when it is called
+# before its vocabulary is set.
+_UNSET_VOCABULARY = re.compile(r"No vocabulary has been set for (\w+)")
 
 
 def _load(path: Path) -> Any:
