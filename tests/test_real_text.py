@@ -527,3 +527,37 @@ def test_a_sentencepiece_model_held_by_its_op_needs_no_initialiser(tmp_path: Pat
     np.testing.assert_array_equal(run_v1(moved, ["serve"], {"text": text})["pooled"], expected)
     tpu = run_tpu_graph_on_cpu(moved, ["serve", "tpu"], "serving_default", {"text": text})
     np.testing.assert_allclose(tpu["pooled"], expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.slow
+def test_a_table_the_checkpoint_restores_is_filled_with_its_contents(tmp_path: Path) -> None:
+    """A MutableHashTable filled before saving (keras_hub's BytePairTokenizer caches its
+    special tokens in one, so that they are never split) is restored from the checkpoint,
+    not by the init op: the package's init op fills it with what the checkpoint holds."""
+    import tensorflow as tf
+
+    class Cached(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cache = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, -1)
+            self.cache.insert(tf.constant(["<|endoftext|>", "cat"]), tf.constant([7, 3], tf.int64))
+            self.scale = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"ids": tf.cast(self.cache.lookup(text), tf.float32) * self.scale}
+
+    module = Cached()
+    tf.saved_model.save(module, str(tmp_path / "cached"), signatures=module.__call__)
+    variants = {k: VARIANTS[k] for k in ("cpu", "tpu")}
+    manifest = {"schema": 1, "name": "cached", "version": 1, "source": {"savedmodel": "cached"}}
+    (tmp_path / "smpack.yaml").write_text(yaml.safe_dump({**manifest, "variants": variants}))
+    package = smpack.build(tmp_path / "smpack.yaml", tmp_path / "out", measure=False)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(package.path, moved)
+    shutil.rmtree(tmp_path / "cached")
+    text = np.array(["<|endoftext|>", "cat", "dog", ""], object)
+    expected = np.array([14.0, 6.0, -2.0, -2.0], np.float32)
+    np.testing.assert_array_equal(run_v1(moved, ["serve"], {"text": text})["ids"], expected)
+    tpu = run_tpu_graph_on_cpu(moved, ["serve", "tpu"], "serving_default", {"text": text})
+    np.testing.assert_array_equal(tpu["ids"], expected)

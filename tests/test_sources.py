@@ -17,7 +17,6 @@ from tf_helpers import (
     X,
     make_batch_norm_module,
     make_looping_module,
-    make_table_module,
     make_tf_module,
     make_unknown_rank_module,
     meta_graph,
@@ -41,7 +40,6 @@ def tf_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tf_source")
     make_tf_module(folder)
     make_looping_module(folder)
-    make_table_module(folder)
     make_batch_norm_module(folder)
     return folder
 
@@ -346,7 +344,6 @@ def test_keras_train_step_learns_class_ids(keras_package: PackageInfo) -> None:
             "has no signature 'predict' (signatures: lookup, scaled, serving_default)",
         ),
         ({"keras": "broken.keras"}, "source.keras: cannot load broken.keras with Keras"),
-        ({"savedmodel": "vocabulary"}, "(MutableHashTableV2) of the signature is not filled by"),
         (
             {"savedmodel": "two_layers", "python": "model.py:fn"},
             "give exactly one of python, savedmodel or keras",
@@ -367,7 +364,6 @@ def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -
     folder.mkdir()
     (folder / "empty").mkdir()
     shutil.copytree(tf_source / "two_layers", folder / "two_layers")
-    shutil.copytree(tf_source / "vocabulary", folder / "vocabulary")
     (folder / "broken.keras").write_bytes(b"not a zip file")
     (tmp_path / "outside.py").write_text("def mean_abs(output, labels):\n    return 0.0\n")
     variants = SOURCE_VARIANTS if "loss" in message else SERVING

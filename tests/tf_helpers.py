@@ -196,26 +196,6 @@ def make_branching_module(folder: Path) -> Path:
     return path
 
 
-def make_table_module(folder: Path) -> Path:
-    """A TF2 model whose signature looks words up in a table filled in its checkpoint."""
-    import tensorflow as tf
-
-    class Vocabulary(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.table = tf.lookup.experimental.MutableHashTable(tf.string, tf.int64, -1)
-            self.table.insert(["a", "b"], [0, 1])
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def predict(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {"ids": self.table.lookup(words)}
-
-    module = Vocabulary()
-    path = folder / "vocabulary"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
-    return path
-
-
 def make_unknown_rank_module(folder: Path, *, text: bool = True) -> Path:
     """A TF2 model whose inputs have unknown rank (`TensorSpec(None)`): numbers and text;
     without `text`, numbers only, to one output (`y`), which a built-in loss can train."""

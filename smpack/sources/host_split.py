@@ -66,12 +66,15 @@ def split_host(
     init_op: str | None,
     asset_placeholders: Mapping[str, str],
     where: dict[str, Any],
+    checkpoint: str | None = None,
 ) -> Split:
     """Split `signature_graph`, the signature's ops in the inlined `flat`, at the host's edge.
 
     `external` names the nodes fed from outside (signature inputs, variable handles); the
     device part keeps them for the caller to cut. `init_op` is the source's init op in
-    `flat`; `asset_placeholders` maps the nodes its loaders feed asset paths to the files.
+    `flat`; `asset_placeholders` maps the nodes its loaders feed asset paths to the files;
+    `checkpoint` is the source's checkpoint prefix, which its restore function (in `flat`, if
+    it has one) reads.
     """
     nodes = {n.name: n for n in signature_graph.node}
     types = _tensor_types(signature_graph)
@@ -124,7 +127,9 @@ def split_host(
             if from_host or (node_name(i) in external and tensor_name(i) not in handles):
                 crossing.append(tensor_name(i))
             kept.input.append(i)
-    host_part = _host_part(flat, nodes, host, external, init_op, asset_placeholders, where)
+    host_part = _host_part(
+        flat, nodes, host, external, init_op, asset_placeholders, where, checkpoint
+    )
     return Split(device, list(dict.fromkeys(crossing)), host_part)
 
 
@@ -146,6 +151,7 @@ def _host_part(
     init_op: str | None,
     asset_placeholders: Mapping[str, str],
     where: dict[str, Any],
+    checkpoint: str | None,
 ) -> HostPart:
     flat_nodes = _asset_variables_read_directly(
         {n.name: n for n in flat.node}, set(asset_placeholders)
@@ -164,15 +170,14 @@ def _host_part(
                 filled.add(node_name(table))
     # A resource neither filled by the init op nor restored from the checkpoint is what its
     # creation op makes it (a SentencePiece model held in the op's attribute), as TF's own
-    # loader leaves it; one restored from the checkpoint holds state smpack cannot import.
-    empty = [t for t in tables if t not in filled and t in _restored_tables(flat_nodes)]
-    if empty:
-        msg = (
-            f"table {empty[0]!r} ({nodes[empty[0]].op}) of the signature is not filled by the "
-            "source's init op (its contents would come from the checkpoint); smpack imports "
-            "tables initialised from constants or vocabulary files"
-        )
-        raise ModelError(msg, **where)
+    # loader leaves it. A table the restore function fills from the checkpoint (a
+    # MutableHashTable: keras_hub's BytePairTokenizer caches its special tokens in one) is
+    # filled by the package's init op with the contents the checkpoint holds.
+    restored = _restored_tables(flat_nodes)
+    imported = []
+    for table in (t for t in tables if t not in filled and t in restored):
+        assert checkpoint is not None  # a graph restoring tables came with its checkpoint
+        imported.extend(_checkpoint_contents(table, restored[table], flat_nodes, checkpoint))
     initializing = _with_ancestors(initializers, flat_nodes, set(asset_placeholders))
     for name in sorted(initializing):
         node = flat_nodes[name]
@@ -194,11 +199,12 @@ def _host_part(
         kept.input.extend(
             i for i in flat_nodes[name].input if not i.startswith("^") or node_name(i) in keep
         )
+    graph_def.node.extend(imported)
     read = {tensor_name(i) for n in graph_def.node for i in _data(n) if node_name(i) not in keep}
     return HostPart(
         graph_def=graph_def,
         inputs=sorted(t for t in read if node_name(t) in external),
-        initializers=sorted(initializers),
+        initializers=sorted(initializers | {n.name for n in imported if n.op in _TABLE_IMPORTS}),
         assets={
             t: asset_placeholders[node_name(t)]
             for t in sorted(read)
@@ -208,16 +214,44 @@ def _host_part(
     )
 
 
-def _restored_tables(nodes: dict[str, Any]) -> set[str]:
-    """The tables the source's restore function fills from its checkpoint."""
-    restored = set()
+def _restored_tables(nodes: dict[str, Any]) -> dict[str, Any]:
+    """The tables the source's restore function fills from its checkpoint, each with the op
+    importing its contents."""
+    restored = {}
     for node in nodes.values():
         if node.op in _TABLE_IMPORTS:
             reads = _with_ancestors({node.name}, nodes, set())
             table = through_identities(nodes, node.input[0])
             if table is not None and any(nodes[r].op in _CHECKPOINT_READS for r in reads):
-                restored.add(node_name(table))
+                restored[node_name(table)] = node
     return restored
+
+
+def _checkpoint_contents(
+    table: str, restoring: Any, nodes: dict[str, Any], checkpoint: str
+) -> list[node_def_pb2.NodeDef]:
+    """Ops importing into `table` the keys and values `restoring` (the source's restore of
+    it) reads from `checkpoint`, as constants."""
+    reader = tf.train.load_checkpoint(checkpoint)
+    made = []
+    for role, tensor in (("keys", restoring.input[1]), ("values", restoring.input[2])):
+        read = through_identities(nodes, tensor)
+        restore = nodes[node_name(read or tensor)]
+        if restore.op != "RestoreV2":
+            msg = f"the restore of table {table!r} reads {restore.op}, not RestoreV2"
+            raise AssertionError(msg)  # the restore functions TF writes read RestoreV2
+        keys = tf.make_ndarray(nodes[node_name(restore.input[1])].attr["value"].tensor)
+        key = keys.flat[int((read or tensor).partition(":")[2] or 0)].decode()
+        constant = node_def_pb2.NodeDef(name=f"{table}/smpack_restored_{role}", op="Const")
+        value = reader.get_tensor(key)
+        constant.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+        constant.attr["dtype"].type = constant.attr["value"].tensor.dtype
+        made.append(constant)
+    fill = node_def_pb2.NodeDef(name=f"{table}/smpack_restored", op=restoring.op)
+    fill.input.extend([f"{table}:0", made[0].name, made[1].name])
+    fill.attr["Tin"].CopyFrom(restoring.attr["Tin"])
+    fill.attr["Tout"].CopyFrom(restoring.attr["Tout"])
+    return [*made, fill]
 
 
 def _asset_variables_read_directly(

@@ -160,7 +160,8 @@ def load_saved_model(
     external = input_nodes | {n.name for n in graph_def.node if n.op == "VarHandleOp"}
     assets = {node_name(a.tensor_info.name): a.filename for a in meta_graph.asset_file_def}
     init_node = node_name(init_op) if init_op else None
-    split = split_host(flat, graph_def, external, init_node, assets, where)
+    checkpoint = str(path / "variables" / "variables")
+    split = split_host(flat, graph_def, external, init_node, assets, where, checkpoint)
     graph_def, handles = _cut_variables(split.device, input_nodes)
     in_source = {_shared_name(n) for n in meta_graph.graph_def.node if n.op == "VarHandleOp"}
     names = _readable_names({h: _shared_name(node) for h, node in handles.items()}, in_source)
