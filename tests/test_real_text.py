@@ -529,11 +529,9 @@ def test_a_sentencepiece_model_held_by_its_op_needs_no_initialiser(tmp_path: Pat
     np.testing.assert_allclose(tpu["pooled"], expected, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.slow
-def test_a_table_the_checkpoint_restores_is_filled_with_its_contents(tmp_path: Path) -> None:
-    """A MutableHashTable filled before saving (keras_hub's BytePairTokenizer caches its
-    special tokens in one, so that they are never split) is restored from the checkpoint,
-    not by the init op: the package's init op fills it with what the checkpoint holds."""
+def _cached_tokens(folder: Path) -> Path:
+    """The manifest of a source whose MutableHashTable its checkpoint fills (keras_hub's
+    BytePairTokenizer caches its special tokens in one, so that they are never split)."""
     import tensorflow as tf
 
     class Cached(tf.Module):
@@ -548,11 +546,19 @@ def test_a_table_the_checkpoint_restores_is_filled_with_its_contents(tmp_path: P
             return {"ids": tf.cast(self.cache.lookup(text), tf.float32) * self.scale}
 
     module = Cached()
-    tf.saved_model.save(module, str(tmp_path / "cached"), signatures=module.__call__)
+    tf.saved_model.save(module, str(folder / "cached"), signatures=module.__call__)
     variants = {k: VARIANTS[k] for k in ("cpu", "tpu")}
     manifest = {"schema": 1, "name": "cached", "version": 1, "source": {"savedmodel": "cached"}}
-    (tmp_path / "smpack.yaml").write_text(yaml.safe_dump({**manifest, "variants": variants}))
-    package = smpack.build(tmp_path / "smpack.yaml", tmp_path / "out", measure=False)
+    (folder / "smpack.yaml").write_text(yaml.safe_dump({**manifest, "variants": variants}))
+    return folder / "smpack.yaml"
+
+
+@pytest.mark.slow
+def test_a_table_the_checkpoint_restores_is_filled_with_its_contents(tmp_path: Path) -> None:
+    """A MutableHashTable filled before saving (keras_hub's BytePairTokenizer caches its
+    special tokens in one, so that they are never split) is restored from the checkpoint,
+    not by the init op: the package's init op fills it with what the checkpoint holds."""
+    package = smpack.build(_cached_tokens(tmp_path), tmp_path / "out", measure=False)
     moved = tmp_path / "elsewhere"
     shutil.copytree(package.path, moved)
     shutil.rmtree(tmp_path / "cached")
@@ -561,3 +567,19 @@ def test_a_table_the_checkpoint_restores_is_filled_with_its_contents(tmp_path: P
     np.testing.assert_array_equal(run_v1(moved, ["serve"], {"text": text})["ids"], expected)
     tpu = run_tpu_graph_on_cpu(moved, ["serve", "tpu"], "serving_default", {"text": text})
     np.testing.assert_array_equal(tpu["ids"], expected)
+
+
+def test_a_table_too_large_to_store_in_the_graphs_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its contents would be copied into every graph of saved_model.pb, which cannot pass
+    2 GiB: here the limit is lowered below the 17 bytes the test table holds."""
+    monkeypatch.setattr("smpack.sources.host_split.MAX_RESTORED_TABLE_BYTES", 16)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["build", str(_cached_tokens(tmp_path)), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "source.savedmodel" in line and "MutableHashTable" in line, line
+    assert "more than the 16 smpack stores in every graph" in line, line
+    assert not out.exists()

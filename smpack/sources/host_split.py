@@ -31,6 +31,10 @@ _CHECKPOINT_READS = ("RestoreV2", "RestoreSlice", "Restore")
 
 # Ops replacing a table's contents: what a restore function fills a MutableHashTable with.
 _TABLE_IMPORTS = ("LookupTableImportV2", "LookupTableImport")
+# The most a table restored from the checkpoint may hold, stored as constants in every graph
+# of the package: a tokenizer's cache of special tokens is a few bytes, and saved_model.pb,
+# a protocol buffer, cannot pass 2 GiB.
+MAX_RESTORED_TABLE_BYTES = 16 << 20
 
 _Types = tuple[list[tf.DType], list[tf.DType]]  # data input and output dtypes of a node
 
@@ -177,7 +181,8 @@ def _host_part(
     imported = []
     for table in (t for t in tables if t not in filled and t in restored):
         assert checkpoint is not None  # a graph restoring tables came with its checkpoint
-        imported.extend(_checkpoint_contents(table, restored[table], flat_nodes, checkpoint))
+        contents = _checkpoint_contents(table, restored[table], flat_nodes, checkpoint, where)
+        imported.extend(contents)
     initializing = _with_ancestors(initializers, flat_nodes, set(asset_placeholders))
     for name in sorted(initializing):
         node = flat_nodes[name]
@@ -228,12 +233,12 @@ def _restored_tables(nodes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checkpoint_contents(
-    table: str, restoring: Any, nodes: dict[str, Any], checkpoint: str
+    table: str, restoring: Any, nodes: dict[str, Any], checkpoint: str, where: dict[str, Any]
 ) -> list[node_def_pb2.NodeDef]:
     """Ops importing into `table` the keys and values `restoring` (the source's restore of
     it) reads from `checkpoint`, as constants."""
     reader = tf.train.load_checkpoint(checkpoint)
-    made = []
+    made, size = [], 0
     for role, tensor in (("keys", restoring.input[1]), ("values", restoring.input[2])):
         read = through_identities(nodes, tensor)
         restore = nodes[node_name(read or tensor)]
@@ -244,6 +249,15 @@ def _checkpoint_contents(
         key = keys.flat[int((read or tensor).partition(":")[2] or 0)].decode()
         constant = node_def_pb2.NodeDef(name=f"{table}/smpack_restored_{role}", op="Const")
         value = reader.get_tensor(key)
+        size += sum(map(len, value.flat)) if value.dtype == object else value.nbytes
+        if size > MAX_RESTORED_TABLE_BYTES:
+            msg = (
+                f"table {table!r} ({nodes[table].op}) holds {size:,} bytes or more in the "
+                f"source's checkpoint, more than the {MAX_RESTORED_TABLE_BYTES:,} smpack stores "
+                "in every graph (saved_model.pb cannot pass 2 GiB); fill it from a vocabulary "
+                "file (tf.lookup.TextFileInitializer) instead"
+            )
+            raise ModelError(msg, **where)
         constant.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
         constant.attr["dtype"].type = constant.attr["value"].tensor.dtype
         made.append(constant)
