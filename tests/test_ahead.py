@@ -213,6 +213,29 @@ def test_a_callers_own_thread_keeps_every_graph_in_the_build(
     assert {line.split()[1] for line in log.read_text().splitlines()} == {str(os.getpid())}
 
 
+def test_a_program_that_compiled_with_xla_before_builds_without_hanging(
+    manifest: Path, tmp_path: Path
+) -> None:
+    """A notebook that trained with jit_compile, then packages: XLA:CPU's compiler started
+    its thread pool in that process, which a forked child has without its threads, and the
+    child's first XLA compilation (registering XLA's kernels for a half-precision variant)
+    waited for them forever."""
+    script = f"""
+import tensorflow as tf
+tf.function(lambda x: x * 2, jit_compile=True)(tf.constant([1.0]))
+import smpack
+print(smpack.build({str(manifest)!r}, {str(tmp_path / "out")!r}, measure=False, verify=None).path)
+"""
+    try:
+        built = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the build hung")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert built.stdout.strip().endswith("/1")
+
+
 @pytest.mark.parametrize("train_first", [True, False])
 def test_the_first_error_in_manifest_order_is_reported(
     manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, train_first: bool

@@ -219,6 +219,7 @@ def _variant_graphs(
     from smpack.builder.assembled_training import assembled_train_graph
     from smpack.builder.graphs import build_variant_graph, built_before, computes_as
     from smpack.io.quick_exit import may_fork
+    from smpack.io.tf_quietly import register_xla_kernels
 
     def assembled(name: str, variant: Variant) -> VariantGraph | None:
         if source.serving_import is None:
@@ -246,7 +247,10 @@ def _variant_graphs(
             graphs[name] = built(name, variant, list(graphs.values()))
             if ahead is None and graphs[name].assembled is not None and not variant.is_training:
                 chosen = variants_ahead(variants[index + 1 :], graphs.values())
-                ahead = BuiltAhead(assembled, chosen) if chosen and may_fork() else None
+                if chosen and may_fork():
+                    if any(v.xla or v.on_tpu for _, v in chosen):
+                        register_xla_kernels()  # here: the child must not compile with XLA
+                    ahead = BuiltAhead(assembled, chosen)
         from_ahead = {}
         if ahead is not None:
             while_waiting(list(graphs.values()))

@@ -60,6 +60,32 @@ def schedule_xla_cpu_for_memory() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {_XLA_CPU_MEMORY_ORDER}".strip()
 
 
+_xla_kernels_registered = False
+
+
+def register_xla_kernels() -> None:
+    """Make TensorFlow register XLA's kernels, which it does the first time something is
+    compiled: by compiling a one-op function, once per process.
+
+    A process forked after its parent compiled with XLA must not compile itself: XLA:CPU's
+    compiler keeps a thread pool its first compilation starts, and in the child that pool
+    has no threads, so the child's first compilation waits for them forever. Registered
+    before a fork, the kernels are the child's too, and it never compiles for them.
+    """
+    global _xla_kernels_registered
+    if _xla_kernels_registered:
+        return
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    # Eagerly, outside whatever graph is being built: tf.init_scope would add the call to
+    # that graph when it is a plain tf.Graph (and the first build of a process would differ).
+    # No autograph (nothing to convert): it would write the lambda to a temporary file.
+    with context.eager_mode():
+        tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.constant(0.0))
+    _xla_kernels_registered = True
+
+
 # Called once TensorFlow is imported here, before anything here runs it.
 _after_import: list[Callable[[], None]] = []
 

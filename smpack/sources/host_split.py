@@ -23,6 +23,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from smpack.errors import ModelError
+from smpack.io.tf_quietly import register_xla_kernels
 from smpack.sources.graph_def import node_name, tensor_name, through_identities
 
 # Ops reading a checkpoint: a table filled by them holds trained state (a MutableHashTable),
@@ -319,9 +320,7 @@ def _xla_compilable_ops() -> set[str]:
     if not _XLA_OPS:
         from tensorflow.python.framework import kernels
 
-        # No autograph (nothing to convert): it would write the lambda to a temporary file
-        # for nothing.
-        tf.function(jit_compile=True, autograph=False)(lambda: tf.constant(0) + 1)()
+        register_xla_kernels()
         _XLA_OPS.update(
             k.op
             for k in kernels.get_all_registered_kernels().kernel

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, types_pb2
 from tensorflow.python.framework import op_def_registry
 
+from smpack.io.tf_quietly import register_xla_kernels
 from smpack.manifest import Variant
 from smpack.sources.graph_def import calls_function, node_name
 
@@ -431,7 +432,7 @@ class _Kernels:
         self._retypable: dict[str, list[str]] = {}
         self._answers: dict[tuple[str, tuple[str, ...]], bool] = {}
         if any(d.startswith("XLA_") for d in target.device_types):
-            _register_xla_kernels()
+            register_xla_kernels()
 
     def has_half(self, node: Any, op_def: Any) -> bool:
         if node.op not in self._retypable:
@@ -477,22 +478,3 @@ class _Kernels:
                 found.setdefault(kernel.device_type, []).append(constraints)
             self._registered[op] = found
         return self._registered[op]
-
-
-_xla_registered = False
-
-
-def _register_xla_kernels() -> None:
-    """Make TF register XLA's kernels (it does so the first time something is compiled)."""
-    global _xla_registered
-    if _xla_registered:
-        return
-    from tensorflow.python.eager import context
-
-    # Eagerly, outside whatever graph is being built: tf.init_scope would add the call to
-    # that graph when it is a plain tf.Graph (and the first build of a process would differ).
-    with context.eager_mode():
-        # No autograph (nothing to convert): it would write the lambda to a temporary file
-        # for nothing.
-        tf.function(lambda x: x + 1, jit_compile=True, autograph=False)(tf.constant(0.0))
-    _xla_registered = True
