@@ -357,6 +357,10 @@ def test_keras_train_step_learns_class_ids(keras_package: PackageInfo) -> None:
             {"savedmodel": "two_layers", "loss": "../outside.py:mean_abs"},
             "source.loss: '../outside.py' points outside the manifest's folder",
         ),
+        (
+            {"savedmodel": "two_layers", "loss": {"z": "mse"}},
+            "source.loss.z: the model has no output 'z' (its outputs: ['y'])",
+        ),
     ],
 )
 def test_bad_sources_are_one_line_errors(tf_source, tmp_path, source, message) -> None:
@@ -502,6 +506,43 @@ def test_train_signature_computes_the_named_loss(keras_source, tmp_path, loss) -
     step = tf.saved_model.load(str(package.path), tags=["train"]).signatures["train"]
     # The loss a step returns is the one its gradients came from: the model before the step.
     first = step(features=tf.constant(FEATURES), labels=tf.constant(labels))["loss"]
+    np.testing.assert_allclose(float(first), expected, rtol=1e-5)
+
+
+def test_a_model_with_two_outputs_trains_on_a_loss_per_output(tmp_path) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6,), dtype="int32", name="tokens")
+    features = keras.Input((5,), name="features")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(tokens))
+    hidden = keras.layers.Concatenate()([pooled, keras.layers.Dense(4)(features)])
+    outputs = {
+        "label": keras.layers.Dense(3, activation="softmax")(hidden),
+        "score": keras.layers.Dense(1)(hidden),
+    }
+    model = keras.Model({"tokens": tokens, "features": features}, outputs)
+    model.save(tmp_path / "two_heads.keras")
+    loss = {"label": "sparse_categorical_crossentropy", "score": "mse"}
+    source = {"keras": "two_heads.keras", "loss": loss}
+    manifest = write_manifest(tmp_path, source, variants={"train": SOURCE_VARIANTS["train"]})
+    package = smpack.build(manifest, tmp_path / "out")
+
+    inputs = {"tokens": np.arange(24, dtype=np.int32).reshape(4, 6) % 10, "features": FEATURES}
+    labels = {"label": np.array([0, 1, 2, 1]), "score": np.float32([[0.5], [-1], [2], [0]])}
+    predicted = model(inputs)
+    # What Keras's fit minimises for these losses: the sum of their means over the batch.
+    expected = sum(
+        np.mean(keras.losses.get(name)(labels[key], predicted[key])) for key, name in loss.items()
+    )
+    step = tf.saved_model.load(str(package.path), tags=["train"]).signatures["train"]
+    assert set(step.structured_input_signature[1]) == {
+        "tokens", "features", "label_labels", "score_labels"
+    }  # fmt: skip
+    feeds = {key: tf.constant(value) for key, value in inputs.items()}
+    feeds.update({f"{key}_labels": tf.constant(value) for key, value in labels.items()})
+    first = step(**feeds)["loss"]
     np.testing.assert_allclose(float(first), expected, rtol=1e-5)
 
 

@@ -37,7 +37,8 @@ class LoadedManifest(BaseModel):
     python_file: Path | None
     function_name: str
     model_path: Path | None = None  # the savedmodel folder or .keras file
-    loss_file: Path | None = None  # the Python file of a `file.py:function` loss
+    # The Python file of each `file.py:function` loss, by that name.
+    loss_files: dict[str, Path] = {}
     checkpoint: Path | None
     # Sources named by URL (gs://, ...), fetched into local temporary copies before a build.
     model_url: str | None = None
@@ -253,9 +254,11 @@ def _line_of(text: str, loc: list[str]) -> int | None:
 def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
     folder = path.parent
     python_file, model_path, model_url = _resolve_source(spec, folder, path)
-    loss, loss_file = spec.source.loss, None
-    if loss is not None and loss not in LOSSES:
-        loss_file = _existing(folder, loss.rpartition(":")[0], path, "source.loss")
+    loss_files = {
+        loss: _existing(folder, loss.rpartition(":")[0], path, field)
+        for field, loss in spec.source.losses_by_field.items()
+        if loss not in LOSSES
+    }
     checkpoint, checkpoint_url = None, None
     if spec.source.checkpoint is not None and storage.is_url(spec.source.checkpoint):
         checkpoint_url = spec.source.checkpoint
@@ -324,7 +327,7 @@ def _resolve(spec: Manifest, path: Path) -> LoadedManifest:
         python_file=python_file,
         function_name=spec.source.function_name,
         model_path=model_path,
-        loss_file=loss_file,
+        loss_files=loss_files,
         checkpoint=checkpoint,
         model_url=model_url,
         checkpoint_url=checkpoint_url,

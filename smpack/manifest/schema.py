@@ -228,7 +228,9 @@ class Source(_Strict):
     keras: str | None = None
     signature: str | None = None
     train_signature: str | None = None
-    loss: str | None = None
+    # One loss for a model with one output, else a loss per output key (a mapping), summed
+    # as Keras sums a multi-output model's losses.
+    loss: str | dict[Key, str] | None = None
     checkpoint: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     # Python modules that register the source's custom ops, imported before it is read.
@@ -256,10 +258,15 @@ class Source(_Strict):
 
     @field_validator("loss")
     @classmethod
-    def _known_loss(cls, value: str | None) -> str | None:
-        if value is not None and value not in LOSSES and not _PYTHON_SOURCE.fullmatch(value):
-            msg = f"loss {value!r} is not one of {', '.join(LOSSES)} or 'file.py:function'"
+    def _known_loss(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        if isinstance(value, dict) and not value:
+            msg = "give a loss for at least one output ({output key: loss})"
             raise ValueError(msg)
+        names = [value] if isinstance(value, str) else list((value or {}).values())
+        for name in names:
+            if name not in LOSSES and not _PYTHON_SOURCE.fullmatch(name):
+                msg = f"loss {name!r} is not one of {', '.join(LOSSES)} or 'file.py:function'"
+                raise ValueError(msg)
         return value
 
     @model_validator(mode="after")
@@ -279,6 +286,13 @@ class Source(_Strict):
             msg = "checkpoint is for python sources; a SavedModel or Keras file has its weights"
             raise ValueError(msg)
         return self
+
+    @property
+    def losses_by_field(self) -> dict[str, str]:
+        """Each loss the manifest names, by its field (`source.loss`, `source.loss.<output>`)."""
+        if isinstance(self.loss, dict):
+            return {f"source.loss.{key}": name for key, name in self.loss.items()}
+        return {} if self.loss is None else {"source.loss": self.loss}
 
     @property
     def python_file(self) -> str:

@@ -1,7 +1,10 @@
 """The loss a train variant of a savedmodel or keras source minimises, named in the manifest.
 
-The model's outputs are fixed by its source, so smpack adds the labels: one placeholder,
-`labels`, shaped like the output the loss reads (class ids for the sparse cross-entropy).
+The model's outputs are fixed by its source, so smpack adds the labels: a placeholder shaped
+like the output the loss reads (class ids for the sparse cross-entropy), `labels` for a
+model's one output; a model with several outputs names a loss per output and gets one
+placeholder per loss, `<output>_labels`, its loss the sum of theirs, as Keras's `fit` sums
+the losses of a multi-output model.
 """
 
 from __future__ import annotations
@@ -19,9 +22,31 @@ _EPSILON = 1e-7
 PASS_THROUGH = ("Identity", "IdentityN")
 
 LossFn = Callable[[Mapping[str, tf.Tensor]], tuple[dict[str, tf.Tensor], tf.Tensor]]
+# The labels and the loss of one output, given the output and its key (None: the one output).
+OutputLoss = Callable[[tf.Tensor, str | None], tuple[tf.Tensor, tf.Tensor]]
 
 
-def builtin_loss(name: str, where: dict[str, Any]) -> LossFn:
+def model_loss(losses: OutputLoss | dict[str, OutputLoss], where: dict[str, Any]) -> LossFn:
+    """The loss of the model's outputs: `losses` of its one output, or of each output keyed."""
+
+    def loss(outputs: Mapping[str, tf.Tensor]) -> Any:
+        if not isinstance(losses, dict):
+            labels, value = losses(_single_output(outputs, where), None)
+            return {"labels": labels}, value
+        unknown = sorted(losses.keys() - outputs.keys())
+        if unknown:
+            msg = f"the model has no output {unknown[0]!r} (its outputs: {sorted(outputs)})"
+            raise ModelError(msg, file=where["file"], field=f"{where['field']}.{unknown[0]}")
+        labels, values = {}, []
+        for key, output_loss in losses.items():
+            labels[f"{key}_labels"], value = output_loss(outputs[key], key)
+            values.append(value)
+        return labels, tf.add_n(values, name="loss")
+
+    return loss
+
+
+def builtin_loss(name: str) -> OutputLoss:
     """The loss `name` (mse, sparse_categorical_crossentropy, categorical_crossentropy),
     computed as Keras's `fit` computes it.
 
@@ -32,17 +57,17 @@ def builtin_loss(name: str, where: dict[str, Any]) -> LossFn:
     within a few steps (EfficientNetB0's train graph differed from fit by 1.8% that way).
     """
 
-    def loss(outputs: Mapping[str, tf.Tensor]) -> Any:
-        output = _single_output(outputs, where)
+    def loss(output: tf.Tensor, key: str | None) -> Any:
         logits = _softmax_logits(output)
+        labels_name, loss_name = _names(key)
         if name == "sparse_categorical_crossentropy":
-            labels = tf.compat.v1.placeholder(tf.int64, output.shape[:-1], name="labels")
+            labels = tf.compat.v1.placeholder(tf.int64, output.shape[:-1], name=labels_name)
             if logits is None:
                 # Keras renormalises the clipped probabilities (a softmax of their logs).
                 logits = tf.math.log(tf.clip_by_value(output, _EPSILON, 1.0 - _EPSILON))
             value = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         else:
-            labels = tf.compat.v1.placeholder(output.dtype, output.shape, name="labels")
+            labels = tf.compat.v1.placeholder(output.dtype, output.shape, name=labels_name)
             if name == "mse":
                 value = tf.square(output - labels)
             elif logits is not None:
@@ -51,9 +76,14 @@ def builtin_loss(name: str, where: dict[str, Any]) -> LossFn:
                 normalised = output / tf.reduce_sum(output, axis=-1, keepdims=True)
                 clipped = tf.clip_by_value(normalised, _EPSILON, 1.0 - _EPSILON)
                 value = -tf.reduce_sum(labels * tf.math.log(clipped), axis=-1)
-        return {"labels": labels}, tf.reduce_mean(value, name="loss")
+        return labels, tf.reduce_mean(value, name=loss_name)
 
     return loss
+
+
+def _names(key: str | None) -> tuple[str, str]:
+    """The op names of an output's labels and loss: the model's own when it has one output."""
+    return ("labels", "loss") if key is None else (f"{key}_labels", f"{key}_loss")
 
 
 def _softmax_logits(output: tf.Tensor) -> tf.Tensor | None:
@@ -64,19 +94,22 @@ def _softmax_logits(output: tf.Tensor) -> tf.Tensor | None:
     return tensor.op.inputs[0] if tensor.op.type == "Softmax" else None
 
 
-def python_loss(function: Callable[..., Any], where: dict[str, Any]) -> LossFn:
+def python_loss(function: Callable[..., Any]) -> OutputLoss:
     """A user loss `fn(output, labels) -> scalar`, labels shaped and typed like the output."""
 
-    def loss(outputs: Mapping[str, tf.Tensor]) -> Any:
-        output = _single_output(outputs, where)
-        labels = tf.compat.v1.placeholder(output.dtype, output.shape, name="labels")
-        return {"labels": labels}, function(output, labels)
+    def loss(output: tf.Tensor, key: str | None) -> Any:
+        labels = tf.compat.v1.placeholder(output.dtype, output.shape, name=_names(key)[0])
+        return labels, function(output, labels)
 
     return loss
 
 
 def _single_output(outputs: Mapping[str, tf.Tensor], where: dict[str, Any]) -> tf.Tensor:
     if len(outputs) != 1:
-        msg = f"a built-in loss needs a model with one output, this one has {sorted(outputs)}"
+        example = ", ".join(f"{key}: mse" for key in sorted(outputs))
+        msg = (
+            f"the model has several outputs {sorted(outputs)}: name a loss for each output "
+            f"it trains, e.g. loss: {{{example}}}"
+        )
         raise ModelError(msg, **where)
     return next(iter(outputs.values()))

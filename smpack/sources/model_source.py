@@ -130,17 +130,21 @@ def _imported(
 
 def _loss(loaded: LoadedManifest) -> Any:
     from smpack.manifest import LOSSES
-    from smpack.sources.losses import builtin_loss, python_loss
+    from smpack.sources.losses import OutputLoss, builtin_loss, model_loss, python_loss
     from smpack.sources.python import import_function
 
-    name = loaded.spec.source.loss
+    def output_loss(name: str, field: str) -> OutputLoss:
+        if name in LOSSES:
+            return builtin_loss(name)
+        # Resolved with the manifest, for each file.py:function loss.
+        file = loaded.loss_files[name]
+        return python_loss(import_function(file, name.rpartition(":")[2], loaded.path, field))
+
+    loss = loaded.spec.source.loss
     where: dict[str, Any] = {"file": loaded.path, "field": "source.loss"}
-    if name is None:
+    if loss is None:
         return None
-    if name in LOSSES:
-        return builtin_loss(name, where)
-    assert loaded.loss_file is not None  # resolved with the manifest for a file.py:function loss
-    function = import_function(
-        loaded.loss_file, name.rpartition(":")[2], loaded.path, "source.loss"
-    )
-    return python_loss(function, where)
+    if isinstance(loss, str):
+        return model_loss(output_loss(loss, "source.loss"), where)
+    by_output = {key: output_loss(name, f"source.loss.{key}") for key, name in loss.items()}
+    return model_loss(by_output, where)
