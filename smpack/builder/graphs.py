@@ -367,6 +367,12 @@ def _checked_loss(spec: ModelSpec, where: dict[str, Any]) -> tf.Tensor:
             msg,
             **where,
         )
+    # The train signature takes inputs and labels by key: one key for both would feed one.
+    shared = sorted(spec.labels.keys() & spec.inputs.keys())
+    if shared:
+        msg = f"the train signature would take the labels and an input both as {shared[0]!r}: "
+        msg += "rename one of them"
+        raise GraphError(msg, **where)
     return loss
 
 

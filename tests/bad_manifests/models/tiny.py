@@ -45,6 +45,12 @@ def vector_loss_fn(ctx):
     )
 
 
+def labels_keyed_as_input_fn(ctx):
+    spec = model_fn(ctx)
+    labels = {"input": spec.labels["target"]}
+    return ModelSpec(inputs=spec.inputs, outputs=spec.outputs, labels=labels, loss=spec.loss)
+
+
 def dict_fn(ctx):
     return {"input": None, "output": None}
 
