@@ -557,6 +557,33 @@ def test_a_softmax_classifier_is_trained_on_its_logits(tmp_path: Path, loss: str
     np.testing.assert_allclose(float(first), expected, rtol=1e-6)
 
 
+def test_an_exported_grouped_convolution_trains(tmp_path: Path) -> None:
+    """`model.export`'s SavedModel (no training-mode twin: no batch norm, no dropout) keeps
+    Keras's must-compile grouped convolution (ConvNeXt's depthwise one) a call; the train
+    graph imports it inlined, as for a `.keras` file: differentiated as a call, its gradient
+    ran on CPU kernels, which reject the grouped filter, and the step failed verify."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((6, 6, 4), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", groups=4, name="grouped")(image)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(image, keras.layers.Dense(3, activation="softmax", name="classes")(x))
+    model.export(str(tmp_path / "export"), verbose=False)
+    train = {"train": variants(BATCH, LEARNING_RATE)["train"]}
+    source = {"savedmodel": "export", "loss": "sparse_categorical_crossentropy"}
+    path = write_manifest(tmp_path, source, only=train)
+    result = runner.invoke(app, ["build", str(path), "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(0).normal(size=(BATCH, 6, 6, 4)).astype(np.float32)
+    classes = np.arange(BATCH) % 3
+    expected = keras.losses.SparseCategoricalCrossentropy()(classes, model(x))
+    step = tf.saved_model.load(str(tmp_path / "real" / "1"), tags=["train"]).signatures["train"]
+    first = step(image=tf.constant(x), labels=tf.constant(classes))["loss"]
+    np.testing.assert_allclose(float(first), float(expected), rtol=1e-5)
+
+
 def test_adam_takes_the_steps_fit_takes(tmp_path: Path) -> None:
     """TF1's Adam defaults to epsilon 1e-8, Keras's to 1e-7: the package's curve drifted
     from fit's by 1.1e-4 in 20 steps of the small CNN (now 3.5e-6, float32 round-off).

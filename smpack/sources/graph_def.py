@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# The ops calling a function by their `f` attribute.
+FUNCTION_CALLS = ("StatefulPartitionedCall", "PartitionedCall")
+
 
 def node_name(tensor: str) -> str:
     """The node that `tensor` (`node`, `node:1` or `^node`) comes from."""

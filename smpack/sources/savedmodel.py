@@ -31,7 +31,7 @@ from smpack.errors import ManifestError, ModelError, PackageError
 from smpack.manifest import LoadedManifest, Variant
 from smpack.model import ModelContext, ModelSpec
 from smpack.package.protos import read_saved_model
-from smpack.sources.graph_def import node_name, through_identities
+from smpack.sources.graph_def import FUNCTION_CALLS, node_name, through_identities
 from smpack.sources.host_split import HostPart, split_host
 from smpack.sources.op_libraries import check_ops_registered
 from smpack.sources.precision import HalfTarget, Retyping, half_target
@@ -103,6 +103,12 @@ class ImportedModel:
         """Whether a loop or a branch (`tf.cond`, `tf.switch_case`) runs here lowered to TF1
         frames and switches, not as the `While`, `If` or `Case` op the source traced."""
         return any(n.op in _LOWERED_CONTROL_FLOW for n in self.graph_def.node)
+
+    @property
+    def keeps_a_call(self) -> bool:
+        """Whether a function call is left in the flat graph: one the source marks
+        must-compile (a Keras grouped convolution), which Grappler does not inline."""
+        return any(n.op in FUNCTION_CALLS for n in self.graph_def.node)
 
     def graph_def_for(self, variant: Variant) -> graph_pb2.GraphDef:
         """The flat graph computing in `variant`'s precision (float32: the source's own)."""

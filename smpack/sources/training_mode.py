@@ -22,7 +22,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, struct_pb2, trackable_object_graph_pb2
 
 from smpack.errors import ModelError
-from smpack.sources.graph_def import node_name
+from smpack.sources.graph_def import FUNCTION_CALLS, node_name
 
 if TYPE_CHECKING:
     from smpack.sources.savedmodel import ImportedModel
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 KERAS_TRAINING_ENDPOINT = "smpack_training_call"
 # The signature smpack adds to a TF2 SavedModel for its signature's training-mode twin.
 TRAINING_TWIN = "smpack_training_twin"
-_CALLS = ("StatefulPartitionedCall", "PartitionedCall")
 # The checkpoint tensor holding the TrackableObjectGraph of an object-based checkpoint.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 STATE_UPDATES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
@@ -93,7 +92,13 @@ def training_import(
         training = load_saved_model(
             path, TRAINING_TWIN, where, imports, keep_loops=True, meta_graph=meta_graph
         )
-    elif train_signature is None and not serving.has_lowered_control_flow:
+    elif (
+        train_signature is None
+        and not serving.has_lowered_control_flow
+        and not serving.keeps_a_call
+    ):
+        # Otherwise imported again for gradients: lowered control flow functional, and a
+        # must-compile call inlined (its SymbolicGradient would run on CPU kernels).
         training = serving
     else:
         name = train_signature or signature
@@ -137,10 +142,10 @@ def add_training_twin(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -
     concrete = meta_graph.object_graph_def.concrete_functions
     outer_names = {node_name(t.name) for t in meta_graph.signature_def[signature].outputs.values()}
     outer = nodes.get(next(iter(outer_names))) if len(outer_names) == 1 else None
-    if outer is None or outer.op not in _CALLS:
+    if outer is None or outer.op not in FUNCTION_CALLS:
         return None
     wrapper = functions.get(outer.attr["f"].func.name)
-    inner_calls = [n for n in wrapper.node_def if n.op in _CALLS] if wrapper else []
+    inner_calls = [n for n in wrapper.node_def if n.op in FUNCTION_CALLS] if wrapper else []
     if wrapper is None or len(inner_calls) != 1 or wrapper.signature.name not in concrete:
         return None
     inner = inner_calls[0].attr["f"].func.name
@@ -177,7 +182,7 @@ def add_training_twin(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -
     twin_wrapper.CopyFrom(wrapper)
     twin_wrapper.signature.name = f"{wrapper.signature.name}_{TRAINING_TWIN}"
     for node in twin_wrapper.node_def:
-        if node.op in _CALLS:
+        if node.op in FUNCTION_CALLS:
             node.attr["f"].func.name = twin
     call = graph.node.add()
     call.CopyFrom(outer)
@@ -206,10 +211,10 @@ def composite_inputs(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) ->
     functions = {f.signature.name: f for f in graph.library.function}
     outer_names = {node_name(t.name) for t in signature_def.outputs.values()}
     outer = nodes.get(next(iter(outer_names))) if len(outer_names) == 1 else None
-    if outer is None or outer.op not in _CALLS:
+    if outer is None or outer.op not in FUNCTION_CALLS:
         return {}
     wrapper = functions.get(outer.attr["f"].func.name)
-    inner_calls = [n for n in wrapper.node_def if n.op in _CALLS] if wrapper else []
+    inner_calls = [n for n in wrapper.node_def if n.op in FUNCTION_CALLS] if wrapper else []
     concrete = meta_graph.object_graph_def.concrete_functions
     inner = inner_calls[0].attr["f"].func.name if len(inner_calls) == 1 else None
     if wrapper is None or inner not in concrete:
