@@ -914,3 +914,55 @@ def test_branches_on_the_input_train_as_tensorflow_differentiates_them(
         after = {v.op.name: session.run(v) for v in tf.compat.v1.global_variables()}
     for name, value in expected.items():
         np.testing.assert_allclose(after[name], value, rtol=1e-5, atol=1e-7)
+
+
+# --- A TF2 SavedModel with a tf.custom_gradient that is not its ops' derivative ---------------
+
+
+def make_clipped_gradient_module(folder: Path) -> Path:
+    """A tf.Module whose custom gradient clips the incoming gradient and scales it by a
+    forward tensor it captures: differentiated through its ops, it takes another step."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def clipped(h: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+        def gradient(upstream: tf.Tensor) -> tf.Tensor:
+            return tf.clip_by_value(upstream, -0.01, 0.01) * tf.sigmoid(h)
+
+        return tf.identity(h), gradient
+
+    class ClippedGradient(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = tf.Variable(tf.random.stateless_normal([4, 2], seed=[5, 1]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": clipped(x @ self.kernel)}
+
+    module = ClippedGradient()
+    path = folder / "clipped"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+def test_a_custom_gradient_trains_as_the_source_saved_it(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    source = make_clipped_gradient_module(tmp_path)
+    only = {"train": variants(BATCH, LEARNING_RATE)["train"]}
+    manifest = write_manifest(tmp_path, {"savedmodel": source.name, "loss": "mse"}, only=only)
+    package = build(manifest, tmp_path / "out")
+    x = np.linspace(-2, 3, BATCH * 4, dtype=np.float32).reshape(BATCH, 4)
+    labels = np.zeros((BATCH, 2), np.float32)
+    loaded = tf.saved_model.load(str(source))  # TF's loader calls the saved gradient
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(loaded.predict(tf.constant(x))["y"] - labels))
+    expected = loaded.kernel.numpy() - LEARNING_RATE * tape.gradient(loss, loaded.kernel).numpy()
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(package))
+        signature = graph.signature_def["train"]
+        feeds = {signature.inputs["x"].name: x, signature.inputs["labels"].name: labels}
+        session.run(signature.outputs["loss"].name, feeds)
+        (kernel,) = session.run(tf.compat.v1.trainable_variables())
+    np.testing.assert_allclose(kernel, expected, rtol=1e-6, atol=1e-8)

@@ -35,6 +35,14 @@ TRAINING_TWIN = "smpack_training_twin"
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 STATE_UPDATES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
 _CUSTOM_GRADIENT = "_gradient_op_type"
+# The gradient of every custom-gradient op whose saved gradient function train variants
+# call (`with_saved_gradients`), and the attrs saying which function, how.
+_SAVED_GRADIENT = "SmpackSavedGradient"
+_GRADIENT_FUNCTION = "_smpack_gradient_function"
+_GRADIENT_CAPTURES = "_smpack_gradient_captures"  # how many trailing inputs are captures
+_GRADIENT_OF = "_smpack_gradient_of"  # the inputs the function's outputs differentiate
+# The function's argument types, as numbers: half precision retypes a list of types.
+_GRADIENT_TYPES = "_smpack_gradient_types"
 
 
 def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) -> set[str]:
@@ -104,7 +112,7 @@ def training_import(
         name = train_signature or signature
         training = load_saved_model(path, name, where, imports, keep_loops=True)
     _check_same_interface(serving, training, train_signature or signature, where)
-    training = named_like(_without_custom_gradients(training), serving)
+    training = named_like(with_saved_gradients(training, path, where), serving)
     frozen = sum(not v.trainable for v in training.variables)
     if keras:
         description = (
@@ -310,23 +318,216 @@ def _check_same_interface(
         raise ModelError(msg, **where)
 
 
-def _without_custom_gradients(imported: ImportedModel) -> ImportedModel:
-    """`imported` differentiated through its own ops, not `tf.custom_gradient` overrides.
+def with_saved_gradients(
+    imported: ImportedModel, path: Path, where: dict[str, Any]
+) -> ImportedModel:
+    """`imported` differentiating each `tf.custom_gradient` with the gradient function the
+    SavedModel at `path` saved for it, as TF2's loader does.
 
-    A custom gradient (Keras's swish, for one) is a Python function registered, under the
-    name in an `IdentityN`'s `_gradient_op_type`, by the process that traced the source: in
-    another process the name is unknown, in the tracing one it closes over tensors of the
-    trace's FuncGraph. Without the attr, `IdentityN` passes gradients to the ops that
-    computed its inputs, which autodiff differentiates: the same derivative.
+    A custom gradient is a Python function registered, under the name in an `IdentityN`'s
+    `_gradient_op_type`, by the process that traced the source: in another process the
+    name is unknown, in the tracing one it closes over tensors of the trace's FuncGraph.
+    `tf.saved_model.save` saves it traced (`library.registered_gradients`), its captures of
+    forward tensors named inside the traced function they belong to (object graph
+    `captured_tensor`s), and they are found here in the inlined graph under the inlined
+    `IdentityN`'s prefix. The op then takes them as extra inputs (passed through, never
+    read by the forward computation), so the gradient `_SAVED_GRADIENT` receives them with
+    the op. A custom gradient the source did not save (`SaveOptions(
+    experimental_custom_gradients=False)`) is differentiated through its ops, as before.
     """
     if not any(_CUSTOM_GRADIENT in node.attr for node in imported.graph_def.node):
         return imported
+    from smpack.sources.savedmodel import serve_meta_graph
+
+    meta_graph = serve_meta_graph(path, where)
+    library = meta_graph.graph_def.library
+    saved = {g.registered_op_type: g.gradient_func for g in library.registered_gradients}
     graph_def = graph_pb2.GraphDef()
     graph_def.CopyFrom(imported.graph_def)
+    nodes = {n.name: n for n in graph_def.node}
+    needed: set[str] = set()
     for node in graph_def.node:
-        if _CUSTOM_GRADIENT in node.attr:
-            del node.attr[_CUSTOM_GRADIENT]
+        if _CUSTOM_GRADIENT not in node.attr:
+            continue
+        op_type = node.attr[_CUSTOM_GRADIENT].s.decode()
+        del node.attr[_CUSTOM_GRADIENT]
+        if op_type not in saved:
+            continue
+        gradient = _SavedGradient.of(meta_graph, node, op_type, saved[op_type], nodes)
+        if isinstance(gradient, str):
+            msg = (
+                f"the train variant cannot take the source's tf.custom_gradient of op "
+                f"{node.name!r} ({op_type}, saved as {saved[op_type]!r}): {gradient}; "
+                "training it through its ops would take another step than the source"
+            )
+            raise ModelError(msg, **where)
+        gradient.mark(node)
+        needed.add(saved[op_type])
+    present = {f.signature.name for f in graph_def.library.function}
+    functions = {f.signature.name: f for f in library.function}
+    pending = sorted(needed)
+    while pending:
+        name = pending.pop()
+        if name in present:
+            continue
+        present.add(name)
+        graph_def.library.function.add().CopyFrom(functions[name])
+        pending += sorted(_called(functions[name], functions))
     return dataclasses.replace(imported, graph_def=graph_def, _retyped={})
+
+
+@dataclasses.dataclass(frozen=True)
+class _SavedGradient:
+    """A saved gradient function as one inlined custom-gradient op calls it."""
+
+    function: str
+    captures: list[str]  # the forward tensors it captured, in the inlined graph
+    argument_types: list[int]  # the op's output gradients', then the captures'
+    differentiated: list[int]  # the op's inputs its outputs are the gradients of, in order
+
+    @classmethod
+    def of(
+        cls,
+        meta_graph: meta_graph_pb2.MetaGraphDef,
+        node: Any,
+        op_type: str,
+        function: str,
+        nodes: dict[str, Any],
+    ) -> _SavedGradient | str:
+        """The gradient `function` of inlined op `node`, or why it cannot be called."""
+        library = meta_graph.graph_def.library
+        owners = [
+            (f, n)
+            for f in library.function
+            for n in f.node_def
+            if _CUSTOM_GRADIENT in n.attr and n.attr[_CUSTOM_GRADIENT].s.decode() == op_type
+        ]
+        if len(owners) != 1 or not node.name.endswith("/" + owners[0][1].name):
+            return "the traced function holding the op was not found"
+        owner, traced = owners[0]
+        prefix = node.name[: -len(traced.name) - 1]
+        concrete = meta_graph.object_graph_def.concrete_functions.get(function)
+        if concrete is None:
+            return "its inputs and outputs are not in the object graph"
+        objects = meta_graph.object_graph_def.nodes
+        functions = {f.signature.name: f for f in library.function}
+        captures = []
+        for node_id in concrete.bound_inputs:
+            captured = objects[node_id]
+            if captured.WhichOneof("kind") != "captured_tensor":
+                return f"it captures a {captured.WhichOneof('kind')}, not a forward tensor"
+            capture = captured.captured_tensor
+            holder = functions.get(capture.concrete_function)
+            # The op's own function is inlined under `prefix`; one enclosing it (whose
+            # tensor the op's function captured in turn) under a parent of `prefix`.
+            scopes = [prefix] if holder is owner else _parents(prefix)
+            tensor = _inlined_tensor(holder, capture.name, scopes, nodes)
+            if tensor is None:
+                where = f"{capture.name!r} of {capture.concrete_function!r}"
+                return f"its capture {where} is not in the inlined graph"
+            captures.append(tensor)
+        inputs = [i for i in node.input if not i.startswith("^")]
+        arguments = functions[function].signature.input_arg
+        if len(arguments) != len(inputs) + len(captures):
+            return "it takes other inputs than the op's gradients and its captures"
+        leaves = _leaves(concrete.output_signature)
+        if len(leaves) != len(inputs):
+            return "its outputs are not one per input of the op"
+        return cls(
+            function=function,
+            captures=captures,
+            argument_types=[a.type for a in arguments],
+            differentiated=[
+                i for i, (_, leaf) in enumerate(leaves) if leaf.WhichOneof("kind") != "none_value"
+            ],
+        )
+
+    def mark(self, node: Any) -> None:
+        """Make `node` take the captures as extra inputs and be differentiated by
+        `_saved_gradient` calling this function."""
+        forward = [i for i in node.input if not i.startswith("^")]
+        controls = [i for i in node.input if i.startswith("^")]
+        del node.input[:]
+        node.input.extend([*forward, *self.captures, *controls])
+        node.attr["T"].list.type.extend(self.argument_types[len(forward) :])
+        node.attr.pop("_output_shapes", None)  # one per output: TF infers them again
+        node.attr[_CUSTOM_GRADIENT].s = _SAVED_GRADIENT.encode()
+        node.attr[_GRADIENT_FUNCTION].s = self.function.encode()
+        node.attr[_GRADIENT_CAPTURES].i = len(self.captures)
+        node.attr[_GRADIENT_OF].list.i.extend(self.differentiated)
+        node.attr[_GRADIENT_TYPES].list.i.extend(self.argument_types)
+
+
+@tf.RegisterGradient(_SAVED_GRADIENT)
+def _saved_gradient(op: tf.Operation, *output_gradients: tf.Tensor | None) -> list[Any]:
+    """The gradient of a custom-gradient op `with_saved_gradients` marked: its saved
+    function called on the op's output gradients (an unconnected one zero, as TF2's loader
+    makes it) and the forward tensors it captured, the op's trailing inputs."""
+    forward = len(op.inputs) - op.get_attr(_GRADIENT_CAPTURES)
+    given = [
+        tf.zeros_like(output) if gradient is None else gradient
+        for gradient, output in zip(output_gradients[:forward], op.outputs, strict=False)
+    ]
+    differentiated = list(op.get_attr(_GRADIENT_OF))
+    # In the source's types: a half-precision variant computes the op in float16.
+    types = [tf.as_dtype(t) for t in op.get_attr(_GRADIENT_TYPES)]
+    arguments = [*given, *op.inputs[forward:]]
+    results = tf.raw_ops.StatefulPartitionedCall(
+        args=[tf.cast(a, t) for a, t in zip(arguments, types, strict=True)],
+        Tout=[types[i] for i in differentiated],
+        f=op.get_attr(_GRADIENT_FUNCTION).decode(),
+    )
+    gradients: list[Any] = [None] * len(op.inputs)
+    for index, result in zip(differentiated, results, strict=True):
+        gradients[index] = tf.cast(result, op.inputs[index].dtype)
+    return gradients
+
+
+def _parents(scope: str) -> list[str]:
+    """The scopes enclosing `scope` (`a/b/c`: `a/b`, `a`), innermost first."""
+    parts = scope.split("/")
+    return ["/".join(parts[:end]) for end in range(len(parts) - 1, 0, -1)]
+
+
+def _inlined_tensor(
+    function: Any, name: str, scopes: list[str], nodes: dict[str, Any]
+) -> str | None:
+    """Tensor `name` of traced `function` in the inlined graph, `function` inlined under
+    the first of `scopes` where it is found; None if it is not there (pruned, or not
+    `function`'s).
+
+    Grappler names an inlined node `<scope>/<its name in the function>`; an argument
+    becomes an `Identity` of what the caller fed, named by a counter: it is found as the
+    input of an inlined op reading it.
+    """
+    if function is None:
+        return None
+    op_name, _, index = name.partition(":")
+    traced = {n.name: n for n in function.node_def}
+    for scope in scopes:
+        if any(a.name == op_name for a in function.signature.input_arg):
+            for reader in function.node_def:
+                inlined = nodes.get(f"{scope}/{reader.name}")
+                if op_name in reader.input and inlined is not None and inlined.op == reader.op:
+                    return str(inlined.input[list(reader.input).index(op_name)])
+        elif op_name in traced:
+            inlined = nodes.get(f"{scope}/{op_name}")
+            if inlined is not None and inlined.op == traced[op_name].op:
+                return f"{scope}/{op_name}:{index or 0}"
+    return None
+
+
+def _called(function: Any, functions: dict[str, Any]) -> set[str]:
+    """The library functions `function` calls (as an op or through a function attr)."""
+    called = set()
+    for node in function.node_def:
+        if node.op in functions:
+            called.add(node.op)
+        for value in node.attr.values():
+            if value.HasField("func"):
+                called.add(value.func.name)
+            called.update(f.name for f in value.list.func)
+    return called
 
 
 def named_like(other: ImportedModel, serving: ImportedModel) -> ImportedModel:
