@@ -966,3 +966,33 @@ def test_a_custom_gradient_trains_as_the_source_saved_it(tmp_path: Path) -> None
         session.run(signature.outputs["loss"].name, feeds)
         (kernel,) = session.run(tf.compat.v1.trainable_variables())
     np.testing.assert_allclose(kernel, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_a_custom_gradient_of_a_variable_is_refused_not_trained_otherwise(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class ClippedVariableGradient(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = tf.Variable(tf.random.stateless_normal([4, 2], seed=[5, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            @tf.custom_gradient
+            def product(x: tf.Tensor) -> tuple[tf.Tensor, Callable[..., Any]]:
+                def gradient(upstream: tf.Tensor, variables: Any = None) -> Any:
+                    clipped = tf.clip_by_value(tf.transpose(x) @ upstream, -0.1, 0.1)
+                    return upstream @ tf.transpose(self.kernel), [clipped]
+
+                return x @ self.kernel, gradient
+
+            return {"y": product(x)}
+
+    module = ClippedVariableGradient()
+    tf.saved_model.save(module, str(tmp_path / "src"), signatures=module.predict)
+    only = {"train": variants(BATCH, LEARNING_RATE)["train"]}
+    manifest = write_manifest(tmp_path, {"savedmodel": "src", "loss": "mse"}, only=only)
+    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "cannot take the source's tf.custom_gradient" in result.output
+    assert "it captures a variable" in result.output
