@@ -13,11 +13,12 @@ loaded with Keras's, and the one step each takes from there must agree: the loss
 relative 1e-4, the step taken (new weights minus old, over all trainable variables, and
 over the moving statistics) within a relative 1e-3 of its size, the seed states exactly.
 That is float32 round-off, with room: the same ops, some in another order (TF1 graph vs
-`tf.function`, grappler's and oneDNN's rewrites) or another formula (the train graph
-differentiates swish through its ops, not TF's custom gradient), accumulated over up to 80
-normalised convolutions. Measured worst over 20 steps each: EfficientNetB0 losses 2.1e-5, steps
-4.0e-5 (statistics 6.1e-6); MobileNetV2 losses equal, steps 3e-7. An error of the kind
-this catches costs far more: the clipped cross-entropy that differed from fit's by 1.8%.
+`tf.function`, grappler's and oneDNN's rewrites), accumulated over up to 80 normalised
+convolutions. Measured worst over 20 steps each: EfficientNetB0 losses 2.1e-5, steps
+4.0e-5 (statistics 6.1e-6), when the train graph differentiated swish through its ops (it
+now calls the custom gradient the SavedModel saved); MobileNetV2 losses equal, steps 3e-7.
+An error of the kind this catches costs far more: the clipped cross-entropy that differed
+from fit's by 1.8%.
 Free-running curves cannot be compared for the big CNNs: MobileNetV2 and EfficientNetB0 at
 32x32 normalise 1x1 feature maps over a batch of 8, which makes training chaotic (Keras's
 own `fit` run eagerly and as a graph differs by 14% at step 4). Over its free steps (20, the
