@@ -947,29 +947,9 @@ def make_clipped_gradient_module(folder: Path) -> Path:
     return path
 
 
-def test_a_custom_gradient_trains_as_the_source_saved_it(tmp_path: Path) -> None:
-    import tensorflow as tf
-
-    source = make_clipped_gradient_module(tmp_path)
-    only = {"train": variants(BATCH, LEARNING_RATE)["train"]}
-    manifest = write_manifest(tmp_path, {"savedmodel": source.name, "loss": "mse"}, only=only)
-    package = build(manifest, tmp_path / "out")
-    x = np.linspace(-2, 3, BATCH * 4, dtype=np.float32).reshape(BATCH, 4)
-    labels = np.zeros((BATCH, 2), np.float32)
-    loaded = tf.saved_model.load(str(source))  # TF's loader calls the saved gradient
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(tf.square(loaded.predict(tf.constant(x))["y"] - labels))
-    expected = loaded.kernel.numpy() - LEARNING_RATE * tape.gradient(loss, loaded.kernel).numpy()
-    with tf.compat.v1.Session(graph=tf.Graph()) as session:
-        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(package))
-        signature = graph.signature_def["train"]
-        feeds = {signature.inputs["x"].name: x, signature.inputs["labels"].name: labels}
-        session.run(signature.outputs["loss"].name, feeds)
-        (kernel,) = session.run(tf.compat.v1.trainable_variables())
-    np.testing.assert_allclose(kernel, expected, rtol=1e-6, atol=1e-8)
-
-
-def test_a_custom_gradient_of_a_variable_is_refused_not_trained_otherwise(tmp_path: Path) -> None:
+def make_clipped_variable_gradient_module(folder: Path) -> Path:
+    """A tf.Module whose custom gradient reads its variable (as tf.recompute_grad's
+    recomputation does) and clips the variable's gradient."""
     import tensorflow as tf
 
     class ClippedVariableGradient(tf.Module):
@@ -990,10 +970,34 @@ def test_a_custom_gradient_of_a_variable_is_refused_not_trained_otherwise(tmp_pa
             return {"y": product(x)}
 
     module = ClippedVariableGradient()
-    tf.saved_model.save(module, str(tmp_path / "src"), signatures=module.predict)
+    path = folder / "clipped_variable"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_source", [make_clipped_gradient_module, make_clipped_variable_gradient_module]
+)
+def test_a_custom_gradient_trains_as_the_source_saved_it(
+    tmp_path: Path, make_source: Callable[[Path], Path]
+) -> None:
+    """Whether it captures a forward tensor or reads the variable it differentiates."""
+    import tensorflow as tf
+
+    source = make_source(tmp_path)
     only = {"train": variants(BATCH, LEARNING_RATE)["train"]}
-    manifest = write_manifest(tmp_path, {"savedmodel": "src", "loss": "mse"}, only=only)
-    result = runner.invoke(app, ["build", str(manifest), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2
-    assert "cannot take the source's tf.custom_gradient" in result.output
-    assert "it captures a variable" in result.output
+    manifest = write_manifest(tmp_path, {"savedmodel": source.name, "loss": "mse"}, only=only)
+    package = build(manifest, tmp_path / "out")
+    x = np.linspace(-2, 3, BATCH * 4, dtype=np.float32).reshape(BATCH, 4)
+    labels = np.zeros((BATCH, 2), np.float32)
+    loaded = tf.saved_model.load(str(source))  # TF's loader calls the saved gradient
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(loaded.predict(tf.constant(x))["y"] - labels))
+    expected = loaded.kernel.numpy() - LEARNING_RATE * tape.gradient(loss, loaded.kernel).numpy()
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        graph = tf.compat.v1.saved_model.loader.load(session, ["train"], str(package))
+        signature = graph.signature_def["train"]
+        feeds = {signature.inputs["x"].name: x, signature.inputs["labels"].name: labels}
+        session.run(signature.outputs["loss"].name, feeds)
+        (kernel,) = session.run(tf.compat.v1.trainable_variables())
+    np.testing.assert_allclose(kernel, expected, rtol=1e-6, atol=1e-8)

@@ -22,7 +22,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, struct_pb2, trackable_object_graph_pb2
 
 from smpack.errors import ModelError
-from smpack.sources.graph_def import FUNCTION_CALLS, node_name
+from smpack.sources.graph_def import FUNCTION_CALLS, node_name, tensor_name
 
 if TYPE_CHECKING:
     from smpack.sources.savedmodel import ImportedModel
@@ -52,13 +52,10 @@ def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) ->
     and its checkpoint's `TrackableObjectGraph` has each one's checkpoint key; TF writes
     both from one object graph, so node ids agree.
     """
-    reader = tf.train.load_checkpoint(str(checkpoint))
-    if not reader.has_tensor(_OBJECT_GRAPH_KEY):
+    stored = _stored_object_graph(checkpoint)
+    if stored is None:
         # Not object-based: nothing says which are frozen, so every variable trains.
-        return set(reader.get_variable_to_shape_map())
-    stored = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
-        reader.get_tensor(_OBJECT_GRAPH_KEY)
-    )
+        return set(tf.train.load_checkpoint(str(checkpoint)).get_variable_to_shape_map())
     saved = meta_graph.object_graph_def.nodes
     trainable: set[str] = set()
     for saved_node, stored_node in zip(saved, stored.nodes, strict=False):
@@ -66,6 +63,19 @@ def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) ->
             continue
         trainable.update(a.checkpoint_key for a in stored_node.attributes)
     return trainable
+
+
+def _stored_object_graph(
+    checkpoint: Path,
+) -> trackable_object_graph_pb2.TrackableObjectGraph | None:
+    """The object graph an object-based checkpoint stores (each object's checkpoint keys),
+    whose node ids are the SavedModel's object graph's; None for a name-based one."""
+    reader = tf.train.load_checkpoint(str(checkpoint))
+    if not reader.has_tensor(_OBJECT_GRAPH_KEY):
+        return None
+    return trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+        reader.get_tensor(_OBJECT_GRAPH_KEY)
+    )
 
 
 def register_state_updates(operations: Iterable[tf.Operation]) -> None:
@@ -345,6 +355,17 @@ def with_saved_gradients(
     graph_def = graph_pb2.GraphDef()
     graph_def.CopyFrom(imported.graph_def)
     nodes = {n.name: n for n in graph_def.node}
+    # A variable the gradient function reads (tf.recompute_grad's recomputation, say): its
+    # handle in the graph, by checkpoint key.
+    keys = {v.name: v.checkpoint_key for v in imported.variables}
+    by_key = {keys[name]: handle for handle, name in imported.handles.items() if name in keys}
+    stored = _stored_object_graph(path / "variables" / "variables")
+    handles = {
+        node_id: by_key[attribute.checkpoint_key]
+        for node_id, node in enumerate(stored.nodes if stored else [])
+        for attribute in node.attributes
+        if attribute.checkpoint_key in by_key
+    }
     needed: set[str] = set()
     for node in graph_def.node:
         if _CUSTOM_GRADIENT not in node.attr:
@@ -353,7 +374,7 @@ def with_saved_gradients(
         del node.attr[_CUSTOM_GRADIENT]
         if op_type not in saved:
             continue
-        gradient = _SavedGradient.of(meta_graph, node, op_type, saved[op_type], nodes)
+        gradient = _SavedGradient.of(meta_graph, node, op_type, saved[op_type], nodes, handles)
         if isinstance(gradient, str):
             msg = (
                 f"the train variant cannot take the source's tf.custom_gradient of op "
@@ -393,8 +414,10 @@ class _SavedGradient:
         op_type: str,
         function: str,
         nodes: dict[str, Any],
+        handles: dict[int, str],
     ) -> _SavedGradient | str:
-        """The gradient `function` of inlined op `node`, or why it cannot be called."""
+        """The gradient `function` of inlined op `node`, or why it cannot be called;
+        `handles`: each variable's handle in the inlined graph, by object graph node id."""
         library = meta_graph.graph_def.library
         owners = [
             (f, n)
@@ -414,6 +437,11 @@ class _SavedGradient:
         captures = []
         for node_id in concrete.bound_inputs:
             captured = objects[node_id]
+            if captured.WhichOneof("kind") == "variable":
+                if node_id not in handles:
+                    return "it reads a variable that is not in the graph"
+                captures.append(tensor_name(handles[node_id]))
+                continue
             if captured.WhichOneof("kind") != "captured_tensor":
                 return f"it captures a {captured.WhichOneof('kind')}, not a forward tensor"
             capture = captured.captured_tensor
@@ -473,7 +501,10 @@ def _saved_gradient(op: tf.Operation, *output_gradients: tf.Tensor | None) -> li
     types = [tf.as_dtype(t) for t in op.get_attr(_GRADIENT_TYPES)]
     arguments = [*given, *op.inputs[forward:]]
     results = tf.raw_ops.StatefulPartitionedCall(
-        args=[tf.cast(a, t) for a, t in zip(arguments, types, strict=True)],
+        # A variable's handle as it is: no cast of a resource.
+        args=[
+            a if t == tf.resource else tf.cast(a, t) for a, t in zip(arguments, types, strict=True)
+        ],
         Tout=[types[i] for i in differentiated],
         f=op.get_attr(_GRADIENT_FUNCTION).decode(),
     )
