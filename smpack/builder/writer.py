@@ -32,6 +32,7 @@ from smpack.builder.restore_groups import checkpoint_groups, split_restores
 from smpack.errors import GraphError, ManifestError, PackageError
 from smpack.manifest import LoadedManifest
 from smpack.package.wire import length_delimited
+from smpack.sources.graph_def import FUNCTION_CALLS
 from smpack.sources.model_source import ModelSource
 
 # The SignatureDef every loader runs after restoring (tf.estimator's builder's, and TF2's).
@@ -392,10 +393,6 @@ def _built_saver(stand_ins: list[Any]) -> tuple[Any, list[Any], list[Any]]:
     return saver.saver_def, nodes, list(exported.meta_info_def.stripped_op_list.op)
 
 
-# Ops that call a function named by an attribute: TF's op list then follows the call.
-_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
-
-
 def stripped_op_list(graph_def: Any) -> Any:
     """TF's `meta_graph.stripped_op_list_for_graph(graph_def)`: the OpDefs of the op types
     `graph_def` uses, sorted by name.
@@ -408,7 +405,8 @@ def stripped_op_list(graph_def: Any) -> Any:
     from tensorflow.python.framework import meta_graph, op_def_registry
 
     used = {node.op for node in graph_def.node}
-    if graph_def.library.function or not used.isdisjoint(_CALLS):
+    # A call names its function by an attribute: TF's op list then follows the call.
+    if graph_def.library.function or not used.isdisjoint(FUNCTION_CALLS):
         return meta_graph.stripped_op_list_for_graph(graph_def)
     op_defs = [op_def_registry.get(op) for op in sorted(used)]
     return op_def_pb2.OpList(op=[op_def for op_def in op_defs if op_def is not None])

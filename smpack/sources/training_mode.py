@@ -155,18 +155,13 @@ def add_training_twin(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -
     calling the twin instead. Exactly one twin, or none is used.
     """
     graph = meta_graph.graph_def
-    nodes = {n.name: n for n in graph.node}
     functions = {f.signature.name: f for f in graph.library.function}
     concrete = meta_graph.object_graph_def.concrete_functions
-    outer_names = {node_name(t.name) for t in meta_graph.signature_def[signature].outputs.values()}
-    outer = nodes.get(next(iter(outer_names))) if len(outer_names) == 1 else None
-    if outer is None or outer.op not in FUNCTION_CALLS:
+    called = _signature_call(meta_graph, signature)
+    if called is None or called.wrapper.signature.name not in concrete:
         return None
-    wrapper = functions.get(outer.attr["f"].func.name)
-    inner_calls = [n for n in wrapper.node_def if n.op in FUNCTION_CALLS] if wrapper else []
-    if wrapper is None or len(inner_calls) != 1 or wrapper.signature.name not in concrete:
-        return None
-    inner = inner_calls[0].attr["f"].func.name
+    outer, wrapper = called.outer, called.wrapper
+    inner = called.inner.attr["f"].func.name
     captures = list(concrete[wrapper.signature.name].bound_inputs)
 
     def like_inner(name: str) -> bool:
@@ -213,6 +208,35 @@ def add_training_twin(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class _SignatureCall:
+    """How a TF2 signature calls its traced function: the graph's call of the signature's
+    wrapper function, that wrapper, and the wrapper's one call of the traced function."""
+
+    outer: Any
+    wrapper: Any
+    inner: Any
+
+
+def _signature_call(
+    meta_graph: meta_graph_pb2.MetaGraphDef, signature: str
+) -> _SignatureCall | None:
+    """`signature`'s calls, or None for a signature that does not call one traced function
+    through one wrapper (a TF1 graph's)."""
+    graph = meta_graph.graph_def
+    nodes = {n.name: n for n in graph.node}
+    functions = {f.signature.name: f for f in graph.library.function}
+    outer_names = {node_name(t.name) for t in meta_graph.signature_def[signature].outputs.values()}
+    outer = nodes.get(next(iter(outer_names))) if len(outer_names) == 1 else None
+    if outer is None or outer.op not in FUNCTION_CALLS:
+        return None
+    wrapper = functions.get(outer.attr["f"].func.name)
+    inner_calls = [n for n in wrapper.node_def if n.op in FUNCTION_CALLS] if wrapper else []
+    if wrapper is None or len(inner_calls) != 1:
+        return None
+    return _SignatureCall(outer, wrapper, inner_calls[0])
+
+
 def composite_inputs(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) -> dict[str, str]:
     """Signature input key -> the composite type (`SparseTensor`, `RaggedTensor`) of
     the source function's argument it is a component of, for the inputs that are one.
@@ -223,26 +247,20 @@ def composite_inputs(meta_graph: meta_graph_pb2.MetaGraphDef, signature: str) ->
     signature's wrapper function feeds that function its inputs in the order of that input
     signature's leaves, a composite taking `num_flat_components` of them.
     """
-    graph = meta_graph.graph_def
     signature_def = meta_graph.signature_def[signature]
-    nodes = {n.name: n for n in graph.node}
-    functions = {f.signature.name: f for f in graph.library.function}
-    outer_names = {node_name(t.name) for t in signature_def.outputs.values()}
-    outer = nodes.get(next(iter(outer_names))) if len(outer_names) == 1 else None
-    if outer is None or outer.op not in FUNCTION_CALLS:
-        return {}
-    wrapper = functions.get(outer.attr["f"].func.name)
-    inner_calls = [n for n in wrapper.node_def if n.op in FUNCTION_CALLS] if wrapper else []
     concrete = meta_graph.object_graph_def.concrete_functions
-    inner = inner_calls[0].attr["f"].func.name if len(inner_calls) == 1 else None
-    if wrapper is None or inner not in concrete:
+    called = _signature_call(meta_graph, signature)
+    inner = called.inner.attr["f"].func.name if called is not None else None
+    if called is None or inner not in concrete:
         return {}
     key_of_placeholder = {node_name(i.name): key for key, i in signature_def.inputs.items()}
     key_of_argument = {
         argument.name: key_of_placeholder.get(node_name(fed))
-        for argument, fed in zip(wrapper.signature.input_arg, outer.input, strict=False)
+        for argument, fed in zip(
+            called.wrapper.signature.input_arg, called.outer.input, strict=False
+        )
     }
-    fed = iter(node_name(i) for i in inner_calls[0].input if not i.startswith("^"))
+    fed = iter(node_name(i) for i in called.inner.input if not i.startswith("^"))
     composites = {}
     for _, leaf in _leaves(concrete[inner].canonicalized_input_signature):
         kind = leaf.WhichOneof("kind")
