@@ -52,10 +52,11 @@ def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) ->
     and its checkpoint's `TrackableObjectGraph` has each one's checkpoint key; TF writes
     both from one object graph, so node ids agree.
     """
-    stored = _stored_object_graph(checkpoint)
+    reader = tf.train.load_checkpoint(str(checkpoint))
+    stored = _stored_object_graph(reader)
     if stored is None:
         # Not object-based: nothing says which are frozen, so every variable trains.
-        return set(tf.train.load_checkpoint(str(checkpoint)).get_variable_to_shape_map())
+        return set(reader.get_variable_to_shape_map())
     saved = meta_graph.object_graph_def.nodes
     trainable: set[str] = set()
     for saved_node, stored_node in zip(saved, stored.nodes, strict=False):
@@ -66,11 +67,11 @@ def trainable_keys(meta_graph: meta_graph_pb2.MetaGraphDef, checkpoint: Path) ->
 
 
 def _stored_object_graph(
-    checkpoint: Path,
+    reader: Any,
 ) -> trackable_object_graph_pb2.TrackableObjectGraph | None:
-    """The object graph an object-based checkpoint stores (each object's checkpoint keys),
-    whose node ids are the SavedModel's object graph's; None for a name-based one."""
-    reader = tf.train.load_checkpoint(str(checkpoint))
+    """The object graph an object-based checkpoint (`reader`'s) stores, each object's
+    checkpoint keys, whose node ids are the SavedModel's object graph's; None for a
+    name-based one."""
     if not reader.has_tensor(_OBJECT_GRAPH_KEY):
         return None
     return trackable_object_graph_pb2.TrackableObjectGraph.FromString(
@@ -377,7 +378,7 @@ def with_saved_gradients(
     # handle in the graph, by checkpoint key.
     keys = {v.name: v.checkpoint_key for v in imported.variables}
     by_key = {keys[name]: handle for handle, name in imported.handles.items() if name in keys}
-    stored = _stored_object_graph(path / "variables" / "variables")
+    stored = _stored_object_graph(tf.train.load_checkpoint(str(path / "variables" / "variables")))
     handles = {
         node_id: by_key[attribute.checkpoint_key]
         for node_id, node in enumerate(stored.nodes if stored else [])
